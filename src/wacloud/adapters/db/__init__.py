@@ -1,0 +1,1 @@
+"""Relational storage: the registry ("master") DB and each tenant's own DB."""

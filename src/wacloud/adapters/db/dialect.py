@@ -1,0 +1,41 @@
+"""Per-database SQL constructs that SQLAlchemy does not unify (insert-or-ignore)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+
+def insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert rows, silently skipping those that violate a unique key. Returns rows inserted.
+
+    The unique key, not an in-memory set, is what makes redeliveries and duplicate webhooks
+    store one row."""
+    if not rows:
+        return 0
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        module: Any
+        if name == "sqlite":
+            from sqlalchemy.dialects import sqlite as module
+        else:
+            from sqlalchemy.dialects import postgresql as module
+        result = conn.execute(module.insert(table).on_conflict_do_nothing(), list(rows))
+        return max(result.rowcount, 0)
+    if name in ("mysql", "mariadb"):
+        result = conn.execute(table.insert().prefix_with("IGNORE"), list(rows))
+        return max(result.rowcount, 0)
+    # SQL Server and others: one savepoint per row.
+    inserted = 0
+    for row in rows:
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert(), row)
+            inserted += 1
+        except IntegrityError:
+            continue
+    return inserted

@@ -1,0 +1,35 @@
+"""Engine creation: one place that knows per-database connection settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+
+def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine with settings that suit many short transactions from several threads."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                                  pool_size=8, max_overflow=8)
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    if url.startswith("mssql"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def create_throwaway_engine(url: str) -> Engine:
+    """For one-off CLI commands: no pool left behind."""
+    return sa.create_engine(url, poolclass=NullPool)

@@ -1,0 +1,257 @@
+"""The registry ("master") database: tenants, channels, API keys and parked payloads.
+
+Secrets (tokens, app secrets, verify tokens, webhook secrets, tenant DB URLs) are encrypted
+with the SecretBox before they reach a column and decrypted only when a Channel is built. Every
+change bumps `registry_state.version`, which running processes poll to drop their caches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from wacloud.adapters.db.types import Id, LongText, UtcDateTime, utcnow
+from wacloud.crypto import SecretBox
+from wacloud.model import Channel, Provider
+
+metadata = sa.MetaData()
+
+registry_state = sa.Table(
+    "registry_state", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+tenants = sa.Table(
+    "tenants", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("slug", sa.String(64), nullable=False, unique=True),
+    sa.Column("db_url_encrypted", LongText, nullable=True),  # NULL: SQLite file in the data dir
+    sa.Column("retention_days", sa.Integer, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+channels = sa.Table(
+    "channels", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    # The routing id: Meta phone_number_id, Whapi channel_id, Chakra plugin id.
+    sa.Column("key", sa.String(191), nullable=False),
+    sa.Column("phone_number_id", sa.String(64), nullable=True, index=True),
+    sa.Column("waba_id", sa.String(64), nullable=True, index=True),
+    sa.Column("display_number", sa.String(32), nullable=True),
+    sa.Column("api_base_url", sa.String(255), nullable=True),
+    sa.Column("graph_version", sa.String(16), nullable=False),
+    sa.Column("mps", sa.Integer, nullable=False),
+    sa.Column("token_encrypted", LongText, nullable=False),
+    sa.Column("app_secret_encrypted", LongText, nullable=True),
+    sa.Column("verify_token_encrypted", LongText, nullable=True),
+    sa.Column("webhook_secret_encrypted", LongText, nullable=True),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    sa.Column("pause_reason", sa.String(500), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("provider", "key", name="uq_channels_provider_key"),
+)
+
+parked = sa.Table(
+    "parked", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    # Which stage parked it, so a replay sends it back to the right queue.
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("provider", sa.String(16), nullable=True),
+    sa.Column("channel_key", sa.String(191), nullable=True),
+    sa.Column("reason", sa.String(1000), nullable=False),
+    sa.Column("payload", LongText, nullable=False),
+    sa.Column("replayed_at", UtcDateTime, nullable=True),
+    sa.Column("replay_count", sa.Integer, nullable=False, default=0),
+)
+
+
+@dataclass(slots=True)
+class Tenant:
+    id: int
+    slug: str
+    db_url: str | None
+    retention_days: int | None
+
+
+@dataclass(slots=True)
+class ParkedItem:
+    id: int
+    created_at: datetime
+    stage: str
+    provider: str | None
+    channel_key: str | None
+    reason: str
+    payload: str
+    replayed_at: datetime | None
+    replay_count: int
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "created_at": self.created_at.isoformat(), "stage": self.stage,
+            "provider": self.provider, "channel_key": self.channel_key, "reason": self.reason,
+            "replayed_at": self.replayed_at.isoformat() if self.replayed_at else None,
+            "replay_count": self.replay_count, "size": len(self.payload),
+        }
+
+
+class RegistryError(ValueError):
+    """A registry change that cannot be made (duplicate slug, unknown tenant, ...)."""
+
+
+class Registry:
+    def __init__(self, engine: Engine, secrets: SecretBox) -> None:
+        self.engine = engine
+        self.secrets = secrets
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(registry_state.c.id)).first() is None:
+                conn.execute(registry_state.insert().values(id=1, version=1))
+
+    # -- change tracking -------------------------------------------------------------------
+
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(registry_state.c.version)).scalar_one())
+
+    @staticmethod
+    def _bump(conn: Connection) -> None:
+        conn.execute(registry_state.update().values(version=registry_state.c.version + 1))
+
+    # -- tenants ---------------------------------------------------------------------------
+
+    def add_tenant(self, slug: str, db_url: str | None = None) -> Tenant:
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(tenants.c.id).where(tenants.c.slug == slug)).first():
+                raise RegistryError(f"tenant {slug!r} already exists")
+            result = conn.execute(tenants.insert().values(
+                slug=slug, db_url_encrypted=self.secrets.encrypt_optional(db_url),
+                created_at=utcnow()))
+            self._bump(conn)
+            return Tenant(int(result.inserted_primary_key[0]), slug, db_url, None)
+
+    def tenants(self) -> list[Tenant]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tenants).order_by(tenants.c.slug)).mappings().all()
+        return [self._tenant(row) for row in rows]
+
+    def tenant(self, slug: str) -> Tenant:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tenants).where(tenants.c.slug == slug)).mappings().first()
+        if row is None:
+            raise RegistryError(f"unknown tenant {slug!r}")
+        return self._tenant(row)
+
+    def _tenant(self, row: Any) -> Tenant:
+        return Tenant(row["id"], row["slug"], self.secrets.decrypt_optional(row["db_url_encrypted"]),
+                      row["retention_days"])
+
+    # -- channels --------------------------------------------------------------------------
+
+    def add_channel(self, *, tenant: str, provider: Provider, key: str, token: str,
+                    phone_number_id: str | None = None, waba_id: str | None = None,
+                    display_number: str | None = None, api_base_url: str | None = None,
+                    graph_version: str = "v23.0", mps: int = 80, app_secret: str | None = None,
+                    verify_token: str | None = None, webhook_secret: str | None = None) -> Channel:
+        tenant_row = self.tenant(tenant)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(channels.c.id).where(
+                channels.c.provider == provider.value, channels.c.key == key)).first()
+            if exists:
+                raise RegistryError(f"a {provider.value} channel with id {key!r} already exists")
+            result = conn.execute(channels.insert().values(
+                tenant_id=tenant_row.id, provider=provider.value, key=key,
+                phone_number_id=phone_number_id, waba_id=waba_id, display_number=display_number,
+                api_base_url=api_base_url, graph_version=graph_version, mps=mps,
+                token_encrypted=self.secrets.encrypt(token),
+                app_secret_encrypted=self.secrets.encrypt_optional(app_secret),
+                verify_token_encrypted=self.secrets.encrypt_optional(verify_token),
+                webhook_secret_encrypted=self.secrets.encrypt_optional(webhook_secret),
+                paused=False, created_at=now, updated_at=now))
+            self._bump(conn)
+            channel_id = int(result.inserted_primary_key[0])
+        return self.channel_by_id(channel_id)
+
+    def _channel_query(self) -> sa.Select[Any]:
+        return sa.select(channels, tenants.c.slug.label("tenant_slug")).join(
+            tenants, tenants.c.id == channels.c.tenant_id)
+
+    def channels(self, tenant: str | None = None) -> list[Channel]:
+        query = self._channel_query().order_by(channels.c.id)
+        if tenant is not None:
+            query = query.where(tenants.c.slug == tenant)
+        with self.engine.connect() as conn:
+            return [self._channel(row) for row in conn.execute(query).mappings().all()]
+
+    def channel_by_id(self, channel_id: int) -> Channel:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._channel_query().where(channels.c.id == channel_id)
+                               ).mappings().first()
+        if row is None:
+            raise RegistryError(f"unknown channel id {channel_id}")
+        return self._channel(row)
+
+    def set_channel_pause(self, channel_id: int, paused: bool, reason: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(channels.update().where(channels.c.id == channel_id).values(
+                paused=paused, pause_reason=reason, updated_at=utcnow()))
+            self._bump(conn)
+
+    def _channel(self, row: Any) -> Channel:
+        decrypt = self.secrets.decrypt_optional
+        return Channel(
+            id=row["id"], tenant=row["tenant_slug"], provider=Provider(row["provider"]),
+            key=row["key"], phone_number_id=row["phone_number_id"], waba_id=row["waba_id"],
+            display_number=row["display_number"], api_base_url=row["api_base_url"],
+            graph_version=row["graph_version"], mps=row["mps"], paused=bool(row["paused"]),
+            pause_reason=row["pause_reason"], token=self.secrets.decrypt(row["token_encrypted"]),
+            app_secret=decrypt(row["app_secret_encrypted"]),
+            verify_token=decrypt(row["verify_token_encrypted"]),
+            webhook_secret=decrypt(row["webhook_secret_encrypted"]),
+        )
+
+    # -- parked payloads -------------------------------------------------------------------
+
+    def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
+             channel_key: str | None = None) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(parked.insert().values(
+                created_at=utcnow(), stage=stage, provider=provider, channel_key=channel_key,
+                reason=reason[:1000], payload=payload, replay_count=0))
+            return int(result.inserted_primary_key[0])
+
+    def parked_items(self, *, include_replayed: bool = False, limit: int = 1000
+                     ) -> list[ParkedItem]:
+        query = sa.select(parked).order_by(parked.c.id).limit(limit)
+        if not include_replayed:
+            query = query.where(parked.c.replayed_at.is_(None))
+        with self.engine.connect() as conn:
+            return [ParkedItem(**row) for row in conn.execute(query).mappings().all()]
+
+    def parked_item(self, item_id: int) -> ParkedItem:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(parked).where(parked.c.id == item_id)).mappings().first()
+        if row is None:
+            raise RegistryError(f"no parked item {item_id}")
+        return ParkedItem(**row)
+
+    def mark_replayed(self, item_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(parked.update().where(parked.c.id == item_id).values(
+                replayed_at=utcnow(), replay_count=parked.c.replay_count + 1))
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,108 @@
+"""Tables of a tenant's own database.
+
+- `messages`: every inbound message (and Whapi `from_me` echoes, direction "out"), normalized
+  columns plus the raw provider JSON; unique on (channel, provider_message_id).
+- `outbound_messages`: the outbox that the tenant's systems (or our API) fill; status codes
+  keep the original system's numbers (see `wacloud.model.OutboundStatus`).
+- `status_events`: the history of every delivery receipt, kept even for messages not yet known.
+- `notices`: other provider events that named this tenant's channels (errors, account updates).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from wacloud.adapters.db.types import Id, LongText, UtcDateTime
+
+metadata = sa.MetaData()
+
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("channel", sa.String(191), nullable=False),
+    sa.Column("provider_message_id", sa.String(191), nullable=False),
+    sa.Column("direction", sa.String(3), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("sender", sa.String(191), nullable=True),
+    sa.Column("recipient", sa.String(191), nullable=True),
+    sa.Column("contact_wa_id", sa.String(64), nullable=True, index=True),
+    sa.Column("contact_user_id", sa.String(191), nullable=True, index=True),
+    sa.Column("contact_name", sa.Unicode(255), nullable=True),
+    sa.Column("text", LongText, nullable=True),
+    sa.Column("reply_to", sa.String(191), nullable=True),
+    sa.Column("timestamp", sa.BigInteger, nullable=True),
+    sa.Column("content", sa.JSON, nullable=True),
+    sa.Column("errors", sa.JSON, nullable=True),
+    # For echoes of our own messages: the delivery receipt reached so far (sent, read, ...).
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("media_status", sa.String(16), nullable=True),
+    sa.Column("media_key", sa.String(500), nullable=True),
+    sa.Column("media_mime_type", sa.String(191), nullable=True),
+    sa.Column("media_sha256", sa.String(128), nullable=True),
+    sa.Column("media_size", sa.BigInteger, nullable=True),
+    sa.Column("media_filename", sa.Unicode(500), nullable=True),
+    sa.Column("media_provider_id", sa.String(191), nullable=True),
+    sa.Column("media_link", LongText, nullable=True),
+    sa.Column("media_error", sa.Unicode(1000), nullable=True),
+    sa.Column("raw", sa.JSON, nullable=True),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("channel", "provider_message_id", name="uq_messages_channel_msgid"),
+)
+
+outbound_messages = sa.Table(
+    "outbound_messages", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(191), nullable=False),
+    sa.Column("recipient", sa.String(191), nullable=True),
+    sa.Column("type", sa.String(32), nullable=True),
+    sa.Column("content", sa.JSON, nullable=True),  # the type's object in Meta's send format
+    sa.Column("client_reference", sa.Unicode(191), nullable=True),
+    # Legacy rows carry a ready HTTP request; credentials still come from the channel.
+    sa.Column("request_url", sa.String(1000), nullable=True),
+    sa.Column("request_body", LongText, nullable=True),
+    sa.Column("request_headers", sa.Unicode(2000), nullable=True),
+    sa.Column("status", sa.Integer, nullable=False, default=0, index=True),
+    sa.Column("provider_message_id", sa.String(191), nullable=True, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error_code", sa.String(32), nullable=True),
+    sa.Column("error_reason", sa.Unicode(1000), nullable=True),
+    sa.Column("response_excerpt", sa.Unicode(2000), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("reserved_at", UtcDateTime, nullable=True),
+    sa.Column("queued_at", UtcDateTime, nullable=True),
+    sa.Column("accepted_at", UtcDateTime, nullable=True),
+    sa.Column("delivered_at", UtcDateTime, nullable=True),
+    sa.Column("read_at", UtcDateTime, nullable=True),
+)
+
+status_events = sa.Table(
+    "status_events", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("channel", sa.String(191), nullable=False),
+    sa.Column("provider_message_id", sa.String(191), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("timestamp", sa.BigInteger, nullable=False),
+    sa.Column("recipient", sa.String(191), nullable=True),
+    sa.Column("recipient_user_id", sa.String(191), nullable=True),
+    sa.Column("errors", sa.JSON, nullable=True),
+    sa.Column("raw", sa.JSON, nullable=True),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("channel", "provider_message_id", "status", "timestamp",
+                        name="uq_status_events"),
+    sa.Index("ix_status_events_msgid", "channel", "provider_message_id"),
+)
+
+notices = sa.Table(
+    "notices", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("channel", sa.String(191), nullable=False),
+    sa.Column("field", sa.String(64), nullable=False),
+    sa.Column("errors", sa.JSON, nullable=True),
+    sa.Column("raw", sa.JSON, nullable=True),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+)

@@ -1,0 +1,187 @@
+"""Reads and writes on one tenant's database: store events idempotently, move receipts forward.
+
+Everything here is synchronous SQLAlchemy Core; stages call it through a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from wacloud.adapters.db import tenant as t
+from wacloud.adapters.db.dialect import insert_ignore
+from wacloud.adapters.db.types import utcnow
+from wacloud.adapters.db.views import row_to_inbound
+from wacloud.model import (
+    DELIVERY_RANK,
+    RECEIPT_STATUS,
+    Direction,
+    InboundMessage,
+    MediaRef,
+    MediaStatus,
+    OutboundStatus,
+    ProviderError,
+    ProviderNotice,
+    StatusUpdate,
+    receipt_rank,
+)
+
+# Status names of message rows (echoes of our own messages) ranked like receipts.
+MESSAGE_STATUS_RANK = {"received": 0, "pending": 1, "accepted": 3, "sent": 4, "failed": 5,
+                       "delivered": 6, "read": 7, "played": 8}
+
+
+@dataclass(slots=True)
+class StoreResult:
+    messages_inserted: int = 0
+    statuses_inserted: int = 0
+    notices_inserted: int = 0
+    pending_media: list[InboundMessage] = field(default_factory=list)
+
+
+def message_row(message: InboundMessage, now: Any) -> dict[str, Any]:
+    media = message.media
+    status = "received"
+    if message.direction is Direction.OUT:
+        raw_status = str(message.raw.get("status", ""))
+        status = raw_status if raw_status in MESSAGE_STATUS_RANK else "accepted"
+    return {
+        "provider": message.provider.value, "channel": message.channel_key,
+        "provider_message_id": message.provider_message_id,
+        "direction": message.direction.value, "type": message.type, "sender": message.sender,
+        "recipient": message.recipient, "contact_wa_id": message.contact.wa_id,
+        "contact_user_id": message.contact.user_id, "contact_name": message.contact.name,
+        "text": message.text, "reply_to": message.reply_to, "timestamp": message.timestamp,
+        "content": message.content or None,
+        "errors": [{"code": e.code, "reason": e.reason, "details": e.details}
+                   for e in message.errors] or None,
+        "status": status,
+        "media_status": media.status.value if media else None,
+        "media_key": media.key if media else None,
+        "media_mime_type": media.mime_type if media else None,
+        "media_sha256": media.sha256 if media else None,
+        "media_size": media.size if media else None,
+        "media_filename": media.filename if media else None,
+        "media_provider_id": media.provider_media_id if media else None,
+        "media_link": media.link if media else None,
+        "media_error": media.error if media else None,
+        "raw": message.raw, "received_at": now, "updated_at": now,
+    }
+
+
+class TenantStore:
+    def __init__(self, slug: str, engine: Engine) -> None:
+        self.slug = slug
+        self.engine = engine
+
+    def create_schema(self) -> None:
+        t.metadata.create_all(self.engine)
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def store_events(self, messages: Sequence[InboundMessage], statuses: Sequence[StatusUpdate],
+                     notices: Sequence[ProviderNotice]) -> StoreResult:
+        """Store a batch in one transaction. Safe to repeat: duplicates leave one row."""
+        now = utcnow()
+        result = StoreResult()
+        with self.engine.begin() as conn:
+            result.messages_inserted = insert_ignore(
+                conn, t.messages, [message_row(m, now) for m in messages])
+            result.statuses_inserted = insert_ignore(conn, t.status_events, [{
+                "provider": s.provider.value, "channel": s.channel_key,
+                "provider_message_id": s.provider_message_id, "status": s.status,
+                "timestamp": s.timestamp or 0, "recipient": s.recipient,
+                "recipient_user_id": s.recipient_user_id,
+                "errors": [{"code": e.code, "reason": e.reason, "details": e.details}
+                           for e in s.errors] or None,
+                "raw": s.raw, "received_at": now} for s in statuses])
+            for status in statuses:
+                self._apply_receipt(conn, status.channel_key, status.provider_message_id,
+                                    status.status, status.errors[0] if status.errors else None)
+            echoes = [m for m in messages if m.direction is Direction.OUT]
+            for echo in echoes:
+                self.apply_known_receipts(conn, echo.channel_key, [echo.provider_message_id])
+            if notices:
+                conn.execute(t.notices.insert(), [{
+                    "provider": n.provider.value, "channel": n.channel_key, "field": n.field,
+                    "errors": [{"code": e.code, "reason": e.reason} for e in n.errors] or None,
+                    "raw": n.raw, "received_at": now} for n in notices])
+                result.notices_inserted = len(notices)
+        result.pending_media = [m for m in messages
+                                if m.media is not None and m.media.status is MediaStatus.PENDING]
+        return result
+
+    def _apply_receipt(self, conn: Connection, channel: str, provider_message_id: str,
+                       status: str, error: Any | None) -> None:
+        """Move the matching outbound row (or echo) forward to `status`; never backwards."""
+        code = RECEIPT_STATUS.get(status)
+        if code is None:
+            return
+        rank = DELIVERY_RANK[code]
+        lower = [c.value for c, r in DELIVERY_RANK.items() if r < rank]
+        now = utcnow()
+        values: dict[str, Any] = {"status": code.value, "updated_at": now}
+        if code is OutboundStatus.DELIVERED:
+            values["delivered_at"] = now
+        elif code in (OutboundStatus.READ, OutboundStatus.PLAYED):
+            values["read_at"] = now
+        elif code is OutboundStatus.FAILED_AFTER_ACCEPT and error is not None:
+            values["error_code"] = error.code
+            values["error_reason"] = error.reason[:1000]
+        conn.execute(t.outbound_messages.update().where(
+            t.outbound_messages.c.channel == channel,
+            t.outbound_messages.c.provider_message_id == provider_message_id,
+            t.outbound_messages.c.status.in_(lower)).values(**values))
+        lower_names = [n for n, r in MESSAGE_STATUS_RANK.items() if r < receipt_rank(status)]
+        conn.execute(t.messages.update().where(
+            t.messages.c.channel == channel,
+            t.messages.c.provider_message_id == provider_message_id,
+            t.messages.c.direction == Direction.OUT.value,
+            t.messages.c.status.in_(lower_names)).values(status=status, updated_at=now))
+
+    def apply_known_receipts(self, conn: Connection, channel: str,
+                             provider_message_ids: Iterable[str]) -> None:
+        """Apply receipts that arrived before their message was known (kept in the history)."""
+        ids = list(provider_message_ids)
+        if not ids:
+            return
+        rows = conn.execute(sa.select(
+            t.status_events.c.provider_message_id, t.status_events.c.status,
+            t.status_events.c.errors).where(
+            t.status_events.c.channel == channel,
+            t.status_events.c.provider_message_id.in_(ids))).all()
+        for pmid, status, errors in sorted(rows, key=lambda r: receipt_rank(r[1])):
+            error = None
+            if errors:
+                error = ProviderError.from_dict(errors[0])
+            self._apply_receipt(conn, channel, pmid, status, error)
+
+    def set_media(self, channel: str, provider_message_id: str, media: MediaRef) -> bool:
+        """Record where a message's media went; False if the message row is not there yet."""
+        with self.engine.begin() as conn:
+            result = conn.execute(t.messages.update().where(
+                t.messages.c.channel == channel,
+                t.messages.c.provider_message_id == provider_message_id).values(
+                media_status=media.status.value, media_key=media.key,
+                media_mime_type=media.mime_type, media_sha256=media.sha256,
+                media_size=media.size, media_filename=media.filename,
+                media_error=media.error, updated_at=utcnow()))
+            return result.rowcount > 0
+
+    def media_status(self, channel: str, provider_message_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(t.messages.c.media_status).where(
+                t.messages.c.channel == channel,
+                t.messages.c.provider_message_id == provider_message_id)).scalar()
+        return None if value is None else str(value)
+
+    def messages_with_media(self, statuses: Sequence[str]) -> list[InboundMessage]:
+        """Messages whose media is in one of `statuses` (for `wacloud media refetch`)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.messages).where(
+                t.messages.c.media_status.in_(list(statuses)))).mappings().all()
+        return [row_to_inbound(row) for row in rows]

@@ -1,0 +1,48 @@
+"""Media on the local disk (embedded mode): files under `<data dir>/media/<key>`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from wacloud.adapters.media.base import MediaStore
+
+CHUNK = 256 * 1024
+
+
+class LocalMediaStore(MediaStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError("media key escapes the media directory")
+        return path
+
+    async def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        target = self.path_for(key)
+        await asyncio.to_thread(self._move, path, target)
+
+    @staticmethod
+    def _move(source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+
+    async def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+        path = self.path_for(key)
+        handle = await asyncio.to_thread(path.open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(handle.read, CHUNK):
+                yield chunk
+        finally:
+            handle.close()
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.path_for(key).unlink, True)

@@ -1,0 +1,94 @@
+"""The queue port: the small SQS-shaped interface every stage talks to.
+
+Semantics (the same for the SQLite and SQS implementations):
+- `send` is durable when it returns. FIFO queues take a group id (messages of one group are
+  received in order, and none is received while an earlier one of its group is in flight) and a
+  de-duplication id (a second send with the same id while the first is still queued is a no-op).
+- `receive` hides the messages it returns for `visibility_timeout` seconds and counts receives.
+  A message received more than `max_receives` times goes to the queue's dead-letter queue.
+- `ack` deletes; `release` makes a message visible again after `delay` seconds (backoff).
+- `redrive` moves dead letters back to the source queue.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class OutgoingMessage:
+    body: bytes
+    group_id: str | None = None
+    dedup_id: str | None = None
+    delay: float = 0.0
+
+
+@dataclass(slots=True)
+class ReceivedMessage:
+    body: bytes
+    receipt: str
+    receive_count: int
+    message_id: str
+    group_id: str | None = None
+    sent_at: float = 0.0
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class QueueSpec:
+    """How a queue is declared: its name, whether it is FIFO, and its dead-letter policy."""
+
+    name: str
+    fifo: bool = False
+    max_receives: int = 5
+    visibility_timeout: float = 30.0
+
+    @property
+    def dead_letter_name(self) -> str:
+        return f"{self.name}.dlq"
+
+
+class Queue(abc.ABC):
+    """One named queue."""
+
+    spec: QueueSpec
+
+    @abc.abstractmethod
+    async def send(self, body: bytes, *, group_id: str | None = None,
+                   dedup_id: str | None = None, delay: float = 0.0) -> None: ...
+
+    @abc.abstractmethod
+    async def send_batch(self, messages: list[OutgoingMessage]) -> None: ...
+
+    @abc.abstractmethod
+    async def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None,
+                      wait_seconds: float = 0.0) -> list[ReceivedMessage]: ...
+
+    @abc.abstractmethod
+    async def ack(self, receipts: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def release(self, receipt: str, delay: float = 0.0) -> None: ...
+
+    @abc.abstractmethod
+    async def depth(self) -> dict[str, int]:
+        """Counts: `visible`, `in_flight`, `delayed`, `dead` (in the dead-letter queue)."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
+        """Peek at the dead-letter queue without changing it."""
+
+    @abc.abstractmethod
+    async def redrive(self, message_ids: list[str] | None = None) -> int:
+        """Move dead letters (all, or the given ids) back to this queue; returns how many."""
+
+
+class QueueBroker(abc.ABC):
+    """Creates queues and closes their connections."""
+
+    @abc.abstractmethod
+    def queue(self, spec: QueueSpec) -> Queue: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

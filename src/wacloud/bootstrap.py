@@ -1,0 +1,140 @@
+"""The composition root: the one place that reads settings and wires adapters into stages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.media.base import MediaStore
+from wacloud.adapters.media.local import LocalMediaStore
+from wacloud.adapters.queue.base import Queue, QueueBroker, QueueSpec, ReceivedMessage
+from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.credentials import CredentialsBroker
+from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, write_key_file
+from wacloud.hosting.runner import StageRunner
+from wacloud.media_copier import MediaCopier
+from wacloud.metrics import PARKED
+from wacloud.settings import Settings
+from wacloud.stages import envelopes
+from wacloud.stages.envelopes import Output
+from wacloud.stages.media import MediaContext, fetch_media
+from wacloud.stages.receive import ReceiveContext, receive
+from wacloud.stages.write import WriteContext, write
+
+log = logging.getLogger(__name__)
+
+
+def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
+    return {
+        envelopes.INBOUND_RAW: QueueSpec(envelopes.INBOUND_RAW,
+                                         max_receives=settings.queue_max_receives),
+        envelopes.INBOUND_EVENTS: QueueSpec(envelopes.INBOUND_EVENTS,
+                                            max_receives=settings.queue_max_receives),
+        # The media stage counts its own attempts; the DLQ is only for crashes beyond that.
+        envelopes.INBOUND_MEDIA: QueueSpec(envelopes.INBOUND_MEDIA,
+                                           max_receives=settings.media_max_attempts + 3,
+                                           visibility_timeout=settings.media_timeout_s + 30),
+    }
+
+
+def init_data_dir(settings: Settings) -> bool:
+    """Create the data dir, an encryption key (mode 0600) and the registry. True if new."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    created = False
+    if not settings.encryption_key and not read_key_file(settings.key_file):
+        write_key_file(settings.key_file, [new_key()])
+        created = True
+    registry = open_registry(settings)
+    registry.create_schema()
+    registry.engine.dispose()
+    return created
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    return load_secret_box(settings.encryption_key, settings.key_file)
+
+
+def open_registry(settings: Settings) -> Registry:
+    return Registry(create_engine(settings.registry), secret_box(settings))
+
+
+@dataclass
+class Gateway:
+    """Everything a hosting mode needs, built from one Settings object."""
+
+    settings: Settings
+    registry: Registry
+    broker: CredentialsBroker
+    queue_broker: QueueBroker
+    queues: dict[str, Queue]
+    media_store: MediaStore
+    http: httpx.AsyncClient
+    copier: MediaCopier
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
+                   channel_key: str | None = None) -> int:
+        item = await asyncio.to_thread(self.registry.park, stage=stage, reason=reason,
+                                       payload=payload, provider=provider,
+                                       channel_key=channel_key)
+        PARKED.labels(stage).inc()
+        log.warning("parked item %d from stage %s: %s", item, stage, reason)
+        return item
+
+    def runners(self) -> list[StageRunner]:
+        s = self.settings
+        receive_ctx = ReceiveContext(self.broker, self.copier, self.park,
+                                     s.media_first_try_timeout_s)
+        write_ctx = WriteContext(self.broker, self.park)
+        media_ctx = MediaContext(self.broker, self.copier, s.media_max_attempts,
+                                 s.media_backoff_base_s, s.media_backoff_max_s, s.media_timeout_s)
+
+        def handler(fn: Callable[..., Awaitable[list[Output]]], ctx: Any
+                    ) -> Callable[[ReceivedMessage], Awaitable[list[Output]]]:
+            async def run(message: ReceivedMessage) -> list[Output]:
+                return await fn(message.body, ctx)
+            return run
+
+        async def media_handler(message: ReceivedMessage) -> list[Output]:
+            return await fetch_media(message.body, message.receive_count, media_ctx)
+
+        q = self.queues
+        return [
+            StageRunner("receive", q[envelopes.INBOUND_RAW], handler(receive, receive_ctx), q,
+                        concurrency=16),
+            StageRunner("write", q[envelopes.INBOUND_EVENTS], handler(write, write_ctx), q,
+                        concurrency=8),
+            StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q, concurrency=8),
+        ]
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.queue_broker.close()
+        self.broker.close()
+        self.registry.engine.dispose()
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    init_data_dir(settings)
+    registry = open_registry(settings)
+    broker = CredentialsBroker(
+        registry, tenants_dir=settings.tenants_dir, cache_seconds=settings.credentials_cache_s,
+        global_meta_app_secret=settings.meta_app_secret,
+        key_loader=lambda: secret_box(settings))
+    broker.refresh(force=True)
+    queue_broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+    queues = {name: queue_broker.queue(spec) for name, spec in queue_specs(settings).items()}
+    media_store = LocalMediaStore(settings.media_dir)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
+                             limits=httpx.Limits(max_connections=200))
+    copier = MediaCopier(media_store, http, tmp_dir=settings.data_dir / "tmp",
+                         max_bytes=settings.max_media_bytes,
+                         allow_local=settings.dev_allow_local_urls)
+    return Gateway(settings, registry, broker, queue_broker, queues, media_store, http, copier)

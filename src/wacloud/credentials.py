@@ -1,0 +1,168 @@
+"""The credentials broker: provider ids -> tenant, channel, decrypted secrets, tenant DB.
+
+Every stage gets credentials only through here. It serves lookups from an in-memory snapshot
+of the registry that is rebuilt when the registry's change counter moves (polled every
+`registry_poll_s`) and at the latest every `credentials_cache_s`, so a CLI change reaches a
+running gateway within seconds and a stale entry can never live long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.crypto import SecretBox
+from wacloud.model import Channel, Provider
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    version: int = -1
+    loaded_at: float = 0.0
+    by_key: dict[tuple[Provider, str], Channel] = field(default_factory=dict)
+    by_waba: dict[str, list[Channel]] = field(default_factory=dict)
+    tenant_urls: dict[str, str | None] = field(default_factory=dict)
+    meta_app_secrets: list[str] = field(default_factory=list)
+
+
+class CredentialsBroker:
+    def __init__(self, registry: Registry, *, tenants_dir: Path, cache_seconds: float = 30.0,
+                 global_meta_app_secret: str | None = None,
+                 key_loader: object | None = None) -> None:
+        self.registry = registry
+        self.tenants_dir = tenants_dir
+        self.cache_seconds = cache_seconds
+        self.global_meta_app_secret = global_meta_app_secret
+        self._key_loader = key_loader
+        self._snapshot = Snapshot()
+        self._stores: dict[str, tuple[str | None, TenantStore]] = {}
+        self._lock = threading.Lock()
+
+    # -- snapshot --------------------------------------------------------------------------
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload the snapshot if the registry changed or the cache aged out."""
+        version = self.registry.version()
+        snap = self._snapshot
+        if (not force and version == snap.version
+                and time.monotonic() - snap.loaded_at < self.cache_seconds):
+            return False
+        if callable(self._key_loader):
+            box = self._key_loader()
+            if isinstance(box, SecretBox):
+                self.registry.secrets = box
+        new = Snapshot(version=version, loaded_at=time.monotonic())
+        for tenant in self.registry.tenants():
+            new.tenant_urls[tenant.slug] = tenant.db_url
+        secrets: list[str] = []
+        for channel in self.registry.channels():
+            new.by_key[(channel.provider, channel.key)] = channel
+            if channel.waba_id:
+                new.by_waba.setdefault(channel.waba_id, []).append(channel)
+            if channel.provider is Provider.META and channel.app_secret:
+                if channel.app_secret not in secrets:
+                    secrets.append(channel.app_secret)
+        new.meta_app_secrets = secrets
+        self._snapshot = new
+        return True
+
+    def ensure_fresh(self) -> None:
+        if self._snapshot.version < 0:
+            self.refresh(force=True)
+
+    async def watch(self, interval: float, stop: asyncio.Event) -> None:
+        """Poll the registry's change counter until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:  # a registry hiccup must not stop routing from the snapshot
+                log.exception("credentials refresh failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def channel(self, provider: Provider, key: str, account_key: str | None = None
+                ) -> Channel | None:
+        """The channel a provider id routes to; Meta falls back to the WABA id."""
+        self.ensure_fresh()
+        snap = self._snapshot
+        found = snap.by_key.get((provider, key))
+        if found is None and account_key and provider is Provider.META:
+            candidates = [c for c in snap.by_waba.get(account_key, [])
+                          if c.provider is Provider.META]
+            if len(candidates) == 1:
+                found = candidates[0]
+        return found
+
+    def meta_secrets_for(self, phone_number_ids: set[str], waba_ids: set[str]) -> list[str]:
+        """App secrets that may sign a Meta payload naming these ids: the named channels'
+        secrets if any is known, else every configured secret (the payload is then parked)."""
+        self.ensure_fresh()
+        snap = self._snapshot
+        named: list[str] = []
+        for pnid in phone_number_ids:
+            channel = snap.by_key.get((Provider.META, pnid))
+            if channel and channel.app_secret and channel.app_secret not in named:
+                named.append(channel.app_secret)
+        for waba in waba_ids:
+            for channel in snap.by_waba.get(waba, []):
+                if channel.app_secret and channel.app_secret not in named:
+                    named.append(channel.app_secret)
+        pool = named if named or self._names_known(phone_number_ids, waba_ids) else list(
+            snap.meta_app_secrets)
+        if self.global_meta_app_secret:
+            pool = [*pool, self.global_meta_app_secret]
+        return pool
+
+    def _names_known(self, phone_number_ids: set[str], waba_ids: set[str]) -> bool:
+        snap = self._snapshot
+        return any((Provider.META, p) in snap.by_key for p in phone_number_ids) or any(
+            w in snap.by_waba for w in waba_ids)
+
+    def meta_verify_tokens(self) -> list[str]:
+        self.ensure_fresh()
+        return [c.verify_token for c in self._snapshot.by_key.values()
+                if c.provider is Provider.META and c.verify_token]
+
+    def has_tenant(self, slug: str) -> bool:
+        self.ensure_fresh()
+        return slug in self._snapshot.tenant_urls
+
+    # -- tenant databases ------------------------------------------------------------------
+
+    def tenant_store(self, slug: str) -> TenantStore:
+        """The tenant's DB, from the registry only (never from a payload)."""
+        self.ensure_fresh()
+        if slug not in self._snapshot.tenant_urls:
+            raise KeyError(f"unknown tenant {slug!r}")
+        url = self._snapshot.tenant_urls[slug]
+        with self._lock:
+            cached = self._stores.get(slug)
+            if cached is not None and cached[0] == url:
+                return cached[1]
+            engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
+            self.tenants_dir.mkdir(parents=True, exist_ok=True)
+            store = TenantStore(slug, create_engine(engine_url))
+            store.create_schema()
+            if cached is not None:
+                cached[1].engine.dispose()
+            self._stores[slug] = (url, store)
+            return store
+
+    def close(self) -> None:
+        with self._lock:
+            for _, store in self._stores.values():
+                store.engine.dispose()
+            self._stores.clear()

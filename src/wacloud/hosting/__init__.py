@@ -1,0 +1,1 @@
+"""Ways to host the stages: one process (embedded), a worker per stage, or Lambda handlers."""

@@ -1,0 +1,100 @@
+"""Run one stage against its input queue: receive, handle, forward outputs, then ack.
+
+At-least-once: an input is acknowledged only after its outputs are durably queued. A failure
+releases the input with backoff; the queue dead-letters it after too many receives. Messages
+of one FIFO group are handled one after another, in order; different groups run in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+
+from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
+from wacloud.metrics import STAGE_MESSAGES, STAGE_SECONDS
+from wacloud.stages.envelopes import Output, RetryLater
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[ReceivedMessage], Awaitable[list[Output]]]
+
+
+class StageRunner:
+    def __init__(self, name: str, queue: Queue, handler: Handler, outputs: Mapping[str, Queue],
+                 *, concurrency: int = 8, batch: int = 10, wait_seconds: float = 1.0,
+                 error_backoff: float = 1.0) -> None:
+        self.name = name
+        self.queue = queue
+        self.handler = handler
+        self.outputs = outputs
+        self.concurrency = concurrency
+        self.batch = batch
+        self.wait_seconds = wait_seconds
+        self.error_backoff = error_backoff
+
+    async def run(self, stop: asyncio.Event) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self.concurrency)
+        while not stop.is_set():
+            free = self.concurrency - len(in_flight)
+            if free <= 0:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                messages = await self.queue.receive(min(self.batch, free),
+                                                    wait_seconds=self.wait_seconds)
+            except Exception:
+                log.exception("stage %s: receive failed", self.name)
+                await asyncio.sleep(self.error_backoff)  # back off a broken queue, not a sync
+                continue
+            groups: dict[str | None, list[ReceivedMessage]] = defaultdict(list)
+            for message in messages:
+                groups[message.group_id or message.message_id].append(message)
+            for group in groups.values():
+                task = asyncio.create_task(self._run_group(group, slots))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _run_group(self, group: list[ReceivedMessage], slots: asyncio.Semaphore) -> None:
+        async with slots:
+            for index, message in enumerate(group):
+                if not await self.handle(message):
+                    # Keep the group's order: what follows a failed message waits for it.
+                    for later in group[index + 1:]:
+                        await self.queue.release(later.receipt, 0.0)
+                    return
+
+    async def handle(self, message: ReceivedMessage) -> bool:
+        started = time.perf_counter()
+        try:
+            outputs = await self.handler(message)
+            await self.forward(outputs)
+            await self.queue.ack([message.receipt])
+        except RetryLater as retry:
+            STAGE_MESSAGES.labels(self.name, "retry").inc()
+            await self.queue.release(message.receipt, retry.delay)
+            return False
+        except Exception:
+            STAGE_MESSAGES.labels(self.name, "error").inc()
+            log.exception("stage %s failed on message %s (receive %d)", self.name,
+                          message.message_id, message.receive_count)
+            delay = random.uniform(0.5, 1.0) * self.error_backoff * 2 ** min(
+                message.receive_count, 6)
+            await self.queue.release(message.receipt, delay)
+            return False
+        STAGE_MESSAGES.labels(self.name, "ok").inc()
+        STAGE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        return True
+
+    async def forward(self, outputs: list[Output]) -> None:
+        by_queue: dict[str, list[OutgoingMessage]] = defaultdict(list)
+        for output in outputs:
+            by_queue[output.queue].append(output.message)
+        for name, messages in by_queue.items():
+            await self.outputs[name].send_batch(messages)

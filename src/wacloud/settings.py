@@ -1,0 +1,86 @@
+"""All settings in one object, from `WACLOUD_*` environment variables and/or a TOML file.
+
+The config file is `WACLOUD_CONFIG` (or `<data dir>/wacloud.toml` when present); environment
+variables override it. Nothing here is secret except the optional encryption key, which is
+never printed (its repr is hidden).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WACLOUD_", extra="ignore")
+
+    data_dir: Path = Path(".wacloud")
+    # Registry URL; default: a SQLite file in the data dir.
+    registry_url: str | None = None
+    # Fernet keys (comma separated, newest first); default: the key file in the data dir.
+    encryption_key: str | None = Field(default=None, repr=False)
+    # A Meta app secret valid for every channel (one Meta app usually serves many tenants).
+    meta_app_secret: str | None = Field(default=None, repr=False)
+    dev_allow_local_urls: bool = False
+
+    max_webhook_bytes: int = 3 * 1024 * 1024
+    max_media_bytes: int = 100 * 1024 * 1024
+    media_timeout_s: float = 60.0
+    media_first_try_timeout_s: float = 10.0
+    media_max_attempts: int = 6
+    media_backoff_base_s: float = 2.0
+    media_backoff_max_s: float = 300.0
+
+    queue_synchronous: str = "FULL"
+    queue_max_receives: int = 5
+    registry_poll_s: float = 1.0
+    credentials_cache_s: float = 30.0
+    workers_per_stage: int = 2
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @property
+    def queue_path(self) -> Path:
+        return self.data_dir / "queues.db"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def tenants_dir(self) -> Path:
+        return self.data_dir / "tenants"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "encryption.key"
+
+    @property
+    def registry(self) -> str:
+        return self.registry_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+
+def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: config file, then environment, then explicit overrides (CLI flags)."""
+    file_values: dict[str, Any] = {}
+    config_path = os.environ.get("WACLOUD_CONFIG")
+    base_dir = data_dir or Path(os.environ.get("WACLOUD_DATA_DIR", ".wacloud"))
+    candidate = Path(config_path) if config_path else base_dir / "wacloud.toml"
+    if candidate.is_file():
+        with candidate.open("rb") as handle:
+            file_values = tomllib.load(handle)
+    env_settings = Settings()
+    merged: dict[str, Any] = {**file_values}
+    for name in Settings.model_fields:
+        if f"WACLOUD_{name.upper()}" in os.environ:
+            merged[name] = getattr(env_settings, name)
+    if data_dir is not None:
+        merged["data_dir"] = data_dir
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings.model_validate(merged)

@@ -1,0 +1,60 @@
+"""What travels on each queue, and the results stages hand back to whoever hosts them.
+
+`inbound.raw` carries a one-line JSON header, a newline, then the webhook body byte for byte
+(the bytes the signature was checked over). The other queues carry JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from wacloud.adapters.queue.base import OutgoingMessage
+
+INBOUND_RAW = "inbound.raw"
+INBOUND_EVENTS = "inbound.events"
+INBOUND_MEDIA = "inbound.media"
+
+
+@dataclass(slots=True)
+class Output:
+    queue: str
+    message: OutgoingMessage
+
+
+class RetryLater(Exception):
+    """Raised by a stage: release the input message and try again after `delay` seconds."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+@dataclass(slots=True)
+class RawWebhook:
+    provider: str
+    channel_key: str | None
+    received_at: float
+    body: bytes
+    kind: str = "webhook"  # or "events": a replayed list of already-parsed events
+
+    def encode(self) -> bytes:
+        header = json.dumps({"v": 1, "provider": self.provider, "channel_key": self.channel_key,
+                             "received_at": self.received_at, "kind": self.kind},
+                            separators=(",", ":")).encode()
+        return header + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, data: bytes) -> RawWebhook:
+        header_bytes, _, body = data.partition(b"\n")
+        header = json.loads(header_bytes)
+        return cls(provider=header["provider"], channel_key=header.get("channel_key"),
+                   received_at=float(header.get("received_at") or time.time()), body=body,
+                   kind=header.get("kind", "webhook"))
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()

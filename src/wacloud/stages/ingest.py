@@ -1,0 +1,54 @@
+"""Ingest: decide whether a webhook is authentic, and wrap it for the `inbound.raw` queue.
+
+The HTTP layer calls these, durably queues the result, and only then answers 200. Nothing
+else happens on the request path: parsing, media and storage come later, off the queue.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+
+from wacloud.credentials import CredentialsBroker
+from wacloud.model import Provider
+from wacloud.providers import meta
+from wacloud.stages.envelopes import INBOUND_RAW, Output, RawWebhook
+from wacloud.adapters.queue.base import OutgoingMessage
+
+
+def meta_signature_ok(body: bytes, signature: str | None, broker: CredentialsBroker) -> bool:
+    """Check `X-Hub-Signature-256` with the app secret of the channels the payload names, or
+    with every configured secret when it names none we know (it will then be parked)."""
+    if not signature:
+        return False
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    phone_ids, waba_ids = meta.routing_ids(payload) if isinstance(payload, dict) else (set(), set())
+    return meta.verify_signature(body, signature, broker.meta_secrets_for(phone_ids, waba_ids))
+
+
+def shared_secret_ok(expected: str | None, provided: str | None) -> bool:
+    """Whapi and Chakra webhooks carry the channel's secret (header or query), not a signature."""
+    if not expected or not provided:
+        return False
+    return hmac.compare_digest(expected.encode(), provided.encode())
+
+
+def meta_verify_challenge(mode: str | None, token: str | None, challenge: str | None,
+                          broker: CredentialsBroker) -> str | None:
+    """The GET handshake: the challenge to echo, or None (403)."""
+    if mode != "subscribe" or not token or challenge is None:
+        return None
+    for expected in broker.meta_verify_tokens():
+        if hmac.compare_digest(expected.encode(), token.encode()):
+            return challenge
+    return None
+
+
+def raw_output(provider: Provider, body: bytes, channel_key: str | None = None) -> Output:
+    envelope = RawWebhook(provider=provider.value, channel_key=channel_key,
+                          received_at=time.time(), body=body)
+    return Output(INBOUND_RAW, OutgoingMessage(envelope.encode()))

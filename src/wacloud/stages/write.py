@@ -1,0 +1,65 @@
+"""Write: route each event to its tenant through the broker and store it there, once.
+
+Routing uses only the registry (Meta phone_number_id, falling back to the WABA id; Whapi
+channel id; Chakra plugin id). Events of an unknown channel are parked with the reason, to be
+replayed once the channel exists. Messages whose media is still pending get a retry job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+
+from wacloud.adapters.queue.base import OutgoingMessage
+from wacloud.credentials import CredentialsBroker
+from wacloud.model import Event, InboundMessage, ProviderNotice, StatusUpdate, event_from_dict
+from wacloud.stages.envelopes import INBOUND_MEDIA, Output, dumps
+from wacloud.stages.receive import Park
+
+
+@dataclass(slots=True)
+class WriteContext:
+    broker: CredentialsBroker
+    park: Park
+
+
+def _describe(event: Event) -> str:
+    ids = f"{event.provider.value} channel {event.channel_key!r}"
+    if event.account_key:
+        ids += f" (account {event.account_key!r})"
+    return ids
+
+
+async def write(data: bytes, ctx: WriteContext) -> list[Output]:
+    batch = json.loads(data)
+    by_tenant: dict[str, list[Event]] = defaultdict(list)
+    unroutable: dict[str, list[Event]] = defaultdict(list)
+    for item in batch["events"]:
+        event = event_from_dict(item)
+        channel = ctx.broker.channel(event.provider, event.channel_key, event.account_key)
+        if channel is None:
+            unroutable[_describe(event)].append(event)
+            continue
+        event.channel_key = channel.key  # a WABA-id fallback stores under the channel's id
+        by_tenant[channel.tenant].append(event)
+
+    for description, events in unroutable.items():
+        await ctx.park(stage="write", reason=f"no tenant for {description}",
+                       payload=dumps([e.to_dict() for e in events]).decode(),
+                       provider=events[0].provider.value, channel_key=events[0].channel_key)
+
+    outputs: list[Output] = []
+    for tenant, events in by_tenant.items():
+        store = await asyncio.to_thread(ctx.broker.tenant_store, tenant)
+        result = await asyncio.to_thread(
+            store.store_events,
+            [e for e in events if isinstance(e, InboundMessage)],
+            [e for e in events if isinstance(e, StatusUpdate)],
+            [e for e in events if isinstance(e, ProviderNotice)])
+        for message in result.pending_media:
+            job = {"tenant": tenant, "message": message.to_dict()}
+            job["message"]["raw"] = {}
+            outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
+    return outputs
