@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,7 @@ class Gateway:
     registry: Registry
     broker: CredentialsBroker
     queue_broker: QueueBroker
-    queues: dict[str, Queue]
+    queues: Mapping[str, Queue]
     media_store: MediaStore
     http: httpx.AsyncClient
     copier: MediaCopier

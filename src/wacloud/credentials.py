@@ -9,6 +9,7 @@ running gateway within seconds and a stale entry can never live long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -68,9 +69,9 @@ class CredentialsBroker:
             new.by_key[(channel.provider, channel.key)] = channel
             if channel.waba_id:
                 new.by_waba.setdefault(channel.waba_id, []).append(channel)
-            if channel.provider is Provider.META and channel.app_secret:
-                if channel.app_secret not in secrets:
-                    secrets.append(channel.app_secret)
+            if (channel.provider is Provider.META and channel.app_secret
+                    and channel.app_secret not in secrets):
+                secrets.append(channel.app_secret)
         new.meta_app_secrets = secrets
         self._snapshot = new
         return True
@@ -86,10 +87,8 @@ class CredentialsBroker:
                 await asyncio.to_thread(self.refresh)
             except Exception:  # a registry hiccup must not stop routing from the snapshot
                 log.exception("credentials refresh failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
 
     # -- lookups ---------------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 
+UNDECRYPTABLE = "a stored secret cannot be decrypted with the configured keys"
+
+
 class SecretError(RuntimeError):
     """A secret could not be decrypted (wrong or missing key). Never carries the secret."""
 
@@ -38,14 +41,14 @@ class SecretBox:
         try:
             return self._fernet.decrypt(ciphertext.encode()).decode()
         except InvalidToken:
-            raise SecretError("a stored secret cannot be decrypted with the configured keys") from None
+            raise SecretError(UNDECRYPTABLE) from None
 
     def rotate(self, ciphertext: str) -> str:
         """Re-encrypt under the newest key."""
         try:
             return self._fernet.rotate(ciphertext.encode()).decode()
         except InvalidToken:
-            raise SecretError("a stored secret cannot be decrypted with the configured keys") from None
+            raise SecretError(UNDECRYPTABLE) from None
 
     def encrypt_optional(self, plaintext: str | None) -> str | None:
         return None if plaintext is None else self.encrypt(plaintext)

@@ -8,6 +8,7 @@ serving with instructions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -98,16 +99,12 @@ async def demo(data_dir: Path, port: int, keep_serving: bool) -> int:
                   f"  curl '{base}/webhooks/meta?hub.mode=subscribe&hub.challenge=42"
                   f"&hub.verify_token=<verify token>'\n"
                   f"  curl {base}/metrics\n")
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await server
-            except asyncio.CancelledError:
-                pass
         else:
             server.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await server
-            except asyncio.CancelledError:
-                pass
         return 0 if ok else 1
 
 

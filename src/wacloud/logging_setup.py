@@ -10,10 +10,11 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 
 from wacloud.settings import Settings
 
-PATTERNS = [
+PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(bearer\s+)?[^\s\"',}]+"),
      r"\1\2***"),
     (re.compile(r"(?i)((?:token|secret|password|app_secret|verify_token|access_token)"
@@ -26,7 +27,7 @@ PATTERNS = [
 
 def mask(text: str) -> str:
     for pattern, replacement in PATTERNS:
-        text = pattern.sub(replacement, text)  # type: ignore[arg-type]
+        text = pattern.sub(replacement, text)
     return text
 
 

@@ -6,6 +6,7 @@ record converts to and from plain JSON-able dicts so it can cross a queue.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -220,8 +221,8 @@ class ProviderNotice:
     channel_key: str
     field: str
     account_key: str | None = None
-    errors: list[ProviderError] = field(default_factory=list)
-    raw: JSON = field(default_factory=dict)
+    errors: list[ProviderError] = dataclasses.field(default_factory=list)
+    raw: JSON = dataclasses.field(default_factory=dict)
 
     kind = "notice"
 

@@ -36,10 +36,12 @@ async def serve(settings: Settings, host: str, port: int,
             while not server.started:
                 await asyncio.sleep(0.02)
             started.set()
-        asyncio.create_task(announce())
+        announcer = asyncio.create_task(announce())
     try:
         await server.serve()
     finally:
+        if started is not None:
+            announcer.cancel()
         gateway.stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await stages

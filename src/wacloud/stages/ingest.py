@@ -10,11 +10,11 @@ import hmac
 import json
 import time
 
+from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import Provider
 from wacloud.providers import meta
 from wacloud.stages.envelopes import INBOUND_RAW, Output, RawWebhook
-from wacloud.adapters.queue.base import OutgoingMessage
 
 
 def meta_signature_ok(body: bytes, signature: str | None, broker: CredentialsBroker) -> bool:

@@ -47,8 +47,10 @@ def parse(raw: RawWebhook) -> list[Event]:
         return [event_from_dict(item) for item in json.loads(raw.body)]
     try:
         payload: Any = json.loads(raw.body)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise PayloadError(f"body is not JSON ({exc.msg} at byte {exc.pos})") from None
+    except UnicodeDecodeError:
+        raise PayloadError("body is not UTF-8 text") from None
     if not isinstance(payload, dict):
         raise PayloadError("body is not a JSON object")
     provider = Provider(raw.provider)

@@ -59,7 +59,8 @@ async def write(data: bytes, ctx: WriteContext) -> list[Output]:
             [e for e in events if isinstance(e, StatusUpdate)],
             [e for e in events if isinstance(e, ProviderNotice)])
         for message in result.pending_media:
-            job = {"tenant": tenant, "message": message.to_dict()}
-            job["message"]["raw"] = {}
+            fields = message.to_dict()
+            fields["raw"] = {}
+            job = {"tenant": tenant, "message": fields}
             outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
     return outputs

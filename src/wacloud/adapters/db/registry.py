@@ -139,7 +139,7 @@ class Registry:
                 slug=slug, db_url_encrypted=self.secrets.encrypt_optional(db_url),
                 created_at=utcnow()))
             self._bump(conn)
-            return Tenant(int(result.inserted_primary_key[0]), slug, db_url, None)
+            return Tenant(_new_id(result), slug, db_url, None)
 
     def tenants(self) -> list[Tenant]:
         with self.engine.connect() as conn:
@@ -154,8 +154,8 @@ class Registry:
         return self._tenant(row)
 
     def _tenant(self, row: Any) -> Tenant:
-        return Tenant(row["id"], row["slug"], self.secrets.decrypt_optional(row["db_url_encrypted"]),
-                      row["retention_days"])
+        db_url = self.secrets.decrypt_optional(row["db_url_encrypted"])
+        return Tenant(row["id"], row["slug"], db_url, row["retention_days"])
 
     # -- channels --------------------------------------------------------------------------
 
@@ -181,7 +181,7 @@ class Registry:
                 webhook_secret_encrypted=self.secrets.encrypt_optional(webhook_secret),
                 paused=False, created_at=now, updated_at=now))
             self._bump(conn)
-            channel_id = int(result.inserted_primary_key[0])
+            channel_id = _new_id(result)
         return self.channel_by_id(channel_id)
 
     def _channel_query(self) -> sa.Select[Any]:
@@ -230,7 +230,7 @@ class Registry:
             result = conn.execute(parked.insert().values(
                 created_at=utcnow(), stage=stage, provider=provider, channel_key=channel_key,
                 reason=reason[:1000], payload=payload, replay_count=0))
-            return int(result.inserted_primary_key[0])
+            return _new_id(result)
 
     def parked_items(self, *, include_replayed: bool = False, limit: int = 1000
                      ) -> list[ParkedItem]:
@@ -251,6 +251,12 @@ class Registry:
         with self.engine.begin() as conn:
             conn.execute(parked.update().where(parked.c.id == item_id).values(
                 replayed_at=utcnow(), replay_count=parked.c.replay_count + 1))
+
+
+def _new_id(result: sa.CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def dumps(data: Any) -> str:

@@ -35,7 +35,7 @@ class LocalMediaStore(MediaStore):
     async def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def open(self, key: str) -> AsyncIterator[bytes]:
         path = self.path_for(key)
         handle = await asyncio.to_thread(path.open, "rb")
         try:

@@ -1,0 +1,310 @@
+"""Contract for the queue port: every QueueBroker implementation must pass these.
+
+To add a backend, add a param to `backend` that knows how to open brokers on one shared store
+(two brokers stand in for two processes) and, if it can, how to start a child sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from wacloud.adapters.queue.base import (
+    OutgoingMessage,
+    Queue,
+    QueueBroker,
+    QueueSpec,
+    ReceivedMessage,
+)
+from wacloud.adapters.queue.sqlite import SqliteBroker
+
+# Sends forever, 16 at a time, printing each body once its send has returned (is durable).
+_SQLITE_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from wacloud.adapters.queue.base import QueueSpec
+from wacloud.adapters.queue.sqlite import SqliteBroker
+
+async def main() -> None:
+    queue = SqliteBroker(Path(sys.argv[1])).queue(QueueSpec(sys.argv[2]))
+    n = 0
+    async def one(body: bytes) -> None:
+        await queue.send(body)
+        sys.stdout.write(body.decode() + "\\n")
+        sys.stdout.flush()
+    while True:
+        await asyncio.gather(*(one(f"m{n + i}".encode()) for i in range(16)))
+        n += 16
+
+asyncio.run(main())
+"""
+
+
+@dataclass
+class Backend:
+    name: str
+    open: Callable[[], QueueBroker]  # a new broker (new connections) on the shared store
+    child_sender: Callable[[str], list[str]] | None = None  # argv of a process sending forever
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        path = tmp_path / "queues.db"
+        return Backend("sqlite", lambda: SqliteBroker(path),
+                       lambda qname: [sys.executable, "-c", _SQLITE_CHILD, str(path), qname])
+    raise AssertionError(request.param)
+
+
+@pytest.fixture
+async def broker(backend: Backend) -> AsyncIterator[QueueBroker]:
+    opened = backend.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def qname() -> str:
+    return f"q{uuid.uuid4().hex[:12]}"  # unique, so shared backends (SQS) need no cleanup
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def drain(queue: Queue, *, ack: bool = True) -> list[ReceivedMessage]:
+    out: list[ReceivedMessage] = []
+    while batch := await queue.receive(10):
+        out.extend(batch)
+        if ack:
+            await queue.ack([m.receipt for m in batch])
+    return out
+
+
+async def test_send_receive_ack(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    before = time.time()
+    await queue.send(b"hello")
+    [msg] = await queue.receive(10)
+    assert msg.body == b"hello"
+    assert msg.receive_count == 1
+    assert isinstance(msg.message_id, str) and msg.message_id
+    assert before - 1 <= msg.sent_at <= time.time() + 1
+    assert await queue.receive(10) == []  # hidden while in flight
+    await queue.ack([msg.receipt])
+    assert await queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    assert await queue.receive(10) == []
+
+
+async def test_visibility_timeout_redelivers(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    await queue.send(b"x")
+    [first] = await queue.receive(1, visibility_timeout=0.2)
+    [again] = await queue.receive(1, visibility_timeout=30, wait_seconds=5)
+    assert again.message_id == first.message_id
+    assert again.receive_count == 2
+    assert again.receipt != first.receipt
+
+
+async def test_stale_receipt_is_ignored(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    await queue.send(b"x")
+    [first] = await queue.receive(1, visibility_timeout=0.2)
+    [second] = await queue.receive(1, visibility_timeout=30, wait_seconds=5)
+    await queue.ack([first.receipt])
+    await queue.release(first.receipt)
+    assert (await queue.depth())["in_flight"] == 1
+    await queue.ack([second.receipt])
+    assert await queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+
+
+async def test_release_now_and_with_delay(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    await queue.send(b"x")
+    [msg] = await queue.receive(1)
+    await queue.release(msg.receipt)
+    [msg] = await queue.receive(1)
+    assert msg.receive_count == 2
+    released_at = time.monotonic()
+    await queue.release(msg.receipt, delay=0.3)
+    assert (await queue.depth())["delayed"] == 1
+    assert await queue.receive(1) == []
+    [msg] = await queue.receive(1, wait_seconds=5)
+    assert time.monotonic() - released_at >= 0.25
+    assert msg.receive_count == 3
+
+
+async def test_delayed_send(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    sent_at = time.monotonic()
+    await queue.send(b"later", delay=0.3)
+    assert await queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 1, "dead": 0}
+    assert await queue.receive(1) == []
+    [msg] = await queue.receive(1, wait_seconds=5)
+    assert msg.body == b"later"
+    assert time.monotonic() - sent_at >= 0.25
+
+
+async def test_dead_letter_after_max_receives_and_redrive(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, max_receives=2, visibility_timeout=0.1))
+    await queue.send(b"poison")
+    await queue.send(b"fine")
+    counts = []
+
+    async def dead() -> bool:
+        for msg in await queue.receive(10):
+            if msg.body == b"fine":
+                await queue.ack([msg.receipt])
+            else:
+                counts.append(msg.receive_count)
+        return (await queue.depth())["dead"] == 1
+
+    await eventually(dead)
+    assert counts == [1, 2]  # never handed out a third time
+    [letter] = await queue.dead_letters()
+    assert (letter.body, letter.receive_count) == (b"poison", 2)
+    assert await queue.dead_letters() == [letter]  # peeking changes nothing
+    assert await queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 1}
+
+    assert await queue.redrive() == 1
+    assert (await queue.depth())["dead"] == 0
+    [msg] = await queue.receive(1, visibility_timeout=30)
+    assert (msg.body, msg.receive_count) == (b"poison", 1)
+
+
+async def test_redrive_selected_ids(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, max_receives=1, visibility_timeout=0.05))
+    await queue.send_batch([OutgoingMessage(b"a"), OutgoingMessage(b"b")])
+    await queue.receive(10)
+    await eventually(lambda: _dead_count_is(queue, 2, receive=True))
+    letters = await queue.dead_letters()
+    chosen = next(m for m in letters if m.body == b"a")
+    assert await queue.redrive([chosen.message_id]) == 1
+    assert [m.body for m in await queue.dead_letters()] == [b"b"]
+    [msg] = await queue.receive(10, visibility_timeout=30)
+    assert msg.body == b"a"
+
+
+async def _dead_count_is(queue: Queue, n: int, *, receive: bool) -> bool:
+    if receive:
+        assert await queue.receive(10) == []
+    return (await queue.depth())["dead"] == n
+
+
+async def test_fifo_order_per_group(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, fifo=True))
+    for i in range(5):
+        await queue.send(f"a{i}".encode(), group_id="a")
+        await queue.send(f"b{i}".encode(), group_id="b")
+    got = await drain(queue)
+    assert [m.body for m in got if m.group_id == "a"] == [f"a{i}".encode() for i in range(5)]
+    assert [m.body for m in got if m.group_id == "b"] == [f"b{i}".encode() for i in range(5)]
+
+
+async def test_fifo_group_lock(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, fifo=True))
+    await queue.send_batch([OutgoingMessage(b"a1", group_id="a"),
+                            OutgoingMessage(b"a2", group_id="a"),
+                            OutgoingMessage(b"b1", group_id="b"),
+                            OutgoingMessage(b"a3", group_id="a")])
+    [head] = await queue.receive(1)
+    assert head.body == b"a1"
+    assert [m.body for m in await queue.receive(10)] == [b"b1"]  # group a is locked
+    await queue.release(head.receipt, delay=0.3)
+    assert await queue.receive(10) == []  # a2 waits behind the backing-off a1
+    got = await queue.receive(10, wait_seconds=5)
+    assert [m.body for m in got] == [b"a1", b"a2", b"a3"]  # several of one group, in order
+    await queue.ack([m.receipt for m in got])
+    await queue.send(b"a4", group_id="a")
+    [msg] = await queue.receive(10)
+    assert msg.body == b"a4"
+
+
+@pytest.mark.parametrize("fifo", [False, True])
+async def test_dedup_id(broker: QueueBroker, qname: str, fifo: bool) -> None:
+    queue = broker.queue(QueueSpec(qname, fifo=fifo))
+    await queue.send(b"one", group_id="g", dedup_id="d1")
+    await queue.send(b"two", group_id="g", dedup_id="d1")
+    await queue.send(b"three", group_id="g", dedup_id="d2")
+    got = await drain(queue)
+    assert [m.body for m in got] == [b"one", b"three"]
+
+
+async def test_send_batch(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    await queue.send_batch([OutgoingMessage(f"m{i}".encode()) for i in range(25)])
+    await queue.send_batch([])
+    assert (await queue.depth())["visible"] == 25
+    assert sorted(m.body for m in await drain(queue)) == sorted(
+        f"m{i}".encode() for i in range(25))
+
+
+async def test_depth(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    await queue.send_batch([OutgoingMessage(b"v1"), OutgoingMessage(b"v2"),
+                            OutgoingMessage(b"f"), OutgoingMessage(b"d", delay=30)])
+    assert await queue.depth() == {"visible": 3, "in_flight": 0, "delayed": 1, "dead": 0}
+    await queue.receive(1)
+    assert await queue.depth() == {"visible": 2, "in_flight": 1, "delayed": 1, "dead": 0}
+
+
+async def test_concurrent_receivers_never_share(backend: Backend, qname: str) -> None:
+    brokers = [backend.open(), backend.open()]
+    try:
+        queues = [b.queue(QueueSpec(qname, visibility_timeout=60)) for b in brokers]
+        await queues[0].send_batch([OutgoingMessage(f"m{i}".encode()) for i in range(500)])
+
+        async def worker(queue: Queue) -> list[str]:
+            seen: list[str] = []
+            while batch := await queue.receive(7):
+                seen.extend(m.message_id for m in batch)
+                await queue.ack([m.receipt for m in batch])
+            return seen
+
+        results = await asyncio.gather(*(worker(q) for q in queues for _ in range(2)))
+        everything = [i for r in results for i in r]
+        assert len(everything) == len(set(everything)) == 500
+        assert sum(1 for r in results if r) >= 2  # the receivers really did compete
+    finally:
+        for b in brokers:
+            await b.close()
+
+
+async def test_sent_messages_survive_sigkill(backend: Backend, qname: str) -> None:
+    if backend.child_sender is None:
+        pytest.skip(f"{backend.name} cannot run a child sender")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(backend.child_sender(qname), stdout=subprocess.PIPE, env=env)
+    assert child.stdout is not None
+    confirmed: set[bytes] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while len(confirmed) < 300:
+            line = await asyncio.to_thread(child.stdout.readline)
+            assert line, "child sender died"
+            confirmed.add(line.strip())
+            assert time.monotonic() < deadline
+        os.kill(child.pid, signal.SIGKILL)
+        confirmed.update(line.strip() for line in child.stdout.read().splitlines())
+    finally:
+        child.kill()
+        child.wait()
+    reopened = backend.open()
+    try:
+        present = {m.body for m in await drain(reopened.queue(QueueSpec(qname)))}
+    finally:
+        await reopened.close()
+    assert confirmed <= present

@@ -1,0 +1,144 @@
+"""SQLite-specific behaviour of the embedded queue (the shared semantics live in the contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec
+from wacloud.adapters.queue.sqlite import SqliteBroker
+
+
+async def test_group_commit_batches_concurrent_sends(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+    before = broker.commits
+    await asyncio.gather(*(queue.send(f"m{i}".encode()) for i in range(500)))
+    commits = broker.commits - before
+    assert 1 <= commits <= 50, commits
+    assert (await queue.depth())["visible"] == 500
+    await broker.close()
+
+
+async def test_close_flushes_pending_writes(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+    sends = [asyncio.create_task(queue.send(b"x")) for _ in range(200)]
+    await asyncio.sleep(0)  # let every send enqueue its write
+    await broker.close()
+    await asyncio.gather(*sends)
+    with pytest.raises(RuntimeError):
+        await queue.send(b"too late")
+    reopened = SqliteBroker(tmp_path / "q.db")
+    assert (await reopened.queue(QueueSpec("q")).depth())["visible"] == 200
+    await reopened.close()
+
+
+async def test_failing_operation_does_not_fail_its_batch(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    results = await asyncio.gather(*(queue.send(b"ok") for _ in range(20)), broker.call(broken),
+                                   *(queue.send(b"ok") for _ in range(20)),
+                                   return_exceptions=True)
+    assert isinstance(results[20], sqlite3.OperationalError)
+    assert [r for i, r in enumerate(results) if i != 20] == [None] * 40
+    assert (await queue.depth())["visible"] == 40
+    await broker.close()
+
+
+async def test_file_is_wal_and_schema_is_shared(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "q.db"
+    first, second = SqliteBroker(path), SqliteBroker(path, synchronous="NORMAL")
+    await first.queue(QueueSpec("a")).send(b"1")
+    await first.queue(QueueSpec("b")).send(b"2")
+    [msg] = await second.queue(QueueSpec("a")).receive()
+    assert msg.body == b"1"
+    mode = await first.call(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+    assert mode == "wal"
+    await first.close()
+    await second.close()
+
+
+def test_rejects_unknown_synchronous_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SqliteBroker(tmp_path / "q.db", synchronous="SOMETIMES")
+
+
+async def test_garbage_receipts_are_ignored(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+    await queue.send(b"x")
+    [msg] = await queue.receive()
+    await queue.ack(["", "nonsense", "12", "x:y", msg.receipt.split(":")[0] + ":wrong"])
+    await queue.release("garbage")
+    assert (await queue.depth())["in_flight"] == 1
+    await broker.close()
+
+
+async def test_dead_letter_keeps_source_queue_and_iter_all_sees_every_state(
+        tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q", max_receives=1))
+    await queue.send(b"dead")
+    [dead] = await queue.receive(1, visibility_timeout=0)
+    await queue.send_batch([OutgoingMessage(b"flight"), OutgoingMessage(b"later", delay=60),
+                            OutgoingMessage(b"ready")])
+    # The expired "dead" comes first: it goes to the DLQ and "flight" is handed out instead.
+    assert [m.body for m in await queue.receive(1)] == [b"flight"]
+    [letter] = await queue.dead_letters()
+    assert letter.message_id == dead.message_id
+    assert letter.attributes == {"source_queue": "q"}
+    # The DLQ is an ordinary queue too.
+    assert (await broker.queue(QueueSpec("q.dlq")).depth())["visible"] == 1
+    states = {m.body: m.attributes["state"] for m in await queue.iter_all()}
+    assert states == {b"dead": "dead", b"flight": "in_flight", b"later": "delayed",
+                      b"ready": "visible"}
+    await broker.close()
+
+
+async def test_dead_copies_of_one_dedup_id_coexist(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q", max_receives=1))
+    for _ in range(2):
+        await queue.send(b"x", dedup_id="same")
+        await queue.receive(1, visibility_timeout=0)
+        assert await queue.receive(1) == []  # dead-letters it, freeing the dedup id
+    assert len(await queue.dead_letters()) == 2
+    assert await queue.redrive() == 2
+    assert (await queue.depth())["visible"] == 2
+    await broker.close()
+
+
+async def test_long_poll_wakes_on_in_process_send(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+    waiting = asyncio.create_task(queue.receive(wait_seconds=10))
+    await asyncio.sleep(0.1)
+    sent = time.monotonic()
+    await queue.send(b"x")
+    [msg] = await asyncio.wait_for(waiting, 5)
+    assert msg.body == b"x"
+    assert time.monotonic() - sent < 1.0
+    assert await queue.receive(wait_seconds=0.1) == []  # an empty long poll ends on time
+    await broker.close()
+
+
+async def test_fifo_ignores_other_queues_and_ungrouped_messages(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    fifo, other = broker.queue(QueueSpec("f", fifo=True)), broker.queue(QueueSpec("o", fifo=True))
+    await other.send(b"o1", group_id="g")
+    await other.receive(1)  # group g is in flight in *another* queue
+    await fifo.send_batch([OutgoingMessage(b"g1", group_id="g"), OutgoingMessage(b"n1"),
+                           OutgoingMessage(b"n2")])
+    [g1] = await fifo.receive(1)
+    assert [m.body for m in await fifo.receive(10)] == [b"n1", b"n2"]
+    assert g1.body == b"g1"
+    await broker.close()
