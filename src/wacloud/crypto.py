@@ -12,7 +12,6 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-
 UNDECRYPTABLE = "a stored secret cannot be decrypted with the configured keys"
 
 
