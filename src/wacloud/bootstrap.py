@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
     return {
         envelopes.INBOUND_RAW: QueueSpec(envelopes.INBOUND_RAW,
-                                         max_receives=settings.queue_max_receives),
+                                         max_receives=settings.queue_max_receives,
+                                         visibility_timeout=settings.queue_visibility_timeout_s),
         envelopes.INBOUND_EVENTS: QueueSpec(envelopes.INBOUND_EVENTS,
-                                            max_receives=settings.queue_max_receives),
+                                            max_receives=settings.queue_max_receives,
+                                            visibility_timeout=settings.queue_visibility_timeout_s),
         # The media stage counts its own attempts; the DLQ is only for crashes beyond that.
         envelopes.INBOUND_MEDIA: QueueSpec(envelopes.INBOUND_MEDIA,
                                            max_receives=settings.media_max_attempts + 3,

@@ -145,6 +145,8 @@ class CredentialsBroker:
         """The tenant's DB, from the registry only (never from a payload)."""
         self.ensure_fresh()
         if slug not in self._snapshot.tenant_urls:
+            self.refresh()  # a tenant added a moment ago; cheap when nothing changed
+        if slug not in self._snapshot.tenant_urls:
             raise KeyError(f"unknown tenant {slug!r}")
         url = self._snapshot.tenant_urls[slug]
         with self._lock:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     queue_synchronous: str = "FULL"
     queue_max_receives: int = 5
+    # How long a received message stays hidden before it is redelivered (a crashed worker's
+    # messages come back after this).
+    queue_visibility_timeout_s: float = 30.0
     registry_poll_s: float = 1.0
     credentials_cache_s: float = 30.0
     workers_per_stage: int = 2

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from wacloud.adapters.db.types import Id, LongText, UtcDateTime, utcnow
 from wacloud.crypto import SecretBox
@@ -114,10 +115,17 @@ class Registry:
         self.secrets = secrets
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            if conn.execute(sa.select(registry_state.c.id)).first() is None:
-                conn.execute(registry_state.insert().values(id=1, version=1))
+        # `wacloud init` and a starting gateway may race; the loser sees "already exists".
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine)
+                with self.engine.begin() as conn:
+                    if conn.execute(sa.select(registry_state.c.id)).first() is None:
+                        conn.execute(registry_state.insert().values(id=1, version=1))
+                return
+            except DBAPIError:
+                if attempt == 2:
+                    raise
 
     # -- change tracking -------------------------------------------------------------------
 

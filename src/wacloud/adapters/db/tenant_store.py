@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.dialect import insert_ignore
@@ -79,7 +80,14 @@ class TenantStore:
         self.engine = engine
 
     def create_schema(self) -> None:
-        t.metadata.create_all(self.engine)
+        # Two processes may open a new tenant DB at once; the loser sees "already exists".
+        for attempt in range(3):
+            try:
+                t.metadata.create_all(self.engine)
+                return
+            except DBAPIError:
+                if attempt == 2:
+                    raise
 
     # -- inbound ---------------------------------------------------------------------------
 

@@ -1,0 +1,255 @@
+"""End-to-end fixtures: a real `wacloud serve` process, the fake provider over real HTTP, and
+tenants with their own SQLite databases."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.views import list_messages
+from wacloud.bootstrap import init_data_dir, open_registry
+from wacloud.credentials import CredentialsBroker
+from wacloud.model import Channel, Provider
+from wacloud.settings import load_settings
+from wacloud.testing.fake_provider import FakeProvider, FakeProviderServer
+from wacloud.testing.webhooks import dumps, sign
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TOKEN = "fake-provider-token"
+_ids = itertools.count(1)
+
+
+def fixture(provider: str, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / provider / f"{name}.json").read_text("utf-8"))
+    return data
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll until `predicate` returns something truthy; fail with `message` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {message}; last value: {last!r}")
+
+
+@dataclass
+class GatewayProcess:
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir / "serve.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wacloud.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir)], env=self.env, stdout=log, stderr=log)
+        wait_for(self._healthy, 30, message="gateway /healthz")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError("gateway exited:\n" + self.log_path.read_text())
+        try:
+            return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Harness:
+    """One gateway + fake provider, and helpers to add tenants and send webhooks."""
+
+    gateway: GatewayProcess
+    fake: FakeProvider
+    fake_url: str
+    registry: Registry
+    broker: CredentialsBroker
+    client: httpx.Client
+
+    def tenant(self, slug: str | None = None) -> str:
+        slug = slug or f"t{next(_ids)}-{uuid.uuid4().hex[:6]}"
+        self.registry.add_tenant(slug)
+        return slug
+
+    def meta_channel(self, tenant: str, phone_number_id: str | None = None,
+                     waba_id: str | None = None, app_secret: str | None = None,
+                     wait: bool = True) -> Channel:
+        channel = self.registry.add_channel(
+            tenant=tenant, provider=Provider.META,
+            key=phone_number_id or f"1065{next(_ids):011d}",
+            phone_number_id=phone_number_id, waba_id=waba_id or f"1022{next(_ids):011d}",
+            display_number="5511940001234", token=TOKEN,
+            app_secret=app_secret or uuid.uuid4().hex, verify_token=uuid.uuid4().hex,
+            api_base_url=self.fake_url)
+        if channel.phone_number_id is None:
+            channel.phone_number_id = channel.key
+        if wait:
+            self.wait_channel_visible(channel)
+        return channel
+
+    def secret_channel(self, tenant: str, provider: Provider, key: str | None = None,
+                       wait: bool = True) -> Channel:
+        channel = self.registry.add_channel(
+            tenant=tenant, provider=provider, key=key or f"CH-{uuid.uuid4().hex[:8]}",
+            phone_number_id="106540352242999" if provider is Provider.CHAKRA else None,
+            token=TOKEN, webhook_secret=uuid.uuid4().hex, api_base_url=self.fake_url)
+        if wait:
+            self.wait_channel_visible(channel)
+        return channel
+
+    def wait_channel_visible(self, channel: Channel) -> None:
+        """The running gateway reloads the registry within its poll interval; wait for it."""
+        if channel.provider is Provider.META:
+            def visible() -> bool:
+                answer = self.client.get("/webhooks/meta", params={
+                    "hub.mode": "subscribe", "hub.verify_token": channel.verify_token,
+                    "hub.challenge": "ping"})
+                return answer.status_code == 200
+        else:
+            def visible() -> bool:
+                # The secret is checked before the size: a too-big body with the right secret
+                # answers 413 only once the gateway knows the channel (401 before that).
+                answer = self.client.post(
+                    f"/webhooks/{channel.provider.value}/{channel.key}",
+                    content=b" " * (300 * 1024),
+                    headers={"Authorization": f"Bearer {channel.webhook_secret}"})
+                return answer.status_code == 413
+        wait_for(visible, 10, message=f"channel {channel.key} visible to the gateway")
+
+    def post_meta(self, payload: dict[str, Any] | bytes, app_secret: str | None,
+                  ) -> httpx.Response:
+        body = payload if isinstance(payload, bytes) else dumps(payload)
+        headers = {"Content-Type": "application/json"}
+        if app_secret is not None:
+            headers["X-Hub-Signature-256"] = sign(body, app_secret)
+        return self.client.post("/webhooks/meta", content=body, headers=headers)
+
+    def post_secret(self, channel: Channel, payload: dict[str, Any], secret: str | None = None,
+                    in_query: bool = False) -> httpx.Response:
+        secret = channel.webhook_secret if secret is None else secret
+        path = f"/webhooks/{channel.provider.value}/{channel.key}"
+        if in_query:
+            return self.client.post(path, params={"token": secret}, content=dumps(payload))
+        return self.client.post(path, content=dumps(payload),
+                                headers={"Authorization": f"Bearer {secret}"})
+
+    def rows(self, tenant: str, direction: str | None = None) -> list[dict[str, Any]]:
+        return list_messages(self.broker.tenant_store(tenant).engine, direction)
+
+    def wait_rows(self, tenant: str, count: int, direction: str | None = "in",
+                  predicate: Callable[[list[dict[str, Any]]], bool] | None = None,
+                  timeout: float = 15.0) -> list[dict[str, Any]]:
+        def ready() -> list[dict[str, Any]] | None:
+            rows = self.rows(tenant, direction)
+            if len(rows) >= count and (predicate is None or predicate(rows)):
+                return rows
+            return None
+        rows: list[dict[str, Any]] = wait_for(ready, timeout, message=f"{count} rows in {tenant}")
+        return rows
+
+    def parked(self) -> list[Any]:
+        return self.registry.parked_items()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "wacloud.cli", *args, "--data-dir",
+             str(self.gateway.data_dir)], env=self.gateway.env, capture_output=True,
+            text=True, timeout=60, check=False)
+
+
+def gateway_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WACLOUD_")}
+    env.update({
+        "WACLOUD_DATA_DIR": str(data_dir),
+        "WACLOUD_DEV_ALLOW_LOCAL_URLS": "1",
+        "WACLOUD_REGISTRY_POLL_S": "0.2",
+        "WACLOUD_QUEUE_VISIBILITY_TIMEOUT_S": "3",
+        "WACLOUD_MEDIA_BACKOFF_BASE_S": "0.2",
+        "WACLOUD_MEDIA_BACKOFF_MAX_S": "0.5",
+        "WACLOUD_MEDIA_MAX_ATTEMPTS": "4",
+        "WACLOUD_MEDIA_FIRST_TRY_TIMEOUT_S": "5",
+        "WACLOUD_MAX_WEBHOOK_BYTES": str(256 * 1024),
+        "WACLOUD_MAX_MEDIA_BYTES": str(8 * 1024 * 1024),
+    })
+    return env
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[FakeProviderServer]:
+    with FakeProviderServer(FakeProvider(token=TOKEN)) as server:
+        yield server
+
+
+def make_harness(tmp_path: Path, fake_server: FakeProviderServer) -> Iterator[Harness]:
+    data_dir = tmp_path / "data"
+    env = gateway_env(data_dir)
+    settings = load_settings(data_dir)
+    init_data_dir(settings)
+    registry = open_registry(settings)
+    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir, cache_seconds=0)
+    gateway = GatewayProcess(data_dir, free_port(), env)
+    gateway.start()
+    client = httpx.Client(base_url=gateway.base_url, timeout=10)
+    try:
+        yield Harness(gateway, fake_server.provider, fake_server.base_url, registry, broker,
+                      client)
+    finally:
+        client.close()
+        gateway.stop()
+        broker.close()
+        registry.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory,
+            fake_server: FakeProviderServer) -> Iterator[Harness]:
+    yield from make_harness(tmp_path_factory.mktemp("gateway"), fake_server)
