@@ -7,6 +7,7 @@ change bumps `registry_state.version`, which running processes poll to drop thei
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,8 +15,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError
 
+from wacloud.adapters.db.migrate import upgrade
 from wacloud.adapters.db.types import Id, LongText, UtcDateTime, utcnow
 from wacloud.crypto import SecretBox
 from wacloud.model import Channel, Provider
@@ -115,17 +117,11 @@ class Registry:
         self.secrets = secrets
 
     def create_schema(self) -> None:
-        # `wacloud init` and a starting gateway may race; the loser sees "already exists".
-        for attempt in range(3):
-            try:
-                metadata.create_all(self.engine)
-                with self.engine.begin() as conn:
-                    if conn.execute(sa.select(registry_state.c.id)).first() is None:
-                        conn.execute(registry_state.insert().values(id=1, version=1))
-                return
-            except DBAPIError:
-                if attempt == 2:
-                    raise
+        upgrade(self.engine, "registry")
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
+            # Another process starting at the same moment may insert it first.
+            if conn.execute(sa.select(registry_state.c.id)).first() is None:
+                conn.execute(registry_state.insert().values(id=1, version=1))
 
     # -- change tracking -------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.dialect import insert_ignore
+from wacloud.adapters.db.migrate import upgrade
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.db.views import row_to_inbound
 from wacloud.model import (
@@ -80,14 +80,7 @@ class TenantStore:
         self.engine = engine
 
     def create_schema(self) -> None:
-        # Two processes may open a new tenant DB at once; the loser sees "already exists".
-        for attempt in range(3):
-            try:
-                t.metadata.create_all(self.engine)
-                return
-            except DBAPIError:
-                if attempt == 2:
-                    raise
+        upgrade(self.engine, "tenant")
 
     # -- inbound ---------------------------------------------------------------------------
 

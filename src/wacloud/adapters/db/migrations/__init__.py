@@ -1,0 +1,1 @@
+"""Alembic migrations for the registry and for tenant databases (two separate histories)."""
