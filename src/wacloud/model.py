@@ -291,3 +291,75 @@ class Channel:
     @property
     def base_url(self) -> str:
         return (self.api_base_url or self.DEFAULT_BASE_URLS[self.provider]).rstrip("/")
+
+
+@dataclass(slots=True)
+class OutboundMessage:
+    """One outbox row on its way to a provider.
+
+    `type` and `content` are in Meta's send format: `content` is the type's object (for text:
+    `{"body": ..., "preview_url": ...}`; for media: `{"link"|"id": ..., "caption", "filename"}`;
+    for template: `{"name", "language", "components"}`; for mark-as-read: type "read" and
+    content `{"message_id": ...}`). Legacy rows instead carry a ready request
+    (`request_url`, `request_body`, `request_headers` = "Name:Value;Name2:Value2", never
+    credentials: those come from the channel at send time)."""
+
+    tenant: str
+    row_id: int
+    channel_key: str
+    recipient: str | None = None
+    type: str | None = None
+    content: JSON = field(default_factory=dict)
+    reply_to: str | None = None
+    client_reference: str | None = None
+    request_url: str | None = None
+    request_body: str | None = None
+    request_headers: str | None = None
+    created_at: float = 0.0
+
+    @property
+    def is_legacy(self) -> bool:
+        return self.request_url is not None
+
+    def to_dict(self) -> JSON:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: JSON) -> OutboundMessage:
+        return cls(**data)
+
+
+class SendOutcome(enum.StrEnum):
+    ACCEPTED = "accepted"  # the provider took it: store its message id, status 3
+    RETRY = "retry"  # temporary: try again after a backoff (or the provider's Retry-After)
+    FAILED = "failed"  # permanent for this message: status -100 with the reason
+    PAUSE = "pause"  # token or account problem: pause the channel, the message waits
+
+
+@dataclass(slots=True)
+class SendResult:
+    """A provider's answer to one send, classified by its error code (not HTTP status alone)."""
+
+    outcome: SendOutcome
+    provider_message_id: str | None = None
+    error: ProviderError | None = None
+    retry_after: float | None = None
+    http_status: int | None = None
+    response_excerpt: str | None = None
+    # 131056: only this recipient must slow down; 130429: the whole number must.
+    recipient_throttled: bool = False
+    channel_throttled: bool = False
+
+
+@dataclass(slots=True)
+class ProviderRequest:
+    """An HTTP request a provider module built; the send stage performs it."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    json: JSON | None = None
+    content: bytes | None = None
+    # multipart uploads: field name -> (filename, path on disk, mime type)
+    files: dict[str, tuple[str, str, str]] | None = None
+    data: dict[str, str] | None = None

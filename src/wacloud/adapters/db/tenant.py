@@ -58,24 +58,29 @@ outbound_messages = sa.Table(
     sa.Column("recipient", sa.String(191), nullable=True),
     sa.Column("type", sa.String(32), nullable=True),
     sa.Column("content", sa.JSON, nullable=True),  # the type's object in Meta's send format
+    sa.Column("reply_to", sa.String(191), nullable=True),
     sa.Column("client_reference", sa.Unicode(191), nullable=True),
     # Legacy rows carry a ready HTTP request; credentials still come from the channel.
     sa.Column("request_url", sa.String(1000), nullable=True),
     sa.Column("request_body", LongText, nullable=True),
     sa.Column("request_headers", sa.Unicode(2000), nullable=True),
-    sa.Column("status", sa.Integer, nullable=False, default=0, index=True),
+    # Server defaults let the tenant's own systems insert a row with just its message.
+    sa.Column("status", sa.Integer, nullable=False, server_default="0"),
     sa.Column("provider_message_id", sa.String(191), nullable=True, index=True),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error_code", sa.String(32), nullable=True),
     sa.Column("error_reason", sa.Unicode(1000), nullable=True),
     sa.Column("response_excerpt", sa.Unicode(2000), nullable=True),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False,
+              server_default=sa.func.current_timestamp()),
+    sa.Column("updated_at", UtcDateTime, nullable=False,
+              server_default=sa.func.current_timestamp()),
     sa.Column("reserved_at", UtcDateTime, nullable=True),
     sa.Column("queued_at", UtcDateTime, nullable=True),
     sa.Column("accepted_at", UtcDateTime, nullable=True),
     sa.Column("delivered_at", UtcDateTime, nullable=True),
     sa.Column("read_at", UtcDateTime, nullable=True),
+    sa.Index("ix_outbound_messages_status_id", "status", "id"),
 )
 
 status_events = sa.Table(

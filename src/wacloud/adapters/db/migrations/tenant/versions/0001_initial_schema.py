@@ -95,18 +95,29 @@ def upgrade() -> None:
         sa.Column("recipient", sa.String(length=191), nullable=True),
         sa.Column("type", sa.String(length=32), nullable=True),
         sa.Column("content", sa.JSON(), nullable=True),
+        sa.Column("reply_to", sa.String(length=191), nullable=True),
         sa.Column("client_reference", sa.Unicode(length=191), nullable=True),
         sa.Column("request_url", sa.String(length=1000), nullable=True),
         sa.Column("request_body", sa.UnicodeText(), nullable=True),
         sa.Column("request_headers", sa.Unicode(length=2000), nullable=True),
-        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("provider_message_id", sa.String(length=191), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("error_code", sa.String(length=32), nullable=True),
         sa.Column("error_reason", sa.Unicode(length=1000), nullable=True),
         sa.Column("response_excerpt", sa.Unicode(length=2000), nullable=True),
-        sa.Column("created_at", wacloud.adapters.db.types.UtcDateTime(), nullable=False),
-        sa.Column("updated_at", wacloud.adapters.db.types.UtcDateTime(), nullable=False),
+        sa.Column(
+            "created_at",
+            wacloud.adapters.db.types.UtcDateTime(),
+            nullable=False,
+            server_default=sa.func.current_timestamp(),
+        ),
+        sa.Column(
+            "updated_at",
+            wacloud.adapters.db.types.UtcDateTime(),
+            nullable=False,
+            server_default=sa.func.current_timestamp(),
+        ),
         sa.Column("reserved_at", wacloud.adapters.db.types.UtcDateTime(), nullable=True),
         sa.Column("queued_at", wacloud.adapters.db.types.UtcDateTime(), nullable=True),
         sa.Column("accepted_at", wacloud.adapters.db.types.UtcDateTime(), nullable=True),
@@ -120,7 +131,7 @@ def upgrade() -> None:
             ["provider_message_id"],
             unique=False,
         )
-        batch_op.create_index(batch_op.f("ix_outbound_messages_status"), ["status"], unique=False)
+        batch_op.create_index("ix_outbound_messages_status_id", ["status", "id"], unique=False)
 
     op.create_table(
         "status_events",
@@ -160,7 +171,7 @@ def downgrade() -> None:
 
     op.drop_table("status_events")
     with op.batch_alter_table("outbound_messages", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_outbound_messages_status"))
+        batch_op.drop_index("ix_outbound_messages_status_id")
         batch_op.drop_index(batch_op.f("ix_outbound_messages_provider_message_id"))
 
     op.drop_table("outbound_messages")
