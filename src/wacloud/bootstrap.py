@@ -21,11 +21,15 @@ from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, w
 from wacloud.hosting.runner import StageRunner
 from wacloud.media_copier import MediaCopier
 from wacloud.metrics import PARKED
+from wacloud.ratelimit import SendLimits
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
+from wacloud.stages.collect import CollectContext
 from wacloud.stages.envelopes import Output
 from wacloud.stages.media import MediaContext, fetch_media
 from wacloud.stages.receive import ReceiveContext, receive
+from wacloud.stages.save import SaveContext, save
+from wacloud.stages.send import SendContext, send
 from wacloud.stages.write import WriteContext, write
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,13 @@ def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
                                             max_receives=settings.queue_max_receives,
                                             visibility_timeout=settings.queue_visibility_timeout_s),
         # The media stage counts its own attempts; the DLQ is only for crashes beyond that.
+        # Pacing and backoff release messages many times; attempts are counted on the row.
+        envelopes.OUTBOUND_SEND: QueueSpec(envelopes.OUTBOUND_SEND, fifo=True, max_receives=50,
+                                           visibility_timeout=settings.send_timeout_s * 3),
+        envelopes.OUTBOUND_SEND_DEAD: QueueSpec(envelopes.OUTBOUND_SEND_DEAD),
+        envelopes.OUTBOUND_RESULTS: QueueSpec(envelopes.OUTBOUND_RESULTS,
+                                              max_receives=settings.queue_max_receives,
+                                              visibility_timeout=settings.queue_visibility_timeout_s),
         envelopes.INBOUND_MEDIA: QueueSpec(envelopes.INBOUND_MEDIA,
                                            max_receives=settings.media_max_attempts + 3,
                                            visibility_timeout=settings.media_timeout_s + 30),
@@ -79,7 +90,9 @@ class Gateway:
     media_store: MediaStore
     http: httpx.AsyncClient
     copier: MediaCopier
+    limits: SendLimits
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    collect_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
                    channel_key: str | None = None) -> int:
@@ -107,14 +120,28 @@ class Gateway:
         async def media_handler(message: ReceivedMessage) -> list[Output]:
             return await fetch_media(message.body, message.receive_count, media_ctx)
 
+        send_ctx = SendContext(
+            self.broker, self.http, self.limits, self.copier, self.queues[
+                envelopes.OUTBOUND_SEND_DEAD], s.dev_allow_local_urls, s.send_max_attempts,
+            s.send_backoff_base_s, s.send_backoff_max_s, s.send_timeout_s)
+        save_ctx = SaveContext(self.broker)
         q = self.queues
         return [
+            StageRunner("send", q[envelopes.OUTBOUND_SEND], handler(send, send_ctx), q,
+                        concurrency=s.send_concurrency, wait_seconds=0.5),
+            StageRunner("save", q[envelopes.OUTBOUND_RESULTS], handler(save, save_ctx), q,
+                        concurrency=8),
             StageRunner("receive", q[envelopes.INBOUND_RAW], handler(receive, receive_ctx), q,
                         concurrency=16),
             StageRunner("write", q[envelopes.INBOUND_EVENTS], handler(write, write_ctx), q,
                         concurrency=8),
             StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q, concurrency=8),
         ]
+
+    def collect_context(self) -> CollectContext:
+        s = self.settings
+        return CollectContext(self.broker, self.queues[envelopes.OUTBOUND_SEND],
+                              s.collect_batch, s.reservation_lease_s)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -139,4 +166,6 @@ def build_gateway(settings: Settings) -> Gateway:
     copier = MediaCopier(media_store, http, tmp_dir=settings.data_dir / "tmp",
                          max_bytes=settings.max_media_bytes,
                          allow_local=settings.dev_allow_local_urls)
-    return Gateway(settings, registry, broker, queue_broker, queues, media_store, http, copier)
+    limits = SendLimits(settings.pair_burst, settings.pair_interval_s)
+    return Gateway(settings, registry, broker, queue_broker, queues, media_store, http, copier,
+                   limits)

@@ -13,9 +13,11 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wacloud.adapters.db.api_keys import ApiKey, active_key_hashes, hash_key
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.registry import Registry
 from wacloud.adapters.db.tenant_store import TenantStore
@@ -33,12 +35,14 @@ class Snapshot:
     by_waba: dict[str, list[Channel]] = field(default_factory=dict)
     tenant_urls: dict[str, str | None] = field(default_factory=dict)
     meta_app_secrets: list[str] = field(default_factory=list)
+    by_tenant: dict[str, dict[str, Channel]] = field(default_factory=dict)
+    api_keys: dict[str, ApiKey] = field(default_factory=dict)
 
 
 class CredentialsBroker:
     def __init__(self, registry: Registry, *, tenants_dir: Path, cache_seconds: float = 30.0,
                  global_meta_app_secret: str | None = None,
-                 key_loader: object | None = None) -> None:
+                 key_loader: Callable[[], SecretBox] | None = None) -> None:
         self.registry = registry
         self.tenants_dir = tenants_dir
         self.cache_seconds = cache_seconds
@@ -57,16 +61,18 @@ class CredentialsBroker:
         if (not force and version == snap.version
                 and time.monotonic() - snap.loaded_at < self.cache_seconds):
             return False
-        if callable(self._key_loader):
-            box = self._key_loader()
-            if isinstance(box, SecretBox):
-                self.registry.secrets = box
+        if self._key_loader is not None:
+            # Keys may have been rotated by `wacloud keys rotate` in another process.
+            self.registry.secrets = self._key_loader()
         new = Snapshot(version=version, loaded_at=time.monotonic())
         for tenant in self.registry.tenants():
             new.tenant_urls[tenant.slug] = tenant.db_url
+            new.by_tenant[tenant.slug] = {}
+        new.api_keys = active_key_hashes(self.registry)
         secrets: list[str] = []
         for channel in self.registry.channels():
             new.by_key[(channel.provider, channel.key)] = channel
+            new.by_tenant.setdefault(channel.tenant, {})[channel.key] = channel
             if channel.waba_id:
                 new.by_waba.setdefault(channel.waba_id, []).append(channel)
             if (channel.provider is Provider.META and channel.app_secret
@@ -134,6 +140,28 @@ class CredentialsBroker:
         self.ensure_fresh()
         return [c.verify_token for c in self._snapshot.by_key.values()
                 if c.provider is Provider.META and c.verify_token]
+
+    def tenant_channel(self, tenant: str, key: str) -> Channel | None:
+        """A tenant's own channel by its provider id: a tenant can only send through its own."""
+        self.ensure_fresh()
+        return self._snapshot.by_tenant.get(tenant, {}).get(key)
+
+    def tenant_slugs(self) -> list[str]:
+        self.ensure_fresh()
+        return list(self._snapshot.tenant_urls)
+
+    def paused_channel_keys(self, tenant: str) -> set[str]:
+        self.ensure_fresh()
+        return {k for k, c in self._snapshot.by_tenant.get(tenant, {}).items() if c.paused}
+
+    def pause_channel(self, channel: Channel, reason: str) -> None:
+        """Pause a channel (token or account problem) so its messages wait, visibly."""
+        self.registry.set_channel_pause(channel.id, True, reason)
+        channel.paused, channel.pause_reason = True, reason  # this process sees it at once
+
+    def api_key(self, key: str) -> ApiKey | None:
+        self.ensure_fresh()
+        return self._snapshot.api_keys.get(hash_key(key))
 
     def has_tenant(self, slug: str) -> bool:
         self.ensure_fresh()

@@ -70,7 +70,8 @@ def write_key_file(path: Path, keys: list[str]) -> None:
     """Write the key ring with mode 0600 from the first byte (no window where others can read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a stale file could carry looser permissions
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(keys) + "\n")
     os.replace(tmp, path)

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from wacloud.settings import Settings
 
 PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
-    (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(bearer\s+)?[^\s\"',}]+"),
+    # Any scheme (Bearer, Basic, ...): the credential after it is what must go.
+    (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)([a-z]+\s+)?[^\s\"',}]+"),
      r"\1\2***"),
     (re.compile(r"(?i)((?:token|secret|password|app_secret|verify_token|access_token)"
-                r"[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+"), r"\1***"),
+                r"[\"']?\s*[:=]\s*[\"']?)(bearer\s+)?[^\s\"'&,}]+"), r"\1\2***"),
     (re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-]{8,}"), "Bearer ***"),
     (re.compile(r"(?i)(://[^:/\s]+:)[^@\s]+@"), r"\1***@"),
     (re.compile(r"\b(\d{6,})(\d{4})\b"), lambda m: "*" * len(m.group(1)) + m.group(2)),

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,15 @@ from wacloud.providers.media import MediaDownload, MediaResolveError
 from wacloud.urlpolicy import UrlRefused, check_url
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(slots=True)
+class Downloaded:
+    path: Path
+    digest: bytes
+    size: int
+    head: bytes
+    content_type: str | None
 
 
 class MediaCopyError(Exception):
@@ -91,14 +100,10 @@ class MediaCopier:
         if declared_size and declared_size > self.max_bytes:
             raise MediaCopyError(f"media is {declared_size} bytes, over the "
                                  f"{self.max_bytes}-byte limit", temporary=False)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
-        tmp_path = Path(tmp_name)
-        try:
-            digest, size, head, header_type = await self._stream(
-                spec, fd, max(0.1, deadline - time.monotonic()))
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
+        download = await self.fetch_to_file(spec.url, spec.headers,
+                                            max(0.1, deadline - time.monotonic()))
+        tmp_path, digest, size = download.path, download.digest, download.size
+        head, header_type = download.head, download.content_type
         expected = media.sha256 or spec.sha256
         if expected and not digest_matches(expected, digest):
             tmp_path.unlink(missing_ok=True)
@@ -118,14 +123,26 @@ class MediaCopier:
                        sha256=digest.hex(), size=size, filename=filename,
                        status=MediaStatus.STORED, error=None)
 
-    async def _stream(self, spec: MediaDownload, fd: int, timeout: float
+    async def fetch_to_file(self, url: str, headers: dict[str, str], timeout: float
+                            ) -> Downloaded:
+        """Stream `url` into a temporary file (the caller owns and removes it)."""
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        tmp_path = Path(tmp_name)
+        try:
+            digest, size, head, header_type = await self._stream(url, headers, fd, timeout)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        return Downloaded(tmp_path, digest, size, head, header_type)
+
+    async def _stream(self, url: str, headers: dict[str, str], fd: int, timeout: float
                       ) -> tuple[bytes, int, bytes, str | None]:
         hasher = hashlib.sha256()
         size = 0
         head = b""
         try:
             with os.fdopen(fd, "wb") as out:
-                async with self.client.stream("GET", spec.url, headers=spec.headers,
+                async with self.client.stream("GET", url, headers=headers,
                                               timeout=timeout, follow_redirects=False) as resp:
                     if resp.status_code != 200:
                         temporary = resp.status_code >= 500 or resp.status_code in (404, 408, 429)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
+from wacloud.adapters.db import outbox
 from wacloud.adapters.db.registry import ParkedItem, Registry
-from wacloud.adapters.queue.base import OutgoingMessage, Queue
+from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import MediaStatus
 from wacloud.stages.envelopes import RawWebhook, dumps
@@ -49,3 +52,24 @@ async def refetch_media(broker: CredentialsBroker, tenant: str, media_queue: Que
     if jobs:
         await media_queue.send_batch(jobs)
     return len(jobs)
+
+
+def dead_letter_summary(message: ReceivedMessage) -> dict[str, Any]:
+    data = json.loads(message.body)["message"]
+    return {"id": message.message_id, "tenant": data["tenant"], "row_id": data["row_id"],
+            "channel": data["channel_key"], "to": data["recipient"], "type": data["type"],
+            "receive_count": message.receive_count}
+
+
+async def replay_dead_letters(broker: CredentialsBroker, send_queue: Queue,
+                              ids: list[str] | None) -> list[str]:
+    """Reset each dead letter's row to queued, then move the letters back to the send queue."""
+    letters = await send_queue.dead_letters(limit=100_000)
+    chosen = [m for m in letters if ids is None or m.message_id in ids]
+    for letter in chosen:
+        data = json.loads(letter.body)["message"]
+        store = await asyncio.to_thread(broker.tenant_store, data["tenant"])
+        await asyncio.to_thread(outbox.requeue_failed, store.engine, int(data["row_id"]))
+    if chosen:
+        await send_queue.redrive([m.message_id for m in chosen])
+    return [m.message_id for m in chosen]

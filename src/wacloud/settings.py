@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     # How long a received message stays hidden before it is redelivered (a crashed worker's
     # messages come back after this).
     queue_visibility_timeout_s: float = 30.0
+    # Outbound
+    collect_poll_s: float = 1.0  # rows inserted directly by tenants are found this fast
+    collect_batch: int = 500
+    reservation_lease_s: float = 300.0  # reserved rows older than this go back to pending
+    send_concurrency: int = 64
+    send_max_attempts: int = 8
+    send_backoff_base_s: float = 1.0
+    send_backoff_max_s: float = 300.0
+    send_timeout_s: float = 30.0
+    pair_burst: int = 45  # Meta's pair rate limit: a burst, then one message per interval
+    pair_interval_s: float = 6.0
+
     registry_poll_s: float = 1.0
     credentials_cache_s: float = 30.0
     workers_per_stage: int = 2

@@ -37,6 +37,29 @@ def _host_allowed(host: str, channel: Channel) -> bool:
     return False
 
 
+async def check_public_url(url: str, *, allow_local: bool) -> None:
+    """For links a tenant gives us to send (outbound media): https and a public address."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (allow_local and parts.scheme == "http"):
+        raise UrlRefused(f"media URL scheme {parts.scheme!r} refused (https only)")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise UrlRefused("media URL has no host")
+    if not allow_local:
+        await _check_resolves_public(host, parts.port or 443)
+
+
+async def _check_resolves_public(host: str, port: int) -> None:
+    try:
+        infos = await asyncio.to_thread(socket.getaddrinfo, host, port)
+    except OSError as exc:
+        raise UrlRefused(f"media host {host!r} does not resolve") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise UrlRefused(f"media host {host!r} resolves to a non-public address")
+
+
 async def check_url(url: str, channel: Channel, *, allow_local: bool) -> None:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
@@ -47,13 +70,5 @@ async def check_url(url: str, channel: Channel, *, allow_local: bool) -> None:
     if not _host_allowed(host, channel):
         raise UrlRefused(f"media host {host!r} is not a {channel.provider.value} host "
                          "allowed for this channel")
-    if allow_local:
-        return
-    try:
-        infos = await asyncio.to_thread(socket.getaddrinfo, host, parts.port or 443)
-    except OSError as exc:
-        raise UrlRefused(f"media host {host!r} does not resolve") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise UrlRefused(f"media host {host!r} resolves to a non-public address")
+    if not allow_local:
+        await _check_resolves_public(host, parts.port or 443)

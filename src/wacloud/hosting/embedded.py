@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import uvicorn
 
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_app
 from wacloud.settings import Settings
+from wacloud.stages.collect import collect
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,41 @@ async def run_stages(gateway: Gateway) -> None:
     tasks = [asyncio.create_task(r.run(gateway.stop)) for r in gateway.runners()]
     tasks.append(asyncio.create_task(
         gateway.broker.watch(gateway.settings.registry_poll_s, gateway.stop)))
+    tasks.append(asyncio.create_task(collect_loop(gateway)))
     await asyncio.gather(*tasks)
+
+
+async def collect_loop(gateway: Gateway) -> None:
+    """Collect pending outbox rows every `collect_poll_s`, or at once when the API wakes it."""
+    ctx = gateway.collect_context()
+    settings = gateway.settings
+    reclaim_every = max(settings.reservation_lease_s / 10, 1.0)
+    last_reclaim = 0.0
+    while not gateway.stop.is_set():
+        gateway.collect_wake.clear()
+        now = time.monotonic()
+        reclaim = now - last_reclaim >= reclaim_every
+        if reclaim:
+            last_reclaim = now
+        try:
+            queued = await collect(ctx, reclaim=reclaim)
+        except Exception:
+            log.exception("collect pass failed")
+            queued = 0
+        if queued >= ctx.batch:
+            continue  # more are waiting
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_first(gateway.collect_wake, gateway.stop),
+                                   timeout=settings.collect_poll_s)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def serve(settings: Settings, host: str, port: int,

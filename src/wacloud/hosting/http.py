@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from wacloud.bootstrap import Gateway
+from wacloud.hosting.api import api_routes
 from wacloud.metrics import WEBHOOKS
 from wacloud.model import Provider
 from wacloud.stages import envelopes
@@ -121,5 +122,6 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *api_routes(broker, gateway.collect_wake.set),
     ]
     return Starlette(routes=routes)

@@ -78,7 +78,10 @@ class StageRunner:
             await self.queue.ack([message.receipt])
         except RetryLater as retry:
             STAGE_MESSAGES.labels(self.name, "retry").inc()
-            await self.queue.release(message.receipt, retry.delay)
+            try:
+                await self.forward(retry.outputs)
+            finally:
+                await self.queue.release(message.receipt, retry.delay)
             return False
         except Exception:
             STAGE_MESSAGES.labels(self.name, "error").inc()

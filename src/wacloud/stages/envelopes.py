@@ -16,6 +16,9 @@ from wacloud.adapters.queue.base import OutgoingMessage
 INBOUND_RAW = "inbound.raw"
 INBOUND_EVENTS = "inbound.events"
 INBOUND_MEDIA = "inbound.media"
+OUTBOUND_SEND = "outbound.send"
+OUTBOUND_SEND_DEAD = "outbound.send.dlq"
+OUTBOUND_RESULTS = "outbound.results"
 
 
 @dataclass(slots=True)
@@ -25,12 +28,14 @@ class Output:
 
 
 class RetryLater(Exception):
-    """Raised by a stage: release the input message and try again after `delay` seconds."""
+    """Raised by a stage: forward `outputs` (e.g. a note of the error), then release the input
+    message to be tried again after `delay` seconds."""
 
-    def __init__(self, reason: str, delay: float) -> None:
+    def __init__(self, reason: str, delay: float, outputs: list[Output] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+        self.outputs = outputs or []
 
 
 @dataclass(slots=True)

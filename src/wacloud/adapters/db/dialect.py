@@ -24,8 +24,11 @@ def insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[dict[str, An
             from sqlalchemy.dialects import sqlite as module
         else:
             from sqlalchemy.dialects import postgresql as module
-        result = conn.execute(module.insert(table).on_conflict_do_nothing(), list(rows))
-        return max(result.rowcount, 0)
+        # rowcount is -1 for executemany on psycopg 3; RETURNING counts what was inserted.
+        pk = next(iter(table.primary_key.columns))
+        result = conn.execute(module.insert(table).on_conflict_do_nothing().returning(pk),
+                              list(rows))
+        return len(result.all())
     if name in ("mysql", "mariadb"):
         result = conn.execute(table.insert().prefix_with("IGNORE"), list(rows))
         return max(result.rowcount, 0)

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from wacloud.adapters.db.migrate import upgrade
-from wacloud.adapters.db.types import Id, LongText, UtcDateTime, utcnow
+from wacloud.adapters.db.types import Id, LongText, UtcDateTime, key_string, utcnow
 from wacloud.crypto import SecretBox
 from wacloud.model import Channel, Provider
 
@@ -45,9 +45,9 @@ channels = sa.Table(
     sa.Column("tenant_id", sa.ForeignKey("tenants.id"), nullable=False, index=True),
     sa.Column("provider", sa.String(16), nullable=False),
     # The routing id: Meta phone_number_id, Whapi channel_id, Chakra plugin id.
-    sa.Column("key", sa.String(191), nullable=False),
-    sa.Column("phone_number_id", sa.String(64), nullable=True, index=True),
-    sa.Column("waba_id", sa.String(64), nullable=True, index=True),
+    sa.Column("key", key_string(), nullable=False),
+    sa.Column("phone_number_id", key_string(64), nullable=True, index=True),
+    sa.Column("waba_id", key_string(64), nullable=True, index=True),
     sa.Column("display_number", sa.String(32), nullable=True),
     sa.Column("api_base_url", sa.String(255), nullable=True),
     sa.Column("graph_version", sa.String(16), nullable=False),
@@ -70,11 +70,23 @@ parked = sa.Table(
     # Which stage parked it, so a replay sends it back to the right queue.
     sa.Column("stage", sa.String(32), nullable=False),
     sa.Column("provider", sa.String(16), nullable=True),
-    sa.Column("channel_key", sa.String(191), nullable=True),
+    sa.Column("channel_key", key_string(), nullable=True),
     sa.Column("reason", sa.String(1000), nullable=False),
     sa.Column("payload", LongText, nullable=False),
     sa.Column("replayed_at", UtcDateTime, nullable=True),
     sa.Column("replay_count", sa.Integer, nullable=False, default=0),
+)
+
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", sa.ForeignKey("tenants.id"), nullable=True, index=True),
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+    sa.Column("prefix", sa.String(16), nullable=False),  # shown in listings; not secret
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # sha256 hex
+    sa.Column("label", sa.Unicode(191), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
 )
 
 
@@ -130,7 +142,7 @@ class Registry:
             return int(conn.execute(sa.select(registry_state.c.version)).scalar_one())
 
     @staticmethod
-    def _bump(conn: Connection) -> None:
+    def bump(conn: Connection) -> None:
         conn.execute(registry_state.update().values(version=registry_state.c.version + 1))
 
     # -- tenants ---------------------------------------------------------------------------
@@ -142,7 +154,7 @@ class Registry:
             result = conn.execute(tenants.insert().values(
                 slug=slug, db_url_encrypted=self.secrets.encrypt_optional(db_url),
                 created_at=utcnow()))
-            self._bump(conn)
+            self.bump(conn)
             return Tenant(_new_id(result), slug, db_url, None)
 
     def tenants(self) -> list[Tenant]:
@@ -184,7 +196,7 @@ class Registry:
                 verify_token_encrypted=self.secrets.encrypt_optional(verify_token),
                 webhook_secret_encrypted=self.secrets.encrypt_optional(webhook_secret),
                 paused=False, created_at=now, updated_at=now))
-            self._bump(conn)
+            self.bump(conn)
             channel_id = _new_id(result)
         return self.channel_by_id(channel_id)
 
@@ -211,7 +223,7 @@ class Registry:
         with self.engine.begin() as conn:
             conn.execute(channels.update().where(channels.c.id == channel_id).values(
                 paused=paused, pause_reason=reason, updated_at=utcnow()))
-            self._bump(conn)
+            self.bump(conn)
 
     def _channel(self, row: Any) -> Channel:
         decrypt = self.secrets.decrypt_optional

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from wacloud.adapters.db.types import Id, LongText, UtcDateTime
+from wacloud.adapters.db.types import Id, LongText, UtcDateTime, key_string
 
 metadata = sa.MetaData()
 
@@ -20,8 +20,8 @@ messages = sa.Table(
     "messages", metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("provider", sa.String(16), nullable=False),
-    sa.Column("channel", sa.String(191), nullable=False),
-    sa.Column("provider_message_id", sa.String(191), nullable=False),
+    sa.Column("channel", key_string(), nullable=False),
+    sa.Column("provider_message_id", key_string(), nullable=False),
     sa.Column("direction", sa.String(3), nullable=False),
     sa.Column("type", sa.String(32), nullable=False),
     sa.Column("sender", sa.String(191), nullable=True),
@@ -30,7 +30,7 @@ messages = sa.Table(
     sa.Column("contact_user_id", sa.String(191), nullable=True, index=True),
     sa.Column("contact_name", sa.Unicode(255), nullable=True),
     sa.Column("text", LongText, nullable=True),
-    sa.Column("reply_to", sa.String(191), nullable=True),
+    sa.Column("reply_to", key_string(), nullable=True),
     sa.Column("timestamp", sa.BigInteger, nullable=True),
     sa.Column("content", sa.JSON, nullable=True),
     sa.Column("errors", sa.JSON, nullable=True),
@@ -54,11 +54,11 @@ messages = sa.Table(
 outbound_messages = sa.Table(
     "outbound_messages", metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("channel", sa.String(191), nullable=False),
+    sa.Column("channel", key_string(), nullable=False),
     sa.Column("recipient", sa.String(191), nullable=True),
     sa.Column("type", sa.String(32), nullable=True),
     sa.Column("content", sa.JSON, nullable=True),  # the type's object in Meta's send format
-    sa.Column("reply_to", sa.String(191), nullable=True),
+    sa.Column("reply_to", key_string(), nullable=True),
     sa.Column("client_reference", sa.Unicode(191), nullable=True),
     # Legacy rows carry a ready HTTP request; credentials still come from the channel.
     sa.Column("request_url", sa.String(1000), nullable=True),
@@ -66,7 +66,7 @@ outbound_messages = sa.Table(
     sa.Column("request_headers", sa.Unicode(2000), nullable=True),
     # Server defaults let the tenant's own systems insert a row with just its message.
     sa.Column("status", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("provider_message_id", sa.String(191), nullable=True, index=True),
+    sa.Column("provider_message_id", key_string(), nullable=True, index=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error_code", sa.String(32), nullable=True),
     sa.Column("error_reason", sa.Unicode(1000), nullable=True),
@@ -87,8 +87,8 @@ status_events = sa.Table(
     "status_events", metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("provider", sa.String(16), nullable=False),
-    sa.Column("channel", sa.String(191), nullable=False),
-    sa.Column("provider_message_id", sa.String(191), nullable=False),
+    sa.Column("channel", key_string(), nullable=False),
+    sa.Column("provider_message_id", key_string(), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("timestamp", sa.BigInteger, nullable=False),
     sa.Column("recipient", sa.String(191), nullable=True),
@@ -105,9 +105,12 @@ notices = sa.Table(
     "notices", metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("provider", sa.String(16), nullable=False),
-    sa.Column("channel", sa.String(191), nullable=False),
+    sa.Column("channel", key_string(), nullable=False),
     sa.Column("field", sa.String(64), nullable=False),
+    # A hash of the notice, so a redelivered webhook does not store it twice.
+    sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("errors", sa.JSON, nullable=True),
     sa.Column("raw", sa.JSON, nullable=True),
     sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("channel", "fingerprint", name="uq_notices_fingerprint"),
 )

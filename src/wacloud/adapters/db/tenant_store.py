@@ -5,6 +5,8 @@ Everything here is synchronous SQLAlchemy Core; stages call it through a thread.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +76,11 @@ def message_row(message: InboundMessage, now: Any) -> dict[str, Any]:
     }
 
 
+def fingerprint(field: str, raw: Any) -> str:
+    canonical = json.dumps([field, raw], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class TenantStore:
     def __init__(self, slug: str, engine: Engine) -> None:
         self.slug = slug
@@ -107,11 +114,11 @@ class TenantStore:
             for echo in echoes:
                 self.apply_known_receipts(conn, echo.channel_key, [echo.provider_message_id])
             if notices:
-                conn.execute(t.notices.insert(), [{
+                result.notices_inserted = insert_ignore(conn, t.notices, [{
                     "provider": n.provider.value, "channel": n.channel_key, "field": n.field,
+                    "fingerprint": fingerprint(n.field, n.raw),
                     "errors": [{"code": e.code, "reason": e.reason} for e in n.errors] or None,
                     "raw": n.raw, "received_at": now} for n in notices])
-                result.notices_inserted = len(notices)
         result.pending_media = [m for m in messages
                                 if m.media is not None and m.media.status is MediaStatus.PENDING]
         return result

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from sqlalchemy import BigInteger, Integer, UnicodeText
+from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
@@ -35,3 +37,10 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def key_string(length: int = 191) -> sa.types.TypeEngine[str]:
+    """A provider id column: case-sensitive everywhere (MySQL/MariaDB collations are not by
+    default, and Meta/Whapi ids are case-sensitive base64)."""
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 import wacloud.adapters.db.types
 
@@ -31,7 +32,13 @@ def upgrade() -> None:
         sa.Column("created_at", wacloud.adapters.db.types.UtcDateTime(), nullable=False),
         sa.Column("stage", sa.String(length=32), nullable=False),
         sa.Column("provider", sa.String(length=16), nullable=True),
-        sa.Column("channel_key", sa.String(length=191), nullable=True),
+        sa.Column(
+            "channel_key",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=True,
+        ),
         sa.Column("reason", sa.String(length=1000), nullable=False),
         sa.Column("payload", sa.UnicodeText(), nullable=False),
         sa.Column("replayed_at", wacloud.adapters.db.types.UtcDateTime(), nullable=True),
@@ -60,6 +67,31 @@ def upgrade() -> None:
         sa.UniqueConstraint("slug"),
     )
     op.create_table(
+        "api_keys",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("tenant_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("is_admin", sa.Boolean(), nullable=False),
+        sa.Column("prefix", sa.String(length=16), nullable=False),
+        sa.Column("key_hash", sa.String(length=64), nullable=False),
+        sa.Column("label", sa.Unicode(length=191), nullable=True),
+        sa.Column("created_at", wacloud.adapters.db.types.UtcDateTime(), nullable=False),
+        sa.Column("revoked_at", wacloud.adapters.db.types.UtcDateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("key_hash"),
+    )
+    with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_keys_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
         "channels",
         sa.Column(
             "id",
@@ -71,9 +103,27 @@ def upgrade() -> None:
             "tenant_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
         sa.Column("provider", sa.String(length=16), nullable=False),
-        sa.Column("key", sa.String(length=191), nullable=False),
-        sa.Column("phone_number_id", sa.String(length=64), nullable=True),
-        sa.Column("waba_id", sa.String(length=64), nullable=True),
+        sa.Column(
+            "key",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "phone_number_id",
+            sa.String(length=64)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=64), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=64), "mysql"),
+            nullable=True,
+        ),
+        sa.Column(
+            "waba_id",
+            sa.String(length=64)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=64), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=64), "mysql"),
+            nullable=True,
+        ),
         sa.Column("display_number", sa.String(length=32), nullable=True),
         sa.Column("api_base_url", sa.String(length=255), nullable=True),
         sa.Column("graph_version", sa.String(length=16), nullable=False),
@@ -111,6 +161,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_channels_phone_number_id"))
 
     op.drop_table("channels")
+    with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_keys_tenant_id"))
+
+    op.drop_table("api_keys")
     op.drop_table("tenants")
     op.drop_table("registry_state")
     op.drop_table("parked")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 import wacloud.adapters.db.types
 
@@ -29,8 +30,20 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("provider", sa.String(length=16), nullable=False),
-        sa.Column("channel", sa.String(length=191), nullable=False),
-        sa.Column("provider_message_id", sa.String(length=191), nullable=False),
+        sa.Column(
+            "channel",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "provider_message_id",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=False,
+        ),
         sa.Column("direction", sa.String(length=3), nullable=False),
         sa.Column("type", sa.String(length=32), nullable=False),
         sa.Column("sender", sa.String(length=191), nullable=True),
@@ -39,7 +52,13 @@ def upgrade() -> None:
         sa.Column("contact_user_id", sa.String(length=191), nullable=True),
         sa.Column("contact_name", sa.Unicode(length=255), nullable=True),
         sa.Column("text", sa.UnicodeText(), nullable=True),
-        sa.Column("reply_to", sa.String(length=191), nullable=True),
+        sa.Column(
+            "reply_to",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=True,
+        ),
         sa.Column("timestamp", sa.BigInteger(), nullable=True),
         sa.Column("content", sa.JSON(), nullable=True),
         sa.Column("errors", sa.JSON(), nullable=True),
@@ -76,12 +95,20 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("provider", sa.String(length=16), nullable=False),
-        sa.Column("channel", sa.String(length=191), nullable=False),
+        sa.Column(
+            "channel",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=False,
+        ),
         sa.Column("field", sa.String(length=64), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
         sa.Column("errors", sa.JSON(), nullable=True),
         sa.Column("raw", sa.JSON(), nullable=True),
         sa.Column("received_at", wacloud.adapters.db.types.UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("channel", "fingerprint", name="uq_notices_fingerprint"),
     )
     op.create_table(
         "outbound_messages",
@@ -91,32 +118,50 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column("channel", sa.String(length=191), nullable=False),
+        sa.Column(
+            "channel",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=False,
+        ),
         sa.Column("recipient", sa.String(length=191), nullable=True),
         sa.Column("type", sa.String(length=32), nullable=True),
         sa.Column("content", sa.JSON(), nullable=True),
-        sa.Column("reply_to", sa.String(length=191), nullable=True),
+        sa.Column(
+            "reply_to",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=True,
+        ),
         sa.Column("client_reference", sa.Unicode(length=191), nullable=True),
         sa.Column("request_url", sa.String(length=1000), nullable=True),
         sa.Column("request_body", sa.UnicodeText(), nullable=True),
         sa.Column("request_headers", sa.Unicode(length=2000), nullable=True),
-        sa.Column("status", sa.Integer(), nullable=False, server_default="0"),
-        sa.Column("provider_message_id", sa.String(length=191), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("status", sa.Integer(), server_default="0", nullable=False),
+        sa.Column(
+            "provider_message_id",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=True,
+        ),
+        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("error_code", sa.String(length=32), nullable=True),
         sa.Column("error_reason", sa.Unicode(length=1000), nullable=True),
         sa.Column("response_excerpt", sa.Unicode(length=2000), nullable=True),
         sa.Column(
             "created_at",
             wacloud.adapters.db.types.UtcDateTime(),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
             nullable=False,
-            server_default=sa.func.current_timestamp(),
         ),
         sa.Column(
             "updated_at",
             wacloud.adapters.db.types.UtcDateTime(),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
             nullable=False,
-            server_default=sa.func.current_timestamp(),
         ),
         sa.Column("reserved_at", wacloud.adapters.db.types.UtcDateTime(), nullable=True),
         sa.Column("queued_at", wacloud.adapters.db.types.UtcDateTime(), nullable=True),
@@ -142,8 +187,20 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("provider", sa.String(length=16), nullable=False),
-        sa.Column("channel", sa.String(length=191), nullable=False),
-        sa.Column("provider_message_id", sa.String(length=191), nullable=False),
+        sa.Column(
+            "channel",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "provider_message_id",
+            sa.String(length=191)
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mariadb")
+            .with_variant(mysql.VARCHAR(collation="utf8mb4_bin", length=191), "mysql"),
+            nullable=False,
+        ),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("timestamp", sa.BigInteger(), nullable=False),
         sa.Column("recipient", sa.String(length=191), nullable=True),

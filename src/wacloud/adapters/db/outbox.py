@@ -1,0 +1,122 @@
+"""The outbox side of a tenant DB: insert rows (API/CLI), check them before sending, and write
+send results back without ever moving a row backwards.
+
+Claiming rows atomically is in `claim.py` (one construct per database).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from wacloud.adapters.db import tenant as t
+from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.types import utcnow
+from wacloud.model import DELIVERY_RANK, OutboundStatus
+
+ACCEPTED_OR_LATER = [c.value for c, r in DELIVERY_RANK.items()
+                     if r >= DELIVERY_RANK[OutboundStatus.ACCEPTED] and c is not
+                     OutboundStatus.FAILED]
+OPEN = [OutboundStatus.PENDING.value, OutboundStatus.RESERVED.value,
+        OutboundStatus.QUEUED.value]
+
+
+@dataclass(slots=True)
+class OutboxState:
+    status: int
+    provider_message_id: str | None
+    attempts: int
+
+
+def insert_outbound(engine: Engine, *, channel: str, recipient: str, type: str,
+                    content: dict[str, Any], reply_to: str | None = None,
+                    client_reference: str | None = None) -> int:
+    now = utcnow()
+    with engine.begin() as conn:
+        result = conn.execute(t.outbound_messages.insert().values(
+            channel=channel, recipient=recipient, type=type, content=content,
+            reply_to=reply_to, client_reference=client_reference,
+            status=OutboundStatus.PENDING.value, attempts=0, created_at=now, updated_at=now))
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+
+def get_outbound(engine: Engine, row_id: int) -> Any | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(t.outbound_messages).where(
+            t.outbound_messages.c.id == row_id)).mappings().first()
+
+
+def begin_attempt(engine: Engine, row_id: int) -> OutboxState | None:
+    """Count one more attempt before a send; None if the row is gone. The caller must not send
+    a row that already has a provider message id or is past the queue (it was sent)."""
+    with engine.begin() as conn:
+        conn.execute(t.outbound_messages.update().where(
+            t.outbound_messages.c.id == row_id,
+            t.outbound_messages.c.provider_message_id.is_(None),
+            t.outbound_messages.c.status.in_(OPEN)).values(
+            attempts=t.outbound_messages.c.attempts + 1, updated_at=utcnow()))
+        row = conn.execute(sa.select(
+            t.outbound_messages.c.status, t.outbound_messages.c.provider_message_id,
+            t.outbound_messages.c.attempts).where(t.outbound_messages.c.id == row_id)).first()
+    if row is None:
+        return None
+    return OutboxState(int(row[0]), row[1], int(row[2]))
+
+
+def save_result(store: TenantStore, row_id: int, *, status: int,
+                provider_message_id: str | None = None, error_code: str | None = None,
+                error_reason: str | None = None, response_excerpt: str | None = None) -> bool:
+    """Write a send result. Idempotent, and forward only: a receipt that arrived first (a
+    delivered before the accepted) is never overwritten. Returns whether the row changed."""
+    table = t.outbound_messages
+    now = utcnow()
+    values: dict[str, Any] = {"updated_at": now}
+    if response_excerpt is not None:
+        values["response_excerpt"] = response_excerpt[:2000]
+    code = OutboundStatus(status)
+    with store.engine.begin() as conn:
+        if code is OutboundStatus.ACCEPTED:
+            result = conn.execute(table.update().where(
+                table.c.id == row_id, table.c.status.in_(OPEN)).values(
+                status=code.value, provider_message_id=provider_message_id, accepted_at=now,
+                error_code=None, error_reason=None, **values))
+            if provider_message_id:
+                # Fill the id even when a receipt already moved the row past accepted.
+                conn.execute(table.update().where(
+                    table.c.id == row_id, table.c.provider_message_id.is_(None)).values(
+                    provider_message_id=provider_message_id))
+                channel = conn.execute(sa.select(table.c.channel).where(
+                    table.c.id == row_id)).scalar()
+                if channel is not None:
+                    store.apply_known_receipts(conn, str(channel), [provider_message_id])
+            return result.rowcount > 0
+        if code in (OutboundStatus.FAILED, OutboundStatus.NOT_QUEUED):
+            allowed = OPEN
+        elif code is OutboundStatus.PENDING:  # waiting (paused channel): back to the outbox
+            allowed = [OutboundStatus.RESERVED.value, OutboundStatus.QUEUED.value]
+        elif code is OutboundStatus.QUEUED:  # still queued, a temporary error to show
+            allowed = [OutboundStatus.QUEUED.value, OutboundStatus.RESERVED.value]
+        else:
+            raise ValueError(f"send results do not set status {code.name}")
+        result = conn.execute(table.update().where(
+            table.c.id == row_id, table.c.status.in_(allowed)).values(
+            status=code.value, error_code=error_code,
+            error_reason=error_reason[:1000] if error_reason else None, **values))
+        return result.rowcount > 0
+
+
+def requeue_failed(engine: Engine, row_id: int) -> bool:
+    """Before a dead letter is replayed: its row goes from failed back to queued, with its
+    attempts reset, so the send stage will try it again."""
+    table = t.outbound_messages
+    with engine.begin() as conn:
+        result = conn.execute(table.update().where(
+            table.c.id == row_id, table.c.status == OutboundStatus.FAILED.value,
+            table.c.provider_message_id.is_(None)).values(
+            status=OutboundStatus.QUEUED.value, attempts=0, updated_at=utcnow()))
+        return result.rowcount > 0

@@ -1,0 +1,15 @@
+"""The `wacloud` command line: thin, it parses arguments and calls bootstrap and operations."""
+
+from __future__ import annotations
+
+import logging
+
+from wacloud.cli import inbound_cmds, outbound_cmds, registry_cmds
+from wacloud.cli.common import app
+
+__all__ = ["app", "inbound_cmds", "main", "outbound_cmds", "registry_cmds"]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    app()

@@ -1,0 +1,5 @@
+"""`python -m wacloud.cli`."""
+
+from wacloud.cli import main
+
+main()

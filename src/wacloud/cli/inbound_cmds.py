@@ -1,0 +1,144 @@
+"""Commands for serving and for inbound messages: serve, messages, parked, media, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wacloud.adapters.db.registry import RegistryError
+from wacloud.adapters.db.views import list_messages
+from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.cli.common import (
+    DataDir,
+    JsonOut,
+    app,
+    emit,
+    fail,
+    media_app,
+    parked_app,
+    settings_for,
+)
+from wacloud.credentials import CredentialsBroker
+from wacloud.logging_setup import configure_logging
+from wacloud.operations import (
+    refetch_media,
+    replay_parked,
+)
+from wacloud.stages import envelopes
+
+
+@app.command()
+def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+          port: Annotated[int, typer.Option("--port")] = 8080,
+          data_dir: DataDir = None) -> None:
+    """Run the HTTP server and every stage (embedded mode)."""
+    from wacloud.hosting.embedded import serve as run
+
+    settings = settings_for(data_dir)
+    configure_logging(settings)
+    typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir})")
+    asyncio.run(run(settings, host, port))
+
+
+@app.command()
+def messages(tenant: Annotated[str, typer.Option("--tenant")],
+             direction: Annotated[str | None, typer.Option(
+                 "--direction", help="in or out")] = None,
+             limit: Annotated[int, typer.Option("--limit")] = 1000,
+             data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Messages stored for a tenant, one JSON object per line."""
+    if direction not in (None, "in", "out"):
+        fail("--direction must be 'in' or 'out'")
+    settings = settings_for(data_dir)
+    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+    if not broker.has_tenant(tenant):
+        fail(f"unknown tenant {tenant!r}")
+    rows = list_messages(broker.tenant_store(tenant).engine, direction, limit)
+    for row in rows:
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False, default=str))
+        else:
+            media = f" [{row['media']['status']} {row['media']['key'] or ''}]" if row[
+                "media"] else ""
+            typer.echo(f"{row['direction']:>3} {row['type']:<12} {row['from']} -> {row['to']}: "
+                       f"{row['text'] or ''}{media} ({row['status']})")
+    broker.close()
+
+
+@parked_app.callback(invoke_without_command=True)
+def parked(ctx: typer.Context, data_dir: DataDir = None, as_json: JsonOut = False,
+           all_items: Annotated[bool, typer.Option("--include-replayed")] = False) -> None:
+    """List parked payloads (unknown tenant, unparseable body)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    registry = open_registry(settings_for(data_dir))
+    for item in registry.parked_items(include_replayed=all_items):
+        emit(item.summary(), as_json,
+             f"{item.id}\t{item.created_at:%Y-%m-%d %H:%M:%S}\t{item.stage}\t{item.reason}")
+
+
+@parked_app.command("replay")
+def parked_replay(item_id: Annotated[int | None, typer.Argument()] = None,
+                  all_items: Annotated[bool, typer.Option("--all")] = False,
+                  data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Send parked payloads back through the pipeline."""
+    if (item_id is None) == (not all_items):
+        fail("give a parked item ID or --all")
+    settings = settings_for(data_dir)
+    registry = open_registry(settings)
+    try:
+        items = registry.parked_items() if all_items else [registry.parked_item(item_id or 0)]
+    except RegistryError as exc:
+        fail(str(exc))
+
+    async def run() -> list[int]:
+        broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+        try:
+            raw = broker.queue(queue_specs(settings)[envelopes.INBOUND_RAW])
+            return await replay_parked(registry, raw, items)
+        finally:
+            await broker.close()
+
+    replayed = asyncio.run(run())
+    emit({"replayed": replayed}, as_json, f"replayed {len(replayed)} item(s): {replayed}")
+
+
+@media_app.command("refetch")
+def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
+                  include_pending: Annotated[bool, typer.Option("--include-pending")] = False,
+                  data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Queue another copy attempt for a tenant's media that failed (or is still pending)."""
+    settings = settings_for(data_dir)
+    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+    if not broker.has_tenant(tenant):
+        fail(f"unknown tenant {tenant!r}")
+    statuses = ["failed", "pending"] if include_pending else ["failed"]
+
+    async def run() -> int:
+        queues = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+        try:
+            media = queues.queue(queue_specs(settings)[envelopes.INBOUND_MEDIA])
+            return await refetch_media(broker, tenant, media, statuses)
+        finally:
+            await queues.close()
+
+    count = asyncio.run(run())
+    emit({"queued": count}, as_json, f"queued {count} media download(s)")
+
+
+@app.command()
+def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-demo"),
+         port: Annotated[int, typer.Option("--port")] = 8080,
+         keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True) -> None:
+    """Run the embedded gateway with the fake provider and show a message going in."""
+    from wacloud.demo import run_demo
+
+    sys.exit(run_demo(data_dir, port, keep_serving))
+
+

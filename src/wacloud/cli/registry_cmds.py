@@ -1,0 +1,201 @@
+"""Commands that change the registry: init, tenants, channels, API keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
+from wacloud.adapters.db.registry import RegistryError
+from wacloud.bootstrap import init_data_dir, open_registry
+from wacloud.cli.common import (
+    ApiBase,
+    DataDir,
+    JsonOut,
+    Mps,
+    apikey_app,
+    app,
+    channel_add,
+    channel_app,
+    channel_summary,
+    emit,
+    fail,
+    settings_for,
+    tenant_app,
+)
+from wacloud.credentials import CredentialsBroker
+from wacloud.model import Provider
+
+
+@app.command()
+def init(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Create the data dir, the registry DB and an encryption key if none exists."""
+    settings = settings_for(data_dir)
+    created = init_data_dir(settings)
+    emit({"data_dir": str(settings.data_dir.resolve()), "key_created": created}, as_json,
+         f"initialized {settings.data_dir.resolve()}"
+         + (" (new encryption key)" if created else ""))
+
+
+@tenant_app.command("add")
+def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
+        "--db-url", help="SQLAlchemy URL of the tenant's DB (default: SQLite file).")] = None,
+        data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Add a tenant."""
+    settings = settings_for(data_dir)
+    init_data_dir(settings)
+    registry = open_registry(settings)
+    try:
+        tenant = registry.add_tenant(slug, db_url)
+    except RegistryError as exc:
+        fail(str(exc))
+    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
+    broker.tenant_store(slug)  # creates the tenant's schema now, so problems show at once
+    broker.close()
+    emit({"id": tenant.id, "slug": slug}, as_json, f"tenant {slug} added")
+
+
+@tenant_app.command("list")
+def tenant_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """List tenants."""
+    registry = open_registry(settings_for(data_dir))
+    for tenant in registry.tenants():
+        emit({"id": tenant.id, "slug": tenant.slug, "own_db": tenant.db_url is not None},
+             as_json, tenant.slug)
+
+
+def _add_channel(data_dir: Path | None, as_json: bool, **values: Any) -> None:
+    settings = settings_for(data_dir)
+    registry = open_registry(settings)
+    try:
+        channel = registry.add_channel(**values)
+    except RegistryError as exc:
+        fail(str(exc))
+    emit(channel_summary(channel), as_json,
+         f"{channel.provider.value} channel {channel.key} added to tenant {channel.tenant}")
+
+
+@channel_add.command("meta")
+def channel_add_meta(
+        tenant: Annotated[str, typer.Option("--tenant")],
+        phone_number_id: Annotated[str, typer.Option("--phone-number-id")],
+        waba_id: Annotated[str, typer.Option("--waba-id")],
+        display_number: Annotated[str, typer.Option("--display-number")],
+        token: Annotated[str, typer.Option("--token")],
+        app_secret: Annotated[str, typer.Option("--app-secret")],
+        verify_token: Annotated[str, typer.Option("--verify-token")],
+        api_base_url: ApiBase = None,
+        graph_version: Annotated[str, typer.Option("--graph-version")] = "v23.0",
+        mps: Mps = 80, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Add a Meta WhatsApp Cloud API number."""
+    _add_channel(data_dir, as_json, tenant=tenant, provider=Provider.META, key=phone_number_id,
+                 phone_number_id=phone_number_id, waba_id=waba_id,
+                 display_number=display_number, token=token, app_secret=app_secret,
+                 verify_token=verify_token, api_base_url=api_base_url,
+                 graph_version=graph_version, mps=mps)
+
+
+@channel_add.command("whapi")
+def channel_add_whapi(
+        tenant: Annotated[str, typer.Option("--tenant")],
+        channel_id: Annotated[str, typer.Option("--channel-id")],
+        token: Annotated[str, typer.Option("--token")],
+        webhook_secret: Annotated[str, typer.Option("--webhook-secret")],
+        api_base_url: ApiBase = None, mps: Mps = 80,
+        data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Add a Whapi.Cloud channel."""
+    _add_channel(data_dir, as_json, tenant=tenant, provider=Provider.WHAPI, key=channel_id,
+                 token=token, webhook_secret=webhook_secret, api_base_url=api_base_url, mps=mps)
+
+
+@channel_add.command("chakra")
+def channel_add_chakra(
+        tenant: Annotated[str, typer.Option("--tenant")],
+        plugin_id: Annotated[str, typer.Option("--plugin-id")],
+        phone_number_id: Annotated[str, typer.Option("--phone-number-id")],
+        token: Annotated[str, typer.Option("--token")],
+        webhook_secret: Annotated[str, typer.Option("--webhook-secret")],
+        api_base_url: ApiBase = None,
+        graph_version: Annotated[str, typer.Option("--graph-version")] = "v23.0",
+        mps: Mps = 80, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Add a Chakra plugin (Meta numbers through Chakra)."""
+    _add_channel(data_dir, as_json, tenant=tenant, provider=Provider.CHAKRA, key=plugin_id,
+                 phone_number_id=phone_number_id, token=token, webhook_secret=webhook_secret,
+                 api_base_url=api_base_url, graph_version=graph_version, mps=mps)
+
+
+@channel_app.command("list")
+def channel_list(tenant: Annotated[str | None, typer.Option("--tenant")] = None,
+                 data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """List channels (secrets are never shown)."""
+    registry = open_registry(settings_for(data_dir))
+    for channel in registry.channels(tenant):
+        emit(channel_summary(channel), as_json,
+             f"{channel.id}\t{channel.tenant}\t{channel.provider.value}\t{channel.key}"
+             + (f"\tPAUSED: {channel.pause_reason}" if channel.paused else ""))
+
+
+@channel_app.command("pause")
+def channel_pause(channel_id: int, reason: Annotated[str, typer.Option("--reason")] = "paused "
+                  "by an operator", data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Pause a channel: its messages wait in the outbox."""
+    registry = open_registry(settings_for(data_dir))
+    try:
+        registry.channel_by_id(channel_id)
+    except RegistryError as exc:
+        fail(str(exc))
+    registry.set_channel_pause(channel_id, True, reason)
+    emit({"id": channel_id, "paused": True}, as_json, f"channel {channel_id} paused")
+
+
+@channel_app.command("resume")
+def channel_resume(channel_id: int, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Resume a paused channel: its waiting messages are sent."""
+    registry = open_registry(settings_for(data_dir))
+    try:
+        registry.channel_by_id(channel_id)
+    except RegistryError as exc:
+        fail(str(exc))
+    registry.set_channel_pause(channel_id, False, None)
+    emit({"id": channel_id, "paused": False}, as_json, f"channel {channel_id} resumed")
+
+
+@apikey_app.command("create")
+def apikey_create(tenant: Annotated[str | None, typer.Option("--tenant")] = None,
+                  admin: Annotated[bool, typer.Option("--admin")] = False,
+                  label: Annotated[str | None, typer.Option("--label")] = None,
+                  data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Create an API key for a tenant (or an admin key); it is printed once, stored hashed."""
+    registry = open_registry(settings_for(data_dir))
+    try:
+        record, key = create_api_key(registry, tenant=tenant, admin=admin, label=label)
+    except RegistryError as exc:
+        fail(str(exc))
+    emit({"id": record.id, "tenant": record.tenant, "admin": record.is_admin, "key": key},
+         as_json, f"{key}\n(key {record.id}; shown once, store it now)")
+
+
+@apikey_app.command("list")
+def apikey_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """List API keys (prefixes only)."""
+    registry = open_registry(settings_for(data_dir))
+    for record in list_api_keys(registry):
+        emit({"id": record.id, "tenant": record.tenant, "admin": record.is_admin,
+              "prefix": record.prefix, "label": record.label, "revoked": record.revoked},
+             as_json, f"{record.id}\t{record.prefix}...\t{record.tenant or 'ADMIN'}"
+             + ("\trevoked" if record.revoked else ""))
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: int, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Revoke an API key (a running gateway stops accepting it within seconds)."""
+    registry = open_registry(settings_for(data_dir))
+    try:
+        revoke_api_key(registry, key_id)
+    except RegistryError as exc:
+        fail(str(exc))
+    emit({"id": key_id, "revoked": True}, as_json, f"API key {key_id} revoked")
+
+

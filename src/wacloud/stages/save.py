@@ -1,0 +1,30 @@
+"""Save: write a send result back to its outbox row, idempotently and forward only.
+
+A delivery receipt that arrived before this result is never overwritten; receipts that were
+waiting for the provider message id are applied as soon as it is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from wacloud.adapters.db import outbox
+from wacloud.credentials import CredentialsBroker
+from wacloud.stages.envelopes import Output
+
+
+@dataclass(slots=True)
+class SaveContext:
+    broker: CredentialsBroker
+
+
+async def save(data: bytes, ctx: SaveContext) -> list[Output]:
+    item = json.loads(data)
+    store = await asyncio.to_thread(ctx.broker.tenant_store, item["tenant"])
+    await asyncio.to_thread(
+        outbox.save_result, store, int(item["row_id"]), status=int(item["status"]),
+        provider_message_id=item.get("provider_message_id"), error_code=item.get("error_code"),
+        error_reason=item.get("error_reason"), response_excerpt=item.get("response_excerpt"))
+    return []
