@@ -51,6 +51,7 @@ class CredentialsBroker:
         self._snapshot = Snapshot()
         self._stores: dict[str, tuple[str | None, TenantStore]] = {}
         self._lock = threading.Lock()
+        self._last_miss_refresh = 0.0
 
     # -- snapshot --------------------------------------------------------------------------
 
@@ -162,6 +163,15 @@ class CredentialsBroker:
     def api_key(self, key: str) -> ApiKey | None:
         self.ensure_fresh()
         return self._snapshot.api_keys.get(hash_key(key))
+
+    def refresh_after_miss(self, min_interval: float = 1.0) -> bool:
+        """An unknown key or channel may be a minute old: look again, at most once per
+        `min_interval` so a flood of bad keys cannot hammer the registry."""
+        now = time.monotonic()
+        if now - self._last_miss_refresh < min_interval:
+            return False
+        self._last_miss_refresh = now
+        return self.refresh()
 
     def has_tenant(self, slug: str) -> bool:
         self.ensure_fresh()

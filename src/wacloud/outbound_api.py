@@ -41,6 +41,8 @@ def parse_submission(data: Any) -> Submission:
     _require(isinstance(kind, str) and kind in TYPES,
              f"`type` must be one of {', '.join(sorted(TYPES))}")
     content = data.get(kind)
+    if kind == "contacts" and isinstance(content, list):
+        content = {"contacts": content}  # Meta's format: a list of contact cards
     _require(isinstance(content, dict), f"`{kind}` must be an object with the message content")
     if kind == "read":
         _require(isinstance(content.get("message_id"), str), "`read.message_id` is required")

@@ -9,32 +9,57 @@ Both hand out reservations in call order, so concurrent workers never overshoot 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections import deque
 from dataclasses import dataclass
 
 
+class Slot:
+    """One send's place in a window: held from before the request until its answer."""
+
+    __slots__ = ("done_at",)
+
+    def __init__(self) -> None:
+        self.done_at: float | None = None
+
+
 class SlidingWindow:
-    """At most `limit` events in any window of `window` seconds."""
+    """At most `limit` sends in any window of `window` seconds, as the provider sees them.
 
-    def __init__(self, limit: int, window: float = 1.0, margin: float = 0.02) -> None:
+    The provider sees a request somewhere between our sending it and its answer, so a slot
+    only ages out `window` seconds after its answer: then no window at the provider can ever
+    hold more than `limit` requests, however the network delays them."""
+
+    def __init__(self, limit: int, window: float = 1.0, margin: float = 0.01) -> None:
         self.limit = max(1, limit)
-        # A small margin absorbs network jitter that could bunch requests at the provider.
         self.window = window * (1 + margin)
-        self.times: deque[float] = deque()
+        self.slots: list[Slot] = []
         self.blocked_until = 0.0
+        self._wake = asyncio.Event()
 
-    def reserve(self, now: float) -> float:
-        """Reserve the next slot; returns when it may be used (>= now)."""
-        while self.times and self.times[0] <= now - self.window:
-            self.times.popleft()
-        at = max(now, self.blocked_until)
-        if len(self.times) >= self.limit:
-            at = max(at, self.times[-self.limit] + self.window)
-        self.times.append(at)
-        if len(self.times) > self.limit:
-            self.times.popleft()
-        return at
+    async def acquire(self) -> Slot:
+        while True:
+            now = time.monotonic()
+            if now < self.blocked_until:
+                await asyncio.sleep(self.blocked_until - now)  # the provider asked us to wait
+                continue
+            horizon = now - self.window
+            self.slots = [s for s in self.slots if s.done_at is None or s.done_at > horizon]
+            if len(self.slots) < self.limit:
+                slot = Slot()
+                self.slots.append(slot)
+                return slot
+            finished = [s.done_at for s in self.slots if s.done_at is not None]
+            timeout = min(finished) + self.window - now if finished else None
+            wake = self._wake
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+
+    def release(self, slot: Slot) -> None:
+        slot.done_at = time.monotonic()
+        self._wake.set()
+        self._wake = asyncio.Event()
 
     def block(self, until: float) -> None:
         self.blocked_until = max(self.blocked_until, until)

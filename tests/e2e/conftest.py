@@ -19,8 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from wacloud.adapters.db.api_keys import create_api_key
 from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.tenant import outbound_messages
 from wacloud.adapters.db.views import list_messages
 from wacloud.bootstrap import init_data_dir, open_registry
 from wacloud.credentials import CredentialsBroker
@@ -122,14 +125,14 @@ class Harness:
 
     def meta_channel(self, tenant: str, phone_number_id: str | None = None,
                      waba_id: str | None = None, app_secret: str | None = None,
-                     wait: bool = True) -> Channel:
+                     wait: bool = True, mps: int = 80) -> Channel:
         channel = self.registry.add_channel(
             tenant=tenant, provider=Provider.META,
             key=phone_number_id or f"1065{next(_ids):011d}",
             phone_number_id=phone_number_id, waba_id=waba_id or f"1022{next(_ids):011d}",
             display_number="5511940001234", token=TOKEN,
             app_secret=app_secret or uuid.uuid4().hex, verify_token=uuid.uuid4().hex,
-            api_base_url=self.fake_url)
+            api_base_url=self.fake_url, mps=mps)
         if channel.phone_number_id is None:
             channel.phone_number_id = channel.key
         if wait:
@@ -137,11 +140,17 @@ class Harness:
         return channel
 
     def secret_channel(self, tenant: str, provider: Provider, key: str | None = None,
-                       wait: bool = True) -> Channel:
+                       wait: bool = True, mps: int = 80) -> Channel:
+        key = key or f"CH-{uuid.uuid4().hex[:8]}"
+        token = TOKEN
+        if provider is Provider.WHAPI:
+            # Whapi knows a channel by its token: give each its own, as in real life.
+            token = f"whapi-{uuid.uuid4().hex}"
+            self.fake.set_whapi_channel(token, key)
         channel = self.registry.add_channel(
-            tenant=tenant, provider=provider, key=key or f"CH-{uuid.uuid4().hex[:8]}",
-            phone_number_id="106540352242999" if provider is Provider.CHAKRA else None,
-            token=TOKEN, webhook_secret=uuid.uuid4().hex, api_base_url=self.fake_url)
+            tenant=tenant, provider=provider, key=key,
+            phone_number_id=f"1065{next(_ids):011d}" if provider is Provider.CHAKRA else None,
+            token=token, webhook_secret=uuid.uuid4().hex, api_base_url=self.fake_url, mps=mps)
         if wait:
             self.wait_channel_visible(channel)
         return channel
@@ -196,6 +205,39 @@ class Harness:
         rows: list[dict[str, Any]] = wait_for(ready, timeout, message=f"{count} rows in {tenant}")
         return rows
 
+    def api_key(self, tenant: str) -> str:
+        key = create_api_key(self.registry, tenant=tenant)[1]
+        # Registry changes reach the gateway within its poll interval.
+        wait_for(lambda: self.client.get("/v1/messages/0", headers={
+            "Authorization": f"Bearer {key}"}).status_code == 404, message="API key visible")
+        return key
+
+    def submit(self, key: str, message: dict[str, Any]) -> httpx.Response:
+        return self.client.post("/v1/messages", json=message,
+                                headers={"Authorization": f"Bearer {key}"})
+
+    def insert_outbox(self, tenant: str, channel: str, recipient: str | None, type: str,
+                      content: dict[str, Any], **extra: Any) -> int:
+        """What a tenant's own system does: insert a row with just its message."""
+        values = {"channel": channel, "recipient": recipient, "type": type,
+                  "content": content, **extra}
+        with self.broker.tenant_store(tenant).engine.begin() as conn:
+            result = conn.execute(outbound_messages.insert().values(**values))
+            return int(result.inserted_primary_key[0])
+
+    def outbox(self, tenant: str) -> dict[int, dict[str, Any]]:
+        with self.broker.tenant_store(tenant).engine.connect() as conn:
+            rows = conn.execute(sa.select(outbound_messages)).mappings().all()
+        return {int(r["id"]): dict(r) for r in rows}
+
+    def wait_outbox(self, tenant: str, predicate: Callable[[dict[int, dict[str, Any]]], bool],
+                    timeout: float = 20.0, message: str = "outbox state") -> dict[int, Any]:
+        def ready() -> dict[int, dict[str, Any]] | None:
+            rows = self.outbox(tenant)
+            return rows if rows and predicate(rows) else None
+        rows: dict[int, Any] = wait_for(ready, timeout, message=message)
+        return rows
+
     def parked(self) -> list[Any]:
         return self.registry.parked_items()
 
@@ -219,6 +261,13 @@ def gateway_env(data_dir: Path) -> dict[str, str]:
         "WACLOUD_MEDIA_FIRST_TRY_TIMEOUT_S": "5",
         "WACLOUD_MAX_WEBHOOK_BYTES": str(256 * 1024),
         "WACLOUD_MAX_MEDIA_BYTES": str(8 * 1024 * 1024),
+        "WACLOUD_COLLECT_POLL_S": "0.2",
+        "WACLOUD_RESERVATION_LEASE_S": "5",
+        "WACLOUD_SEND_BACKOFF_BASE_S": "0.2",
+        "WACLOUD_SEND_BACKOFF_MAX_S": "1",
+        "WACLOUD_SEND_MAX_ATTEMPTS": "4",
+        "WACLOUD_SEND_TIMEOUT_S": "5",
+        "WACLOUD_PAIR_BURST": "1000",
     })
     return env
 

@@ -26,16 +26,20 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def authenticate(request: Request, broker: CredentialsBroker) -> ApiKey | None:
+async def authenticate(request: Request, broker: CredentialsBroker) -> ApiKey | None:
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() != "bearer ":
         return None
-    return broker.api_key(auth[7:].strip())
+    key = auth[7:].strip()
+    found = broker.api_key(key)
+    if found is None and await asyncio.to_thread(broker.refresh_after_miss):
+        found = broker.api_key(key)
+    return found
 
 
 def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None]) -> list[Route]:
     async def submit(request: Request) -> Response:
-        key = authenticate(request, broker)
+        key = await authenticate(request, broker)
         if key is None or key.tenant is None:
             return error(401, "a tenant API key is required (Authorization: Bearer KEY)")
         try:
@@ -59,7 +63,7 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None]) ->
                             status_code=201)
 
     async def read(request: Request) -> Response:
-        key = authenticate(request, broker)
+        key = await authenticate(request, broker)
         if key is None or key.tenant is None:
             return error(401, "a tenant API key is required (Authorization: Bearer KEY)")
         try:

@@ -170,11 +170,12 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
         await asyncio.sleep(wait)  # pacing, not synchronization: the provider's pair limit
     if message.recipient and message.type != "read":
         limits.pairs.reserve(pair, limits.now())
-    slot = limits.number(channel.key, channel.mps).reserve(limits.now())
-    if slot > limits.now():
-        await asyncio.sleep(slot - limits.now())
-
-    outcome = await call_provider(channel, message, ctx)
+    window = limits.number(channel.key, channel.mps)
+    slot = await window.acquire()
+    try:
+        outcome = await call_provider(channel, message, ctx)
+    finally:
+        window.release(slot)
     excerpt = outcome.response_excerpt
     if outcome.outcome is SendOutcome.ACCEPTED:
         limits.pairs.confirm(pair)

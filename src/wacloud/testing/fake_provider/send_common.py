@@ -99,6 +99,10 @@ async def answer_send(
         response = scripted_error(target.provider, script)
     else:
         payload, message_id = success(sends.new_send_number())
+        if script is not None and script.message_id and message_id:
+            # The generated id sits where each provider puts it; swap it wherever it is.
+            payload = json.loads(json.dumps(payload).replace(message_id, script.message_id))
+            message_id = script.message_id
         status = script.status if script is not None else 200
         response = JSONResponse(payload, status_code=status)
     sends.record_sent(

@@ -79,6 +79,8 @@ class Script:
     delay: float = 0.0
     retry_after: float | None = None
     provider: str | None = None
+    # For a 2xx script: answer with this message id, so a test can send its receipt early.
+    message_id: str | None = None
 
     def matches(self, provider: str, sender: str, recipient: str | None) -> bool:
         if self.provider is not None and self.provider != provider:
@@ -95,6 +97,7 @@ class Script:
             "delay": self.delay,
             "retry_after": self.retry_after,
             "provider": self.provider,
+            "message_id": self.message_id,
         }
 
 
@@ -162,6 +165,7 @@ class SendState:
         delay: float = 0.0,
         retry_after: float | None = None,
         provider: str | None = None,
+        message_id: str | None = None,
     ) -> Script:
         """Answer the next `times` send requests matching `match` (a sender id or
         recipient; None = any) and `provider` with `status` after `delay` seconds.
@@ -178,7 +182,8 @@ class SendState:
         if provider is not None and provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {PROVIDERS}, not {provider!r}")
         entry = Script(
-            match, times, status, error_code, error_message, delay, retry_after, provider
+            match, times, status, error_code, error_message, delay, retry_after, provider,
+            message_id,
         )
         with self._send_lock:
             self._scripts.append(entry)
