@@ -3,6 +3,7 @@ each provider's shape, within limits, with retries, pauses and receipts handled.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -266,3 +267,64 @@ def test_tenant_api_is_scoped_to_its_tenant(harness: Harness) -> None:
     bad = harness.submit(key_a, {"channel": channel_a.key, "to": "1", "type": "text",
                                  "text": {}})
     assert bad.status_code == 422 and "text.body" in bad.json()["error"]
+
+
+def test_pair_limit_answer_slows_only_that_recipient(harness: Harness) -> None:
+    tenant = harness.tenant()
+    channel = harness.meta_channel(tenant)
+    slow, fast = "5511900000001", "5511900000002"
+    harness.fake.script(slow, times=1, status=400, error_code=131056)
+    first = harness.insert_outbox(tenant, channel.key, slow, "text", {"body": "s1"})
+    harness.insert_outbox(tenant, channel.key, slow, "text", {"body": "s2"})
+    for n in range(3):
+        harness.insert_outbox(tenant, channel.key, fast, "text", {"body": f"f{n}"})
+    # The other recipient is not held up by the paced one (4^0 = 1 s backoff at least).
+    wait_for(lambda: len([s for s in harness.fake.sent_to(fast) if s.accepted]) == 3,
+             message="fast recipient served")
+    assert not [s for s in harness.fake.sent_to(slow) if s.accepted]
+    rows = harness.wait_outbox(tenant, lambda rows: all(r["status"] == 3 for r in rows.values()))
+    assert rows[first]["attempts"] == 2
+    assert [s.body["text"]["body"] for s in harness.fake.sent_to(slow) if s.accepted] == [
+        "s1", "s2"]
+
+
+def test_attempts_run_out_to_the_dead_letter_queue_and_replay(harness: Harness) -> None:
+    tenant = harness.tenant()
+    channel = harness.meta_channel(tenant)
+    to = f"55129{uuid.uuid4().int % 10**8:08d}"
+    harness.fake.script(to, times=4, status=503, error_code=131016)
+    row_id = harness.insert_outbox(tenant, channel.key, to, "text", {"body": "persistent"})
+    rows = harness.wait_outbox(tenant, lambda rows: rows[row_id]["status"] == -100)
+    assert "gave up after 4 attempts" in rows[row_id]["error_reason"]
+    listed = harness.cli("dlq", "list", "--json")
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    mine = [item for item in letters if item["tenant"] == tenant]
+    assert [item["row_id"] for item in mine] == [row_id]
+    replay = harness.cli("dlq", "replay", mine[0]["id"], "--json")
+    assert replay.returncode == 0, replay.stderr
+    rows = harness.wait_outbox(tenant, lambda rows: rows[row_id]["status"] == 3)
+    assert [s.status for s in harness.fake.sent_to(to)] == [503] * 4 + [200]
+
+
+def test_legacy_row_with_a_ready_request_gets_credentials_from_the_channel(
+        harness: Harness) -> None:
+    tenant = harness.tenant()
+    channel = harness.meta_channel(tenant)
+    to = f"55139{uuid.uuid4().int % 10**8:08d}"
+    body = json.dumps({"messaging_product": "whatsapp", "to": to, "type": "text",
+                       "text": {"body": "legado"}})
+    url = f"{harness.fake_url}/v23.0/{channel.key}/messages"
+    row_id = harness.insert_outbox(
+        tenant, channel.key, to, None, None, request_url=url, request_body=body,
+        request_headers="Authorization:Bearer leaked-old-token;X-Trace:abc")
+    rows = harness.wait_outbox(tenant, lambda rows: rows[row_id]["status"] == 3)
+    sent = harness.fake.sent_to(to)
+    assert sent[0].body["text"]["body"] == "legado"
+    assert rows[row_id]["provider_message_id"] == sent[0].message_id
+    recorded = [r for r in harness.fake.requests if r.path.endswith(f"{channel.key}/messages")]
+    assert recorded[-1].token_fingerprint == harness.fake.fingerprint("fake-provider-token")
+    foreign = harness.insert_outbox(
+        tenant, channel.key, to, None, None, request_url="https://example.org/steal",
+        request_body=body)
+    rows = harness.wait_outbox(tenant, lambda rows: rows[foreign]["status"] == -100)
+    assert "host" in rows[foreign]["error_reason"].lower()
