@@ -66,15 +66,16 @@ def retarget_whapi(payload: dict[str, Any], channel_id: str, suffix: str = "") -
     return data
 
 
-def attach_whapi_media(payload: dict[str, Any], fake: FakeProvider, fake_url: str
-                       ) -> dict[str, FakeMedia]:
+def attach_whapi_media(payload: dict[str, Any], fake: FakeProvider, fake_url: str,
+                       token: str | None = None) -> dict[str, FakeMedia]:
     created: dict[str, FakeMedia] = {}
     for message in payload.get("messages", []):
         kind = message["type"]
         if kind in MEDIA_TYPES and isinstance(message.get(kind), dict):
             body = message[kind]
             media = fake.add_media(media_bytes(body["mime_type"]), mime_type=body["mime_type"],
-                                   provider="whapi", filename=body.get("filename"))
+                                   provider="whapi", filename=body.get("filename"),
+                                   token=token)
             body["id"] = media.id
             body["sha256"] = media.sha256_b64
             body["file_size"] = media.size

@@ -22,7 +22,8 @@ def test_whapi_every_type_and_media_through_link_or_media_endpoint(harness: Harn
     media = {}
     for name in WHAPI_MESSAGES:
         payload = retarget_whapi(fixture("whapi", name), channel.key, uuid.uuid4().hex[:6])
-        media.update(attach_whapi_media(payload, harness.fake, harness.fake_url))
+        media.update(attach_whapi_media(payload, harness.fake, harness.fake_url,
+                                        token=channel.token))
         for message in payload["messages"]:
             expected[message["id"]] = message["type"]
         assert harness.post_secret(channel, payload).status_code == 200

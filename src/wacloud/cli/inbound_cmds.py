@@ -25,6 +25,7 @@ from wacloud.cli.common import (
     settings_for,
 )
 from wacloud.credentials import CredentialsBroker
+from wacloud.hosting.loop import event_loop_factory
 from wacloud.logging_setup import configure_logging
 from wacloud.operations import (
     refetch_media,
@@ -43,7 +44,8 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     settings = settings_for(data_dir)
     configure_logging(settings)
     typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir})")
-    asyncio.run(run(settings, host, port))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(run(settings, host, port))
 
 
 @app.command()
