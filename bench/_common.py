@@ -222,8 +222,11 @@ class GatewaySetup:
 
 
 def setup_gateway(data_dir: Path, channels: list[ChannelSpec], *, app_secret: str,
-                  token: str, api_base_url: str | None = None) -> GatewaySetup:
-    """What `wacloud init`, `tenant add` and `channel add meta` do, without three CLI starts."""
+                  token: str, api_base_url: str | None = None, mps: int = 80) -> GatewaySetup:
+    """What `wacloud init`, `tenant add` and `channel add meta` do, without three CLI starts.
+
+    `mps` is every channel's messages-per-second limit (the CLI's `--mps`, default 80).
+    """
     settings = load_settings(data_dir, dev_allow_local_urls=True)
     init_data_dir(settings)
     registry = open_registry(settings)
@@ -237,10 +240,23 @@ def setup_gateway(data_dir: Path, channels: list[ChannelSpec], *, app_secret: st
                              key=spec.phone_number_id, phone_number_id=spec.phone_number_id,
                              waba_id=spec.waba_id, display_number=spec.display_number,
                              token=token, app_secret=app_secret,
-                             verify_token=uuid.uuid4().hex, api_base_url=api_base_url)
+                             verify_token=uuid.uuid4().hex, api_base_url=api_base_url,
+                             mps=mps)
     broker.close()
     registry.engine.dispose()
     return GatewaySetup(data_dir, app_secret, token, channels)
+
+
+def create_tenant_api_keys(data_dir: Path, tenants: Sequence[str]) -> dict[str, str]:
+    """tenant -> a new API key for it (what `wacloud apikey create --tenant SLUG` does)."""
+    from wacloud.adapters.db.api_keys import create_api_key
+
+    registry = open_registry(load_settings(data_dir, dev_allow_local_urls=True))
+    try:
+        return {tenant: create_api_key(registry, tenant=tenant, label="bench")[1]
+                for tenant in dict.fromkeys(tenants)}
+    finally:
+        registry.engine.dispose()
 
 
 def gateway_argv(data_dir: Path, port: int) -> list[str | Path]:

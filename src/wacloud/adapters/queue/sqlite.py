@@ -304,8 +304,12 @@ class SqliteQueue(Queue):
     async def ack(self, receipts: list[str]) -> None:
         keys = [key for key in map(_parse_receipt, receipts) if key is not None]
         if keys:
-            await self.broker.call(lambda conn: conn.executemany(
-                "DELETE FROM messages WHERE id = ? AND receipt = ?", keys))
+            def delete(conn: sqlite3.Connection) -> None:
+                # Return nothing: a cursor handed back to the loop thread and freed there
+                # raced the writer thread ("bad parameter or other API misuse").
+                conn.executemany("DELETE FROM messages WHERE id = ? AND receipt = ?", keys)
+
+            await self.broker.call(delete)
 
     async def release(self, receipt: str, delay: float = 0.0) -> None:
         key = _parse_receipt(receipt)
