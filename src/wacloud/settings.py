@@ -55,7 +55,10 @@ class Settings(BaseSettings):
 
     registry_poll_s: float = 1.0
     credentials_cache_s: float = 30.0
-    workers_per_stage: int = 2
+    # `serve` runs the stages in a worker process beside the HTTP server (0: on its loop), at
+    # this much lower CPU priority: webhook answers first, the queue absorbs the difference.
+    stage_process: bool = True
+    worker_nice: int = 10
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -46,6 +47,25 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir})")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run(settings, host, port))
+
+
+@app.command()
+def worker(data_dir: DataDir = None,
+           collect: Annotated[bool, typer.Option(
+               "--collect/--no-collect", help="also collect pending outbox rows")] = True,
+           parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None
+           ) -> None:
+    """Run every stage without the HTTP server (`serve` starts one of these itself)."""
+    from wacloud.hosting.worker import die_with_parent, run_worker
+
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    settings = settings_for(data_dir)
+    configure_logging(settings)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(run_worker(settings, collect=collect))
 
 
 @app.command()

@@ -1,4 +1,6 @@
-"""Embedded hosting: the HTTP server and every stage in one process, on one event loop."""
+"""Embedded hosting: the HTTP server, the collector and the registry watcher on one event loop,
+and every other stage in a worker process beside it (or on the same loop, with
+`WACLOUD_STAGE_PROCESS=0`)."""
 
 from __future__ import annotations
 
@@ -11,18 +13,20 @@ import uvicorn
 
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_app
+from wacloud.hosting.worker import WorkerSupervisor
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
 
 log = logging.getLogger(__name__)
 
 
-async def run_stages(gateway: Gateway) -> None:
-    """Run every stage and the registry watcher until `gateway.stop` is set."""
-    tasks = [asyncio.create_task(r.run(gateway.stop)) for r in gateway.runners()]
+async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = True) -> None:
+    """Run the stages and/or the collector, and the registry watcher, until `gateway.stop`."""
+    tasks = [asyncio.create_task(r.run(gateway.stop)) for r in gateway.runners()] if stages else []
     tasks.append(asyncio.create_task(
         gateway.broker.watch(gateway.settings.registry_poll_s, gateway.stop)))
-    tasks.append(asyncio.create_task(collect_loop(gateway)))
+    if collect:
+        tasks.append(asyncio.create_task(collect_loop(gateway)))
     await asyncio.gather(*tasks)
 
 
@@ -63,10 +67,17 @@ async def serve(settings: Settings, host: str, port: int,
                 started: asyncio.Event | None = None) -> None:
     gateway = build_gateway(settings)
     app = create_app(gateway)
+    # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
+    # headers: each costs a measurable share of a webhook's CPU.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5)
+                            lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
+                            server_header=False, date_header=False)
     server = uvicorn.Server(config)
-    stages = asyncio.create_task(run_stages(gateway))
+    worker = WorkerSupervisor(settings) if settings.stage_process else None
+    if worker is not None:
+        worker.start()
+        supervisor = asyncio.create_task(worker.supervise(gateway.stop))
+    stages = asyncio.create_task(run_stages(gateway, stages=worker is None))
     if started is not None:
         async def announce() -> None:
             while not server.started:
@@ -79,6 +90,9 @@ async def serve(settings: Settings, host: str, port: int,
         if started is not None:
             announcer.cancel()
         gateway.stop.set()
+        if worker is not None:
+            await supervisor
+            await asyncio.to_thread(worker.stop)
         with contextlib.suppress(asyncio.CancelledError):
             await stages
         await gateway.close()

@@ -147,6 +147,9 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
 async def send(data: bytes, ctx: SendContext) -> list[Output]:
     message = OutboundMessage.from_dict(json.loads(data)["message"])
     channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
+    if channel is None and await asyncio.to_thread(ctx.broker.refresh):
+        # Added a moment ago, seen by the collector's process but not yet by ours.
+        channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
     if channel is None:
         return [result(message, OutboundStatus.FAILED, error=ProviderError(
             "channel", f"tenant {message.tenant!r} has no channel {message.channel_key!r}"))]

@@ -32,18 +32,31 @@ def _describe(event: Event) -> str:
     return ids
 
 
-async def write(data: bytes, ctx: WriteContext) -> list[Output]:
-    batch = json.loads(data)
+def _route(events: list[Event], broker: CredentialsBroker
+           ) -> tuple[dict[str, list[Event]], dict[str, list[Event]]]:
     by_tenant: dict[str, list[Event]] = defaultdict(list)
     unroutable: dict[str, list[Event]] = defaultdict(list)
-    for item in batch["events"]:
-        event = event_from_dict(item)
-        channel = ctx.broker.channel(event.provider, event.channel_key, event.account_key)
+    for event in events:
+        channel = broker.channel(event.provider, event.channel_key, event.account_key)
         if channel is None:
             unroutable[_describe(event)].append(event)
             continue
         event.channel_key = channel.key  # a WABA-id fallback stores under the channel's id
         by_tenant[channel.tenant].append(event)
+    return by_tenant, unroutable
+
+
+async def write(data: bytes, ctx: WriteContext) -> list[Output]:
+    batch = json.loads(data)
+    events = [event_from_dict(item) for item in batch["events"]]
+    by_tenant, unroutable = _route(events, ctx.broker)
+    if unroutable and await asyncio.to_thread(ctx.broker.refresh):
+        # A channel added a moment ago may be known to the process that took the webhook and
+        # not yet to ours: look again with a fresh registry before parking anything.
+        more, unroutable = _route([e for group in unroutable.values() for e in group],
+                                  ctx.broker)
+        for tenant, routed in more.items():
+            by_tenant[tenant].extend(routed)
 
     for description, events in unroutable.items():
         await ctx.park(stage="write", reason=f"no tenant for {description}",

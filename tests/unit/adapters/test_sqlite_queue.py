@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from wacloud.adapters.queue import sqlite as sqlite_queue
 from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec
 from wacloud.adapters.queue.sqlite import SqliteBroker
 
@@ -142,3 +144,21 @@ async def test_fifo_ignores_other_queues_and_ungrouped_messages(tmp_path: Path) 
     assert [m.body for m in await fifo.receive(10)] == [b"n1", b"n2"]
     assert g1.body == b"g1"
     await broker.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="doorbells need Linux")
+async def test_send_from_another_broker_rings_the_long_poll(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Polling is made far slower than the deadline: only the doorbell can deliver in time.
+    monkeypatch.setattr(sqlite_queue, "POLL_INTERVAL", 120.0)
+    consumer_side = SqliteBroker(tmp_path / "q.db")
+    producer_side = SqliteBroker(tmp_path / "q.db")  # as another process sharing the file
+    waiting = asyncio.create_task(consumer_side.queue(QueueSpec("q")).receive(wait_seconds=60))
+    deadline = time.monotonic() + 10
+    while not consumer_side._waiters.get("q") and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await producer_side.queue(QueueSpec("q")).send(b"rung")
+    [msg] = await asyncio.wait_for(waiting, 10)
+    assert msg.body == b"rung"
+    await producer_side.close()
+    await consumer_side.close()

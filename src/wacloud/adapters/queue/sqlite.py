@@ -28,11 +28,12 @@ from wacloud.adapters.queue.base import (
     QueueSpec,
     ReceivedMessage,
 )
+from wacloud.adapters.queue.doorbell import Doorbell
 
 T = TypeVar("T")
 
-# A long poll re-checks this often even without an in-process wake-up: delayed messages become
-# visible and other processes send to the same file without telling us.
+# A long poll re-checks this often even without a wake-up: delayed messages become visible, and
+# a doorbell ring from another process sharing the file can be lost.
 POLL_INTERVAL = 0.05
 _SYNC_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
@@ -130,16 +131,18 @@ class SqliteBroker(QueueBroker):
                                      timeout=busy_timeout)
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters_lock = threading.Lock()
+        self._doorbell = Doorbell(self._wake_local)
         self._conn.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 self._conn.execute(statement)
+        self._doorbell.register(self._conn)
         self._conn.execute("COMMIT")
         self._pending: list[_Op] = []
         self._cond = threading.Condition()
         self._closing = False
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._waiters_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"sqlite-queue:{self.path.name}",
                                         daemon=True)
         self._thread.start()
@@ -191,7 +194,10 @@ class SqliteBroker(QueueBroker):
                     batch, self._pending = self._pending, []
                 self._execute(batch)
         finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._doorbell.unregister(self._conn)
             self._conn.close()
+            self._doorbell.close()
 
     def _execute(self, batch: list[_Op]) -> None:
         conn = self._conn
@@ -229,8 +235,18 @@ class SqliteBroker(QueueBroker):
             if op.wake is not None and exc is None:
                 woken.add(op.wake)
         if woken:
+            self._doorbell.refresh_peers(self._conn)
+            self._doorbell.ring(woken, self._conn)
+        self._wake_local(woken, by_loop)
+
+    def _wake_local(self, names: set[str],
+                    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] | None = None) -> None:
+        """Settle futures and wake this process's long polls on `names` (also a doorbell's
+        listener thread calls this when another process rings)."""
+        by_loop = {} if by_loop is None else by_loop
+        if names:
             with self._waiters_lock:
-                for name in woken:
+                for name in names:
                     for fut in self._waiters.pop(name, ()):
                         by_loop.setdefault(fut.get_loop(), []).append((fut, None, None))
         # One thread-safe callback per event loop, not per future: each one writes the self-pipe.

@@ -1,0 +1,116 @@
+"""The stage worker: every stage in a process of its own, beside the HTTP server.
+
+`wacloud serve` starts one (unless `WACLOUD_STAGE_PROCESS=0`) so that answering webhooks never
+waits for the GIL behind parsing, storing and sending: on two cores the HTTP process keeps one
+to itself. The worker runs at a lower CPU priority (`WACLOUD_WORKER_NICE`) because a webhook
+answer is what Meta times, while the stages catch up from the durable queue. The worker dies
+with its parent (PR_SET_PDEATHSIG, so a `kill -9` of `serve` behaves like a crash of one
+process), and the parent restarts a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from wacloud.bootstrap import build_gateway
+from wacloud.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as `WACLOUD_*` variables, so that the child sees what the parent was given
+    (CLI flags and programmatic overrides included), not only the parent's environment."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        env[f"WACLOUD_{name.upper()}"] = (str(int(value)) if isinstance(value, bool)
+                                          else str(value))
+    return env
+
+
+class WorkerSupervisor:
+    """Starts `wacloud worker` as a child, restarts it when it dies, stops it on shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "wacloud.cli", "worker", "--no-collect",
+                "--data-dir", str(self.settings.data_dir), "--parent-pid", str(os.getpid())]
+
+    def start(self) -> None:
+        env = {**os.environ, **settings_env(self.settings)}
+        self.process = subprocess.Popen(self.argv(), env=env)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            if stop.is_set() or self.alive:
+                if self.alive:
+                    backoff = 1.0
+                continue
+            code = self.process.returncode if self.process else None
+            log.error("stage worker exited with code %s; restarting in %.0f s", code, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            if not stop.is_set():
+                self.restarts += 1
+                self.start()
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive or self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("stage worker did not stop within %.0f s; killing it", timeout)
+            self.process.kill()
+            self.process.wait()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill us when the parent dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+async def run_worker(settings: Settings, *, collect: bool) -> None:
+    from wacloud.hosting.embedded import run_stages
+
+    gateway = build_gateway(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, gateway.stop.set)
+    started = time.monotonic()
+    try:
+        await run_stages(gateway, collect=collect)
+    finally:
+        await gateway.close()
+        log.info("stage worker stopped after %.0f s", time.monotonic() - started)
