@@ -35,6 +35,9 @@ class Snapshot:
     by_waba: dict[str, list[Channel]] = field(default_factory=dict)
     tenant_urls: dict[str, str | None] = field(default_factory=dict)
     meta_app_secrets: list[str] = field(default_factory=list)
+    # Set when every Meta channel (and the global setting) uses one app secret: the usual
+    # single-app deployment, where a signature can be checked without parsing the payload.
+    uniform_meta_secret: str | None = None
     by_tenant: dict[str, dict[str, Channel]] = field(default_factory=dict)
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
 
@@ -80,6 +83,11 @@ class CredentialsBroker:
                     and channel.app_secret not in secrets):
                 secrets.append(channel.app_secret)
         new.meta_app_secrets = secrets
+        every_secret = {c.app_secret for c in new.by_key.values() if c.provider is Provider.META}
+        if self.global_meta_app_secret:
+            every_secret.add(self.global_meta_app_secret)
+        if len(every_secret) == 1 and None not in every_secret and "" not in every_secret:
+            new.uniform_meta_secret = every_secret.pop()
         self._snapshot = new
         return True
 
@@ -131,6 +139,11 @@ class CredentialsBroker:
         if self.global_meta_app_secret:
             pool = [*pool, self.global_meta_app_secret]
         return pool
+
+    def uniform_meta_secret(self) -> str | None:
+        """The one app secret every Meta payload must be signed with, if there is just one."""
+        self.ensure_fresh()
+        return self._snapshot.uniform_meta_secret
 
     def _names_known(self, phone_number_ids: set[str], waba_ids: set[str]) -> bool:
         snap = self._snapshot

@@ -49,6 +49,17 @@ class SecretBox:
         except InvalidToken:
             raise SecretError(UNDECRYPTABLE) from None
 
+    def newest_only(self) -> SecretBox:
+        """A box with only the newest key: what remains once older keys are dropped."""
+        return SecretBox(self._keys[:1])
+
+    def decrypts(self, ciphertext: str) -> bool:
+        try:
+            self._fernet.decrypt(ciphertext.encode())
+        except InvalidToken:
+            return False
+        return True
+
     def encrypt_optional(self, plaintext: str | None) -> str | None:
         return None if plaintext is None else self.encrypt(plaintext)
 
@@ -77,6 +88,10 @@ def write_key_file(path: Path, keys: list[str]) -> None:
     os.replace(tmp, path)
 
 
+def parse_env_keys(env_keys: str | None) -> list[str]:
+    """`WACLOUD_ENCRYPTION_KEY`: keys separated by commas, newest first."""
+    return [k.strip() for k in env_keys.split(",") if k.strip()] if env_keys else []
+
+
 def load_secret_box(env_keys: str | None, key_file: Path) -> SecretBox:
-    keys = [k.strip() for k in env_keys.split(",") if k.strip()] if env_keys else []
-    return SecretBox(keys or read_key_file(key_file))
+    return SecretBox(parse_env_keys(env_keys) or read_key_file(key_file))

@@ -211,3 +211,41 @@ def test_registry_stores_secrets_encrypted(registry: Registry) -> None:
     for secret in ("tok-SECRET-1", "app-SECRET-2", "db-PASSWORD"):
         assert secret not in dump
     assert registry.tenant("pg").db_url == "postgresql://app:db-PASSWORD@db/pg"
+
+
+def test_uniform_meta_secret_only_when_every_channel_shares_one(
+        registry: Registry, tmp_path: Path) -> None:
+    broker = make_broker(registry, tmp_path, global_secret=None)
+    add_meta(registry, "111", waba="W1", secret="shared")
+    add_meta(registry, "222", waba="W2", secret="shared", tenant="beta")
+    broker.refresh(force=True)
+    assert broker.uniform_meta_secret() == "shared"
+
+    add_meta(registry, "333", waba="W3", secret=None)  # a channel without one: no shortcut
+    broker.refresh(force=True)
+    assert broker.uniform_meta_secret() is None
+
+
+def test_uniform_meta_secret_counts_the_global_secret(
+        registry: Registry, broker: CredentialsBroker) -> None:
+    add_meta(registry, "111", waba="W1", secret="secret-111")
+    assert broker.uniform_meta_secret() is None  # the global one differs
+    registry.add_channel(tenant="beta", provider=Provider.WHAPI, key="w1", token="t")
+    broker.refresh(force=True)
+    assert broker.uniform_meta_secret() is None
+
+
+def test_signature_shortcut_accepts_and_refuses_like_the_full_check(
+        registry: Registry, tmp_path: Path) -> None:
+    from wacloud.stages.ingest import meta_signature_ok
+    from wacloud.testing.webhooks import sign
+
+    broker = make_broker(registry, tmp_path, global_secret=None)
+    add_meta(registry, "111", waba="W1", secret="shared")
+    broker.refresh(force=True)
+    assert broker.uniform_meta_secret() == "shared"
+    body = b'{"object":"whatsapp_business_account","entry":[]}'
+    assert meta_signature_ok(body, sign(body, "shared"), broker)
+    assert not meta_signature_ok(body, sign(body, "other"), broker)
+    assert not meta_signature_ok(body + b" ", sign(body, "shared"), broker)
+    assert not meta_signature_ok(body, None, broker)

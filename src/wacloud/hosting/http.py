@@ -1,5 +1,6 @@
 """The HTTP app: provider webhooks (the plain-ASGI hot path in `webhooks.py`), the Meta
-verification handshake, the tenant API, health and metrics. Thin: checks, queues, answers."""
+verification handshake, the tenant API, the internal credentials endpoint, health and
+metrics. Thin: checks, queues, answers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.routing import Route
 
 from wacloud.bootstrap import Gateway
 from wacloud.hosting.api import api_routes
+from wacloud.hosting.internal import internal_routes
 from wacloud.hosting.webhooks import ASGIApp, WebhookReceiver
 from wacloud.stages import envelopes
 from wacloud.stages.ingest import meta_verify_challenge
@@ -44,6 +46,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         *api_routes(broker, gateway.collect_wake.set),
+        *internal_routes(broker, gateway.settings.tenants_dir),
     ]
     return WebhookReceiver(Starlette(routes=routes), broker, raw_queue,
                            gateway.settings.max_webhook_bytes)

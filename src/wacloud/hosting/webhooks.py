@@ -87,6 +87,7 @@ class WebhookReceiver:
         self.broker = broker
         self.raw_queue = raw_queue
         self.max_bytes = max_bytes
+        self._accepted = {p: WEBHOOKS.labels(p.value, "accepted") for p in Provider}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -106,7 +107,7 @@ class WebhookReceiver:
     async def accept(self, send: Send, provider: Provider, body: bytes,
                      channel_key: str | None) -> None:
         await self.raw_queue.send(raw_output(provider, body, channel_key).message.body)
-        WEBHOOKS.labels(provider.value, "accepted").inc()
+        self._accepted[provider].inc()
         await respond(send, 200, OK_BODY)
 
     async def meta(self, scope: Scope, receive: Receive, send: Send) -> None:

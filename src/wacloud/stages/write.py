@@ -50,13 +50,14 @@ async def write(data: bytes, ctx: WriteContext) -> list[Output]:
     batch = json.loads(data)
     events = [event_from_dict(item) for item in batch["events"]]
     by_tenant, unroutable = _route(events, ctx.broker)
-    if unroutable and await asyncio.to_thread(ctx.broker.refresh):
-        # A channel added a moment ago may be known to the process that took the webhook and
-        # not yet to ours: look again with a fresh registry before parking anything.
+    # A channel added a moment ago may be known to the process that took the webhook and not
+    # yet to ours: look again with a fresh registry before parking anything.
+    refreshed: bool = bool(unroutable) and await asyncio.to_thread(ctx.broker.refresh)
+    if refreshed:
         more, unroutable = _route([e for group in unroutable.values() for e in group],
                                   ctx.broker)
         for tenant, routed in more.items():
-            by_tenant[tenant].extend(routed)
+            by_tenant.setdefault(tenant, []).extend(routed)
 
     for description, events in unroutable.items():
         await ctx.park(stage="write", reason=f"no tenant for {description}",
