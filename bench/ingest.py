@@ -7,7 +7,7 @@ In one run, one server at a time, each a separate process on 127.0.0.1:
   (b) pywa   - a pywa 4.5 FastAPI webhook server whose handler counts the updates it gets
                (installed on first run into bench/.venv-pywa, never into the project venv);
   (x) wacloud - `wacloud serve` with its own data dir, one tenant, one Meta channel whose app
-               secret signs the bodies; its stages run in the same process.
+               secret signs the bodies; its stages run in its worker process.
 wrk (installed with apt-get if missing) replays pre-signed bodies from a file, so every request
 of the measured run carries distinct wamids; after the wacloud run the benchmark waits for the
 queues to drain and checks that every acknowledged body is in the tenant's database.
@@ -274,12 +274,14 @@ def main() -> int:
                         help="distinct signed bodies (default: 12,000 per second of duration)")
     parser.add_argument("--drain-timeout", type=float, default=600.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--only-wacloud", action="store_true",
+                        help="development: skip the two baselines (no ratios, no RESULT line)")
     parser.add_argument("--py-spy", action="store_true",
                         help="profile wacloud during its run (slows it down; pip install py-spy)")
     args = parser.parse_args()
 
     wrk = ensure_wrk()
-    pywa_python = ensure_pywa_venv()
+    pywa_python = None if args.only_wacloud else ensure_pywa_venv()
     app_secret = uuid.uuid4().hex
     count = args.bodies or max(20_000, int(12_000 * args.duration))
     tmp = args.tmp = Path(tempfile.mkdtemp(prefix="wacloud-bench-ingest-", dir="/tmp"))
@@ -297,27 +299,31 @@ def main() -> int:
             setup = setup_gateway(tmp / "data", [CHANNEL], app_secret=app_secret,
                                   token="bench-" + uuid.uuid4().hex)
         log(f"wrk {wrk}: {args.threads} threads, {args.connections} connections, "
-            f"{args.duration:g} s per run after {args.warmup:g} s warm-up; pywa "
-            f"{pip_version(pywa_python, 'pywa')}")
+            f"{args.duration:g} s per run after {args.warmup:g} s warm-up"
+            + (f"; pywa {pip_version(pywa_python, 'pywa')}" if pywa_python else ""))
 
         with Processes(tmp) as procs:
             uvicorn_flags = ["--host", HOST, "--loop", "uvloop", "--http", "httptools",
                              "--log-level", "warning", "--no-access-log", "--app-dir",
                              str(BENCH_DIR)]
-            with stage("(a) bare ASGI app, uvicorn + uvloop + httptools"):
-                port = free_port()
-                bare = measure(procs, "bare", [VENV_PY, "-m", "uvicorn", "bare_app:app",
-                                               "--port", str(port), *uvicorn_flags], {},
-                               port, "/", args, wrk, warm_file, main_file)
-            with stage("(b) pywa 4.5 webhook server (FastAPI, pywa_async, uvloop + httptools)"):
-                port = free_port()
-                env = {"BENCH_PYWA_PHONE_ID": PHONE_NUMBER_ID, "BENCH_PYWA_TOKEN": "x",
-                       "BENCH_PYWA_APP_SECRET": app_secret,
-                       "BENCH_PYWA_VERIFY_TOKEN": uuid.uuid4().hex}
-                pywa = measure(procs, "pywa", [pywa_python, "-m", "uvicorn", "pywa_app:app",
-                                               "--port", str(port), *uvicorn_flags], env,
-                               port, "/", args, wrk, warm_file, main_file)
-            with stage("(x) wacloud serve: POST /webhooks/meta (stages in the same process)"):
+            bare = pywa = None
+            if pywa_python is not None:
+                with stage("(a) bare ASGI app, uvicorn + uvloop + httptools"):
+                    port = free_port()
+                    bare = measure(procs, "bare", [VENV_PY, "-m", "uvicorn", "bare_app:app",
+                                                   "--port", str(port), *uvicorn_flags], {},
+                                   port, "/", args, wrk, warm_file, main_file)
+                with stage("(b) pywa 4.5 webhook server (FastAPI, pywa_async, uvloop + "
+                           "httptools)"):
+                    port = free_port()
+                    env = {"BENCH_PYWA_PHONE_ID": PHONE_NUMBER_ID, "BENCH_PYWA_TOKEN": "x",
+                           "BENCH_PYWA_APP_SECRET": app_secret,
+                           "BENCH_PYWA_VERIFY_TOKEN": uuid.uuid4().hex}
+                    pywa = measure(procs, "pywa", [pywa_python, "-m", "uvicorn",
+                                                   "pywa_app:app", "--port", str(port),
+                                                   *uvicorn_flags], env,
+                                   port, "/", args, wrk, warm_file, main_file)
+            with stage("(x) wacloud serve: POST /webhooks/meta (stages in a worker process)"):
                 port = free_port()
                 ours = measure(procs, "wacloud", gateway_argv(setup.data_dir, port),
                                gateway_env(), port, "/webhooks/meta", args, wrk, warm_file,
@@ -328,6 +334,11 @@ def main() -> int:
                 for line in report.splitlines():
                     log(line)
 
+        if bare is None or pywa is None:
+            print(f"\nwacloud alone: {ours.rps:,.0f} req/s, p50 {ours.p50_ms:.2f} ms, p99 "
+                  f"{ours.p99_ms:.2f} ms; durability {'OK' if durable else 'FAILED'}")
+            ok = True
+            return 0
         ratio_bare = ours.rps / bare.rps if bare.rps else 0.0
         ratio_pywa = ours.rps / pywa.rps if pywa.rps else 0.0
         print("\n== summary (same run, same machine, same bodies)")

@@ -26,8 +26,9 @@ from wacloud.settings import Settings
 from wacloud.stages import envelopes
 from wacloud.stages.collect import CollectContext
 from wacloud.stages.envelopes import Output
+from wacloud.stages.inbound import InboundContext, receive_and_write
 from wacloud.stages.media import MediaContext, fetch_media
-from wacloud.stages.receive import ReceiveContext, receive
+from wacloud.stages.receive import ReceiveContext
 from wacloud.stages.save import SaveContext, save
 from wacloud.stages.send import SendContext, send
 from wacloud.stages.write import WriteContext, write
@@ -120,6 +121,16 @@ class Gateway:
         async def media_handler(message: ReceivedMessage) -> list[Output]:
             return await fetch_media(message.body, message.receive_count, media_ctx)
 
+        # Receive and write run fused here (one process hosts both); `write` still serves
+        # whatever reaches `inbound.events`.
+        inbound_ctx = InboundContext(receive_ctx, write_ctx)
+
+        async def inbound_batch(messages: list[ReceivedMessage]) -> list[Output]:
+            return await receive_and_write([m.body for m in messages], inbound_ctx)
+
+        async def inbound_one(message: ReceivedMessage) -> list[Output]:
+            return await inbound_batch([message])
+
         send_ctx = SendContext(
             self.broker, self.http, self.limits, self.copier, self.queues[
                 envelopes.OUTBOUND_SEND_DEAD], s.dev_allow_local_urls, s.send_max_attempts,
@@ -131,8 +142,8 @@ class Gateway:
                         concurrency=s.send_concurrency, wait_seconds=0.5),
             StageRunner("save", q[envelopes.OUTBOUND_RESULTS], handler(save, save_ctx), q,
                         concurrency=8),
-            StageRunner("receive", q[envelopes.INBOUND_RAW], handler(receive, receive_ctx), q,
-                        concurrency=16),
+            StageRunner("receive", q[envelopes.INBOUND_RAW], inbound_one, q, concurrency=4,
+                        batch=50, batch_handler=inbound_batch),
             StageRunner("write", q[envelopes.INBOUND_EVENTS], handler(write, write_ctx), q,
                         concurrency=8),
             StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q, concurrency=8),

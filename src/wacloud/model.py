@@ -277,6 +277,9 @@ class Channel:
     mps: int = 80
     paused: bool = False
     pause_reason: str | None = None
+    # Extra hosts ("host", "host:port" or ".domain") this channel may fetch media from,
+    # besides its provider's own (SSRF allow list, see wacloud.urlpolicy).
+    media_hosts: tuple[str, ...] = ()
     token: str = field(default="", repr=False)
     app_secret: str | None = field(default=None, repr=False)
     verify_token: str | None = field(default=None, repr=False)

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
 
     registry_poll_s: float = 1.0
     credentials_cache_s: float = 30.0
+    retention_interval_s: float = 3600.0  # how often tenants' retention periods are applied
     # `serve` runs the stages in a worker process beside the HTTP server (0: on its loop), at
     # this much lower CPU priority: webhook answers first, the queue absorbs the difference.
     stage_process: bool = True

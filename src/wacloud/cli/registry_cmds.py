@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +28,11 @@ from wacloud.cli.common import (
 )
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import Provider
+from wacloud.urlpolicy import normalize_media_hosts
+
+MediaHosts = Annotated[list[str] | None, typer.Option(
+    "--media-host", help="Another host this channel may fetch media from (host, host:port or "
+    ".domain for its subdomains); repeat for more. The provider's hosts are always allowed.")]
 
 
 @app.command()
@@ -70,6 +76,10 @@ def _add_channel(data_dir: Path | None, as_json: bool, **values: Any) -> None:
     settings = settings_for(data_dir)
     registry = open_registry(settings)
     try:
+        values["media_hosts"] = normalize_media_hosts(values.get("media_hosts") or ())
+    except ValueError as exc:
+        fail(str(exc))
+    try:
         channel = registry.add_channel(**values)
     except RegistryError as exc:
         fail(str(exc))
@@ -88,13 +98,14 @@ def channel_add_meta(
         verify_token: Annotated[str, typer.Option("--verify-token")],
         api_base_url: ApiBase = None,
         graph_version: Annotated[str, typer.Option("--graph-version")] = "v23.0",
-        mps: Mps = 80, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+        mps: Mps = 80, media_host: MediaHosts = None, data_dir: DataDir = None,
+        as_json: JsonOut = False) -> None:
     """Add a Meta WhatsApp Cloud API number."""
     _add_channel(data_dir, as_json, tenant=tenant, provider=Provider.META, key=phone_number_id,
                  phone_number_id=phone_number_id, waba_id=waba_id,
                  display_number=display_number, token=token, app_secret=app_secret,
                  verify_token=verify_token, api_base_url=api_base_url,
-                 graph_version=graph_version, mps=mps)
+                 graph_version=graph_version, mps=mps, media_hosts=media_host)
 
 
 @channel_add.command("whapi")
@@ -103,11 +114,12 @@ def channel_add_whapi(
         channel_id: Annotated[str, typer.Option("--channel-id")],
         token: Annotated[str, typer.Option("--token")],
         webhook_secret: Annotated[str, typer.Option("--webhook-secret")],
-        api_base_url: ApiBase = None, mps: Mps = 80,
+        api_base_url: ApiBase = None, mps: Mps = 80, media_host: MediaHosts = None,
         data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Add a Whapi.Cloud channel."""
     _add_channel(data_dir, as_json, tenant=tenant, provider=Provider.WHAPI, key=channel_id,
-                 token=token, webhook_secret=webhook_secret, api_base_url=api_base_url, mps=mps)
+                 token=token, webhook_secret=webhook_secret, api_base_url=api_base_url, mps=mps,
+                 media_hosts=media_host)
 
 
 @channel_add.command("chakra")
@@ -119,11 +131,13 @@ def channel_add_chakra(
         webhook_secret: Annotated[str, typer.Option("--webhook-secret")],
         api_base_url: ApiBase = None,
         graph_version: Annotated[str, typer.Option("--graph-version")] = "v23.0",
-        mps: Mps = 80, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+        mps: Mps = 80, media_host: MediaHosts = None, data_dir: DataDir = None,
+        as_json: JsonOut = False) -> None:
     """Add a Chakra plugin (Meta numbers through Chakra)."""
     _add_channel(data_dir, as_json, tenant=tenant, provider=Provider.CHAKRA, key=plugin_id,
                  phone_number_id=phone_number_id, token=token, webhook_secret=webhook_secret,
-                 api_base_url=api_base_url, graph_version=graph_version, mps=mps)
+                 api_base_url=api_base_url, graph_version=graph_version, mps=mps,
+                 media_hosts=media_host)
 
 
 @channel_app.command("list")
@@ -162,6 +176,38 @@ def channel_resume(channel_id: int, data_dir: DataDir = None, as_json: JsonOut =
     emit({"id": channel_id, "paused": False}, as_json, f"channel {channel_id} resumed")
 
 
+@channel_app.command("set-token")
+def channel_set_token(
+        channel: Annotated[str, typer.Argument(
+            help="The channel's id as `channel list` shows it, or with --provider its "
+                 "provider id (phone_number_id, Whapi channel id, Chakra plugin id).")],
+        token: Annotated[str, typer.Option(
+            "--token", help="The new token; '-' reads it from standard input.")],
+        provider: Annotated[Provider | None, typer.Option(
+            "--provider", help="Look the channel up by its provider id.")] = None,
+        data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Replace a channel's token (e.g. after Meta error 190) and resume it."""
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    if not token:
+        fail("the token must not be empty")
+    registry = open_registry(settings_for(data_dir))
+    try:
+        if provider is not None:
+            found = registry.channel_by_key(provider, channel)
+        elif channel.isdigit():
+            found = registry.channel_by_id(int(channel))
+        else:
+            fail("give the channel's id, or --provider with its provider id")
+        was_paused = registry.set_channel_token(found.id, token)
+    except RegistryError as exc:
+        fail(str(exc))
+    emit({"id": found.id, "tenant": found.tenant, "provider": found.provider.value,
+          "key": found.key, "token_replaced": True, "paused": False, "was_paused": was_paused},
+         as_json, f"token of {found.provider.value} channel {found.key} replaced"
+         + (" and the channel resumed" if was_paused else ""))
+
+
 @apikey_app.command("create")
 def apikey_create(tenant: Annotated[str | None, typer.Option("--tenant")] = None,
                   admin: Annotated[bool, typer.Option("--admin")] = False,
@@ -183,8 +229,9 @@ def apikey_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     registry = open_registry(settings_for(data_dir))
     for record in list_api_keys(registry):
         emit({"id": record.id, "tenant": record.tenant, "admin": record.is_admin,
-              "prefix": record.prefix, "label": record.label, "revoked": record.revoked},
-             as_json, f"{record.id}\t{record.prefix}...\t{record.tenant or 'ADMIN'}"
+              "service": record.is_service, "prefix": record.prefix, "label": record.label,
+              "revoked": record.revoked}, as_json,
+             f"{record.id}\t{record.prefix}...\t{record.tenant or record.kind.upper()}"
              + ("\trevoked" if record.revoked else ""))
 
 

@@ -14,6 +14,7 @@ import uvicorn
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_app
 from wacloud.hosting.worker import WorkerSupervisor
+from wacloud.privacy import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
 
@@ -27,6 +28,7 @@ async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = T
         gateway.broker.watch(gateway.settings.registry_poll_s, gateway.stop)))
     if collect:
         tasks.append(asyncio.create_task(collect_loop(gateway)))
+        tasks.append(asyncio.create_task(retention_loop(gateway)))
     await asyncio.gather(*tasks)
 
 

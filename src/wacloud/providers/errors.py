@@ -149,6 +149,26 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+def redact_error(error: ProviderError, secrets: Iterable[str] = ()) -> ProviderError:
+    """`error` with its reason and details redacted: a provider (or a wrapper in front of it)
+    may echo the request's token in its error message, which ends up in the row, the channel's
+    pause reason and the logs."""
+    secrets = tuple(secrets)
+
+    def clean(text: str) -> str:
+        # Only the known secrets and unmistakable tokens: unlike an excerpt, a reason is read
+        # by people, so "access token: Session has expired" must stay readable.
+        for secret in secrets:
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, _REDACTED)
+        for pattern in _SECRET_PATTERNS[0], _SECRET_PATTERNS[2]:
+            text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + _REDACTED, text)
+        return text
+
+    return ProviderError(code=error.code, reason=clean(error.reason),
+                         details=clean(error.details) if error.details else None)
+
+
 def excerpt(body: bytes, secrets: Iterable[str] = ()) -> str | None:
     """The first `EXCERPT_CHARS` characters of a response body, token-free (redacted before it
     is cut, so a token straddling the cut cannot leak half of itself)."""
@@ -219,6 +239,7 @@ def classify_graph(status: int, body: bytes, headers: Mapping[str, str], *,
     way; retrying could send it twice, and failing it would tell the tenant that a delivered
     message was lost. Status webhooks cannot be joined to such a row: the smaller harm.
     """
+    secrets = tuple(secrets)
     text = excerpt(body, secrets)
     ok = 200 <= status < 300
     if ok and (message_id or (error is None and success is not False)):
@@ -237,6 +258,7 @@ def classify_graph(status: int, body: bytes, headers: Mapping[str, str], *,
     elif not provider_error.code:
         provider_error = ProviderError(code=f"http_{status}", reason=provider_error.reason,
                                        details=provider_error.details)
+    provider_error = redact_error(provider_error, secrets)
     retry_after = None
     if outcome in (SendOutcome.RETRY, SendOutcome.PAUSE):
         retry_after = parse_retry_after(header(headers, "Retry-After"))

@@ -28,6 +28,7 @@ from wacloud.providers.errors import (
     header,
     load_json,
     parse_retry_after,
+    redact_error,
 )
 from wacloud.providers.meta import as_dict
 
@@ -222,6 +223,7 @@ def classify(status: int, body: bytes, headers: Mapping[str, str], *,
     """
     payload = load_json(body)
     data = payload if isinstance(payload, dict) else {}
+    secrets = tuple(secrets)
     text = excerpt(body, secrets)
     if 200 <= status < 300:
         message = as_dict(data.get("message"))
@@ -232,7 +234,7 @@ def classify(status: int, body: bytes, headers: Mapping[str, str], *,
         if data.get("sent") is not False and data.get("success") is not False \
                 and "error" not in data:
             return SendResult(SendOutcome.ACCEPTED, http_status=status, response_excerpt=text)
-    error = _error(payload, status)
+    error = redact_error(_error(payload, status), secrets)
     state_text = f"{error.reason} {error.details or ''}" if payload is not None else (text or "")
     if status in (401, 402, 403) or _CHANNEL_STATE.search(state_text):
         outcome = SendOutcome.PAUSE

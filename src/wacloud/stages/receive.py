@@ -99,7 +99,10 @@ async def first_media_try(message: InboundMessage, ctx: ReceiveContext) -> None:
     message.media = stored
 
 
-async def receive(data: bytes, ctx: ReceiveContext) -> list[Output]:
+async def receive_events(data: bytes, ctx: ReceiveContext, *, first_media: bool = True
+                         ) -> list[Event]:
+    """Every event of one queued webhook, media given its first try (unless the caller does
+    that itself); [] if the webhook was parked."""
     raw = RawWebhook.decode(data)
     try:
         events = parse(raw)
@@ -108,10 +111,25 @@ async def receive(data: bytes, ctx: ReceiveContext) -> list[Output]:
                        payload=envelope_text(data), provider=raw.provider,
                        channel_key=raw.channel_key)
         return []
-    with_media = [e for e in events if isinstance(e, InboundMessage) and e.media is not None]
-    if with_media:
-        await asyncio.gather(*(first_media_try(m, ctx) for m in with_media))
+    if first_media:
+        await first_media_tries(events, ctx)
+    return events
+
+
+def with_media(events: list[Event]) -> list[InboundMessage]:
+    return [e for e in events if isinstance(e, InboundMessage) and e.media is not None]
+
+
+async def first_media_tries(events: list[Event], ctx: ReceiveContext) -> None:
+    messages = with_media(events)
+    if messages:
+        await asyncio.gather(*(first_media_try(m, ctx) for m in messages))
+
+
+async def receive(data: bytes, ctx: ReceiveContext) -> list[Output]:
+    events = await receive_events(data, ctx)
     if not events:
         return []
-    body = dumps({"received_at": raw.received_at, "events": [e.to_dict() for e in events]})
+    received_at = RawWebhook.decode(data).received_at
+    body = dumps({"received_at": received_at, "events": [e.to_dict() for e in events]})
     return [Output(INBOUND_EVENTS, OutgoingMessage(body))]

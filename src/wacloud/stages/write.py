@@ -48,7 +48,11 @@ def _route(events: list[Event], broker: CredentialsBroker
 
 async def write(data: bytes, ctx: WriteContext) -> list[Output]:
     batch = json.loads(data)
-    events = [event_from_dict(item) for item in batch["events"]]
+    return await write_events([event_from_dict(item) for item in batch["events"]], ctx)
+
+
+async def write_events(events: list[Event], ctx: WriteContext) -> list[Output]:
+    """Store `events` (of any tenants) with one transaction per tenant; park the unroutable."""
     by_tenant, unroutable = _route(events, ctx.broker)
     # A channel added a moment ago may be known to the process that took the webhook and not
     # yet to ours: look again with a fresh registry before parking anything.

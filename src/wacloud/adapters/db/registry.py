@@ -1,4 +1,5 @@
-"""The registry ("master") database: tenants, channels, API keys and parked payloads.
+"""The registry ("master") database: tenants, channels, API keys, parked payloads and the
+audit of credential requests.
 
 Secrets (tokens, app secrets, verify tokens, webhook secrets, tenant DB URLs) are encrypted
 with the SecretBox before they reach a column and decrypted only when a Channel is built. Every
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +23,7 @@ from wacloud.adapters.db.migrate import upgrade
 from wacloud.adapters.db.types import Id, LongText, UtcDateTime, key_string, utcnow
 from wacloud.crypto import SecretBox
 from wacloud.model import Channel, Provider
+from wacloud.urlpolicy import normalize_media_hosts
 
 metadata = sa.MetaData()
 
@@ -60,6 +63,8 @@ channels = sa.Table(
     sa.Column("pause_reason", sa.String(500), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # Extra media hosts (SSRF allow list), comma separated; NULL: the provider's hosts only.
+    sa.Column("media_hosts", sa.String(1000), nullable=True),
     sa.UniqueConstraint("provider", "key", name="uq_channels_provider_key"),
 )
 
@@ -82,12 +87,40 @@ api_keys = sa.Table(
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("tenant_id", sa.ForeignKey("tenants.id"), nullable=True, index=True),
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+    # A service key may only ask the credentials endpoint; it sees no tenant API.
+    sa.Column("is_service", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
     sa.Column("prefix", sa.String(16), nullable=False),  # shown in listings; not secret
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # sha256 hex
     sa.Column("label", sa.Unicode(191), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("revoked_at", UtcDateTime, nullable=True),
 )
+
+# Who asked the credentials endpoint for which channel, when, and what came of it. Never the
+# secret: only ids, the asking key's id/prefix/label and the outcome.
+credential_audit = sa.Table(
+    "credential_audit", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime, nullable=False, index=True),
+    sa.Column("key_id", Id, nullable=True),  # NULL: no or unknown key
+    sa.Column("key_prefix", sa.String(16), nullable=True),
+    sa.Column("key_label", sa.Unicode(191), nullable=True),
+    sa.Column("via", sa.String(16), nullable=False),  # http | lambda
+    sa.Column("source", sa.String(64), nullable=True),  # client address, when known
+    sa.Column("provider", sa.String(16), nullable=True),
+    sa.Column("lookup_id", key_string(), nullable=True),  # the id asked for
+    sa.Column("tenant", sa.String(64), nullable=True),
+    sa.Column("channel_key", key_string(), nullable=True),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+)
+
+
+def encrypted_columns() -> list[sa.Column[Any]]:
+    """Every column holding a SecretBox ciphertext (named `*_encrypted`), for key rotation."""
+    return [column for table in metadata.sorted_tables for column in table.columns
+            if column.name.endswith("_encrypted")]
 
 
 @dataclass(slots=True)
@@ -179,7 +212,8 @@ class Registry:
                     phone_number_id: str | None = None, waba_id: str | None = None,
                     display_number: str | None = None, api_base_url: str | None = None,
                     graph_version: str = "v23.0", mps: int = 80, app_secret: str | None = None,
-                    verify_token: str | None = None, webhook_secret: str | None = None) -> Channel:
+                    verify_token: str | None = None, webhook_secret: str | None = None,
+                    media_hosts: Sequence[str] = ()) -> Channel:
         tenant_row = self.tenant(tenant)
         now = utcnow()
         with self.engine.begin() as conn:
@@ -195,7 +229,8 @@ class Registry:
                 app_secret_encrypted=self.secrets.encrypt_optional(app_secret),
                 verify_token_encrypted=self.secrets.encrypt_optional(verify_token),
                 webhook_secret_encrypted=self.secrets.encrypt_optional(webhook_secret),
-                paused=False, created_at=now, updated_at=now))
+                paused=False, created_at=now, updated_at=now,
+                media_hosts=",".join(normalize_media_hosts(media_hosts)) or None))
             self.bump(conn)
             channel_id = _new_id(result)
         return self.channel_by_id(channel_id)
@@ -219,6 +254,30 @@ class Registry:
             raise RegistryError(f"unknown channel id {channel_id}")
         return self._channel(row)
 
+    def channel_by_key(self, provider: Provider, key: str) -> Channel:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._channel_query().where(
+                channels.c.provider == provider.value, channels.c.key == key)).mappings().first()
+        if row is None:
+            raise RegistryError(f"unknown {provider.value} channel {key!r}")
+        return self._channel(row)
+
+    def set_channel_token(self, channel_id: int, token: str) -> bool:
+        """Replace a channel's token and un-pause it (a paused channel usually waits for
+        exactly this, e.g. after Meta error 190). Returns whether it was paused."""
+        if not token:
+            raise RegistryError("the token must not be empty")
+        with self.engine.begin() as conn:
+            paused = conn.execute(sa.select(channels.c.paused).where(
+                channels.c.id == channel_id)).scalar_one_or_none()
+            if paused is None:
+                raise RegistryError(f"unknown channel id {channel_id}")
+            conn.execute(channels.update().where(channels.c.id == channel_id).values(
+                token_encrypted=self.secrets.encrypt(token), paused=False, pause_reason=None,
+                updated_at=utcnow()))
+            self.bump(conn)
+        return bool(paused)
+
     def set_channel_pause(self, channel_id: int, paused: bool, reason: str | None) -> None:
         with self.engine.begin() as conn:
             conn.execute(channels.update().where(channels.c.id == channel_id).values(
@@ -236,6 +295,7 @@ class Registry:
             app_secret=decrypt(row["app_secret_encrypted"]),
             verify_token=decrypt(row["verify_token_encrypted"]),
             webhook_secret=decrypt(row["webhook_secret_encrypted"]),
+            media_hosts=tuple(filter(None, (row["media_hosts"] or "").split(","))),
         )
 
     # -- parked payloads -------------------------------------------------------------------

@@ -49,6 +49,7 @@ messages = sa.Table(
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("channel", "provider_message_id", name="uq_messages_channel_msgid"),
+    sa.Index("ix_messages_received_at", "received_at"),  # retention purges by age
 )
 
 outbound_messages = sa.Table(
@@ -81,6 +82,7 @@ outbound_messages = sa.Table(
     sa.Column("delivered_at", UtcDateTime, nullable=True),
     sa.Column("read_at", UtcDateTime, nullable=True),
     sa.Index("ix_outbound_messages_status_id", "status", "id"),
+    sa.Index("ix_outbound_messages_created_at", "created_at"),
 )
 
 status_events = sa.Table(
@@ -99,6 +101,7 @@ status_events = sa.Table(
     sa.UniqueConstraint("channel", "provider_message_id", "status", "timestamp",
                         name="uq_status_events"),
     sa.Index("ix_status_events_msgid", "channel", "provider_message_id"),
+    sa.Index("ix_status_events_received_at", "received_at"),
 )
 
 notices = sa.Table(
@@ -113,4 +116,5 @@ notices = sa.Table(
     sa.Column("raw", sa.JSON, nullable=True),
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("channel", "fingerprint", name="uq_notices_fingerprint"),
+    sa.Index("ix_notices_received_at", "received_at"),
 )

@@ -83,6 +83,11 @@ class Queue(abc.ABC):
     async def redrive(self, message_ids: list[str] | None = None) -> int:
         """Move dead letters (all, or the given ids) back to this queue; returns how many."""
 
+    async def delete(self, message_ids: list[str]) -> int:
+        """Delete messages of this queue or its DLQ by id, in any state (LGPD erasure);
+        returns how many were there. Not abstract: SQS can only delete what it handed out."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete by message id")
+
 
 class QueueBroker(abc.ABC):
     """Creates queues and closes their connections."""

@@ -1,0 +1,180 @@
+"""LGPD commands: `privacy erase`, `privacy export`, `privacy purge`, `privacy retention` and
+`tenant set-retention`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from wacloud.adapters.db.privacy import set_retention
+from wacloud.adapters.db.registry import RegistryError
+from wacloud.adapters.media.local import LocalMediaStore
+from wacloud.adapters.queue.base import QueueSpec
+from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.cli.common import (
+    DataDir,
+    JsonOut,
+    app,
+    emit,
+    fail,
+    queue_broker,
+    settings_for,
+    tenant_app,
+)
+from wacloud.credentials import CredentialsBroker
+from wacloud.privacy import (
+    PrivacyContext,
+    PrivacyError,
+    erase_contact,
+    export_contact,
+    run_retention,
+)
+from wacloud.settings import Settings
+
+privacy_app = typer.Typer(help="LGPD: erase or export a contact's data; retention periods.",
+                          no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
+
+Tenant = Annotated[str, typer.Option("--tenant", help="Tenant slug.")]
+ContactOpt = Annotated[str, typer.Option(
+    "--contact", help="Phone number (any format) or Meta business-scoped user id.")]
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def _context(settings: Settings) -> AsyncIterator[PrivacyContext]:
+    """The same stores a running gateway uses: registry, tenant DBs, queue file, media dir."""
+    registry = open_registry(settings)
+    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
+    queues = queue_broker(settings)
+    try:
+        yield PrivacyContext(
+            broker, registry,
+            {name: queues.queue(spec) for name, spec in queue_specs(settings).items()},
+            LocalMediaStore(settings.media_dir), lambda name: queues.queue(QueueSpec(name)))
+    finally:
+        await queues.close()
+        broker.close()
+        registry.engine.dispose()
+
+
+def _run(data_dir: Path | None, action: Callable[[PrivacyContext], Awaitable[T]]) -> T:
+    settings = settings_for(data_dir)
+    if not settings.data_dir.is_dir():
+        fail(f"no data dir at {settings.data_dir} (run `wacloud init`)")
+
+    async def run() -> T:
+        async with _context(settings) as ctx:
+            return await action(ctx)
+
+    try:
+        return asyncio.run(run())
+    except PrivacyError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+
+
+@privacy_app.command("erase")
+def erase(tenant: Tenant, contact: ContactOpt,
+          anonymize: Annotated[bool, typer.Option(
+              "--anonymize", help="Keep the rows for statistics, blank everything personal.")
+          ] = False,
+          dry_run: Annotated[bool, typer.Option(
+              "--dry-run", help="Only count what would be removed.")] = False,
+          data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Delete (or anonymize) all data of a contact in a tenant, queued and parked included."""
+    report = _run(data_dir, lambda ctx: erase_contact(ctx, tenant, contact,
+                                                      anonymize=anonymize, dry_run=dry_run))
+    if as_json:
+        emit(report.to_dict(), True, "")
+    else:
+        verb = "would be " if dry_run else ""
+        action = "anonymized" if anonymize else "removed"
+        typer.echo(f"tenant {tenant}: {verb}{action}:")
+        for kind, count in report.removed().items():
+            typer.echo(f"  {kind:<26} {count}")
+        if report.queues_not_scanned:
+            typer.echo(f"  queues not scanned: {', '.join(report.queues_not_scanned)}")
+    if report.in_flight and not dry_run:
+        typer.echo(f"warning: {report.in_flight} queued message(s) of this contact were being "
+                   "processed; run the command again in a minute to remove what they store",
+                   err=True)
+
+
+@privacy_app.command("export")
+def export(tenant: Tenant, contact: ContactOpt,
+           output: Annotated[Path | None, typer.Option(
+               "--output", "-o", help="Write to this file (mode 0600) instead of stdout.")
+           ] = None,
+           data_dir: DataDir = None) -> None:
+    """Everything stored about a contact in a tenant, as one JSON document (right of access)."""
+    data = _run(data_dir, lambda ctx: export_contact(ctx, tenant, contact))
+    text = json.dumps(data, ensure_ascii=False, indent=2, default=str)
+    if output is None:
+        typer.echo(text)
+        return
+    # Personal data: readable by the operator only, from the moment the file exists.
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    typer.echo(f"exported to {output}", err=True)
+
+
+@privacy_app.command("purge")
+def purge(tenant: Annotated[str | None, typer.Option(
+              "--tenant", help="Only this tenant (default: every tenant with retention).")
+          ] = None,
+          data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Apply the retention periods now (a running gateway does it on its own)."""
+    results = _run(data_dir, lambda ctx: run_retention(ctx.registry, ctx.broker,
+                                                       ctx.media_store, only=tenant))
+    if as_json:
+        emit(results, True, "")
+        return
+    if not results:
+        typer.echo("no tenant has a retention period" if tenant is None
+                   else f"tenant {tenant} has no retention period")
+    for slug, counts in results.items():
+        typer.echo(f"{slug}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@privacy_app.command("retention")
+def retention(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Each tenant's retention period."""
+    registry = open_registry(settings_for(data_dir))
+    for tenant in registry.tenants():
+        days = tenant.retention_days
+        emit({"slug": tenant.slug, "retention_days": days}, as_json,
+             f"{tenant.slug}\t{f'{days} days' if days else 'kept forever'}")
+    registry.engine.dispose()
+
+
+@tenant_app.command("set-retention")
+def tenant_set_retention(
+        slug: str,
+        days: Annotated[int | None, typer.Option(
+            "--days", min=0, help="Purge messages and media older than this (0: never).")
+        ] = None,
+        none: Annotated[bool, typer.Option("--none", help="Keep everything forever.")] = False,
+        data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Set how long a tenant's messages, receipts, notices and media are kept."""
+    if (days is None) == (not none):
+        fail("give --days N or --none")
+    registry = open_registry(settings_for(data_dir))
+    try:
+        tenant = set_retention(registry, slug, None if none else days)
+    except RegistryError as exc:
+        fail(str(exc))
+    finally:
+        registry.engine.dispose()
+    result: dict[str, Any] = {"slug": slug, "retention_days": tenant.retention_days}
+    emit(result, as_json, f"tenant {slug}: " + (
+        f"data older than {tenant.retention_days} days is purged"
+        if tenant.retention_days else "data is kept forever"))

@@ -1,0 +1,74 @@
+"""StageRunner over a real SQLite queue: batches, the one-by-one fallback, FIFO order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from wacloud.adapters.queue.base import QueueSpec, ReceivedMessage
+from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.hosting.runner import StageRunner
+from wacloud.stages.envelopes import Output
+
+
+async def run_until(runner: StageRunner, done: Callable[[], bool], timeout: float = 10) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert done(), "the runner did not finish in time"
+
+
+async def test_a_receive_is_handled_in_one_batch_call(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("in"))
+    for i in range(20):
+        await queue.send(f"m{i}".encode())
+    calls: list[list[bytes]] = []
+
+    async def batch(messages: list[ReceivedMessage]) -> list[Output]:
+        calls.append([m.body for m in messages])
+        return []
+
+    async def one(message: ReceivedMessage) -> list[Output]:
+        raise AssertionError("the single handler must not run when the batch succeeds")
+
+    runner = StageRunner("t", queue, one, {}, concurrency=2, batch=50, wait_seconds=0.05,
+                         batch_handler=batch)
+    await run_until(runner, lambda: sum(map(len, calls)) == 20)
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(f"m{i}".encode() for i in range(20))
+    assert (await queue.depth())["visible"] == 0 and (await queue.depth())["in_flight"] == 0
+    await broker.close()
+
+
+async def test_a_failed_batch_is_retried_one_by_one_and_only_the_bad_one_stays(
+        tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("in", visibility_timeout=60))
+    for body in (b"good-1", b"bad", b"good-2"):
+        await queue.send(body)
+    handled: list[bytes] = []
+
+    async def one(message: ReceivedMessage) -> list[Output]:
+        if message.body == b"bad":
+            raise ValueError("poison")
+        handled.append(message.body)
+        return []
+
+    async def batch(messages: list[ReceivedMessage]) -> list[Output]:
+        for message in messages:
+            await one(message)
+        return []
+
+    runner = StageRunner("t", queue, one, {}, concurrency=1, batch=10, wait_seconds=0.05,
+                         error_backoff=30, batch_handler=batch)
+    await run_until(runner, lambda: b"good-2" in handled)
+    depth = await queue.depth()
+    assert depth["visible"] == 0 and depth["in_flight"] == 0
+    assert depth["delayed"] == 1  # the poison message, released with backoff, not acked
+    await broker.close()
