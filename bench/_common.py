@@ -133,25 +133,48 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def proc_status_kb(pid: int, key: str) -> int:
-    """A `/proc/PID/status` value in kB (VmRSS, VmHWM); 0 when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """A `/proc/PID/status` value in kB (VmRSS, VmHWM), summed over the process and its live
+    children (the stage worker counts: it is part of the gateway); 0 when it is gone. A sum
+    of VmHWM peaks overstates the peak of the sum, never understates it."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as handle:
+                for line in handle:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (`wacloud serve` runs its stages in a child process)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    todo.extend(int(child) for child in handle.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """User + system CPU time a process (and its live children) has used so far."""
+    total = 0.0
+    for member in process_tree(pid) if children else [pid]:
+        try:
+            with open(f"/proc/{member}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def start_py_spy(procs: Processes, pid: int, out: Path, seconds: float) -> Proc | None:
@@ -162,7 +185,8 @@ def start_py_spy(procs: Processes, pid: int, out: Path, seconds: float) -> Proc 
         return None
     return procs.start("py-spy", [py_spy, "record", "--pid", str(pid), "--duration",
                                   str(max(1, round(seconds))), "--rate", "250", "--gil",
-                                  "--nonblocking", "--format", "raw", "--output", out])
+                                  "--subprocesses", "--nonblocking", "--format", "raw",
+                                  "--output", out])
 
 
 def summarize_py_spy(proc: Proc | None, out: Path, top: int = 15) -> None:

@@ -325,12 +325,13 @@ def main() -> int:
                        f"asyncio + httpx, {args.concurrency} connections"):
                 # Warm-up, so the fake's first-request costs are not in the figure.
                 asyncio.run(baseline(fake_url, token, 200, args.concurrency, rng))
-                cpu_before = {"fake": cpu_seconds(fake.pid), "client": cpu_seconds(os.getpid())}
+                cpu_before = {"fake": cpu_seconds(fake.pid),
+                              "client": cpu_seconds(os.getpid(), children=False)}
                 base_s, base_ok, base_failures = asyncio.run(baseline(
                     fake_url, token, args.baseline_messages, args.concurrency, rng))
                 base_rate = base_ok / base_s if base_s > 0 else 0.0
                 fake_cpu = cpu_seconds(fake.pid) - cpu_before["fake"]
-                client_cpu = cpu_seconds(os.getpid()) - cpu_before["client"]
+                client_cpu = cpu_seconds(os.getpid(), children=False) - cpu_before["client"]
                 log(f"{base_ok:,} accepted in {base_s:.2f} s = {base_rate:,.0f} sends/s; "
                     f"failures {len(base_failures)}; CPU: fake {fake_cpu:.1f} s, client "
                     f"{client_cpu:.1f} s")

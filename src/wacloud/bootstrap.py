@@ -19,6 +19,7 @@ from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.credentials import CredentialsBroker
 from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, write_key_file
 from wacloud.hosting.runner import StageRunner
+from wacloud.http_clients import ClientShards
 from wacloud.media_copier import MediaCopier
 from wacloud.metrics import PARKED
 from wacloud.ratelimit import SendLimits
@@ -90,6 +91,7 @@ class Gateway:
     queues: Mapping[str, Queue]
     media_store: MediaStore
     http: httpx.AsyncClient
+    send_http: ClientShards
     copier: MediaCopier
     limits: SendLimits
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -132,21 +134,26 @@ class Gateway:
             return await inbound_batch([message])
 
         send_ctx = SendContext(
-            self.broker, self.http, self.limits, self.copier, self.queues[
+            self.broker, self.send_http, self.limits, self.copier, self.queues[
                 envelopes.OUTBOUND_SEND_DEAD], s.dev_allow_local_urls, s.send_max_attempts,
             s.send_backoff_base_s, s.send_backoff_max_s, s.send_timeout_s)
         save_ctx = SaveContext(self.broker)
+
+        async def save_batch(messages: list[ReceivedMessage]) -> list[Output]:
+            # Results of many sends at once; the tenant's group commit makes them few commits.
+            done = await asyncio.gather(*(save(m.body, save_ctx) for m in messages))
+            return [output for outputs in done for output in outputs]
         q = self.queues
         return [
             StageRunner("send", q[envelopes.OUTBOUND_SEND], handler(send, send_ctx), q,
                         concurrency=s.send_concurrency, wait_seconds=0.5),
             StageRunner("save", q[envelopes.OUTBOUND_RESULTS], handler(save, save_ctx), q,
-                        concurrency=8),
+                        concurrency=4, batch=100, batch_handler=save_batch),
             StageRunner("receive", q[envelopes.INBOUND_RAW], inbound_one, q, concurrency=4,
                         batch=50, batch_handler=inbound_batch),
             StageRunner("write", q[envelopes.INBOUND_EVENTS], handler(write, write_ctx), q,
                         concurrency=8),
-            StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q, concurrency=8),
+            StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q, concurrency=32),
         ]
 
     def collect_context(self) -> CollectContext:
@@ -156,6 +163,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.send_http.aclose()
         await self.queue_broker.close()
         self.broker.close()
         self.registry.engine.dispose()
@@ -178,5 +186,7 @@ def build_gateway(settings: Settings) -> Gateway:
                          max_bytes=settings.max_media_bytes,
                          allow_local=settings.dev_allow_local_urls)
     limits = SendLimits(settings.pair_burst, settings.pair_interval_s)
-    return Gateway(settings, registry, broker, queue_broker, queues, media_store, http, copier,
-                   limits)
+    send_http = ClientShards(timeout=httpx.Timeout(30.0, connect=10.0),
+                             limits=httpx.Limits(max_connections=64))
+    return Gateway(settings, registry, broker, queue_broker, queues, media_store, http,
+                   send_http, copier, limits)

@@ -209,12 +209,12 @@ class CredentialsBroker:
             store = TenantStore(slug, create_engine(engine_url))
             store.create_schema()
             if cached is not None:
-                cached[1].engine.dispose()
+                cached[1].close()
             self._stores[slug] = (url, store)
             return store
 
     def close(self) -> None:
         with self._lock:
             for _, store in self._stores.values():
-                store.engine.dispose()
+                store.close()
             self._stores.clear()

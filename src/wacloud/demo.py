@@ -1,8 +1,11 @@
-"""`make run`: a demo data dir, the fake provider, the gateway, and a message going in.
+"""`make run`: a demo data dir, the fake provider, the gateway, a message going in and one out.
 
-It sends a signed Meta webhook carrying a text and an image, waits until both rows are in the
-demo tenant's database with the image copied to the media folder, prints them, and keeps
-serving with instructions.
+In: it sends a signed Meta webhook carrying a text and an image, waits until both rows are in
+the demo tenant's database with the image copied to the media folder, and prints them.
+Out: it creates a tenant API key, submits a text with `POST /v1/messages`, waits until the
+fake provider has accepted it (status 3), prints the request the fake provider received, then
+sends signed `delivered` and `read` receipts and shows the row moving forward. It then keeps
+serving with instructions (or exits, with `--exit`).
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
+import shlex
 import shutil
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
+from wacloud.adapters.db.api_keys import create_api_key
 from wacloud.adapters.db.views import list_messages
 from wacloud.bootstrap import init_data_dir, open_registry
 from wacloud.credentials import CredentialsBroker
@@ -25,7 +31,14 @@ from wacloud.hosting.embedded import serve
 from wacloud.model import Provider
 from wacloud.settings import load_settings
 from wacloud.testing.fake_provider import FakeProvider, FakeProviderServer
-from wacloud.testing.webhooks import dumps, meta_envelope, meta_media, meta_text, sign
+from wacloud.testing.webhooks import (
+    dumps,
+    meta_envelope,
+    meta_media,
+    meta_status,
+    meta_text,
+    sign,
+)
 
 PHONE_NUMBER_ID = "106540352242922"
 WABA_ID = "102290129340398"
@@ -41,6 +54,10 @@ PNG = bytes.fromhex(
     "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5d3a1c40000000049454e44ae426082")
 
 
+T = TypeVar("T")
+WAIT_S = 20.0
+
+
 def print_rows(rows: list[dict[str, object]]) -> None:
     for row in rows:
         print("  " + json.dumps({k: row[k] for k in (
@@ -48,11 +65,113 @@ def print_rows(rows: list[dict[str, object]]) -> None:
             ensure_ascii=False))
 
 
+async def poll(fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool],
+               timeout: float = WAIT_S) -> tuple[T, bool]:
+    """Fetch until `done` says so or the deadline passes: (last value, whether done)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await fetch()
+        if done(value):
+            return value, True
+        if time.monotonic() >= deadline:
+            return value, False
+        await asyncio.sleep(0.1)
+
+
+async def post_webhook(client: httpx.AsyncClient, base: str, payload: dict[str, Any]) -> int:
+    body = dumps(payload)
+    answer = await client.post(f"{base}/webhooks/meta", content=body, headers={
+        "X-Hub-Signature-256": sign(body, APP_SECRET), "Content-Type": "application/json"})
+    return answer.status_code
+
+
+def reached(status_code: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda row: row.get("status_code") == status_code
+
+
+def show_outbound(row: dict[str, Any]) -> str:
+    shown = f"{row['status']} ({row['status_code']})"
+    if row.get("provider_message_id"):
+        shown += f", provider_message_id {row['provider_message_id']}"
+    if row.get("error"):
+        shown += f", error {row['error']}"
+    return shown
+
+
+def show_provider_request(fake: FakeProvider, provider_message_id: str) -> None:
+    """Print what the fake provider received for the message it answered with this id."""
+    sent = next((m for m in fake.sent_snapshot() if m.message_id == provider_message_id), None)
+    if sent is None:
+        print("  (the fake provider has no record of it)")
+        return
+    recorded = next((r for r in reversed(list(fake.requests))
+                     if r.method == "POST" and r.path == sent.path
+                     and json.loads(r.body or b"null") == sent.body), None)
+    print("the fake provider (as Meta) received:")
+    if recorded is not None:
+        auth = recorded.headers.get("authorization", "none")
+        print(f"  {recorded.method} {recorded.path}  Authorization: {auth}")
+    print(f"  {json.dumps(sent.body, ensure_ascii=False)}")
+    print(f"  -> HTTP {sent.status}, message id {sent.message_id}")
+
+
+async def outbound_demo(client: httpx.AsyncClient, base: str, fake: FakeProvider,
+                        key: str) -> tuple[bool, int | None]:
+    """A text out through the tenant API, accepted by the fake provider, then delivered and
+    read receipts. Returns (everything happened, the outbox row id)."""
+    auth = {"Authorization": f"Bearer {key}"}
+
+    async def key_check() -> int:
+        return (await client.get(f"{base}/v1/messages/0", headers=auth)).status_code
+
+    # A new key reaches the gateway within its registry poll interval.
+    status, ok = await poll(key_check, lambda code: code == 404)
+    if not ok:
+        print(f"  the gateway did not accept the new API key (HTTP {status})")
+        return False, None
+    submission = {"channel": PHONE_NUMBER_ID, "to": CUSTOMER, "type": "text",
+                  "text": {"body": "Sim! Entregue hoje às 10:32."},
+                  "reply_to": "wamid.demo-text-1"}
+    answer = await client.post(f"{base}/v1/messages", json=submission, headers=auth)
+    shown = (f"id {answer.json()['id']}, {answer.json()['status']}"
+             if answer.status_code == 201 else answer.text)
+    print(f"POST /v1/messages (text to {CUSTOMER}, replying to wamid.demo-text-1) "
+          f"-> HTTP {answer.status_code}, {shown}")
+    if answer.status_code != 201:
+        return False, None
+    row_id = int(answer.json()["id"])
+
+    async def read_row() -> dict[str, Any]:
+        data: dict[str, Any] = (await client.get(f"{base}/v1/messages/{row_id}",
+                                                 headers=auth)).json()
+        return data
+
+    row, ok = await poll(read_row, lambda r: r.get("status_code") == 3
+                         and bool(r.get("provider_message_id")))
+    print(f"  GET /v1/messages/{row_id} -> {show_outbound(row)}")
+    if not ok:
+        print("  timed out waiting for the fake provider to accept it")
+        return False, row_id
+    wamid = str(row["provider_message_id"])
+    show_provider_request(fake, wamid)
+
+    for receipt, code in (("delivered", 5), ("read", 6)):
+        status = await post_webhook(client, base, meta_envelope(
+            PHONE_NUMBER_ID, WABA_ID, DISPLAY, None, [meta_status(wamid, receipt, CUSTOMER)]))
+        print(f"POST /webhooks/meta (signed receipt: {receipt}) -> HTTP {status}")
+        row, ok = await poll(read_row, reached(code))
+        print(f"  GET /v1/messages/{row_id} -> {show_outbound(row)}")
+        if not ok:
+            print(f"  timed out waiting for the row to become {receipt}")
+            return False, row_id
+    return True, row_id
+
+
 async def demo(data_dir: Path, port: int, keep_serving: bool) -> int:
     fake = FakeProvider(token=TOKEN)
     image = fake.add_media(PNG, mime_type="image/png")
     with FakeProviderServer(fake) as fake_server:
-        os.environ["WACLOUD_DEV_ALLOW_LOCAL_URLS"] = "1"
+        # The stage worker that `serve` starts gets these settings as WACLOUD_* variables.
         settings = load_settings(data_dir, dev_allow_local_urls=True, registry_poll_s=0.5)
         init_data_dir(settings)
         registry = open_registry(settings)
@@ -67,34 +186,46 @@ async def demo(data_dir: Path, port: int, keep_serving: bool) -> int:
         await asyncio.wait_for(started.wait(), 15)
         base = f"http://127.0.0.1:{port}"
         print(f"gateway on {base}")
-
-        text, contact = meta_text(CUSTOMER, "Olá! Meu pedido chegou?", "wamid.demo-text-1")
-        photo = meta_media(CUSTOMER, "image", image.id, "image/png", image.sha256_hex,
-                           "wamid.demo-image-1", caption="Comprovante")
-        body = dumps(meta_envelope(PHONE_NUMBER_ID, WABA_ID, DISPLAY, [text, photo], None,
-                                   [contact]))
-        async with httpx.AsyncClient() as client:
-            answer = await client.post(f"{base}/webhooks/meta", content=body, headers={
-                "X-Hub-Signature-256": sign(body, APP_SECRET),
-                "Content-Type": "application/json"})
-        print(f"\nPOST /webhooks/meta (signed, 1 text + 1 image) -> HTTP {answer.status_code}")
-
         broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
-        deadline = time.monotonic() + 20
-        rows: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            rows = list_messages(broker.tenant_store("demo").engine, "in")
-            if len(rows) == 2 and all(
-                    not r["media"] or r["media"]["status"] == "stored"  # type: ignore[index]
-                    for r in rows):
-                break
-            await asyncio.sleep(0.1)
-        print("stored in tenant 'demo' (wacloud messages --tenant demo --json):")
-        print_rows(rows)
-        print(f"media folder: {settings.media_dir.resolve()}")
-        ok = len(rows) == 2
+        engine = broker.tenant_store("demo").engine
+
+        async with httpx.AsyncClient(timeout=10) as client:
+            print("\n== IN: a customer writes (Meta webhook) ==")
+            text, contact = meta_text(CUSTOMER, "Olá! Meu pedido chegou?", "wamid.demo-text-1")
+            photo = meta_media(CUSTOMER, "image", image.id, "image/png", image.sha256_hex,
+                               "wamid.demo-image-1", caption="Comprovante")
+            status = await post_webhook(client, base, meta_envelope(
+                PHONE_NUMBER_ID, WABA_ID, DISPLAY, [text, photo], None, [contact]))
+            print(f"POST /webhooks/meta (signed, 1 text + 1 image) -> HTTP {status}")
+
+            async def inbound_rows() -> list[dict[str, Any]]:
+                return await asyncio.to_thread(list_messages, engine, "in")
+
+            rows, inbound_ok = await poll(inbound_rows, lambda rows: len(rows) == 2 and all(
+                not r["media"] or r["media"]["status"] == "stored" for r in rows))
+            print("stored in tenant 'demo' (wacloud messages --tenant demo --json):")
+            print_rows(rows)
+            print(f"media folder: {settings.media_dir.resolve()}")
+
+            print("\n== OUT: the business answers (tenant API -> provider -> receipts) ==")
+            _, key = await asyncio.to_thread(create_api_key, registry, tenant="demo",
+                                             label="demo")
+            print(f"tenant API key for 'demo' (shown once, stored hashed): {key}")
+            outbound_ok, row_id = await outbound_demo(client, base, fake, key)
+
+        print(f"\ndata dir: {data_dir.resolve()}")
+        ok = inbound_ok and outbound_ok
+        if not ok:
+            print("the demo did not complete (see above)")
         if keep_serving:
+            message = json.dumps({"channel": PHONE_NUMBER_ID, "to": CUSTOMER, "type": "text",
+                                  "text": {"body": "Mais uma mensagem"}}, ensure_ascii=False)
             print(f"\nThe gateway keeps serving on {base} (Ctrl-C to stop). Try:\n"
+                  f"  # send another message (the fake provider accepts it)\n"
+                  f"  curl -s {base}/v1/messages -H 'Authorization: Bearer {key}' \\\n"
+                  f"       -H 'Content-Type: application/json' -d {shlex.quote(message)}\n"
+                  f"  curl -s {base}/v1/messages/{row_id or 1} "
+                  f"-H 'Authorization: Bearer {key}'\n"
                   f"  .venv/bin/wacloud messages --data-dir {data_dir} --tenant demo\n"
                   f"  curl '{base}/webhooks/meta?hub.mode=subscribe&hub.challenge=42"
                   f"&hub.verify_token=<verify token>'\n"
@@ -105,6 +236,7 @@ async def demo(data_dir: Path, port: int, keep_serving: bool) -> int:
             server.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await server
+        broker.close()
         return 0 if ok else 1
 
 

@@ -56,9 +56,11 @@ class Settings(BaseSettings):
     registry_poll_s: float = 1.0
     credentials_cache_s: float = 30.0
     retention_interval_s: float = 3600.0  # how often tenants' retention periods are applied
-    # `serve` runs the stages in a worker process beside the HTTP server (0: on its loop), at
-    # this much lower CPU priority: webhook answers first, the queue absorbs the difference.
-    stage_process: bool = True
+    # `serve` runs the stages in worker processes beside the HTTP server: 1 = all in one worker;
+    # 2 = inbound storage (receive, write) apart from the network stages (media, send, save),
+    # more CPU for about 100 MB more memory; 0 = all on the HTTP server's loop. Workers run
+    # at this much lower CPU priority: webhook answers first, the queue absorbs the rest.
+    stage_workers: int = 1
     worker_nice: int = 10
 
     log_level: str = "INFO"

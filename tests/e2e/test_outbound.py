@@ -51,10 +51,12 @@ def test_every_meta_type_reaches_the_provider_in_meta_shape(harness: Harness) ->
     channel = harness.meta_channel(tenant)
     key = harness.api_key(tenant)
     to = f"55119{uuid.uuid4().int % 10**8:08d}"
+    row_ids: list[int] = []
     for kind, content in META_MESSAGES:
         answer = harness.submit(key, {"channel": channel.key, "to": to, "type": kind,
                                       kind: content, "reply_to": "wamid.QUOTED"})
         assert answer.status_code == 201, answer.text
+        row_ids.append(answer.json()["id"])
     rows = harness.wait_outbox(tenant, lambda rows: len(rows) == len(META_MESSAGES)
                                and accepted(rows))
     sent = [s for s in harness.fake.sent if s.sender == channel.key]
@@ -66,6 +68,9 @@ def test_every_meta_type_reaches_the_provider_in_meta_shape(harness: Harness) ->
     assert sent[0].body["context"] == {"message_id": "wamid.QUOTED"}
     ids = {r["provider_message_id"] for r in rows.values()}
     assert ids == {s.message_id for s in sent}
+    read_back = harness.client.get(f"/v1/messages/{row_ids[0]}",
+                                   headers={"Authorization": f"Bearer {key}"}).json()
+    assert read_back["reply_to"] == "wamid.QUOTED"
 
 
 def test_mark_as_read_and_api_reads_back_the_row(harness: Harness) -> None:

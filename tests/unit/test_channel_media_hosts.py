@@ -70,6 +70,7 @@ def test_cli_channel_add_takes_repeatable_media_hosts(tmp_path: Path) -> None:
 
     assert added.exit_code == 0, added.output
     assert json.loads(added.stdout)["key"] == "MANTIS-1"
+    assert json.loads(added.stdout)["media_hosts"] == ["cdn.acme.example", ".files.acme.example"]
     assert bad.exit_code == 1 and "media host" in bad.output
     reg = open_registry(load_settings(tmp_path / "data"))
     try:

@@ -57,7 +57,8 @@ def channel_summary(channel: Channel) -> dict[str, Any]:
             "key": channel.key, "phone_number_id": channel.phone_number_id,
             "waba_id": channel.waba_id, "display_number": channel.display_number,
             "api_base_url": channel.base_url, "graph_version": channel.graph_version,
-            "mps": channel.mps, "paused": channel.paused, "pause_reason": channel.pause_reason}
+            "mps": channel.mps, "media_hosts": list(channel.media_hosts),
+            "paused": channel.paused, "pause_reason": channel.pause_reason}
 
 
 def queue_broker(settings: Settings) -> SqliteBroker:

@@ -53,19 +53,25 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
 def worker(data_dir: DataDir = None,
            collect: Annotated[bool, typer.Option(
                "--collect/--no-collect", help="also collect pending outbox rows")] = True,
+           stages: Annotated[str | None, typer.Option(
+               "--stages", help="comma-separated stage names (default: all)")] = None,
            parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None
            ) -> None:
-    """Run every stage without the HTTP server (`serve` starts one of these itself)."""
+    """Run the stages without the HTTP server (`serve` starts these itself)."""
     from wacloud.hosting.worker import die_with_parent, run_worker
 
     if parent_pid is not None:
         die_with_parent(parent_pid)
+    names = tuple(n.strip() for n in stages.split(",") if n.strip()) if stages else None
+    known = {"receive", "write", "media", "send", "save"}
+    if names is not None and not set(names) <= known:
+        fail(f"unknown stage(s) {sorted(set(names) - known)}; known: {sorted(known)}")
     settings = settings_for(data_dir)
     configure_logging(settings)
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(run_worker(settings, collect=collect))
+        runner.run(run_worker(settings, collect=collect, stages=names))
 
 
 @app.command()
@@ -158,7 +164,7 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
 def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-demo"),
          port: Annotated[int, typer.Option("--port")] = 8080,
          keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True) -> None:
-    """Run the embedded gateway with the fake provider and show a message going in."""
+    """Run the embedded gateway with the fake provider and show a message going in and out."""
     from wacloud.demo import run_demo
 
     sys.exit(run_demo(data_dir, port, keep_serving))

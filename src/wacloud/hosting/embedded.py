@@ -1,6 +1,6 @@
 """Embedded hosting: the HTTP server, the collector and the registry watcher on one event loop,
-and every other stage in a worker process beside it (or on the same loop, with
-`WACLOUD_STAGE_PROCESS=0`)."""
+and the other stages in worker processes beside it (or on the same loop, with
+`WACLOUD_STAGE_WORKERS=0`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 
 import uvicorn
 
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_app
-from wacloud.hosting.worker import WorkerSupervisor
+from wacloud.hosting.worker import WorkerSupervisor, worker_groups
 from wacloud.privacy import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
@@ -21,9 +22,12 @@ from wacloud.stages.collect import collect
 log = logging.getLogger(__name__)
 
 
-async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = True) -> None:
-    """Run the stages and/or the collector, and the registry watcher, until `gateway.stop`."""
-    tasks = [asyncio.create_task(r.run(gateway.stop)) for r in gateway.runners()] if stages else []
+async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = True,
+                     names: Collection[str] | None = None) -> None:
+    """Run the stages (all, or those `names`) and/or the collector, and the registry watcher,
+    until `gateway.stop` is set."""
+    runners = [r for r in gateway.runners() if names is None or r.name in names]
+    tasks = [asyncio.create_task(r.run(gateway.stop)) for r in runners] if stages else []
     tasks.append(asyncio.create_task(
         gateway.broker.watch(gateway.settings.registry_poll_s, gateway.stop)))
     if collect:
@@ -75,11 +79,12 @@ async def serve(settings: Settings, host: str, port: int,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
                             server_header=False, date_header=False)
     server = uvicorn.Server(config)
-    worker = WorkerSupervisor(settings) if settings.stage_process else None
-    if worker is not None:
+    workers = [WorkerSupervisor(settings, group)
+               for group in worker_groups(settings.stage_workers)]
+    for worker in workers:
         worker.start()
-        supervisor = asyncio.create_task(worker.supervise(gateway.stop))
-    stages = asyncio.create_task(run_stages(gateway, stages=worker is None))
+    supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in workers]
+    stages = asyncio.create_task(run_stages(gateway, stages=not workers))
     if started is not None:
         async def announce() -> None:
             while not server.started:
@@ -92,9 +97,8 @@ async def serve(settings: Settings, host: str, port: int,
         if started is not None:
             announcer.cancel()
         gateway.stop.set()
-        if worker is not None:
-            await supervisor
-            await asyncio.to_thread(worker.stop)
+        await asyncio.gather(*supervisors)
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
         with contextlib.suppress(asyncio.CancelledError):
             await stages
         await gateway.close()

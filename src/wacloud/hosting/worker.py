@@ -1,11 +1,14 @@
-"""The stage worker: every stage in a process of its own, beside the HTTP server.
+"""Stage workers: the stages in processes of their own, beside the HTTP server.
 
-`wacloud serve` starts one (unless `WACLOUD_STAGE_PROCESS=0`) so that answering webhooks never
-waits for the GIL behind parsing, storing and sending: on two cores the HTTP process keeps one
-to itself. The worker runs at a lower CPU priority (`WACLOUD_WORKER_NICE`) because a webhook
-answer is what Meta times, while the stages catch up from the durable queue. The worker dies
-with its parent (PR_SET_PDEATHSIG, so a `kill -9` of `serve` behaves like a crash of one
-process), and the parent restarts a worker that dies.
+`wacloud serve` starts them (`WACLOUD_STAGE_WORKERS`, default 1) so that answering webhooks
+never waits for the GIL behind parsing, storing and sending; with 2, storing inbound messages
+and the network-bound stages (media downloads, sends) each get a GIL of their own.
+The send stage stays in one process: its per-number rate limits are counted there.
+
+Workers run at a lower CPU priority (`WACLOUD_WORKER_NICE`) because a webhook answer is what
+Meta times, while the stages catch up from the durable queue. A worker dies with its parent
+(PR_SET_PDEATHSIG, so a `kill -9` of `serve` behaves like a crash of one process), and the
+parent restarts a worker that dies.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from wacloud.bootstrap import build_gateway
 from wacloud.settings import Settings
@@ -27,6 +31,18 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_MAX_S = 30.0
+INBOUND_STORAGE = ("receive", "write")
+NETWORK = ("media", "send", "save")
+
+
+def worker_groups(count: int) -> list[tuple[str, ...] | None]:
+    """The stages of each worker process (None: every stage). More than two workers would
+    split the send stage, whose rate limits must be counted in one process."""
+    if count <= 0:
+        return []
+    if count == 1:
+        return [None]
+    return [INBOUND_STORAGE, NETWORK]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -44,14 +60,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerSupervisor:
     """Starts `wacloud worker` as a child, restarts it when it dies, stops it on shutdown."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stages: tuple[str, ...] | None = None) -> None:
         self.settings = settings
+        self.stages = stages
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "wacloud.cli", "worker", "--no-collect",
+        argv = [sys.executable, "-m", "wacloud.cli", "worker", "--no-collect",
                 "--data-dir", str(self.settings.data_dir), "--parent-pid", str(os.getpid())]
+        if self.stages is not None:
+            argv += ["--stages", ",".join(self.stages)]
+        return argv
 
     def start(self) -> None:
         env = {**os.environ, **settings_env(self.settings)}
@@ -71,7 +91,8 @@ class WorkerSupervisor:
                     backoff = 1.0
                 continue
             code = self.process.returncode if self.process else None
-            log.error("stage worker exited with code %s; restarting in %.0f s", code, backoff)
+            log.error("stage worker %s exited with code %s; restarting in %.0f s",
+                      ",".join(self.stages or ("all",)), code, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
             if not stop.is_set():
@@ -101,16 +122,20 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-async def run_worker(settings: Settings, *, collect: bool) -> None:
+async def run_worker(settings: Settings, *, collect: bool,
+                     stages: tuple[str, ...] | None = None) -> None:
     from wacloud.hosting.embedded import run_stages
 
     gateway = build_gateway(settings)
     loop = asyncio.get_running_loop()
+    # Stages wait on databases and files through threads; the default pool (CPUs + 4) made
+    # downloads and writes queue behind each other on small machines.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="stage"))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, gateway.stop.set)
     started = time.monotonic()
     try:
-        await run_stages(gateway, collect=collect)
+        await run_stages(gateway, collect=collect, names=stages)
     finally:
         await gateway.close()
         log.info("stage worker stopped after %.0f s", time.monotonic() - started)

@@ -111,19 +111,10 @@ async def receive_events(data: bytes, ctx: ReceiveContext, *, first_media: bool 
                        payload=envelope_text(data), provider=raw.provider,
                        channel_key=raw.channel_key)
         return []
-    if first_media:
-        await first_media_tries(events, ctx)
+    with_media = [e for e in events if isinstance(e, InboundMessage) and e.media is not None]
+    if first_media and with_media:
+        await asyncio.gather(*(first_media_try(m, ctx) for m in with_media))
     return events
-
-
-def with_media(events: list[Event]) -> list[InboundMessage]:
-    return [e for e in events if isinstance(e, InboundMessage) and e.media is not None]
-
-
-async def first_media_tries(events: list[Event], ctx: ReceiveContext) -> None:
-    messages = with_media(events)
-    if messages:
-        await asyncio.gather(*(first_media_try(m, ctx) for m in messages))
 
 
 async def receive(data: bytes, ctx: ReceiveContext) -> list[Output]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from functools import partial
 
 from wacloud.adapters.db import outbox
 from wacloud.credentials import CredentialsBroker
@@ -23,8 +24,10 @@ class SaveContext:
 async def save(data: bytes, ctx: SaveContext) -> list[Output]:
     item = json.loads(data)
     store = await asyncio.to_thread(ctx.broker.tenant_store, item["tenant"])
-    await asyncio.to_thread(
-        outbox.save_result, store, int(item["row_id"]), status=int(item["status"]),
-        provider_message_id=item.get("provider_message_id"), error_code=item.get("error_code"),
-        error_reason=item.get("error_reason"), response_excerpt=item.get("response_excerpt"))
+    # Grouped with the other results being saved right now: one commit for many rows.
+    await store.writes.run(partial(
+        outbox.save_result_in, store=store, row_id=int(item["row_id"]),
+        status=int(item["status"]), provider_message_id=item.get("provider_message_id"),
+        error_code=item.get("error_code"), error_reason=item.get("error_reason"),
+        response_excerpt=item.get("response_excerpt")))
     return []

@@ -3,9 +3,10 @@
 Before sending, the row is checked: a message that already has a provider message id (or is
 past the queue) is never sent again, and the attempt is counted. Outcomes:
 - accepted -> the result (status 3 + provider message id) goes to the save stage;
-- temporary (130429, 131056, 5xx, timeouts, ...) -> released with backoff and jitter, honouring
-  Retry-After; 131056 slows only that recipient, 130429 the whole number;
-- permanent -> status -100 with the reason;
+- temporary (130429, 131056, 5xx, timeouts, a media host that does not resolve right now,
+  ...) -> released with backoff and jitter, honouring Retry-After; 131056 slows only that
+  recipient, 130429 the whole number;
+- permanent (a media link the URL policy refuses, ...) -> status -100 with the reason;
 - token or account problem (190, 368, ...) -> the channel is paused with the reason and the
   message goes back to pending, to wait instead of failing.
 When attempts run out the message goes to the dead-letter queue and -100.
@@ -20,6 +21,7 @@ import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, Any
 
 import httpx
@@ -27,6 +29,7 @@ import httpx
 from wacloud.adapters.db import outbox
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
+from wacloud.http_clients import ClientShards
 from wacloud.media_copier import MediaCopier, MediaCopyError
 from wacloud.model import (
     Channel,
@@ -52,7 +55,7 @@ BUILDERS = {Provider.META: meta_send, Provider.WHAPI: whapi_send, Provider.CHAKR
 @dataclass(slots=True)
 class SendContext:
     broker: CredentialsBroker
-    http: httpx.AsyncClient
+    http: ClientShards
     limits: SendLimits
     copier: MediaCopier
     dead_letters: Queue
@@ -106,7 +109,7 @@ async def rehost_on_chakra(channel: Channel, message: OutboundMessage, ctx: Send
         filename = str(message.content.get("filename") or link.rsplit("/", 1)[-1] or "file")
         mime = (download.content_type or "application/octet-stream").split(";")[0]
         upload = chakra_send.upload_request(channel, filename, str(download.path), mime)
-        answer = await perform(ctx.http, upload, ctx.timeout)
+        answer = await perform(ctx.http.for_key(channel.key), upload, ctx.timeout)
         rehosted: OutboundMessage = chakra_send.with_link(message, chakra_send.parse_upload(
             answer.status_code, answer.content))
         return rehosted
@@ -121,7 +124,12 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
         if channel.provider is Provider.CHAKRA:
             message = await rehost_on_chakra(channel, message, ctx)
         request = module.build_send(channel, message)
-    except (UnsupportedMessage, UrlRefused) as exc:
+    except UnsupportedMessage as exc:
+        return SendResult(SendOutcome.FAILED, error=ProviderError("unsupported", str(exc)))
+    except UrlRefused as exc:
+        # A host that does not resolve right now may resolve later; a policy refusal never will.
+        if exc.temporary:
+            return SendResult(SendOutcome.RETRY, error=ProviderError("media", str(exc)))
         return SendResult(SendOutcome.FAILED, error=ProviderError("unsupported", str(exc)))
     except chakra_send.ChannelMisconfigured as exc:
         return SendResult(SendOutcome.PAUSE, error=ProviderError("channel", str(exc)))
@@ -134,7 +142,7 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
     except httpx.HTTPError as exc:
         return SendResult(SendOutcome.RETRY, error=ProviderError("network", type(exc).__name__))
     try:
-        answer = await perform(ctx.http, request, ctx.timeout)
+        answer = await perform(ctx.http.for_key(channel.key), request, ctx.timeout)
     except httpx.TimeoutException:
         return SendResult(SendOutcome.RETRY, error=ProviderError("timeout", "provider timed out"))
     except httpx.HTTPError as exc:
@@ -158,7 +166,8 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
             "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))]
 
     store = await asyncio.to_thread(ctx.broker.tenant_store, message.tenant)
-    state = await asyncio.to_thread(outbox.begin_attempt, store.engine, message.row_id)
+    # Grouped with the other sends starting now: one commit for many attempts.
+    state = await store.writes.run(partial(outbox.begin_attempt_in, row_id=message.row_id))
     if state is None or state.provider_message_id or state.status not in outbox.OPEN:
         return []  # gone, or already sent: never send twice
     if state.attempts > ctx.max_attempts:

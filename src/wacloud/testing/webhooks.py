@@ -53,5 +53,13 @@ def meta_media(sender: str, kind: str, media_id: str, mime_type: str, sha256: st
             "type": kind, kind: media}
 
 
+def meta_status(message_id: str, status: str, recipient: str,
+                timestamp: int | None = None) -> dict[str, Any]:
+    """A delivery receipt (`sent`, `delivered`, `read`, ...) of a message we sent."""
+    return {"id": message_id, "status": status,
+            "timestamp": str(timestamp if timestamp is not None else int(time.time())),
+            "recipient_id": recipient}
+
+
 def dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

@@ -12,8 +12,11 @@ from sqlalchemy.pool import NullPool
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     """An engine with settings that suit many short transactions from several threads."""
     if url.startswith("sqlite"):
+        # One connection per process and file: SQLite runs one writer at a time anyway, and
+        # threads queueing on the pool wake as soon as it is free, where several connections
+        # would sleep in SQLite's busy handler (1, 2, 5, 10 ... ms steps) and stall the stages.
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                                  pool_size=8, max_overflow=8)
+                                  pool_size=1, max_overflow=0, pool_timeout=60)
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.tenant_store import TenantStore
@@ -55,14 +55,19 @@ def begin_attempt(engine: Engine, row_id: int) -> OutboxState | None:
     """Count one more attempt before a send; None if the row is gone. The caller must not send
     a row that already has a provider message id or is past the queue (it was sent)."""
     with engine.begin() as conn:
-        conn.execute(t.outbound_messages.update().where(
-            t.outbound_messages.c.id == row_id,
-            t.outbound_messages.c.provider_message_id.is_(None),
-            t.outbound_messages.c.status.in_(OPEN)).values(
-            attempts=t.outbound_messages.c.attempts + 1, updated_at=utcnow()))
-        row = conn.execute(sa.select(
-            t.outbound_messages.c.status, t.outbound_messages.c.provider_message_id,
-            t.outbound_messages.c.attempts).where(t.outbound_messages.c.id == row_id)).first()
+        return begin_attempt_in(conn, row_id)
+
+
+def begin_attempt_in(conn: Connection, row_id: int) -> OutboxState | None:
+    """`begin_attempt` inside the caller's transaction (e.g. a group commit)."""
+    conn.execute(t.outbound_messages.update().where(
+        t.outbound_messages.c.id == row_id,
+        t.outbound_messages.c.provider_message_id.is_(None),
+        t.outbound_messages.c.status.in_(OPEN)).values(
+        attempts=t.outbound_messages.c.attempts + 1, updated_at=utcnow()))
+    row = conn.execute(sa.select(
+        t.outbound_messages.c.status, t.outbound_messages.c.provider_message_id,
+        t.outbound_messages.c.attempts).where(t.outbound_messages.c.id == row_id)).first()
     if row is None:
         return None
     return OutboxState(int(row[0]), row[1], int(row[2]))
@@ -73,41 +78,51 @@ def save_result(store: TenantStore, row_id: int, *, status: int,
                 error_reason: str | None = None, response_excerpt: str | None = None) -> bool:
     """Write a send result. Idempotent, and forward only: a receipt that arrived first (a
     delivered before the accepted) is never overwritten. Returns whether the row changed."""
+    with store.engine.begin() as conn:
+        return save_result_in(conn, store, row_id, status=status,
+                              provider_message_id=provider_message_id, error_code=error_code,
+                              error_reason=error_reason, response_excerpt=response_excerpt)
+
+
+def save_result_in(conn: Connection, store: TenantStore, row_id: int, *, status: int,
+                   provider_message_id: str | None = None, error_code: str | None = None,
+                   error_reason: str | None = None, response_excerpt: str | None = None
+                   ) -> bool:
+    """`save_result` inside the caller's transaction (e.g. a group commit)."""
     table = t.outbound_messages
     now = utcnow()
     values: dict[str, Any] = {"updated_at": now}
     if response_excerpt is not None:
         values["response_excerpt"] = response_excerpt[:2000]
     code = OutboundStatus(status)
-    with store.engine.begin() as conn:
-        if code is OutboundStatus.ACCEPTED:
-            result = conn.execute(table.update().where(
-                table.c.id == row_id, table.c.status.in_(OPEN)).values(
-                status=code.value, provider_message_id=provider_message_id, accepted_at=now,
-                error_code=None, error_reason=None, **values))
-            if provider_message_id:
-                # Fill the id even when a receipt already moved the row past accepted.
-                conn.execute(table.update().where(
-                    table.c.id == row_id, table.c.provider_message_id.is_(None)).values(
-                    provider_message_id=provider_message_id))
-                channel = conn.execute(sa.select(table.c.channel).where(
-                    table.c.id == row_id)).scalar()
-                if channel is not None:
-                    store.apply_known_receipts(conn, str(channel), [provider_message_id])
-            return result.rowcount > 0
-        if code in (OutboundStatus.FAILED, OutboundStatus.NOT_QUEUED):
-            allowed = OPEN
-        elif code is OutboundStatus.PENDING:  # waiting (paused channel): back to the outbox
-            allowed = [OutboundStatus.RESERVED.value, OutboundStatus.QUEUED.value]
-        elif code is OutboundStatus.QUEUED:  # still queued, a temporary error to show
-            allowed = [OutboundStatus.QUEUED.value, OutboundStatus.RESERVED.value]
-        else:
-            raise ValueError(f"send results do not set status {code.name}")
+    if code is OutboundStatus.ACCEPTED:
         result = conn.execute(table.update().where(
-            table.c.id == row_id, table.c.status.in_(allowed)).values(
-            status=code.value, error_code=error_code,
-            error_reason=error_reason[:1000] if error_reason else None, **values))
+            table.c.id == row_id, table.c.status.in_(OPEN)).values(
+            status=code.value, provider_message_id=provider_message_id, accepted_at=now,
+            error_code=None, error_reason=None, **values))
+        if provider_message_id:
+            # Fill the id even when a receipt already moved the row past accepted.
+            conn.execute(table.update().where(
+                table.c.id == row_id, table.c.provider_message_id.is_(None)).values(
+                provider_message_id=provider_message_id))
+            channel = conn.execute(sa.select(table.c.channel).where(
+                table.c.id == row_id)).scalar()
+            if channel is not None:
+                store.apply_known_receipts(conn, str(channel), [provider_message_id])
         return result.rowcount > 0
+    if code in (OutboundStatus.FAILED, OutboundStatus.NOT_QUEUED):
+        allowed = OPEN
+    elif code is OutboundStatus.PENDING:  # waiting (paused channel): back to the outbox
+        allowed = [OutboundStatus.RESERVED.value, OutboundStatus.QUEUED.value]
+    elif code is OutboundStatus.QUEUED:  # still queued, a temporary error to show
+        allowed = [OutboundStatus.QUEUED.value, OutboundStatus.RESERVED.value]
+    else:
+        raise ValueError(f"send results do not set status {code.name}")
+    result = conn.execute(table.update().where(
+        table.c.id == row_id, table.c.status.in_(allowed)).values(
+        status=code.value, error_code=error_code,
+        error_reason=error_reason[:1000] if error_reason else None, **values))
+    return result.rowcount > 0
 
 
 def requeue_failed(engine: Engine, row_id: int) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.dialect import insert_ignore
+from wacloud.adapters.db.group_commit import GroupCommit
 from wacloud.adapters.db.migrate import upgrade
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.db.views import row_to_inbound
@@ -85,6 +87,23 @@ class TenantStore:
     def __init__(self, slug: str, engine: Engine) -> None:
         self.slug = slug
         self.engine = engine
+        self._writes: GroupCommit | None = None
+        self._writes_lock = threading.Lock()
+
+    @property
+    def writes(self) -> GroupCommit:
+        """Small writes from many tasks, grouped into shared transactions."""
+        with self._writes_lock:
+            if self._writes is None:
+                self._writes = GroupCommit(self.engine, self.slug)
+            return self._writes
+
+    def close(self) -> None:
+        with self._writes_lock:
+            if self._writes is not None:
+                self._writes.close()
+                self._writes = None
+        self.engine.dispose()
 
     def create_schema(self) -> None:
         upgrade(self.engine, "tenant")

@@ -55,7 +55,7 @@ def outbound_view(row: Any) -> dict[str, Any]:
         "direction": "out", "type": row["type"], "from": row["channel"],
         "to": row["recipient"], "text": (row["content"] or {}).get("body")
         if row["type"] == "text" else None,
-        "reply_to": None, "status": status.label, "status_code": status.value,
+        "reply_to": row["reply_to"], "status": status.label, "status_code": status.value,
         "timestamp": int(created.timestamp()) if created else None,
         "content": row["content"] or {}, "client_reference": row["client_reference"],
         "attempts": row["attempts"],

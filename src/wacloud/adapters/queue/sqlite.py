@@ -39,6 +39,7 @@ POLL_INTERVAL = 0.05
 # 20, 25 ms ... between tries, which turned sub-millisecond lock holds by the stage worker into
 # 100+ ms stalls of webhook answers. The writer retries at this finer step instead.
 LOCK_RETRY_S = 0.0002
+LOCK_RETRY_MAX_S = 0.002
 _SYNC_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 # `origin` is NULL for a live message and the source queue name for a dead letter; dedup ids are
@@ -138,6 +139,8 @@ class SqliteBroker(QueueBroker):
         self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters_lock = threading.Lock()
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
         self._doorbell = Doorbell(self._wake_local)
         self._conn.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA.split(";"):
@@ -168,6 +171,8 @@ class SqliteBroker(QueueBroker):
             self._closing = True
             self._cond.notify()
         await asyncio.to_thread(self._thread.join)
+        for conn in self._reader_conns:
+            conn.close()
 
     async def call(self, fn: Callable[[sqlite3.Connection], T], wake: str | None = None) -> T:
         """Run `fn(connection)` inside the writer's next transaction and return once committed."""
@@ -178,6 +183,19 @@ class SqliteBroker(QueueBroker):
             self._pending.append(_Op(fn, fut, wake))
             self._cond.notify()
         return await fut
+
+    def has_visible(self, name: str) -> bool:
+        """Whether `name` has a message visible now, read without the write lock: an empty
+        poll then costs a read, not a write transaction that other processes wait for."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout)
+            self._readers.conn = conn
+            self._reader_conns.append(conn)
+        row = conn.execute("SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1",
+                           (name, time.time())).fetchone()
+        return row is not None
 
     def add_waiter(self, name: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -238,6 +256,7 @@ class SqliteBroker(QueueBroker):
     def _lock(self) -> None:
         """BEGIN IMMEDIATE, retrying briefly and often while another process holds the lock."""
         deadline = time.monotonic() + self.busy_timeout
+        pause = LOCK_RETRY_S
         while True:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -245,7 +264,8 @@ class SqliteBroker(QueueBroker):
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() >= deadline:
                     raise
-                time.sleep(LOCK_RETRY_S)
+                time.sleep(pause)
+                pause = min(pause * 2, LOCK_RETRY_MAX_S)
 
     def _resolve(self, results: list[tuple[_Op, Any, BaseException | None]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
@@ -307,7 +327,8 @@ class SqliteQueue(Queue):
             # Registered before the claim so that a send committed in between still wakes us.
             waiter = self.broker.add_waiter(self.spec.name) if wait_seconds > 0 else None
             try:
-                got = await self.broker.call(claim)
+                got = (await self.broker.call(claim)
+                       if self.broker.has_visible(self.spec.name) else [])
                 remaining = deadline - time.monotonic()
                 if got or remaining <= 0 or waiter is None or self.broker.closed:
                     return got

@@ -1,0 +1,26 @@
+"""HTTP clients for provider APIs, one connection pool per group of sending numbers.
+
+httpcore checks every connection of a pool (a poll() and a peer lookup each) whenever a
+request starts or ends, so with dozens of sends in flight through one pool that check cost
+more CPU than the request itself. Spreading sending numbers over a few pools keeps each pool
+small; a number always uses the same pool, so its connections stay warm.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import httpx
+
+
+class ClientShards:
+    def __init__(self, count: int = 16, **client_options: Any) -> None:
+        self.clients = [httpx.AsyncClient(**client_options) for _ in range(max(1, count))]
+
+    def for_key(self, key: str) -> httpx.AsyncClient:
+        return self.clients[zlib.crc32(key.encode()) % len(self.clients)]
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
