@@ -77,7 +77,8 @@ EXCERPT_CHARS = 500
 _REDACTED = "[redacted]"
 _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
-    re.compile(r"(?i)([\"']?[\w-]*(?:token|secret|password|api[_-]?key|apikey|authorization)"
+    # \b: start only at a word's beginning; from every position it backtracked through words
+    re.compile(r"(?i)([\"']?\b[\w-]*(?:token|secret|password|api[_-]?key|apikey|authorization)"
                r"[\w-]*[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}]+"),
     re.compile(r"\bEAA[A-Za-z0-9]{16,}"),  # Meta access tokens
     re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{32,}(?![A-Za-z0-9])"),  # any long opaque key

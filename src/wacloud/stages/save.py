@@ -29,5 +29,5 @@ async def save(data: bytes, ctx: SaveContext) -> list[Output]:
         outbox.save_result_in, store=store, row_id=int(item["row_id"]),
         status=int(item["status"]), provider_message_id=item.get("provider_message_id"),
         error_code=item.get("error_code"), error_reason=item.get("error_reason"),
-        response_excerpt=item.get("response_excerpt")))
+        response_excerpt=item.get("response_excerpt"), channel=item.get("channel")))
     return []

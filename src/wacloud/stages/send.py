@@ -71,7 +71,8 @@ class SendContext:
 def result(message: OutboundMessage, status: OutboundStatus, *,
            provider_message_id: str | None = None, error: ProviderError | None = None,
            excerpt: str | None = None) -> Output:
-    body = {"tenant": message.tenant, "row_id": message.row_id, "status": status.value,
+    body = {"tenant": message.tenant, "row_id": message.row_id, "channel": message.channel_key,
+            "status": status.value,
             "provider_message_id": provider_message_id,
             "error_code": error.code if error else None,
             "error_reason": error.reason if error else None, "response_excerpt": excerpt}

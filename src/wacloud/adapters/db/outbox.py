@@ -86,9 +86,10 @@ def save_result(store: TenantStore, row_id: int, *, status: int,
 
 def save_result_in(conn: Connection, store: TenantStore, row_id: int, *, status: int,
                    provider_message_id: str | None = None, error_code: str | None = None,
-                   error_reason: str | None = None, response_excerpt: str | None = None
-                   ) -> bool:
-    """`save_result` inside the caller's transaction (e.g. a group commit)."""
+                   error_reason: str | None = None, response_excerpt: str | None = None,
+                   channel: str | None = None) -> bool:
+    """`save_result` inside the caller's transaction (e.g. a group commit); `channel`, when
+    the caller knows it, saves looking it up."""
     table = t.outbound_messages
     now = utcnow()
     values: dict[str, Any] = {"updated_at": now}
@@ -101,12 +102,14 @@ def save_result_in(conn: Connection, store: TenantStore, row_id: int, *, status:
             status=code.value, provider_message_id=provider_message_id, accepted_at=now,
             error_code=None, error_reason=None, **values))
         if provider_message_id:
-            # Fill the id even when a receipt already moved the row past accepted.
-            conn.execute(table.update().where(
-                table.c.id == row_id, table.c.provider_message_id.is_(None)).values(
-                provider_message_id=provider_message_id))
-            channel = conn.execute(sa.select(table.c.channel).where(
-                table.c.id == row_id)).scalar()
+            if result.rowcount == 0:
+                # Fill the id even when a receipt already moved the row past accepted.
+                conn.execute(table.update().where(
+                    table.c.id == row_id, table.c.provider_message_id.is_(None)).values(
+                    provider_message_id=provider_message_id))
+            if channel is None:
+                channel = conn.execute(sa.select(table.c.channel).where(
+                    table.c.id == row_id)).scalar()
             if channel is not None:
                 store.apply_known_receipts(conn, str(channel), [provider_message_id])
         return result.rowcount > 0
