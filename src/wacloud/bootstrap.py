@@ -90,8 +90,8 @@ class Gateway:
     queue_broker: QueueBroker
     queues: Mapping[str, Queue]
     media_store: MediaStore
-    http: httpx.AsyncClient
     send_http: ClientShards
+    media_http: ClientShards
     copier: MediaCopier
     limits: SendLimits
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -162,8 +162,8 @@ class Gateway:
                               s.collect_batch, s.reservation_lease_s)
 
     async def close(self) -> None:
-        await self.http.aclose()
         await self.send_http.aclose()
+        await self.media_http.aclose()
         await self.queue_broker.close()
         self.broker.close()
         self.registry.engine.dispose()
@@ -180,13 +180,13 @@ def build_gateway(settings: Settings) -> Gateway:
     queue_broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
     queues = {name: queue_broker.queue(spec) for name, spec in queue_specs(settings).items()}
     media_store = LocalMediaStore(settings.media_dir)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                             limits=httpx.Limits(max_connections=200))
-    copier = MediaCopier(media_store, http, tmp_dir=settings.data_dir / "tmp",
+    media_http = ClientShards(8, timeout=httpx.Timeout(30.0, connect=10.0),
+                              limits=httpx.Limits(max_connections=64))
+    copier = MediaCopier(media_store, media_http, tmp_dir=settings.data_dir / "tmp",
                          max_bytes=settings.max_media_bytes,
                          allow_local=settings.dev_allow_local_urls)
     limits = SendLimits(settings.pair_burst, settings.pair_interval_s)
     send_http = ClientShards(timeout=httpx.Timeout(30.0, connect=10.0),
                              limits=httpx.Limits(max_connections=64))
-    return Gateway(settings, registry, broker, queue_broker, queues, media_store, http,
-                   send_http, copier, limits)
+    return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
+                   media_http, copier, limits)

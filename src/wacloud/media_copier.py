@@ -25,6 +25,7 @@ from urllib.parse import urljoin
 import httpx
 
 from wacloud.adapters.media.base import MediaStore
+from wacloud.http_clients import ClientShards
 from wacloud.mediatypes import extension_for, real_type
 from wacloud.model import Channel, MediaRef, MediaStatus, Provider
 from wacloud.providers import chakra, meta, whapi
@@ -77,7 +78,8 @@ class MediaCopier:
     `policy` defaults to `UrlPolicy(allow_local=allow_local)`; tests pass one with a fake
     resolver or `local_origins` to exercise refusals while their servers run on 127.0.0.1."""
 
-    def __init__(self, store: MediaStore, client: httpx.AsyncClient, *, tmp_dir: Path,
+    def __init__(self, store: MediaStore, client: httpx.AsyncClient | ClientShards, *,
+                 tmp_dir: Path,
                  max_bytes: int, allow_local: bool, policy: UrlPolicy | None = None) -> None:
         self.store = store
         self.client = client
@@ -86,6 +88,12 @@ class MediaCopier:
         self.policy = policy or UrlPolicy(allow_local=allow_local)
         self.allow_local = self.policy.allow_local
         tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def _client(self, key: str) -> httpx.AsyncClient:
+        # Downloads spread over several small pools (see http_clients: big pools cost CPU).
+        if isinstance(self.client, ClientShards):
+            return self.client.for_key(key)
+        return self.client
 
     async def _download_spec(self, channel: Channel, media: MediaRef,
                              allowed: HostAllowList) -> MediaDownload:
@@ -98,7 +106,8 @@ class MediaCopier:
             # so a misconfigured base URL cannot reach an internal address. This one call is
             # not pinned to the checked address (it goes through the provider module).
             await self.policy.check(channel.base_url, allowed)
-            return await meta.resolve_media(self.client, channel, media)
+            return await meta.resolve_media(self._client(media.provider_media_id or ""),
+                                            channel, media)
         if channel.provider is Provider.WHAPI:
             return whapi.media_download(channel, media)
         return chakra.media_download(channel, media)
@@ -191,10 +200,11 @@ class MediaCopier:
         failure: httpx.ConnectError | None = None
         for address in target.addresses:
             url, pin_headers, extensions = target.pinned_request(address)
-            request = self.client.build_request("GET", url, headers={**headers, **pin_headers},
+            client = self._client(url)
+            request = client.build_request("GET", url, headers={**headers, **pin_headers},
                                                 timeout=timeout, extensions=extensions)
             try:
-                return await self.client.send(request, stream=True, follow_redirects=False)
+                return await client.send(request, stream=True, follow_redirects=False)
             except httpx.ConnectError as exc:
                 failure = exc
         assert failure is not None  # a Target always has at least one address
