@@ -153,7 +153,8 @@ class Gateway:
                         batch=50, batch_handler=inbound_batch),
             StageRunner("write", q[envelopes.INBOUND_EVENTS], handler(write, write_ctx), q,
                         concurrency=8),
-            StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q, concurrency=32),
+            StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q,
+                        concurrency=s.media_concurrency),
         ]
 
     def collect_context(self) -> CollectContext:

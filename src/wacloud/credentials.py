@@ -192,6 +192,14 @@ class CredentialsBroker:
 
     # -- tenant databases ------------------------------------------------------------------
 
+    async def tenant_store_async(self, slug: str) -> TenantStore:
+        """`tenant_store` for stages: the cached store at once, a thread only to open one."""
+        snap = self._snapshot
+        cached = self._stores.get(slug)
+        if cached is not None and slug in snap.tenant_urls and cached[0] == snap.tenant_urls[slug]:
+            return cached[1]
+        return await asyncio.to_thread(self.tenant_store, slug)
+
     def tenant_store(self, slug: str) -> TenantStore:
         """The tenant's DB, from the registry only (never from a payload)."""
         self.ensure_fresh()

@@ -50,7 +50,7 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None]) ->
             return error(422, str(exc))
         if broker.tenant_channel(key.tenant, submission.channel) is None:
             return error(404, f"channel {submission.channel!r} not found for this tenant")
-        store = await asyncio.to_thread(broker.tenant_store, key.tenant)
+        store = await broker.tenant_store_async(key.tenant)
         row_id = await asyncio.to_thread(
             outbox.insert_outbound, store.engine, channel=submission.channel,
             recipient=submission.to, type=submission.type, content=submission.content,
@@ -70,7 +70,7 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None]) ->
             row_id = int(request.path_params["id"])
         except ValueError:
             return error(404, "no such message")
-        store = await asyncio.to_thread(broker.tenant_store, key.tenant)
+        store = await broker.tenant_store_async(key.tenant)
         row = await asyncio.to_thread(outbox.get_outbound, store.engine, row_id)
         if row is None:
             return error(404, "no such message")

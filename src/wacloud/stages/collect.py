@@ -54,7 +54,7 @@ def send_envelope(message: OutboundMessage) -> OutgoingMessage:
 
 async def collect_tenant(tenant: str, ctx: CollectContext, *, reclaim: bool = False) -> int:
     """One pass over one tenant; returns how many rows were queued."""
-    store = await asyncio.to_thread(ctx.broker.tenant_store, tenant)
+    store = await ctx.broker.tenant_store_async(tenant)
     engine = store.engine
     if reclaim:
         stale = await asyncio.to_thread(claim.reclaim_stale, engine, ctx.lease_seconds)

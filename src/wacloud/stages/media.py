@@ -39,7 +39,7 @@ async def fetch_media(data: bytes, receive_count: int, ctx: MediaContext) -> lis
     media = message.media
     if media is None:
         return []
-    store = await asyncio.to_thread(ctx.broker.tenant_store, tenant)
+    store = await ctx.broker.tenant_store_async(tenant)
     current = await asyncio.to_thread(store.media_status, message.channel_key,
                                       message.provider_message_id)
     if current is None:

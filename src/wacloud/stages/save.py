@@ -6,7 +6,6 @@ waiting for the provider message id are applied as soon as it is known.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +22,7 @@ class SaveContext:
 
 async def save(data: bytes, ctx: SaveContext) -> list[Output]:
     item = json.loads(data)
-    store = await asyncio.to_thread(ctx.broker.tenant_store, item["tenant"])
+    store = await ctx.broker.tenant_store_async(item["tenant"])
     # Grouped with the other results being saved right now: one commit for many rows.
     await store.writes.run(partial(
         outbox.save_result_in, store=store, row_id=int(item["row_id"]),

@@ -166,7 +166,7 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
         return [result(message, OutboundStatus.PENDING, error=ProviderError(
             "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))]
 
-    store = await asyncio.to_thread(ctx.broker.tenant_store, message.tenant)
+    store = await ctx.broker.tenant_store_async(message.tenant)
     # Grouped with the other sends starting now: one commit for many attempts.
     state = await store.writes.run(partial(outbox.begin_attempt_in, row_id=message.row_id))
     if state is None or state.provider_message_id or state.status not in outbox.OPEN:

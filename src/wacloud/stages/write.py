@@ -70,7 +70,7 @@ async def write_events(events: list[Event], ctx: WriteContext) -> list[Output]:
 
     outputs: list[Output] = []
     for tenant, events in by_tenant.items():
-        store = await asyncio.to_thread(ctx.broker.tenant_store, tenant)
+        store = await ctx.broker.tenant_store_async(tenant)
         result = await asyncio.to_thread(
             store.store_events,
             [e for e in events if isinstance(e, InboundMessage)],
