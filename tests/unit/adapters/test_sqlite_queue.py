@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from wacloud.adapters.queue import sqlite as sqlite_queue
+from wacloud.adapters.queue import sqlite_queue
 from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec
 from wacloud.adapters.queue.sqlite import SqliteBroker
 

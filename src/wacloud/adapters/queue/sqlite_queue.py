@@ -1,0 +1,212 @@
+"""One queue of the embedded SQLite broker: SQS semantics over the shared `messages` table.
+
+Every operation is a function run by the broker's writer thread inside its next transaction
+(see `sqlite.py`); receives long-poll with the broker's wake-ups (in-process and doorbells).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from wacloud.adapters.queue.base import (
+    OutgoingMessage,
+    Queue,
+    QueueSpec,
+    ReceivedMessage,
+)
+
+if TYPE_CHECKING:
+    from wacloud.adapters.queue.sqlite import SqliteBroker
+
+# A long poll re-checks this often even without a wake-up: delayed messages become visible, and
+# a doorbell ring from another process sharing the file can be lost.
+POLL_INTERVAL = 0.05
+
+_INSERT = ("INSERT OR IGNORE INTO messages (queue, body, group_id, dedup_id, sent_at, visible_at)"
+           " VALUES (?, ?, ?, ?, ?, ?)")
+_CLAIM = ("UPDATE messages SET receipt = :tok, visible_at = :until,"
+          " receive_count = receive_count + 1 WHERE id IN ({pick})"
+          " RETURNING id, body, group_id, sent_at, receive_count")
+_PICK_STANDARD = ("SELECT id FROM messages WHERE queue = :q AND visible_at <= :now"
+                  " ORDER BY visible_at, id LIMIT :n")
+# FIFO: a message is eligible when no message of its group is in flight and no earlier one of
+# its group is still hidden (delayed or backing off); ordering by id keeps each group in order.
+# Walking messages_seq (queue, id) stops at LIMIT instead of sorting the whole visible backlog;
+# the cost that remains is one probe per message queued behind an in-flight group.
+_PICK_FIFO = ("SELECT m.id FROM messages m INDEXED BY messages_seq"
+              " WHERE m.queue = :q AND m.visible_at <= :now"
+              " AND (m.group_id IS NULL OR NOT EXISTS (SELECT 1 FROM messages p"
+              " WHERE p.queue = m.queue AND p.group_id = m.group_id AND p.visible_at > :now"
+              " AND p.id != m.id AND (p.receipt IS NOT NULL OR p.id < m.id)))"
+              " ORDER BY m.id LIMIT :n")
+_COLUMNS = "id, body, group_id, sent_at, receive_count, queue, origin, receipt, visible_at"
+
+
+def _parse_receipt(receipt: str) -> tuple[int, str] | None:
+    row_id, _, token = receipt.partition(":")
+    return (int(row_id), token) if row_id.isdigit() and token else None
+
+
+def _message(row: sqlite3.Row | tuple[Any, ...], receipt: str = "",
+             attributes: dict[str, str] | None = None) -> ReceivedMessage:
+    return ReceivedMessage(body=bytes(row[1]), receipt=receipt, receive_count=int(row[4]),
+                           message_id=str(row[0]), group_id=row[2], sent_at=float(row[3]),
+                           attributes=attributes or {})
+
+
+class SqliteQueue(Queue):
+    def __init__(self, broker: SqliteBroker, spec: QueueSpec) -> None:
+        self.broker = broker
+        self.spec = spec
+
+    async def send(self, body: bytes, *, group_id: str | None = None,
+                   dedup_id: str | None = None, delay: float = 0.0) -> None:
+        await self.send_batch([OutgoingMessage(body, group_id, dedup_id, delay)])
+
+    async def send_batch(self, messages: list[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        name = self.spec.name
+
+        def insert(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.executemany(_INSERT, [(name, m.body, m.group_id, m.dedup_id, now,
+                                        now + max(m.delay, 0.0)) for m in messages])
+
+        await self.broker.call(insert, wake=name)
+
+    async def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None,
+                      wait_seconds: float = 0.0) -> list[ReceivedMessage]:
+        if max_messages <= 0:
+            return []
+        timeout = self.spec.visibility_timeout if visibility_timeout is None else visibility_timeout
+        claim = partial(self._claim, max_messages, timeout)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            # Registered before the claim so that a send committed in between still wakes us.
+            waiter = self.broker.add_waiter(self.spec.name) if wait_seconds > 0 else None
+            try:
+                got = (await self.broker.call(claim)
+                       if self.broker.has_visible(self.spec.name) else [])
+                remaining = deadline - time.monotonic()
+                if got or remaining <= 0 or waiter is None or self.broker.closed:
+                    return got
+                await asyncio.wait({waiter}, timeout=min(POLL_INTERVAL, remaining))
+            finally:
+                if waiter is not None:
+                    self.broker.drop_waiter(self.spec.name, waiter)
+
+    def _claim(self, limit: int, timeout: float, conn: sqlite3.Connection) -> list[ReceivedMessage]:
+        spec = self.spec
+        sql = _CLAIM.format(pick=_PICK_FIFO if spec.fifo else _PICK_STANDARD)
+        out: list[ReceivedMessage] = []
+        while len(out) < limit:
+            now = time.time()
+            token = secrets.token_hex(8)
+            rows = sorted(conn.execute(sql, {"tok": token, "until": now + timeout, "q": spec.name,
+                                             "now": now, "n": limit - len(out)}).fetchall())
+            dead = [row[0] for row in rows if row[4] > spec.max_receives]
+            out.extend(_message(row, f"{row[0]}:{token}") for row in rows
+                       if row[4] <= spec.max_receives)
+            if not dead:
+                break
+            # Claimed one time too many: undo this receive's count and park it in the DLQ.
+            conn.executemany(
+                "UPDATE messages SET queue = ?, origin = queue, receipt = NULL, visible_at = ?,"
+                " receive_count = receive_count - 1 WHERE id = ?",
+                [(spec.dead_letter_name, now, row_id) for row_id in dead])
+        return out
+
+    async def ack(self, receipts: list[str]) -> None:
+        keys = [key for key in map(_parse_receipt, receipts) if key is not None]
+        if keys:
+            def delete(conn: sqlite3.Connection) -> None:
+                # Return nothing: a cursor handed back to the loop thread and freed there
+                # raced the writer thread ("bad parameter or other API misuse").
+                conn.executemany("DELETE FROM messages WHERE id = ? AND receipt = ?", keys)
+
+            await self.broker.call(delete)
+
+    async def release(self, receipt: str, delay: float = 0.0) -> None:
+        key = _parse_receipt(receipt)
+        if key is None:
+            return
+
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE messages SET receipt = NULL, visible_at = ?"
+                         " WHERE id = ? AND receipt = ?", (time.time() + max(delay, 0.0), *key))
+
+        await self.broker.call(release, wake=self.spec.name if delay <= 0 else None)
+
+    async def depth(self) -> dict[str, int]:
+        def count(conn: sqlite3.Connection) -> dict[str, int]:
+            visible, in_flight, delayed = conn.execute(
+                "SELECT COALESCE(SUM(visible_at <= ?1), 0),"
+                " COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0),"
+                " COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0)"
+                " FROM messages WHERE queue = ?2", (time.time(), self.spec.name)).fetchone()
+            (dead,) = conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?",
+                                   (self.spec.dead_letter_name,)).fetchone()
+            return {"visible": visible, "in_flight": in_flight, "delayed": delayed, "dead": dead}
+
+        return await self.broker.call(count)
+
+    async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
+        def peek(conn: sqlite3.Connection) -> list[ReceivedMessage]:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE queue = ?"
+                                " ORDER BY id LIMIT ?", (self.spec.dead_letter_name, limit))
+            return [_message(row, attributes={"source_queue": row[6] or ""}) for row in rows]
+
+        return await self.broker.call(peek)
+
+    async def redrive(self, message_ids: list[str] | None = None) -> int:
+        # The dedup id is dropped: a redrive is a deliberate re-injection and must neither be
+        # swallowed by, nor swallow, a live message carrying the same id.
+        sql = ("UPDATE messages SET queue = ?, origin = NULL, dedup_id = NULL, receipt = NULL,"
+               " receive_count = 0, visible_at = ? WHERE queue = ?")
+        ids = [int(i) for i in message_ids or [] if i.isdigit()]
+
+        def move(conn: sqlite3.Connection) -> int:
+            args = (self.spec.name, time.time(), self.spec.dead_letter_name)
+            if message_ids is None:
+                return conn.execute(sql, args).rowcount
+            return sum(conn.execute(sql + " AND id = ?", (*args, i)).rowcount for i in ids)
+
+        if message_ids is not None and not ids:
+            return 0
+        return await self.broker.call(move, wake=self.spec.name)
+
+    async def iter_all(self, limit: int = 1000) -> list[ReceivedMessage]:
+        """Every message of this queue and its DLQ in any state (for erasure); `attributes`
+        carries `queue` and `state` (visible, in_flight, delayed, dead)."""
+
+        def scan(conn: sqlite3.Connection) -> list[ReceivedMessage]:
+            now = time.time()
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE queue IN (?, ?)"
+                                " ORDER BY id LIMIT ?",
+                                (self.spec.name, self.spec.dead_letter_name, limit))
+            out = []
+            for row in rows:
+                state = ("dead" if row[5] != self.spec.name else "visible" if row[8] <= now
+                         else "in_flight" if row[7] is not None else "delayed")
+                out.append(_message(row, attributes={"queue": row[5], "state": state}))
+            return out
+
+        return await self.broker.call(scan)
+
+    async def delete(self, message_ids: list[str]) -> int:
+        ids = [(int(i), self.spec.name, self.spec.dead_letter_name)
+               for i in message_ids if i.isdigit()]
+        if not ids:
+            return 0
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return sum(conn.execute("DELETE FROM messages WHERE id = ? AND queue IN (?, ?)",
+                                    row).rowcount for row in ids)
+
+        return await self.broker.call(delete)
