@@ -162,6 +162,11 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
     if channel is None:
         return [result(message, OutboundStatus.FAILED, error=ProviderError(
             "channel", f"tenant {message.tenant!r} has no channel {message.channel_key!r}"))]
+    if channel.paused and await asyncio.to_thread(ctx.broker.refresh):
+        # The collector only queues a paused channel's messages once it has seen the resume
+        # in the registry; our snapshot may be older. Without this look, the older message
+        # went back to the outbox while the next one was sent: out of order.
+        channel = ctx.broker.tenant_channel(message.tenant, message.channel_key) or channel
     if channel.paused:
         return [result(message, OutboundStatus.PENDING, error=ProviderError(
             "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))]
