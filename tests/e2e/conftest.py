@@ -93,6 +93,10 @@ class GatewayProcess:
         except httpx.HTTPError:
             return False
 
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
@@ -235,7 +239,14 @@ class Harness:
         def ready() -> dict[int, dict[str, Any]] | None:
             rows = self.outbox(tenant)
             return rows if rows and predicate(rows) else None
-        rows: dict[int, Any] = wait_for(ready, timeout, message=message)
+        try:
+            rows: dict[int, Any] = wait_for(ready, timeout, message=message)
+        except AssertionError as exc:
+            # What the rows and the gateway said, so that a rare failure can be understood.
+            state = {i: (r["status"], r["error_code"], r["attempts"])
+                     for i, r in self.outbox(tenant).items()}
+            raise AssertionError(f"{exc}\nrows (status, error, attempts): {state}\n"
+                                 f"gateway log tail:\n{self.gateway.log_tail()}") from None
         return rows
 
     def parked(self) -> list[Any]:
