@@ -172,7 +172,9 @@ async def demo(data_dir: Path, port: int, keep_serving: bool) -> int:
     image = fake.add_media(PNG, mime_type="image/png")
     with FakeProviderServer(fake) as fake_server:
         # The stage worker that `serve` starts gets these settings as WACLOUD_* variables.
-        settings = load_settings(data_dir, dev_allow_local_urls=True, registry_poll_s=0.5)
+        # WARNING: the worker's routine INFO lines (migrations, HTTP calls) would bury the demo.
+        settings = load_settings(data_dir, dev_allow_local_urls=True, registry_poll_s=0.5,
+                                 log_level="WARNING")
         init_data_dir(settings)
         registry = open_registry(settings)
         registry.add_tenant("demo")
