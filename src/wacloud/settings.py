@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     credentials_cache_s: float = 30.0
     retention_interval_s: float = 3600.0  # how often tenants' retention periods are applied
     # `serve` runs the stages in worker processes beside the HTTP server: 1 = all in one worker;
-    # 2 = inbound storage (receive, write) apart from the network stages (media, send, save),
+    # 2 = the storing stages (receive, write, save) apart from the network ones (media, send),
     # more CPU for about 100 MB more memory; 0 = all on the HTTP server's loop. Workers run
     # at this much lower CPU priority: webhook answers first, the queue absorbs the rest.
     stage_workers: int = 1

@@ -1,8 +1,9 @@
 """Stage workers: the stages in processes of their own, beside the HTTP server.
 
 `wacloud serve` starts them (`WACLOUD_STAGE_WORKERS`, default 1) so that answering webhooks
-never waits for the GIL behind parsing, storing and sending; with 2, storing inbound messages
-and the network-bound stages (media downloads, sends) each get a GIL of their own.
+never waits for the GIL behind parsing, storing and sending; with 2, the storing stages
+(receive, write, save) and the network-bound ones (media downloads, sends) each get a GIL of
+their own.
 The send stage stays in one process: its per-number rate limits are counted there.
 
 Workers run at a lower CPU priority (`WACLOUD_WORKER_NICE`) because a webhook answer is what
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_MAX_S = 30.0
-INBOUND_STORAGE = ("receive", "write")
-NETWORK = ("media", "send", "save")
+STORING = ("receive", "write", "save")
+NETWORK = ("media", "send")
 
 
 def worker_groups(count: int) -> list[tuple[str, ...] | None]:
@@ -42,7 +43,7 @@ def worker_groups(count: int) -> list[tuple[str, ...] | None]:
         return []
     if count == 1:
         return [None]
-    return [INBOUND_STORAGE, NETWORK]
+    return [STORING, NETWORK]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
