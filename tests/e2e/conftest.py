@@ -292,9 +292,10 @@ def fake_server() -> Iterator[FakeProviderServer]:
         yield server
 
 
-def make_harness(tmp_path: Path, fake_server: FakeProviderServer) -> Iterator[Harness]:
+def make_harness(tmp_path: Path, fake_server: FakeProviderServer,
+                 extra_env: dict[str, str] | None = None) -> Iterator[Harness]:
     data_dir = tmp_path / "data"
-    env = gateway_env(data_dir)
+    env = {**gateway_env(data_dir), **(extra_env or {})}
     settings = load_settings(data_dir)
     init_data_dir(settings)
     registry = open_registry(settings)
