@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # at this much lower CPU priority: webhook answers first, the queue absorbs the rest.
     stage_workers: int = 1
     worker_nice: int = 10
+    # Stage metrics live in the workers: worker N serves /metrics on this port + N (0 = off).
+    worker_metrics_port: int = 0
 
     log_level: str = "INFO"
     log_json: bool = False

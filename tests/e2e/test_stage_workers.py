@@ -5,22 +5,50 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.e2e.conftest import Harness, make_harness, wait_for
+from tests.e2e.conftest import Harness, free_port, make_harness, wait_for
 from wacloud.testing.fake_provider import FakeProviderServer
 from wacloud.testing.webhooks import meta_envelope, meta_text
+
+
+def two_free_ports() -> int:
+    """A port p such that p and p + 1 are both free (one per worker)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+METRICS_PORT = two_free_ports()
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory,
             fake_server: FakeProviderServer) -> Iterator[Harness]:
-    yield from make_harness(tmp_path_factory.mktemp("two-workers"), fake_server,
-                            {"WACLOUD_STAGE_WORKERS": "2"})
+    yield from make_harness(tmp_path_factory.mktemp("two-workers"), fake_server, {
+        "WACLOUD_STAGE_WORKERS": "2", "WACLOUD_WORKER_METRICS_PORT": str(METRICS_PORT)})
+
+
+def stage_count(port: int, stage: str) -> float:
+    """`wacloud_stage_messages_total{stage=..., result="ok"}` as a worker reports it."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("wacloud_stage_messages_total{") and f'stage="{stage}"' in line \
+                and 'result="ok"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def workers(harness: Harness) -> dict[str, int]:
@@ -64,6 +92,11 @@ def test_two_workers_share_the_stages_and_a_dead_one_is_restarted(harness: Harne
     harness.wait_rows(tenant, 1, predicate=lambda rows: first_in in {
         r["provider_message_id"] for r in rows})
     harness.wait_outbox(tenant, lambda rows: rows[first_out]["status"] == 3)
+    # Each worker reports its own stages' metrics on its port (counted just after the ack).
+    wait_for(lambda: stage_count(METRICS_PORT, "receive") >= 1
+             and stage_count(METRICS_PORT, "save") >= 1
+             and stage_count(METRICS_PORT + 1, "send") >= 1, message="stage metrics")
+    assert stage_count(METRICS_PORT + 1, "receive") == 0
 
     # A worker killed hard: serve starts another; what was queued meanwhile is not lost.
     os.kill(running["receive,write,save"], signal.SIGKILL)

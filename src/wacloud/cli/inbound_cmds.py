@@ -55,6 +55,8 @@ def worker(data_dir: DataDir = None,
                "--collect/--no-collect", help="also collect pending outbox rows")] = True,
            stages: Annotated[str | None, typer.Option(
                "--stages", help="comma-separated stage names (default: all)")] = None,
+           metrics_port: Annotated[int | None, typer.Option(
+               "--metrics-port", help="serve this worker's /metrics on 127.0.0.1:PORT")] = None,
            parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None
            ) -> None:
     """Run the stages without the HTTP server (`serve` starts these itself)."""
@@ -70,6 +72,10 @@ def worker(data_dir: DataDir = None,
     configure_logging(settings)
     if settings.worker_nice:
         os.nice(settings.worker_nice)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run_worker(settings, collect=collect, stages=names))
 

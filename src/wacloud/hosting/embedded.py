@@ -79,8 +79,8 @@ async def serve(settings: Settings, host: str, port: int,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
                             server_header=False, date_header=False)
     server = uvicorn.Server(config)
-    workers = [WorkerSupervisor(settings, group)
-               for group in worker_groups(settings.stage_workers)]
+    workers = [WorkerSupervisor(settings, group, index)
+               for index, group in enumerate(worker_groups(settings.stage_workers))]
     for worker in workers:
         worker.start()
     supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in workers]

@@ -61,9 +61,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerSupervisor:
     """Starts `wacloud worker` as a child, restarts it when it dies, stops it on shutdown."""
 
-    def __init__(self, settings: Settings, stages: tuple[str, ...] | None = None) -> None:
+    def __init__(self, settings: Settings, stages: tuple[str, ...] | None = None,
+                 index: int = 0) -> None:
         self.settings = settings
         self.stages = stages
+        self.index = index
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -72,6 +74,8 @@ class WorkerSupervisor:
                 "--data-dir", str(self.settings.data_dir), "--parent-pid", str(os.getpid())]
         if self.stages is not None:
             argv += ["--stages", ",".join(self.stages)]
+        if self.settings.worker_metrics_port:
+            argv += ["--metrics-port", str(self.settings.worker_metrics_port + self.index)]
         return argv
 
     def start(self) -> None:
