@@ -211,6 +211,24 @@ def test_stale_reservation_is_reclaimed_and_sent(harness: Harness) -> None:
     assert len(harness.fake.sent_to(to)) == 1
 
 
+def test_a_message_never_passes_an_earlier_one_still_in_the_outbox(harness: Harness) -> None:
+    tenant = harness.tenant()
+    channel = harness.meta_channel(tenant)
+    to = f"55729{uuid.uuid4().int % 10**8:08d}"
+    # The earlier message is held by a collector that is slow to queue it (a fresh
+    # reservation, reclaimed only after the lease); the later one is free to go.
+    now = datetime.now(UTC)
+    first = harness.insert_outbox(tenant, channel.key, to, "text", {"body": "one"},
+                                  status=1, reserved_at=now, updated_at=now)
+    second = harness.insert_outbox(tenant, channel.key, to, "text", {"body": "two"})
+    harness.wait_outbox(tenant, lambda rows: rows[second]["error_code"] == "order",
+                        message="the later message waiting for the earlier one")
+    harness.wait_outbox(tenant, lambda rows: rows[first]["status"] == 3
+                        and rows[second]["status"] == 3, timeout=40)
+    bodies = [s.body["text"]["body"] for s in harness.fake.sent_to(to) if s.accepted]
+    assert bodies == ["one", "two"]
+
+
 def test_receipts_move_rows_forward_in_any_order(harness: Harness) -> None:
     tenant = harness.tenant()
     channel = harness.meta_channel(tenant)

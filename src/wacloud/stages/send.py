@@ -173,9 +173,15 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
 
     store = await ctx.broker.tenant_store_async(message.tenant)
     # Grouped with the other sends starting now: one commit for many attempts.
-    state = await store.writes.run(partial(outbox.begin_attempt_in, row_id=message.row_id))
+    state = await store.writes.run(partial(
+        outbox.begin_attempt_in, row_id=message.row_id, channel=message.channel_key,
+        recipient=message.recipient if message.type != "read" else None))
     if state is None or state.provider_message_id or state.status not in outbox.OPEN:
         return []  # gone, or already sent: never send twice
+    if state.earlier_waiting:
+        # Back to the outbox: the collector claims both again, oldest first.
+        return [result(message, OutboundStatus.PENDING, error=ProviderError(
+            "order", "waits for an earlier message to the same recipient"))]
     if state.attempts > ctx.max_attempts:
         return await give_up(message, data, ctx, state.attempts, None)
 

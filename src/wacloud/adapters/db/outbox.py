@@ -29,6 +29,8 @@ class OutboxState:
     status: int
     provider_message_id: str | None
     attempts: int
+    # An earlier message to the same recipient is still waiting: this one must not pass it.
+    earlier_waiting: bool = False
 
 
 def insert_outbound(engine: Engine, *, channel: str, recipient: str, type: str,
@@ -58,8 +60,23 @@ def begin_attempt(engine: Engine, row_id: int) -> OutboxState | None:
         return begin_attempt_in(conn, row_id)
 
 
-def begin_attempt_in(conn: Connection, row_id: int) -> OutboxState | None:
-    """`begin_attempt` inside the caller's transaction (e.g. a group commit)."""
+def begin_attempt_in(conn: Connection, row_id: int, *, channel: str | None = None,
+                     recipient: str | None = None) -> OutboxState | None:
+    """`begin_attempt` inside the caller's transaction (e.g. a group commit). Given the row's
+    channel and recipient, it first looks for an earlier message to that recipient still
+    pending or reserved (sent back to the outbox, or claimed by a slower collector); then
+    nothing is counted and the state says `earlier_waiting`."""
+    table = t.outbound_messages
+    if channel is not None and recipient is not None:
+        earlier = conn.execute(sa.select(table.c.id).where(
+            table.c.channel == channel, table.c.recipient == recipient, table.c.id < row_id,
+            table.c.status.in_([OutboundStatus.PENDING.value, OutboundStatus.RESERVED.value]),
+            table.c.provider_message_id.is_(None)).limit(1)).first()
+        if earlier is not None:
+            row = conn.execute(sa.select(table.c.status, table.c.provider_message_id,
+                                         table.c.attempts).where(table.c.id == row_id)).first()
+            return None if row is None else OutboxState(int(row[0]), row[1], int(row[2]),
+                                                        earlier_waiting=True)
     conn.execute(t.outbound_messages.update().where(
         t.outbound_messages.c.id == row_id,
         t.outbound_messages.c.provider_message_id.is_(None),

@@ -83,6 +83,8 @@ outbound_messages = sa.Table(
     sa.Column("read_at", UtcDateTime, nullable=True),
     sa.Index("ix_outbound_messages_status_id", "status", "id"),
     sa.Index("ix_outbound_messages_created_at", "created_at"),
+    # Order per recipient: the send stage looks for an earlier message still waiting.
+    sa.Index("ix_outbound_messages_conversation", "channel", "recipient", "id"),
 )
 
 status_events = sa.Table(
