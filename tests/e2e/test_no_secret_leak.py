@@ -30,14 +30,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.e2e.conftest import GatewayProcess, Harness, free_port, gateway_env, wait_for
+from tests.e2e.conftest import Harness, make_harness, wait_for
 from tests.e2e.payloads import media_bytes
 from tests.services import PG_USER, fresh_postgres_db
 from wacloud.adapters.db.api_keys import create_api_key
-from wacloud.bootstrap import init_data_dir, open_registry
-from wacloud.credentials import CredentialsBroker
 from wacloud.model import Channel, Provider
-from wacloud.settings import load_settings
 from wacloud.testing.fake_provider import FakeProvider, FakeProviderServer
 from wacloud.testing.webhooks import meta_envelope, meta_media, meta_text
 
@@ -115,22 +112,7 @@ def tenant_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory, fake: FakeProviderServer
             ) -> Iterator[Harness]:
-    data_dir = tmp_path_factory.mktemp("leak") / "data"
-    env = {**gateway_env(data_dir), "WACLOUD_LOG_LEVEL": "DEBUG"}
-    settings = load_settings(data_dir)
-    init_data_dir(settings)
-    registry = open_registry(settings)
-    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir, cache_seconds=0)
-    gateway = GatewayProcess(data_dir, free_port(), env)
-    gateway.start()
-    client = httpx.Client(base_url=gateway.base_url, timeout=10)
-    try:
-        yield Harness(gateway, fake.provider, fake.base_url, registry, broker, client)
-    finally:
-        client.close()
-        gateway.stop()
-        broker.close()
-        registry.engine.dispose()
+    yield from make_harness(tmp_path_factory.mktemp("leak"), fake, {"WACLOUD_LOG_LEVEL": "DEBUG"})
 
 
 def channel_of(harness: Harness, provider: Provider, key: str) -> Channel:
