@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wacloud.adapters.batching import BatchingThread, Outcome, settle_threadsafe
 from wacloud.adapters.queue.base import (
     QueueBroker,
     QueueSpec,
@@ -71,16 +72,6 @@ class _Op:
     wake: str | None  # queue whose long-pollers to wake once this op is committed
 
 
-def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for fut, result, exc in items:
-        if fut.done():  # the awaiting task was cancelled
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
-
-
 class SqliteBroker(QueueBroker):
     """All queues in one SQLite file; safe to share between processes."""
 
@@ -113,32 +104,25 @@ class SqliteBroker(QueueBroker):
         # Within a write transaction nothing else waits for a lock in WAL mode; taking the
         # lock is retried by `_lock` (autocheckpoints are passive and never wait).
         self._conn.execute("PRAGMA busy_timeout = 0")
-        self._pending: list[_Op] = []
-        self._cond = threading.Condition()
-        self._closing = False
         # Checkpoints (copying the WAL back into the file, with an fsync) run on a thread of
         # their own: inside a COMMIT they stalled every waiting webhook for tens of ms.
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._checkpoint_stop = threading.Event()
         threading.Thread(target=self._checkpoint, name=f"sqlite-queue-checkpoint:{self.path.name}",
                          daemon=True).start()
-        self._thread = threading.Thread(target=self._run, name=f"sqlite-queue:{self.path.name}",
-                                        daemon=True)
-        self._thread.start()
+        self._writer: BatchingThread[_Op] = BatchingThread(
+            self._execute, f"sqlite-queue:{self.path.name}", on_exit=self._writer_exit)
 
     @property
     def closed(self) -> bool:
-        return self._closing
+        return self._writer.closing
 
     def queue(self, spec: QueueSpec) -> SqliteQueue:
         return SqliteQueue(self, spec)
 
     async def close(self) -> None:
         """Stop accepting work, let the writer commit everything pending, then close."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._writer.close)
         self._checkpoint_stop.set()
         for conn in self._reader_conns:
             conn.close()
@@ -146,11 +130,7 @@ class SqliteBroker(QueueBroker):
     async def call(self, fn: Callable[[sqlite3.Connection], T], wake: str | None = None) -> T:
         """Run `fn(connection)` inside the writer's next transaction and return once committed."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("SqliteBroker is closed")
-            self._pending.append(_Op(fn, fut, wake))
-            self._cond.notify()
+        self._writer.submit(_Op(fn, fut, wake), "SqliteBroker is closed")
         return await fut
 
     def has_visible(self, name: str) -> bool:
@@ -190,21 +170,11 @@ class SqliteBroker(QueueBroker):
         finally:
             conn.close()
 
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._pending and not self._closing:
-                        self._cond.wait()
-                    if not self._pending:
-                        return
-                    batch, self._pending = self._pending, []
-                self._execute(batch)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._doorbell.unregister(self._conn)
-            self._conn.close()
-            self._doorbell.close()
+    def _writer_exit(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._doorbell.unregister(self._conn)
+        self._conn.close()
+        self._doorbell.close()
 
     def _execute(self, batch: list[_Op]) -> None:
         conn = self._conn
@@ -249,28 +219,19 @@ class SqliteBroker(QueueBroker):
                 pause = min(pause * 2, LOCK_RETRY_MAX_S)
 
     def _resolve(self, results: list[tuple[_Op, Any, BaseException | None]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        woken: set[str] = set()
-        for op, result, exc in results:
-            by_loop.setdefault(op.fut.get_loop(), []).append((op.fut, result, exc))
-            if op.wake is not None and exc is None:
-                woken.add(op.wake)
+        outcomes: list[Outcome] = [(op.fut, result, exc) for op, result, exc in results]
+        woken = {op.wake for op, _, exc in results if op.wake is not None and exc is None}
         if woken:
             self._doorbell.refresh_peers(self._conn)
             self._doorbell.ring(woken, self._conn)
-        self._wake_local(woken, by_loop)
+        self._wake_local(woken, outcomes)
 
-    def _wake_local(self, names: set[str],
-                    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] | None = None) -> None:
+    def _wake_local(self, names: set[str], outcomes: list[Outcome] | None = None) -> None:
         """Settle futures and wake this process's long polls on `names` (also a doorbell's
         listener thread calls this when another process rings)."""
-        by_loop = {} if by_loop is None else by_loop
+        outcomes = [] if outcomes is None else outcomes
         if names:
             with self._waiters_lock:
                 for name in names:
-                    for fut in self._waiters.pop(name, ()):
-                        by_loop.setdefault(fut.get_loop(), []).append((fut, None, None))
-        # One thread-safe callback per event loop, not per future: each one writes the self-pipe.
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, items)
+                    outcomes.extend((fut, None, None) for fut in self._waiters.pop(name, ()))
+        settle_threadsafe(outcomes)

@@ -1,0 +1,82 @@
+"""Group commit's moving parts, shared by the SQLite queue and the tenant-DB outbox writes.
+
+`BatchingThread` runs one function on whatever items are waiting at that moment, as one batch,
+on a thread of its own; `settle_threadsafe` hands the results back to the asyncio futures that
+wait for them, with one thread-safe callback per event loop rather than one per future (each
+callback writes the loop's self-pipe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+Item = TypeVar("Item")
+Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+class BatchingThread(Generic[Item]):
+    def __init__(self, process: Callable[[list[Item]], None], name: str, *,
+                 on_exit: Callable[[], None] | None = None) -> None:
+        self._process = process
+        self._on_exit = on_exit
+        self._pending: list[Item] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def submit(self, item: Item, closed_message: str) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError(closed_message)
+            self._pending.append(item)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Refuse new items, process every pending one, then end the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not self._closing:
+                        self._cond.wait()
+                    if not self._pending:
+                        return
+                    batch, self._pending = self._pending, []
+                self._process(batch)
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
+
+
+def _apply(items: list[Outcome]) -> None:
+    for fut, result, exc in items:
+        if fut.done():  # the awaiting task was cancelled
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+def settle_threadsafe(outcomes: Iterable[Outcome]) -> None:
+    """Resolve futures from a thread other than their loops'."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_apply, items)
