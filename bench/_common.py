@@ -283,6 +283,15 @@ def create_tenant_api_keys(data_dir: Path, tenants: Sequence[str]) -> dict[str, 
         registry.engine.dispose()
 
 
+def start_fake_provider(procs: Processes, token: str) -> tuple[Proc, str]:
+    """The project's fake provider in its own process; returns it and its base URL."""
+    port = free_port()
+    proc = procs.start("fake-provider", [VENV_PY, "-m", "wacloud.testing.fake_provider",
+                                         "--host", HOST, "--port", str(port)],
+                       port=port, env={"WACLOUD_FAKE_TOKEN": token})
+    return proc, f"http://{HOST}:{port}"
+
+
 def gateway_argv(data_dir: Path, port: int) -> list[str | Path]:
     return [WACLOUD, "serve", "--host", HOST, "--port", str(port), "--data-dir", data_dir]
 

@@ -34,7 +34,6 @@ from typing import Any
 import httpx
 from _common import (
     HOST,
-    VENV_PY,
     ChannelSpec,
     Processes,
     contact_entry,
@@ -54,6 +53,7 @@ from _common import (
     signed,
     sqlite_ro,
     stage,
+    start_fake_provider,
     start_py_spy,
     summarize_py_spy,
     target_line,
@@ -338,11 +338,7 @@ def main() -> int:
     ok = False
     try:
         with Processes(tmp) as procs:
-            fake_port = free_port()
-            fake = procs.start("fake-provider", [VENV_PY, "-m", "wacloud.testing.fake_provider",
-                                          "--host", HOST, "--port", str(fake_port)],
-                        port=fake_port, env={"WACLOUD_FAKE_TOKEN": token})
-            fake_url = f"http://{HOST}:{fake_port}"
+            fake, fake_url = start_fake_provider(procs, token)
             with stage(f"setup: 5 tenants, fake provider on {fake_url}, data dir {tmp}"):
                 setup = setup_gateway(tmp / "data", TENANTS, app_secret=app_secret,
                                       token=token, api_base_url=fake_url)

@@ -41,7 +41,6 @@ import httpx
 from _common import (
     HOST,
     TEXTS,
-    VENV_PY,
     ChannelSpec,
     Processes,
     cpu_seconds,
@@ -57,6 +56,7 @@ from _common import (
     setup_gateway,
     sqlite_ro,
     stage,
+    start_fake_provider,
     start_py_spy,
     summarize_py_spy,
     target_line,
@@ -315,11 +315,7 @@ def main() -> int:
     ok = False
     try:
         with Processes(tmp) as procs:
-            fake_port = free_port()
-            fake = procs.start("fake-provider", [VENV_PY, "-m", "wacloud.testing.fake_provider",
-                                                 "--host", HOST, "--port", str(fake_port)],
-                               port=fake_port, env={"WACLOUD_FAKE_TOKEN": token})
-            fake_url = f"http://{HOST}:{fake_port}"
+            fake, fake_url = start_fake_provider(procs, token)
 
             with stage(f"baseline: {args.baseline_messages:,} direct sends to the fake from "
                        f"asyncio + httpx, {args.concurrency} connections"):
