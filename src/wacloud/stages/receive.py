@@ -99,11 +99,11 @@ async def first_media_try(message: InboundMessage, ctx: ReceiveContext) -> None:
     message.media = stored
 
 
-async def receive_events(data: bytes, ctx: ReceiveContext, *, first_media: bool = True
-                         ) -> list[Event]:
-    """Every event of one queued webhook, media given its first try (unless the caller does
-    that itself); [] if the webhook was parked."""
-    raw = RawWebhook.decode(data)
+async def receive_events(data: bytes, ctx: ReceiveContext, *, first_media: bool = True,
+                         raw: RawWebhook | None = None) -> list[Event]:
+    """Every event of one queued webhook (`raw`: `data` already decoded), media given its
+    first try (unless the caller does that itself); [] if the webhook was parked."""
+    raw = RawWebhook.decode(data) if raw is None else raw
     try:
         events = parse(raw)
     except (PayloadError, ValueError, KeyError, TypeError) as exc:
@@ -118,9 +118,9 @@ async def receive_events(data: bytes, ctx: ReceiveContext, *, first_media: bool 
 
 
 async def receive(data: bytes, ctx: ReceiveContext) -> list[Output]:
-    events = await receive_events(data, ctx)
+    raw = RawWebhook.decode(data)
+    events = await receive_events(data, ctx, raw=raw)
     if not events:
         return []
-    received_at = RawWebhook.decode(data).received_at
-    body = dumps({"received_at": received_at, "events": [e.to_dict() for e in events]})
+    body = dumps({"received_at": raw.received_at, "events": [e.to_dict() for e in events]})
     return [Output(INBOUND_EVENTS, OutgoingMessage(body))]

@@ -156,17 +156,15 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
 async def send(data: bytes, ctx: SendContext) -> list[Output]:
     message = OutboundMessage.from_dict(json.loads(data)["message"])
     channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
-    if channel is None and await asyncio.to_thread(ctx.broker.refresh):
-        # Added a moment ago, seen by the collector's process but not yet by ours.
+    if (channel is None or channel.paused) and await asyncio.to_thread(ctx.broker.refresh):
+        # Our registry snapshot may be older than the collector's: a channel added, or
+        # resumed, a moment ago. Without this look a new channel's first messages failed, and
+        # after a resume the older message went back to the outbox while the next one was
+        # sent: out of order.
         channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
     if channel is None:
         return [result(message, OutboundStatus.FAILED, error=ProviderError(
             "channel", f"tenant {message.tenant!r} has no channel {message.channel_key!r}"))]
-    if channel.paused and await asyncio.to_thread(ctx.broker.refresh):
-        # The collector only queues a paused channel's messages once it has seen the resume
-        # in the registry; our snapshot may be older. Without this look, the older message
-        # went back to the outbox while the next one was sent: out of order.
-        channel = ctx.broker.tenant_channel(message.tenant, message.channel_key) or channel
     if channel.paused:
         return [result(message, OutboundStatus.PENDING, error=ProviderError(
             "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))]
