@@ -206,7 +206,13 @@ class Harness:
             if len(rows) >= count and (predicate is None or predicate(rows)):
                 return rows
             return None
-        rows: list[dict[str, Any]] = wait_for(ready, timeout, message=f"{count} rows in {tenant}")
+        try:
+            rows: list[dict[str, Any]] = wait_for(ready, timeout,
+                                                  message=f"{count} rows in {tenant}")
+        except AssertionError as exc:
+            ids = [r["provider_message_id"] for r in self.rows(tenant, direction)]
+            raise AssertionError(f"{exc}\nrows there: {ids}\nparked: {len(self.parked())}\n"
+                                 f"gateway log tail:\n{self.gateway.log_tail()}") from None
         return rows
 
     def api_key(self, tenant: str) -> str:
