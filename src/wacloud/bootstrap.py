@@ -36,6 +36,9 @@ from wacloud.stages.write import WriteContext, write
 
 log = logging.getLogger(__name__)
 
+# Media copies in flight while webhooks wait on `inbound.raw`: rows first, media still moving.
+MEDIA_CONCURRENCY_DURING_BURSTS = 1
+
 
 def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
     return {
@@ -150,11 +153,12 @@ class Gateway:
             StageRunner("save", q[envelopes.OUTBOUND_RESULTS], handler(save, save_ctx), q,
                         concurrency=4, batch=100, batch_handler=save_batch),
             StageRunner("receive", q[envelopes.INBOUND_RAW], inbound_one, q, concurrency=4,
-                        batch=50, batch_handler=inbound_batch),
+                        batch=150, batch_handler=inbound_batch),
             StageRunner("write", q[envelopes.INBOUND_EVENTS], handler(write, write_ctx), q,
                         concurrency=8),
             StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q,
-                        concurrency=s.media_concurrency),
+                        concurrency=s.media_concurrency, defer_to=q[envelopes.INBOUND_RAW],
+                        deferred_concurrency=MEDIA_CONCURRENCY_DURING_BURSTS),
         ]
 
     def collect_context(self) -> CollectContext:

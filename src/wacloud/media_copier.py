@@ -259,7 +259,7 @@ class MediaCopier:
         hasher = hashlib.sha256()
         size = 0
         head = b""
-        async for chunk in resp.aiter_bytes(256 * 1024):
+        async for chunk in resp.aiter_bytes():
             size += len(chunk)
             if size > self.max_bytes:
                 raise MediaCopyError(f"media exceeds the {self.max_bytes}-byte limit",

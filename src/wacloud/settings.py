@@ -35,10 +35,9 @@ class Settings(BaseSettings):
     media_max_attempts: int = 6
     media_backoff_base_s: float = 2.0
     media_backoff_max_s: float = 300.0
-    # Downloads in flight per worker. Sharing a worker with storing, more of them delay rows
-    # (measured: 8 kept rows under 2 s at p99 where 32 let them reach 6 s); with
-    # WACLOUD_STAGE_WORKERS=2 media has a process of its own and 32 is better.
-    media_concurrency: int = 8
+    # Downloads in flight per process that runs the media stage (the server and the storing
+    # worker). While webhooks wait on `inbound.raw` each runs only one: rows come first.
+    media_concurrency: int = 16
 
     queue_synchronous: str = "FULL"
     queue_max_receives: int = 5
@@ -60,11 +59,17 @@ class Settings(BaseSettings):
     registry_poll_s: float = 1.0
     credentials_cache_s: float = 30.0
     retention_interval_s: float = 3600.0  # how often tenants' retention periods are applied
-    # `serve` runs the stages in worker processes beside the HTTP server: 1 = all in one worker;
-    # 2 = the storing stages (receive, write, save) apart from the network ones (media, send),
-    # more CPU for about 100 MB more memory; 0 = all on the HTTP server's loop. Workers run
-    # at this much lower CPU priority: webhook answers first, the queue absorbs the rest.
+    # `serve` runs the stages in worker processes beside the HTTP server: 1 = one worker for
+    # every stage the server does not run itself (`server_stages`); 2 = the storing stages
+    # (receive, write, save) apart from the network ones (media, send); 0 = all on the HTTP
+    # server's loop. Workers run at this much lower CPU priority: webhook answers first, the
+    # queue absorbs the rest.
     stage_workers: int = 1
+    # Stages the HTTP server's own loop runs beside the workers (comma-separated; "" = none).
+    # The network-bound ones by default: downloads and sends mostly wait, and on a second GIL
+    # they stop taking turns with parsing and storing (bench/inbound.py: media finished with
+    # the rows instead of seconds after them), without the memory of another process.
+    server_stages: str = "media,send"
     worker_nice: int = 10
     # Stage metrics live in the workers: worker N serves /metrics on this port + N (0 = off).
     worker_metrics_port: int = 0

@@ -38,7 +38,8 @@ METRICS_PORT = two_free_ports()
 def harness(tmp_path_factory: pytest.TempPathFactory,
             fake_server: FakeProviderServer) -> Iterator[Harness]:
     yield from make_harness(tmp_path_factory.mktemp("two-workers"), fake_server, {
-        "WACLOUD_STAGE_WORKERS": "2", "WACLOUD_WORKER_METRICS_PORT": str(METRICS_PORT)})
+        "WACLOUD_STAGE_WORKERS": "2", "WACLOUD_SERVER_STAGES": "",
+        "WACLOUD_WORKER_METRICS_PORT": str(METRICS_PORT)})
 
 
 def stage_count(port: int, stage: str) -> float:

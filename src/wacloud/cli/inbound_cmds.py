@@ -41,7 +41,9 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           data_dir: DataDir = None) -> None:
     """Run the HTTP server and every stage (embedded mode)."""
     from wacloud.hosting.embedded import serve as run
+    from wacloud.hosting.memory import limit_malloc_arenas
 
+    limit_malloc_arenas()
     settings = settings_for(data_dir)
     configure_logging(settings)
     typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir})")
@@ -60,8 +62,10 @@ def worker(data_dir: DataDir = None,
            parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None
            ) -> None:
     """Run the stages without the HTTP server (`serve` starts these itself)."""
+    from wacloud.hosting.memory import limit_malloc_arenas
     from wacloud.hosting.worker import die_with_parent, run_worker
 
+    limit_malloc_arenas()
     if parent_pid is not None:
         die_with_parent(parent_pid)
     names = tuple(n.strip() for n in stages.split(",") if n.strip()) if stages else None

@@ -1,6 +1,6 @@
-"""Embedded hosting: the HTTP server, the collector and the registry watcher on one event loop,
-and the other stages in worker processes beside it (or on the same loop, with
-`WACLOUD_STAGE_WORKERS=0`)."""
+"""Embedded hosting: the HTTP server, the collector, the registry watcher and the network-bound
+stages on one event loop, and the other stages in worker processes beside it (or all on the same
+loop, with `WACLOUD_STAGE_WORKERS=0`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ import uvicorn
 
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_app
-from wacloud.hosting.worker import WorkerSupervisor, worker_groups
+from wacloud.hosting.memory import tune_garbage_collector
+from wacloud.hosting.worker import (
+    WorkerSupervisor,
+    server_stage_names,
+    use_stage_threads,
+    worker_groups,
+)
 from wacloud.privacy import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
@@ -73,18 +79,23 @@ async def serve(settings: Settings, host: str, port: int,
                 started: asyncio.Event | None = None) -> None:
     gateway = build_gateway(settings)
     app = create_app(gateway)
+    tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
     # headers: each costs a measurable share of a webhook's CPU.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
                             server_header=False, date_header=False)
     server = uvicorn.Server(config)
-    workers = [WorkerSupervisor(settings, group, index)
-               for index, group in enumerate(worker_groups(settings.stage_workers))]
+    on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
+    workers = [WorkerSupervisor(settings, group, index) for index, group
+               in enumerate(worker_groups(settings.stage_workers, on_server or ()))]
     for worker in workers:
         worker.start()
     supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in workers]
-    stages = asyncio.create_task(run_stages(gateway, stages=not workers))
+    if on_server is None or on_server:
+        use_stage_threads(asyncio.get_running_loop())
+    stages = asyncio.create_task(run_stages(gateway, stages=on_server is None or bool(on_server),
+                                            names=on_server))
     if started is not None:
         async def announce() -> None:
             while not server.started:

@@ -20,6 +20,8 @@ from wacloud.stages.envelopes import Output, RetryLater
 
 log = logging.getLogger(__name__)
 
+DEFER_CHECK_S = 0.1
+
 Handler = Callable[[ReceivedMessage], Awaitable[list[Output]]]
 BatchHandler = Callable[[list[ReceivedMessage]], Awaitable[list[Output]]]
 
@@ -27,7 +29,8 @@ BatchHandler = Callable[[list[ReceivedMessage]], Awaitable[list[Output]]]
 class StageRunner:
     def __init__(self, name: str, queue: Queue, handler: Handler, outputs: Mapping[str, Queue],
                  *, concurrency: int = 8, batch: int = 10, wait_seconds: float = 1.0,
-                 error_backoff: float = 1.0, batch_handler: BatchHandler | None = None) -> None:
+                 error_backoff: float = 1.0, batch_handler: BatchHandler | None = None,
+                 defer_to: Queue | None = None, deferred_concurrency: int = 1) -> None:
         self.name = name
         self.queue = queue
         self.handler = handler
@@ -39,19 +42,36 @@ class StageRunner:
         # For unordered queues: a whole receive is handled in one call (e.g. one transaction
         # per tenant); if that fails, each message is handled on its own by `handler`.
         self.batch_handler = batch_handler
+        # While `defer_to` has messages waiting, run at most `deferred_concurrency` at a time:
+        # media copies give way to storing a burst of rows (they share the CPU), yet never
+        # stop altogether.
+        self.defer_to = defer_to
+        self.deferred_concurrency = deferred_concurrency
+        self._deferring_until = 0.0
+        self._deferring = False
+
+    async def _limit(self) -> int:
+        if self.defer_to is None:
+            return self.concurrency
+        now = time.monotonic()
+        if now >= self._deferring_until:  # checked at most every DEFER_CHECK_S
+            self._deferring = await self.defer_to.has_waiting()
+            self._deferring_until = now + DEFER_CHECK_S
+        return self.deferred_concurrency if self._deferring else self.concurrency
 
     async def run(self, stop: asyncio.Event) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.concurrency)
         while not stop.is_set():
-            free = (self.concurrency - len(in_flight)) * (
-                1 if self.batch_handler is None else self.batch)
+            limit = await self._limit()
+            free = (limit - len(in_flight)) * (1 if self.batch_handler is None else self.batch)
             if free <= 0:
-                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(in_flight, timeout=DEFER_CHECK_S if self.defer_to else None,
+                                   return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                messages = await self.queue.receive(min(self.batch, free),
-                                                    wait_seconds=self.wait_seconds)
+                wait = min(self.wait_seconds, DEFER_CHECK_S) if self.defer_to else self.wait_seconds
+                messages = await self.queue.receive(min(self.batch, free), wait_seconds=wait)
             except Exception:
                 log.exception("stage %s: receive failed", self.name)
                 await asyncio.sleep(self.error_backoff)  # back off a broken queue, not a sync

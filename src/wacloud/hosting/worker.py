@@ -1,9 +1,10 @@
 """Stage workers: the stages in processes of their own, beside the HTTP server.
 
 `wacloud serve` starts them (`WACLOUD_STAGE_WORKERS`, default 1) so that answering webhooks
-never waits for the GIL behind parsing, storing and sending; with 2, the storing stages
-(receive, write, save) and the network-bound ones (media downloads, sends) each get a GIL of
-their own.
+never waits for the GIL behind parsing and storing. The network-bound stages (media downloads,
+sends) run on the server's own loop by default (`WACLOUD_SERVER_STAGES`): they mostly wait, and
+there they get a GIL apart from the storing stages (receive, write, save) without the memory
+of a third process; with 2 workers and no server stages, each group gets a worker.
 The send stage stays in one process: its per-number rate limits are counted there.
 
 Workers run at a lower CPU priority (`WACLOUD_WORKER_NICE`) because a webhook answer is what
@@ -26,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from wacloud.bootstrap import build_gateway
+from wacloud.hosting.memory import tune_garbage_collector
 from wacloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,16 +36,27 @@ PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_MAX_S = 30.0
 STORING = ("receive", "write", "save")
 NETWORK = ("media", "send")
+STAGES = STORING + NETWORK
 
 
-def worker_groups(count: int) -> list[tuple[str, ...] | None]:
-    """The stages of each worker process (None: every stage). More than two workers would
-    split the send stage, whose rate limits must be counted in one process."""
+def server_stage_names(settings: Settings) -> tuple[str, ...]:
+    """The stages the HTTP server hosts itself (`WACLOUD_SERVER_STAGES`), in STAGES order."""
+    wanted = {name.strip() for name in settings.server_stages.split(",") if name.strip()}
+    return tuple(name for name in STAGES if name in wanted)
+
+
+def worker_groups(count: int, on_server: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The stages of each worker process, given those the server keeps. More than two
+    workers would split the send stage, whose rate limits must be counted in one process."""
     if count <= 0:
         return []
-    if count == 1:
-        return [None]
-    return [STORING, NETWORK]
+    groups = [STORING + NETWORK] if count == 1 else [STORING, NETWORK]
+    kept = [tuple(name for name in group if name not in on_server) for group in groups]
+    if "media" in on_server:
+        # Media copies give way to rows (see StageRunner.defer_to); once a burst of rows is
+        # stored, the storing worker's idle CPU copies media beside the server.
+        kept = [(*group, "media") if "receive" in group else group for group in kept]
+    return [group for group in kept if group]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -61,8 +74,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerSupervisor:
     """Starts `wacloud worker` as a child, restarts it when it dies, stops it on shutdown."""
 
-    def __init__(self, settings: Settings, stages: tuple[str, ...] | None = None,
-                 index: int = 0) -> None:
+    def __init__(self, settings: Settings, stages: tuple[str, ...], index: int = 0) -> None:
         self.settings = settings
         self.stages = stages
         self.index = index
@@ -71,9 +83,8 @@ class WorkerSupervisor:
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "wacloud.cli", "worker", "--no-collect",
-                "--data-dir", str(self.settings.data_dir), "--parent-pid", str(os.getpid())]
-        if self.stages is not None:
-            argv += ["--stages", ",".join(self.stages)]
+                "--data-dir", str(self.settings.data_dir), "--parent-pid", str(os.getpid()),
+                "--stages", ",".join(self.stages)]
         if self.settings.worker_metrics_port:
             argv += ["--metrics-port", str(self.settings.worker_metrics_port + self.index)]
         return argv
@@ -97,7 +108,7 @@ class WorkerSupervisor:
                 continue
             code = self.process.returncode if self.process else None
             log.error("stage worker %s exited with code %s; restarting in %.0f s",
-                      ",".join(self.stages or ("all",)), code, backoff)
+                      ",".join(self.stages), code, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
             if not stop.is_set():
@@ -127,15 +138,20 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def use_stage_threads(loop: asyncio.AbstractEventLoop) -> None:
+    # Stages wait on databases and files through threads; the default pool (CPUs + 4) made
+    # downloads and writes queue behind each other on small machines.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="stage"))
+
+
 async def run_worker(settings: Settings, *, collect: bool,
                      stages: tuple[str, ...] | None = None) -> None:
     from wacloud.hosting.embedded import run_stages
 
     gateway = build_gateway(settings)
+    tune_garbage_collector()
     loop = asyncio.get_running_loop()
-    # Stages wait on databases and files through threads; the default pool (CPUs + 4) made
-    # downloads and writes queue behind each other on small machines.
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="stage"))
+    use_stage_threads(loop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, gateway.stop.set)
     started = time.monotonic()

@@ -55,16 +55,14 @@ async def fetch_media(data: bytes, receive_count: int, ctx: MediaContext) -> lis
         media.error = exc.reason
         if exc.temporary and receive_count < ctx.max_attempts:
             media.status = MediaStatus.PENDING
-            await asyncio.to_thread(store.set_media, message.channel_key,
-                                    message.provider_message_id, media)
+            await store.set_media_grouped(message.channel_key, message.provider_message_id,
+                                          media)
             raise RetryLater(exc.reason, backoff(receive_count, ctx.backoff_base,
                                                  ctx.backoff_max)) from None
         media.status = MediaStatus.FAILED
         if exc.temporary:
             media.error = f"{exc.reason} (gave up after {receive_count} attempts)"
-        await asyncio.to_thread(store.set_media, message.channel_key,
-                                message.provider_message_id, media)
+        await store.set_media_grouped(message.channel_key, message.provider_message_id, media)
         return []
-    await asyncio.to_thread(store.set_media, message.channel_key, message.provider_message_id,
-                            stored)
+    await store.set_media_grouped(message.channel_key, message.provider_message_id, stored)
     return []

@@ -72,3 +72,40 @@ async def test_a_failed_batch_is_retried_one_by_one_and_only_the_bad_one_stays(
     assert depth["visible"] == 0 and depth["in_flight"] == 0
     assert depth["delayed"] == 1  # the poison message, released with backoff, not acked
     await broker.close()
+
+
+async def test_a_deferring_stage_runs_one_at_a_time_while_its_priority_queue_waits(
+        tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    media = broker.queue(QueueSpec("media"))
+    rows = broker.queue(QueueSpec("rows"))
+    for i in range(6):
+        await media.send(f"m{i}".encode())
+    await rows.send(b"a burst of rows")
+    running = 0
+    most = 0
+    handled: list[bytes] = []
+
+    async def copy(message: ReceivedMessage) -> list[Output]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)  # stands in for a download: lets others start if allowed
+        running -= 1
+        handled.append(message.body)
+        return []
+
+    runner = StageRunner("media", media, copy, {}, concurrency=4, wait_seconds=0.05,
+                         defer_to=rows, deferred_concurrency=1)
+    await run_until(runner, lambda: len(handled) >= 3)
+    assert most == 1, "copies ran side by side while rows were waiting"
+
+    # Once the rows are taken, the stage goes back to its full concurrency.
+    for received in await rows.receive(10):
+        await rows.ack([received.receipt])
+    most = 0
+    runner = StageRunner("media", media, copy, {}, concurrency=4, wait_seconds=0.05,
+                         defer_to=rows, deferred_concurrency=1)
+    await run_until(runner, lambda: len(handled) == 6)
+    assert most > 1
+    await broker.close()

@@ -75,6 +75,10 @@ class Queue(abc.ABC):
     async def depth(self) -> dict[str, int]:
         """Counts: `visible`, `in_flight`, `delayed`, `dead` (in the dead-letter queue)."""
 
+    async def has_waiting(self) -> bool:
+        """Whether a message is ready to be received (may be approximate; cheap to ask)."""
+        return (await self.depth())["visible"] > 0
+
     @abc.abstractmethod
     async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
         """Peek at the dead-letter queue without changing it."""

@@ -143,6 +143,9 @@ class SqliteQueue(Queue):
 
         await self.broker.call(release, wake=self.spec.name if delay <= 0 else None)
 
+    async def has_waiting(self) -> bool:
+        return self.broker.has_visible(self.spec.name)
+
     async def depth(self) -> dict[str, int]:
         def count(conn: sqlite3.Connection) -> dict[str, int]:
             visible, in_flight, delayed = conn.execute(
