@@ -14,8 +14,8 @@ channels (20 sending numbers, `--mps 10000`) whose Graph base URL is the fake.
    wall-clock arrival `time`) maps back to its row; a row's insert time is its tenant's commit.
 2. Light load: 10 messages/s for 10 s through `POST /v1/messages` with tenant API keys; latency
    from the POST being sent to the fake receiving the message.
-3. Baseline (before the gateway starts): the fake's own throughput for direct sends from an
-   asyncio + httpx client with the gateway's send concurrency.
+3. Baseline (before the gateway starts): the fake's own throughput for direct sends through
+   the gateway's HTTP client (`wacloud.provider_client`, aiohttp) at its send concurrency.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ from _common import (
     summarize_py_spy,
     target_line,
 )
+
+from wacloud.model import ProviderRequest
+from wacloud.provider_client import ProviderCallError, ProviderClient
 
 TENANT_SLUGS = [f"tenant{i}" for i in range(1, 6)]
 NUMBERS_PER_TENANT = 4
@@ -118,8 +121,8 @@ def arrivals(sent: list[dict[str, Any]], prefix: str) -> dict[str, list[float]]:
 
 async def baseline(fake_url: str, token: str, messages: int, concurrency: int,
                    rng: random.Random) -> tuple[float, int, list[str]]:
-    """Direct sends to the fake: (elapsed s, accepted, failures). One connection per worker,
-    like the gateway's pool at `concurrency` sends in flight."""
+    """Direct sends to the fake through the gateway's own HTTP client
+    (`wacloud.provider_client`), `concurrency` at a time: (elapsed s, accepted, failures)."""
     people = recipients(200, rng)
     bodies = [{"messaging_product": "whatsapp", "recipient_type": "individual",
                "to": people[i % len(people)], "type": "text",
@@ -128,24 +131,27 @@ async def baseline(fake_url: str, token: str, messages: int, concurrency: int,
     accepted, failures = 0, []
     headers = {"Authorization": f"Bearer {token}"}
 
+    client = ProviderClient(connections_per_host=concurrency)
+
     async def worker(number: int) -> None:
         nonlocal accepted
         url = f"{fake_url}/{GRAPH}/99000000000{number:03d}/messages"
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1),
-                                     timeout=30) as client:
-            while pending:
-                body = pending.pop()
-                try:
-                    answer = await client.post(url, json=body, headers=headers)
-                    if answer.status_code == 200:
-                        accepted += 1
-                    else:
-                        failures.append(f"HTTP {answer.status_code}: {answer.text[:200]}")
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
+        while pending:
+            request = ProviderRequest("POST", url, headers=headers, json=pending.pop())
+            try:
+                answer = await client.perform(request, 30)
+                if answer.status_code == 200:
+                    accepted += 1
+                else:
+                    failures.append(f"HTTP {answer.status_code}: {answer.content[:200]!r}")
+            except ProviderCallError as exc:
+                failures.append(repr(exc))
 
     started = time.monotonic()
-    await asyncio.gather(*(worker(i % 20) for i in range(concurrency)))
+    try:
+        await asyncio.gather(*(worker(i % 20) for i in range(concurrency)))
+    finally:
+        await client.aclose()
     return time.monotonic() - started, accepted, failures
 
 
@@ -317,8 +323,8 @@ def main() -> int:
         with Processes(tmp) as procs:
             fake, fake_url = start_fake_provider(procs, token)
 
-            with stage(f"baseline: {args.baseline_messages:,} direct sends to the fake from "
-                       f"asyncio + httpx, {args.concurrency} connections"):
+            with stage(f"baseline: {args.baseline_messages:,} direct sends to the fake through "
+                       f"the gateway's HTTP client, {args.concurrency} at a time"):
                 # Warm-up, so the fake's first-request costs are not in the figure.
                 asyncio.run(baseline(fake_url, token, 200, args.concurrency, rng))
                 cpu_before = {"fake": cpu_seconds(fake.pid),
@@ -456,7 +462,7 @@ def main() -> int:
         complete = n_accepted == args.messages and not wrong and not duplicates
         print("\n== summary")
         print(f"  {'fake provider ceiling (direct)':<34} {base_rate:>10.2f} sends/s   "
-              f"({args.concurrency} connections, asyncio + httpx)")
+              f"({args.concurrency} at a time, the gateway's HTTP client)")
         print(target_line("messages/s end to end", msgs_per_s, ">=", TARGET_MSGS_PER_S))
         print(f"  {'p50 insert -> provider':<34} {fmt(p50, 2):>10} ms")
         print(f"  {'p99 insert -> provider':<34} {fmt(p99, 2):>10} ms")

@@ -22,6 +22,7 @@ from wacloud.hosting.runner import StageRunner
 from wacloud.http_clients import ClientShards
 from wacloud.media_copier import MediaCopier
 from wacloud.metrics import PARKED
+from wacloud.provider_client import ProviderClient
 from wacloud.ratelimit import SendLimits
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
@@ -93,7 +94,7 @@ class Gateway:
     queue_broker: QueueBroker
     queues: Mapping[str, Queue]
     media_store: MediaStore
-    send_http: ClientShards
+    send_http: ProviderClient
     media_http: ClientShards
     copier: MediaCopier
     limits: SendLimits
@@ -191,7 +192,6 @@ def build_gateway(settings: Settings) -> Gateway:
                          max_bytes=settings.max_media_bytes,
                          allow_local=settings.dev_allow_local_urls)
     limits = SendLimits(settings.pair_burst, settings.pair_interval_s)
-    send_http = ClientShards(timeout=httpx.Timeout(30.0, connect=10.0),
-                             limits=httpx.Limits(max_connections=64))
+    send_http = ProviderClient(connections_per_host=max(settings.send_concurrency, 1))
     return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
                    media_http, copier, limits)

@@ -15,21 +15,18 @@ When attempts run out the message goes to the dead-letter queue and -100.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
 from wacloud.adapters.db import outbox
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
-from wacloud.http_clients import ClientShards
 from wacloud.media_copier import MediaCopier, MediaCopyError
 from wacloud.model import (
     Channel,
@@ -37,10 +34,10 @@ from wacloud.model import (
     OutboundStatus,
     Provider,
     ProviderError,
-    ProviderRequest,
     SendOutcome,
     SendResult,
 )
+from wacloud.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.providers import chakra_send, meta_send, whapi_send
 from wacloud.providers.errors import UnsupportedMessage
 from wacloud.ratelimit import SendLimits
@@ -55,7 +52,7 @@ BUILDERS = {Provider.META: meta_send, Provider.WHAPI: whapi_send, Provider.CHAKR
 @dataclass(slots=True)
 class SendContext:
     broker: CredentialsBroker
-    http: ClientShards
+    http: ProviderClient
     limits: SendLimits
     copier: MediaCopier
     dead_letters: Queue
@@ -83,21 +80,6 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0.5, 1.0) * min(cap, base * 2.0 ** max(0, attempt - 1))
 
 
-@contextlib.contextmanager
-def open_files(request: ProviderRequest) -> Iterator[dict[str, tuple[str, IO[bytes], str]]]:
-    with contextlib.ExitStack() as stack:
-        yield {name: (filename, stack.enter_context(open(path, "rb")), mime)
-               for name, (filename, path, mime) in (request.files or {}).items()}
-
-
-async def perform(client: httpx.AsyncClient, request: ProviderRequest, timeout: float
-                  ) -> httpx.Response:
-    with open_files(request) as files:
-        return await client.request(request.method, request.url, headers=request.headers,
-                                    json=request.json, content=request.content,
-                                    files=files or None, data=request.data, timeout=timeout)
-
-
 async def rehost_on_chakra(channel: Channel, message: OutboundMessage, ctx: SendContext
                            ) -> OutboundMessage:
     """Chakra sends media links through its own public media host, as the original did."""
@@ -110,7 +92,7 @@ async def rehost_on_chakra(channel: Channel, message: OutboundMessage, ctx: Send
         filename = str(message.content.get("filename") or link.rsplit("/", 1)[-1] or "file")
         mime = (download.content_type or "application/octet-stream").split(";")[0]
         upload = chakra_send.upload_request(channel, filename, str(download.path), mime)
-        answer = await perform(ctx.http.for_key(channel.key), upload, ctx.timeout)
+        answer = await ctx.http.perform(upload, ctx.timeout)
         rehosted: OutboundMessage = chakra_send.with_link(message, chakra_send.parse_upload(
             answer.status_code, answer.content))
         return rehosted
@@ -140,14 +122,18 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
     except MediaCopyError as exc:
         outcome = SendOutcome.RETRY if exc.temporary else SendOutcome.FAILED
         return SendResult(outcome, error=ProviderError("media", exc.reason))
-    except httpx.HTTPError as exc:
+    except ProviderTimeout:
+        return SendResult(SendOutcome.RETRY, error=ProviderError("timeout", "provider timed out"))
+    except ProviderCallError as exc:
+        return SendResult(SendOutcome.RETRY, error=ProviderError("network", exc.kind))
+    except httpx.HTTPError as exc:  # downloading a Chakra media link (wacloud.media_copier)
         return SendResult(SendOutcome.RETRY, error=ProviderError("network", type(exc).__name__))
     try:
-        answer = await perform(ctx.http.for_key(channel.key), request, ctx.timeout)
-    except httpx.TimeoutException:
+        answer = await ctx.http.perform(request, ctx.timeout)
+    except ProviderTimeout:
         return SendResult(SendOutcome.RETRY, error=ProviderError("timeout", "provider timed out"))
-    except httpx.HTTPError as exc:
-        return SendResult(SendOutcome.RETRY, error=ProviderError("network", type(exc).__name__))
+    except ProviderCallError as exc:
+        return SendResult(SendOutcome.RETRY, error=ProviderError("network", exc.kind))
     classified: SendResult = module.classify(answer.status_code, answer.content, answer.headers,
                                              secrets=[channel.token])
     return classified

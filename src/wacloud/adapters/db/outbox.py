@@ -66,25 +66,21 @@ def begin_attempt_in(conn: Connection, row_id: int, *, channel: str | None = Non
     channel and recipient, it first looks for an earlier message to that recipient still
     pending or reserved (sent back to the outbox, or claimed by a slower collector); then
     nothing is counted and the state says `earlier_waiting`."""
-    table = t.outbound_messages
     if channel is not None and recipient is not None:
-        earlier = conn.execute(sa.select(table.c.id).where(
-            table.c.channel == channel, table.c.recipient == recipient, table.c.id < row_id,
-            table.c.status.in_([OutboundStatus.PENDING.value, OutboundStatus.RESERVED.value]),
-            table.c.provider_message_id.is_(None)).limit(1)).first()
+        earlier = conn.execute(_EARLIER_WAITING, {"row_id": row_id, "channel": channel,
+                                                  "recipient": recipient}).first()
         if earlier is not None:
-            row = conn.execute(sa.select(table.c.status, table.c.provider_message_id,
-                                         table.c.attempts).where(table.c.id == row_id)).first()
+            row = conn.execute(_STATE, {"row_id": row_id}).first()
             return None if row is None else OutboxState(int(row[0]), row[1], int(row[2]),
                                                         earlier_waiting=True)
-    conn.execute(t.outbound_messages.update().where(
-        t.outbound_messages.c.id == row_id,
-        t.outbound_messages.c.provider_message_id.is_(None),
-        t.outbound_messages.c.status.in_(OPEN)).values(
-        attempts=t.outbound_messages.c.attempts + 1, updated_at=utcnow()))
-    row = conn.execute(sa.select(
-        t.outbound_messages.c.status, t.outbound_messages.c.provider_message_id,
-        t.outbound_messages.c.attempts).where(t.outbound_messages.c.id == row_id)).first()
+    params = {"row_id": row_id, "now": utcnow()}
+    if conn.dialect.update_returning:
+        row = conn.execute(_COUNT_ATTEMPT_RETURNING, params).first()
+        if row is None:  # not open any more (or gone): its state says which
+            row = conn.execute(_STATE, params).first()
+    else:  # MySQL / MariaDB: no UPDATE ... RETURNING
+        conn.execute(_COUNT_ATTEMPT, params)
+        row = conn.execute(_STATE, params).first()
     if row is None:
         return None
     return OutboxState(int(row[0]), row[1], int(row[2]))
@@ -107,42 +103,67 @@ def save_result_in(conn: Connection, store: TenantStore, row_id: int, *, status:
                    channel: str | None = None) -> bool:
     """`save_result` inside the caller's transaction (e.g. a group commit); `channel`, when
     the caller knows it, saves looking it up."""
-    table = t.outbound_messages
-    now = utcnow()
-    values: dict[str, Any] = {"updated_at": now}
-    if response_excerpt is not None:
-        values["response_excerpt"] = response_excerpt[:2000]
+    params: dict[str, Any] = {
+        "row_id": row_id, "now": utcnow(),
+        "excerpt": response_excerpt[:2000] if response_excerpt is not None else None}
     code = OutboundStatus(status)
     if code is OutboundStatus.ACCEPTED:
-        result = conn.execute(table.update().where(
-            table.c.id == row_id, table.c.status.in_(OPEN)).values(
-            status=code.value, provider_message_id=provider_message_id, accepted_at=now,
-            error_code=None, error_reason=None, **values))
+        result = conn.execute(_ACCEPT, {**params, "pmid": provider_message_id})
         if provider_message_id:
             if result.rowcount == 0:
                 # Fill the id even when a receipt already moved the row past accepted.
-                conn.execute(table.update().where(
-                    table.c.id == row_id, table.c.provider_message_id.is_(None)).values(
-                    provider_message_id=provider_message_id))
+                conn.execute(_FILL_PROVIDER_ID, {**params, "pmid": provider_message_id})
             if channel is None:
-                channel = conn.execute(sa.select(table.c.channel).where(
-                    table.c.id == row_id)).scalar()
+                channel = conn.execute(_CHANNEL_OF, params).scalar()
             if channel is not None:
                 store.apply_known_receipts(conn, str(channel), [provider_message_id])
         return result.rowcount > 0
-    if code in (OutboundStatus.FAILED, OutboundStatus.NOT_QUEUED):
-        allowed = OPEN
-    elif code is OutboundStatus.PENDING:  # waiting (paused channel): back to the outbox
-        allowed = [OutboundStatus.RESERVED.value, OutboundStatus.QUEUED.value]
-    elif code is OutboundStatus.QUEUED:  # still queued, a temporary error to show
-        allowed = [OutboundStatus.QUEUED.value, OutboundStatus.RESERVED.value]
-    else:
+    statement = _SET_OUTCOME.get(code)
+    if statement is None:
         raise ValueError(f"send results do not set status {code.name}")
-    result = conn.execute(table.update().where(
-        table.c.id == row_id, table.c.status.in_(allowed)).values(
-        status=code.value, error_code=error_code,
-        error_reason=error_reason[:1000] if error_reason else None, **values))
+    result = conn.execute(statement, {**params, "error_code": error_code,
+                                      "error_reason": error_reason[:1000] if error_reason
+                                      else None})
     return result.rowcount > 0
+
+
+# The statements above, built once: building them per call (SQLAlchemy's expression objects and
+# cache keys) cost more CPU than running them, and every outbound message runs two or three.
+_o = t.outbound_messages
+_ROW = _o.c.id == sa.bindparam("row_id")
+_NOW = sa.bindparam("now", type_=_o.c.updated_at.type)
+_EXCERPT = sa.func.coalesce(sa.bindparam("excerpt", type_=_o.c.response_excerpt.type),
+                            _o.c.response_excerpt)
+_STATE = sa.select(_o.c.status, _o.c.provider_message_id, _o.c.attempts).where(_ROW)
+_EARLIER_WAITING = sa.select(_o.c.id).where(
+    _o.c.channel == sa.bindparam("channel"), _o.c.recipient == sa.bindparam("recipient"),
+    _o.c.id < sa.bindparam("row_id"),
+    _o.c.status.in_([OutboundStatus.PENDING.value, OutboundStatus.RESERVED.value]),
+    _o.c.provider_message_id.is_(None)).limit(1)
+_COUNT_ATTEMPT = _o.update().where(_ROW, _o.c.provider_message_id.is_(None),
+                                   _o.c.status.in_(OPEN)).values(
+    attempts=_o.c.attempts + 1, updated_at=_NOW)
+_COUNT_ATTEMPT_RETURNING = _COUNT_ATTEMPT.returning(_o.c.status, _o.c.provider_message_id,
+                                                    _o.c.attempts)
+_ACCEPT = _o.update().where(_ROW, _o.c.status.in_(OPEN)).values(
+    status=OutboundStatus.ACCEPTED.value, provider_message_id=sa.bindparam("pmid"),
+    accepted_at=_NOW, error_code=None, error_reason=None, updated_at=_NOW,
+    response_excerpt=_EXCERPT)
+_FILL_PROVIDER_ID = _o.update().where(_ROW, _o.c.provider_message_id.is_(None)).values(
+    provider_message_id=sa.bindparam("pmid"))
+_CHANNEL_OF = sa.select(_o.c.channel).where(_ROW)
+# Which rows each other result may move: failed / could-not-queue only from an open status;
+# pending (a paused channel) back from reserved or queued; queued (a temporary error shown).
+_OUTCOME_FROM = {
+    OutboundStatus.FAILED: OPEN,
+    OutboundStatus.NOT_QUEUED: OPEN,
+    OutboundStatus.PENDING: [OutboundStatus.RESERVED.value, OutboundStatus.QUEUED.value],
+    OutboundStatus.QUEUED: [OutboundStatus.QUEUED.value, OutboundStatus.RESERVED.value],
+}
+_SET_OUTCOME = {code: _o.update().where(_ROW, _o.c.status.in_(allowed)).values(
+    status=code.value, error_code=sa.bindparam("error_code"),
+    error_reason=sa.bindparam("error_reason"), updated_at=_NOW, response_excerpt=_EXCERPT)
+    for code, allowed in _OUTCOME_FROM.items()}
 
 
 def requeue_failed(engine: Engine, row_id: int) -> bool:
