@@ -188,10 +188,10 @@ def build_gateway(settings: Settings) -> Gateway:
     media_store = LocalMediaStore(settings.media_dir)
     media_http = ClientShards(8, timeout=httpx.Timeout(30.0, connect=10.0),
                               limits=httpx.Limits(max_connections=64))
+    send_http = ProviderClient(connections_per_host=max(settings.send_concurrency, 1))
     copier = MediaCopier(media_store, media_http, tmp_dir=settings.data_dir / "tmp",
                          max_bytes=settings.max_media_bytes,
-                         allow_local=settings.dev_allow_local_urls)
+                         allow_local=settings.dev_allow_local_urls, api=send_http)
     limits = SendLimits(settings.pair_burst, settings.pair_interval_s)
-    send_http = ProviderClient(connections_per_host=max(settings.send_concurrency, 1))
     return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
                    media_http, copier, limits)

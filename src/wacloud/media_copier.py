@@ -28,6 +28,7 @@ from wacloud.adapters.media.base import MediaStore
 from wacloud.http_clients import ClientShards
 from wacloud.mediatypes import extension_for, real_type
 from wacloud.model import Channel, MediaRef, MediaStatus, Provider
+from wacloud.provider_client import ProviderClient
 from wacloud.providers import chakra, meta, whapi
 from wacloud.providers.media import MediaDownload, MediaResolveError
 from wacloud.urlpolicy import (
@@ -80,14 +81,23 @@ class MediaCopier:
 
     def __init__(self, store: MediaStore, client: httpx.AsyncClient | ClientShards, *,
                  tmp_dir: Path,
-                 max_bytes: int, allow_local: bool, policy: UrlPolicy | None = None) -> None:
+                 max_bytes: int, allow_local: bool, policy: UrlPolicy | None = None,
+                 api: ProviderClient | None = None) -> None:
         self.store = store
         self.client = client
+        # Graph API lookups (media id -> URL) go through the provider client like sends;
+        # downloads stay on `client`, whose connections the SSRF policy pins.
+        self._owns_api = api is None
+        self.api = api or ProviderClient()
         self.tmp_dir = tmp_dir
         self.max_bytes = max_bytes
         self.policy = policy or UrlPolicy(allow_local=allow_local)
         self.allow_local = self.policy.allow_local
         tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    async def aclose(self) -> None:
+        if self._owns_api:
+            await self.api.aclose()
 
     def _client(self, key: str) -> httpx.AsyncClient:
         # Downloads spread over several small pools (see http_clients: big pools cost CPU).
@@ -106,8 +116,7 @@ class MediaCopier:
             # so a misconfigured base URL cannot reach an internal address. This one call is
             # not pinned to the checked address (it goes through the provider module).
             await self.policy.check(channel.base_url, allowed)
-            return await meta.resolve_media(self._client(media.provider_media_id or ""),
-                                            channel, media)
+            return await meta.resolve_media(self.api, channel, media)
         if channel.provider is Provider.WHAPI:
             return whapi.media_download(channel, media)
         return chakra.media_download(channel, media)

@@ -96,6 +96,12 @@ class ProviderClient:
         except aiohttp.ClientError as exc:
             raise ProviderCallError(type(exc).__name__) from None
 
+    async def __aenter__(self) -> ProviderClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()

@@ -15,6 +15,7 @@ import pytest
 from wacloud.adapters.media.local import LocalMediaStore
 from wacloud.media_copier import MediaCopier, MediaCopyError, digest_matches
 from wacloud.model import Channel, MediaRef, MediaStatus, Provider
+from wacloud.provider_client import ProviderClient
 from wacloud.testing.fake_provider import DEFAULT_TOKEN, FakeProviderServer
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
@@ -44,10 +45,10 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10) as client, ProviderClient() as api:
         media_root, tmp_dir = tmp_path / "media", tmp_path / "tmp"
         copier = MediaCopier(LocalMediaStore(media_root), client, tmp_dir=tmp_dir,
-                             max_bytes=MAX_BYTES, allow_local=True)
+                             max_bytes=MAX_BYTES, allow_local=True, api=api)
         yield Env(copier, media_root, tmp_dir)
 
 

@@ -28,6 +28,7 @@ from wacloud.credentials import CredentialsBroker
 from wacloud.crypto import SecretBox, new_key
 from wacloud.media_copier import MediaCopier, MediaCopyError
 from wacloud.model import Channel, InboundMessage, MediaRef, MediaStatus, Provider
+from wacloud.provider_client import ProviderClient
 from wacloud.stages.envelopes import RawWebhook
 from wacloud.stages.receive import ReceiveContext, receive
 from wacloud.urlpolicy import MAX_REDIRECTS, UrlPolicy
@@ -71,7 +72,7 @@ class Env:
 @pytest.fixture
 async def make_env(tmp_path: Path, provider_server: LocalServer
                    ) -> AsyncIterator[Any]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10) as client, ProviderClient() as api:
         def build(dns: dict[str, Sequence[str]] | None = None,
                   local: Sequence[str] = ()) -> Env:
             policy = UrlPolicy(allow_local=False,
@@ -79,7 +80,7 @@ async def make_env(tmp_path: Path, provider_server: LocalServer
                                resolver=FakeDns(dns or {}))
             copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,
                                  tmp_dir=tmp_path / "tmp", max_bytes=MAX_BYTES,
-                                 allow_local=False, policy=policy)
+                                 allow_local=False, policy=policy, api=api)
             return Env(copier, tmp_path / "tmp", tmp_path / "media")
         yield build
 
@@ -292,12 +293,12 @@ async def test_receive_emits_the_message_with_media_failed_and_the_reason(
         raise AssertionError("nothing should be parked")
 
     try:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient() as client, ProviderClient() as api:
             policy = UrlPolicy(local_origins=frozenset({provider_server.origin}),
                                resolver=FakeDns({"files.whapi.cloud": ["157.240.1.1"]}))
             copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,
                                  tmp_dir=tmp_path / "tmp", max_bytes=MAX_BYTES,
-                                 allow_local=False, policy=policy)
+                                 allow_local=False, policy=policy, api=api)
             [output] = await asyncio.wait_for(
                 receive(raw.encode(), ReceiveContext(broker, copier, park)), 30)
     finally:

@@ -8,6 +8,7 @@ of one FIFO group are handled one after another, in order; different groups run 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -66,8 +67,12 @@ class StageRunner:
             limit = await self._limit()
             free = (limit - len(in_flight)) * (1 if self.batch_handler is None else self.batch)
             if free <= 0:
-                await asyncio.wait(in_flight, timeout=DEFER_CHECK_S if self.defer_to else None,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                if in_flight:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED,
+                                       timeout=DEFER_CHECK_S if self.defer_to else None)
+                else:  # deferring with nothing allowed meanwhile
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), DEFER_CHECK_S)
                 continue
             try:
                 wait = min(self.wait_seconds, DEFER_CHECK_S) if self.defer_to else self.wait_seconds

@@ -11,9 +11,7 @@ import hmac
 import json
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
-
-import httpx
+from urllib.parse import quote, urlencode
 
 from wacloud.model import (
     JSON,
@@ -26,8 +24,10 @@ from wacloud.model import (
     Provider,
     ProviderError,
     ProviderNotice,
+    ProviderRequest,
     StatusUpdate,
 )
+from wacloud.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.providers.media import MediaDownload, MediaResolveError, lenient_int
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
@@ -315,11 +315,11 @@ def verify_signature(body: bytes, header: str | None, secrets: Iterable[str]) ->
     return matched
 
 
-def _graph_error(response: httpx.Response, token: str) -> tuple[str, bool]:
+def _graph_error(body: bytes, token: str) -> tuple[str, bool]:
     """A short, token-free description of a Graph error body, and whether its code is a
     throttle/overload one (Meta answers those with HTTP 400 too)."""
     try:
-        error = as_dict(as_dict(response.json()).get("error"))
+        error = as_dict(as_dict(json.loads(body)).get("error"))
     except ValueError:
         return "", False
     code = error.get("code")
@@ -330,32 +330,33 @@ def _graph_error(response: httpx.Response, token: str) -> tuple[str, bool]:
     return (f" (code {code}: {message})" if code is not None or message else ""), throttled
 
 
-async def resolve_media(client: httpx.AsyncClient, channel: Channel,
-                        media: MediaRef) -> MediaDownload:
+async def resolve_media(client: ProviderClient, channel: Channel, media: MediaRef, *,
+                        timeout: float = 30.0) -> MediaDownload:
     """Ask the Graph API where a media id's file is. The returned URL lives about five minutes
     and needs the same bearer token, so download it right away."""
     media_id = media.provider_media_id
     if not media_id:
         raise MediaResolveError("media has no provider media id", temporary=False)
     url = f"{channel.base_url}/{channel.graph_version}/{quote(media_id, safe='')}"
+    if channel.phone_number_id:
+        url += "?" + urlencode({"phone_number_id": channel.phone_number_id})
     headers = {"Authorization": f"Bearer {channel.token}"}
-    params = {"phone_number_id": channel.phone_number_id} if channel.phone_number_id else None
     try:
-        response = await client.get(url, headers=headers, params=params)
-    except httpx.TimeoutException as exc:
+        response = await client.perform(ProviderRequest("GET", url, headers=headers), timeout)
+    except ProviderTimeout:
         raise MediaResolveError(f"timed out resolving media {media_id}",
-                                temporary=True) from exc
-    except httpx.HTTPError as exc:
+                                temporary=True) from None
+    except ProviderCallError as exc:
         raise MediaResolveError(f"could not reach the Graph API for media {media_id}: "
-                                f"{type(exc).__name__}", temporary=True) from exc
-    if not response.is_success:
-        detail, throttled = _graph_error(response, channel.token)
-        status = response.status_code
+                                f"{exc.kind}", temporary=True) from None
+    status = response.status_code
+    if not 200 <= status < 300:
+        detail, throttled = _graph_error(response.content, channel.token)
         temporary = throttled or status >= 500 or status in (408, 429)
         raise MediaResolveError(f"Graph API answered HTTP {status} for media {media_id}{detail}",
                                 temporary=temporary)
     try:
-        data = as_dict(response.json())
+        data = as_dict(json.loads(response.content))
     except ValueError:
         raise MediaResolveError(f"Graph API sent a non-JSON answer for media {media_id}",
                                 temporary=True) from None

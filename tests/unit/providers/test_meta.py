@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -34,6 +33,7 @@ from wacloud.model import (
     ProviderNotice,
     StatusUpdate,
 )
+from wacloud.provider_client import ProviderClient
 from wacloud.providers import meta
 from wacloud.providers.media import MediaResolveError
 
@@ -526,7 +526,7 @@ async def test_resolve_media_ok(graph_server: str) -> None:
     seen.clear()
     media = MediaRef(provider_media_id="1274583920174635", mime_type="audio/ogg",
                      filename="nota.ogg")
-    async with httpx.AsyncClient() as client:
+    async with ProviderClient() as client:
         download = await meta.resolve_media(client, _channel(graph_server), media)
     assert download.url.startswith("https://lookaside.fbsbx.com/")
     assert download.headers == {"Authorization": f"Bearer {TOKEN}"}
@@ -544,7 +544,7 @@ async def test_resolve_media_ok(graph_server: str) -> None:
     ("nourl", False), ("list", False), ("garbage", True),
 ])
 async def test_resolve_media_errors(graph_server: str, media_id: str, temporary: bool) -> None:
-    async with httpx.AsyncClient() as client:
+    async with ProviderClient() as client:
         with pytest.raises(MediaResolveError) as info:
             await meta.resolve_media(client, _channel(graph_server),
                                      MediaRef(provider_media_id=media_id))
@@ -557,7 +557,7 @@ async def test_resolve_media_errors(graph_server: str, media_id: str, temporary:
 async def test_resolve_media_bad_token_is_permanent(graph_server: str) -> None:
     channel = _channel(graph_server)
     channel.token = "wrong-token-xyz"
-    async with httpx.AsyncClient() as client:
+    async with ProviderClient() as client:
         with pytest.raises(MediaResolveError) as info:
             await meta.resolve_media(client, channel, MediaRef(provider_media_id="1"))
     assert not info.value.temporary
@@ -566,7 +566,7 @@ async def test_resolve_media_bad_token_is_permanent(graph_server: str) -> None:
 
 
 async def test_resolve_media_without_id() -> None:
-    async with httpx.AsyncClient() as client:
+    async with ProviderClient() as client:
         with pytest.raises(MediaResolveError) as info:
             await meta.resolve_media(client, _channel("http://127.0.0.1:9"), MediaRef())
     assert not info.value.temporary
@@ -583,12 +583,13 @@ async def test_resolve_media_unreachable_and_timeout_are_temporary() -> None:
     closed_port = closed.getsockname()[1]
     closed.close()
     try:
-        async with httpx.AsyncClient(timeout=0.3) as client:
+        async with ProviderClient() as client:
             for base in (f"http://127.0.0.1:{silent.getsockname()[1]}",
                          f"http://127.0.0.1:{closed_port}"):
                 with pytest.raises(MediaResolveError) as info:
                     await meta.resolve_media(client, _channel(base),
-                                             MediaRef(provider_media_id="1274583920174635"))
+                                             MediaRef(provider_media_id="1274583920174635"),
+                                             timeout=0.3)
                 assert info.value.temporary
                 assert TOKEN not in str(info.value)
     finally:

@@ -25,6 +25,7 @@ from wacloud.model import (
     ProviderError,
     StatusUpdate,
 )
+from wacloud.provider_client import ProviderClient
 from wacloud.stages.envelopes import RawWebhook
 from wacloud.stages.receive import (
     ReceiveContext,
@@ -160,9 +161,10 @@ async def test_receive_parks_an_unparseable_body_losslessly(tmp_path: Path) -> N
 
     data = RawWebhook("whapi", "CH", 4.0, b"\xff not json \x80").encode()
     try:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient() as client, ProviderClient() as api:
             copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,
-                                 tmp_dir=tmp_path / "tmp", max_bytes=1024, allow_local=True)
+                                 tmp_dir=tmp_path / "tmp", max_bytes=1024, allow_local=True,
+                                 api=api)
             outputs = await receive(data, ReceiveContext(broker, copier, park))
         [item] = registry.parked_items()
     finally:

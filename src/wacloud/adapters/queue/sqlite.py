@@ -136,15 +136,19 @@ class SqliteBroker(QueueBroker):
     def has_visible(self, name: str) -> bool:
         """Whether `name` has a message visible now, read without the write lock: an empty
         poll then costs a read, not a write transaction that other processes wait for."""
-        conn = getattr(self._readers, "conn", None)
+        row = self._reader().execute(
+            "SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1",
+            (name, time.time())).fetchone()
+        return row is not None
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self.busy_timeout)
             self._readers.conn = conn
             self._reader_conns.append(conn)
-        row = conn.execute("SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1",
-                           (name, time.time())).fetchone()
-        return row is not None
+        return conn
 
     def add_waiter(self, name: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
