@@ -41,11 +41,15 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           data_dir: DataDir = None) -> None:
     """Run the HTTP server and every stage (embedded mode)."""
     from wacloud.hosting.embedded import serve as run
-    from wacloud.hosting.memory import limit_malloc_arenas
+    from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus
 
     limit_malloc_arenas()
     settings = settings_for(data_dir)
     configure_logging(settings)
+    try:
+        pin_to_cpus(settings.server_cpus)
+    except (ValueError, OSError) as exc:
+        fail(f"WACLOUD_SERVER_CPUS: {exc}")
     typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir})")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run(settings, host, port))
@@ -62,7 +66,7 @@ def worker(data_dir: DataDir = None,
            parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None
            ) -> None:
     """Run the stages without the HTTP server (`serve` starts these itself)."""
-    from wacloud.hosting.memory import limit_malloc_arenas
+    from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus
     from wacloud.hosting.worker import die_with_parent, run_worker
 
     limit_malloc_arenas()
@@ -74,6 +78,10 @@ def worker(data_dir: DataDir = None,
         fail(f"unknown stage(s) {sorted(set(names) - known)}; known: {sorted(known)}")
     settings = settings_for(data_dir)
     configure_logging(settings)
+    try:
+        pin_to_cpus(settings.worker_cpus, unpin_if_empty=bool(settings.server_cpus))
+    except (ValueError, OSError) as exc:
+        fail(f"WACLOUD_WORKER_CPUS: {exc}")
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     if metrics_port:

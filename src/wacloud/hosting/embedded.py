@@ -14,7 +14,7 @@ import uvicorn
 
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_app
-from wacloud.hosting.memory import tune_garbage_collector
+from wacloud.hosting.process import tune_garbage_collector
 from wacloud.hosting.worker import (
     WorkerSupervisor,
     server_stage_names,

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from wacloud.bootstrap import build_gateway
-from wacloud.hosting.memory import tune_garbage_collector
+from wacloud.hosting.process import tune_garbage_collector
 from wacloud.settings import Settings
 
 log = logging.getLogger(__name__)
