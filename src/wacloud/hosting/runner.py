@@ -56,7 +56,12 @@ class StageRunner:
             return self.concurrency
         now = time.monotonic()
         if now >= self._deferring_until:  # checked at most every DEFER_CHECK_S
-            self._deferring = await self.defer_to.has_waiting()
+            try:
+                self._deferring = await self.defer_to.has_waiting()
+            except Exception as exc:  # a hint only: never let it stop the stage
+                log.debug("stage %s: could not look at %s (%s)", self.name,
+                          type(self.defer_to).__name__, exc)
+                self._deferring = False
             self._deferring_until = now + DEFER_CHECK_S
         return self.deferred_concurrency if self._deferring else self.concurrency
 
