@@ -300,7 +300,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--recipients", type=int, default=2_000)
-    parser.add_argument("--concurrency", type=int, default=64,
+    parser.add_argument("--concurrency", type=int, default=256,
                         help="WACLOUD_SEND_CONCURRENCY, and the baseline's connections")
     parser.add_argument("--poll", type=float, default=None,
                         help="WACLOUD_COLLECT_POLL_S (default: the gateway's own, 1 s)")

@@ -31,7 +31,8 @@ class StageRunner:
     def __init__(self, name: str, queue: Queue, handler: Handler, outputs: Mapping[str, Queue],
                  *, concurrency: int = 8, batch: int = 10, wait_seconds: float = 1.0,
                  error_backoff: float = 1.0, batch_handler: BatchHandler | None = None,
-                 defer_to: Queue | None = None, deferred_concurrency: int = 1) -> None:
+                 defer_to: Queue | None = None, deferred_concurrency: int = 1,
+                 defer_after: float = 0.5) -> None:
         self.name = name
         self.queue = queue
         self.handler = handler
@@ -43,11 +44,13 @@ class StageRunner:
         # For unordered queues: a whole receive is handled in one call (e.g. one transaction
         # per tenant); if that fails, each message is handled on its own by `handler`.
         self.batch_handler = batch_handler
-        # While `defer_to` has messages waiting, run at most `deferred_concurrency` at a time:
-        # media copies give way to storing a burst of rows (they share the CPU), yet never
-        # stop altogether.
+        # While messages have waited on `defer_to` for more than `defer_after` seconds (its
+        # stage is behind), run at most `deferred_concurrency` at a time: media copies give
+        # way to storing a burst of rows (they share the CPU). A stage that keeps up does not
+        # hold them back, so under steady load they do not fall behind.
         self.defer_to = defer_to
         self.deferred_concurrency = deferred_concurrency
+        self.defer_after = defer_after
         self._deferring_until = 0.0
         self._deferring = False
 
@@ -57,7 +60,7 @@ class StageRunner:
         now = time.monotonic()
         if now >= self._deferring_until:  # checked at most every DEFER_CHECK_S
             try:
-                self._deferring = await self.defer_to.has_waiting()
+                self._deferring = await self.defer_to.has_waiting(self.defer_after)
             except Exception as exc:  # a hint only: never let it stop the stage
                 log.debug("stage %s: could not look at %s (%s)", self.name,
                           type(self.defer_to).__name__, exc)

@@ -96,16 +96,27 @@ async def test_a_deferring_stage_runs_one_at_a_time_while_its_priority_queue_wai
         return []
 
     runner = StageRunner("media", media, copy, {}, concurrency=4, wait_seconds=0.05,
-                         defer_to=rows, deferred_concurrency=1)
+                         defer_to=rows, deferred_concurrency=1, defer_after=0.0)
     await run_until(runner, lambda: len(handled) >= 3)
     assert most == 1, "copies ran side by side while rows were waiting"
 
+    # Rows that have not waited long (their stage keeps up) do not hold copies back.
+    await media.send(b"m-extra-1")
+    await media.send(b"m-extra-2")
+    most = 0
+    runner = StageRunner("media", media, copy, {}, concurrency=4, wait_seconds=0.05,
+                         defer_to=rows, deferred_concurrency=1, defer_after=60.0)
+    await run_until(runner, lambda: len(handled) == 8)
+    assert most > 1
+
     # Once the rows are taken, the stage goes back to its full concurrency.
+    for i in range(3):
+        await media.send(f"m-late-{i}".encode())
     for received in await rows.receive(10):
         await rows.ack([received.receipt])
     most = 0
     runner = StageRunner("media", media, copy, {}, concurrency=4, wait_seconds=0.05,
-                         defer_to=rows, deferred_concurrency=1)
-    await run_until(runner, lambda: len(handled) == 6)
+                         defer_to=rows, deferred_concurrency=1, defer_after=0.0)
+    await run_until(runner, lambda: len(handled) == 11)
     assert most > 1
     await broker.close()

@@ -75,8 +75,9 @@ class Queue(abc.ABC):
     async def depth(self) -> dict[str, int]:
         """Counts: `visible`, `in_flight`, `delayed`, `dead` (in the dead-letter queue)."""
 
-    async def has_waiting(self) -> bool:
-        """Whether a message is ready to be received (may be approximate; cheap to ask)."""
+    async def has_waiting(self, longer_than: float = 0.0) -> bool:
+        """Whether a message has been ready to be received for more than `longer_than` seconds
+        (may be approximate; cheap to ask). This default ignores how long."""
         return (await self.depth())["visible"] > 0
 
     @abc.abstractmethod

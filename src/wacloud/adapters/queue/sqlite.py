@@ -133,12 +133,13 @@ class SqliteBroker(QueueBroker):
         self._writer.submit(_Op(fn, fut, wake), "SqliteBroker is closed")
         return await fut
 
-    def has_visible(self, name: str) -> bool:
-        """Whether `name` has a message visible now, read without the write lock: an empty
-        poll then costs a read, not a write transaction that other processes wait for."""
+    def has_visible(self, name: str, longer_than: float = 0.0) -> bool:
+        """Whether `name` has a message visible now (for more than `longer_than` seconds), read
+        without the write lock: an empty poll then costs a read, not a write transaction that
+        other processes wait for."""
         row = self._reader().execute(
             "SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1",
-            (name, time.time())).fetchone()
+            (name, time.time() - longer_than)).fetchone()
         return row is not None
 
     def _reader(self) -> sqlite3.Connection:

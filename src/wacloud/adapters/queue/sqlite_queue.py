@@ -143,8 +143,8 @@ class SqliteQueue(Queue):
 
         await self.broker.call(release, wake=self.spec.name if delay <= 0 else None)
 
-    async def has_waiting(self) -> bool:
-        return self.broker.has_visible(self.spec.name)
+    async def has_waiting(self, longer_than: float = 0.0) -> bool:
+        return self.broker.has_visible(self.spec.name, longer_than)
 
     async def depth(self) -> dict[str, int]:
         def count(conn: sqlite3.Connection) -> dict[str, int]:
