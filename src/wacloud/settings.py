@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     # the rows instead of seconds after them), without the memory of another process.
     server_stages: str = "media,send"
     worker_nice: int = 10
-    # CPU ids ("0", "1,3", "2-5") for the HTTP process and the stage workers; "" = any CPU.
+    # CPU ids ("0", "1,3", "2-5") for the HTTP process and the stage workers; "" = any CPU;
+    # "auto" for the server: its own CPU, the others for the workers (2+ CPUs only).
     server_cpus: str = ""
     worker_cpus: str = ""
     # Stage metrics live in the workers: worker N serves /metrics on this port + N (0 = off).

@@ -41,15 +41,19 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           data_dir: DataDir = None) -> None:
     """Run the HTTP server and every stage (embedded mode)."""
     from wacloud.hosting.embedded import serve as run
-    from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus
+    from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus, resolve_auto_cpus
 
     limit_malloc_arenas()
     settings = settings_for(data_dir)
     configure_logging(settings)
     try:
-        pin_to_cpus(settings.server_cpus)
+        server_cpus, worker_cpus = resolve_auto_cpus(settings.server_cpus, settings.worker_cpus)
+        pin_to_cpus(server_cpus)
     except (ValueError, OSError) as exc:
-        fail(f"WACLOUD_SERVER_CPUS: {exc}")
+        fail(f"WACLOUD_SERVER_CPUS / WACLOUD_WORKER_CPUS: {exc}")
+    # The workers get the lists as resolved here (they start pinned like their parent).
+    settings = settings.model_copy(update={"server_cpus": server_cpus,
+                                           "worker_cpus": worker_cpus})
     typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir})")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run(settings, host, port))

@@ -35,7 +35,8 @@ def tune_garbage_collector(threshold: int = GC_THRESHOLD) -> None:
 
 
 def parse_cpus(spec: str) -> set[int]:
-    """`"0"`, `"1,3"` or `"2-5"` (and mixes) -> CPU ids; `""` -> none."""
+    """`"0"`, `"1,3"` or `"2-5"` (and mixes) -> CPU ids; `""` -> none (`auto` is resolved
+    by `resolve_auto_cpus` first)."""
     cpus: set[int] = set()
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -47,6 +48,22 @@ def parse_cpus(spec: str) -> set[int]:
     return cpus
 
 
+def resolve_auto_cpus(server_spec: str, worker_spec: str) -> tuple[str, str]:
+    """`auto` for the server: the first CPU this process may use, when it may use two or more;
+    `auto` for the workers (or empty, when the server is `auto`): the others. Concrete lists
+    pass through. Resolved before the server pins itself, so workers get real ids."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    server_auto = server_spec.strip().lower() == "auto"
+    worker_auto = worker_spec.strip().lower() == "auto" or (server_auto and not worker_spec)
+    if len(allowed) < 2:  # nothing to share out
+        return ("" if server_auto else server_spec), ("" if worker_auto else worker_spec)
+    server = str(allowed[0]) if server_auto else server_spec
+    taken = parse_cpus(server) if server else set()
+    rest = [cpu for cpu in allowed if cpu not in taken] or allowed
+    workers = ",".join(map(str, rest)) if worker_auto else worker_spec
+    return server, workers
+
+
 def pin_to_cpus(spec: str, *, unpin_if_empty: bool = False) -> None:
     """Run this process (the threads it starts from now on) on the CPUs of `spec`. Empty
     `spec`: leave it, or with `unpin_if_empty` undo what a pinned parent passed down.
@@ -54,8 +71,8 @@ def pin_to_cpus(spec: str, *, unpin_if_empty: bool = False) -> None:
     For `WACLOUD_SERVER_CPUS` / `WACLOUD_WORKER_CPUS`: on a small machine a core of its own
     keeps webhook answers from waiting behind a worker's time slice (bench/ingest.py: p99
     21 ms instead of 39-56 ms), at the price of stages that can no longer use that core."""
-    if not hasattr(os, "sched_setaffinity"):
-        return
+    if not hasattr(os, "sched_setaffinity") or spec.strip().lower() == "auto":
+        return  # `auto` means something only to `serve`, which resolves it for its workers
     cpus = parse_cpus(spec)
     if not cpus and unpin_if_empty:
         cpus = set(range(os.cpu_count() or 1))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from wacloud.hosting.process import parse_cpus
+from wacloud.hosting.process import parse_cpus, resolve_auto_cpus
 
 
 def test_cpu_lists_take_ids_ranges_and_mixes() -> None:
@@ -34,3 +34,15 @@ def test_a_worker_started_by_a_pinned_server_is_unpinned_when_it_has_no_list() -
                          check=True).stdout.split("\n")
     assert out[0] == "[0]"
     assert out[1] == str(list(range(os.cpu_count() or 1)))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_auto_gives_the_server_one_cpu_and_the_workers_the_others() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    rest = ",".join(map(str, allowed[1:]))
+    assert resolve_auto_cpus("auto", "") == (str(allowed[0]), rest)
+    assert resolve_auto_cpus("auto", "auto") == (str(allowed[0]), rest)
+    assert resolve_auto_cpus("auto", "7") == (str(allowed[0]), "7")
+    assert resolve_auto_cpus("", "") == ("", "")
+    assert resolve_auto_cpus("1", "0") == ("1", "0")
