@@ -1,9 +1,11 @@
-"""HTTP clients for provider APIs, one connection pool per group of sending numbers.
+"""httpx clients for media downloads, one connection pool per group of keys.
 
-httpcore checks every connection of a pool (a poll() and a peer lookup each) whenever a
-request starts or ends, so with dozens of sends in flight through one pool that check cost
-more CPU than the request itself. Spreading sending numbers over a few pools keeps each pool
-small; a number always uses the same pool, so its connections stay warm.
+(Provider API calls go through `wacloud.provider_client`; downloads stay on httpx because the
+SSRF policy pins their connections through it.) httpcore checks every connection of a pool (a
+poll() and a peer lookup each) whenever a request starts or ends, so with dozens of downloads
+in flight through one pool that check cost more CPU than the request itself. Spreading keys
+over a few pools keeps each pool small; a key always uses the same pool, so its connections
+stay warm.
 """
 
 from __future__ import annotations

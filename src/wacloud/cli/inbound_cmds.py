@@ -71,15 +71,14 @@ def worker(data_dir: DataDir = None,
            ) -> None:
     """Run the stages without the HTTP server (`serve` starts these itself)."""
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus
-    from wacloud.hosting.worker import die_with_parent, run_worker
+    from wacloud.hosting.worker import STAGES, die_with_parent, run_worker
 
     limit_malloc_arenas()
     if parent_pid is not None:
         die_with_parent(parent_pid)
     names = tuple(n.strip() for n in stages.split(",") if n.strip()) if stages else None
-    known = {"receive", "write", "media", "send", "save"}
-    if names is not None and not set(names) <= known:
-        fail(f"unknown stage(s) {sorted(set(names) - known)}; known: {sorted(known)}")
+    if names is not None and not set(names) <= set(STAGES):
+        fail(f"unknown stage(s) {sorted(set(names) - set(STAGES))}; known: {sorted(STAGES)}")
     settings = settings_for(data_dir)
     configure_logging(settings)
     try:

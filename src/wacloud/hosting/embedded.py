@@ -92,10 +92,10 @@ async def serve(settings: Settings, host: str, port: int,
     for worker in workers:
         worker.start()
     supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in workers]
-    if on_server is None or on_server:
+    runs_stages = on_server != ()  # None: every stage, here
+    if runs_stages:
         use_stage_threads(asyncio.get_running_loop())
-    stages = asyncio.create_task(run_stages(gateway, stages=on_server is None or bool(on_server),
-                                            names=on_server))
+    stages = asyncio.create_task(run_stages(gateway, stages=runs_stages, names=on_server))
     if started is not None:
         async def announce() -> None:
             while not server.started:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -63,17 +64,10 @@ class RawWebhook:
                    kind=header.get("kind", "webhook"))
 
 
-_QUOTED: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def _quoted(text: str) -> str:
     """`json.dumps(text)`, remembered for the few strings headers repeat."""
-    quoted = _QUOTED.get(text)
-    if quoted is None:
-        quoted = json.dumps(text)
-        if len(_QUOTED) < 10_000:
-            _QUOTED[text] = quoted
-    return quoted
+    return json.dumps(text)
 
 
 def dumps(data: Any) -> bytes:

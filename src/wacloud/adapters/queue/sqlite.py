@@ -63,8 +63,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (queue, dedup_id)
 """
 
 
-
-
 @dataclass(slots=True)
 class _Op:
     fn: Callable[[sqlite3.Connection], Any]
