@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
+T = TypeVar("T")
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
@@ -80,3 +81,14 @@ def settle_threadsafe(outcomes: Iterable[Outcome]) -> None:
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
             loop.call_soon_threadsafe(_apply, items)
+
+
+def power_of_two_chunks(items: Sequence[T], largest: int = 256) -> Iterator[Sequence[T]]:
+    """`items` in chunks of power-of-two sizes up to `largest`, largest first: a statement with
+    one placeholder group per item then needs only a handful of distinct texts (each one
+    prepared once and cached by the connection) however the batches vary."""
+    start = 0
+    while start < len(items):
+        size = min(largest, 1 << ((len(items) - start).bit_length() - 1))
+        yield items[start:start + size]
+        start += size

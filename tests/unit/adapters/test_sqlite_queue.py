@@ -162,3 +162,54 @@ async def test_send_from_another_broker_rings_the_long_poll(
     assert msg.body == b"rung"
     await producer_side.close()
     await consumer_side.close()
+
+
+async def test_concurrent_sends_share_multi_row_inserts(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+    statements: list[str] = []
+    await broker.call(lambda conn: conn.set_trace_callback(statements.append))
+    await asyncio.gather(*(queue.send(f"m{i}".encode()) for i in range(300)))
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert 1 <= len(inserts) <= 60, len(inserts)  # one per power-of-two chunk of each commit
+    got = await queue.receive(300)
+    assert sorted(m.body for m in got) == sorted(f"m{i}".encode() for i in range(300))
+    await broker.close()
+
+
+async def test_a_batch_of_many_claims_is_acked_per_claim(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+    await queue.send_batch([OutgoingMessage(f"m{i}".encode()) for i in range(30)])
+    first, second = await queue.receive(10), await queue.receive(20)
+    stale = f"{first[0].message_id}:{'0' * 16}"
+    await queue.ack([m.receipt for m in first[1:] + second] + [stale])
+    depth = await queue.depth()
+    assert (depth["visible"], depth["in_flight"]) == (0, 1)  # the stale receipt deleted nothing
+    await broker.close()
+
+
+async def test_only_transactions_with_sends_wait_for_the_disk(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db", synchronous="FULL")
+    queue = broker.queue(QueueSpec("q"))
+
+    def mode(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    await queue.send(b"x")
+    assert await broker.call(mode) == 2  # FULL: the commit syncs the WAL
+    [message] = await queue.receive(1)
+    assert await broker.call(mode, durable=False) == 1  # NORMAL: claims, acks, reads
+    await queue.ack([message.receipt])
+    assert await broker.call(mode) == 2
+    await broker.close()
+
+
+def test_power_of_two_chunks_cover_every_item_in_order() -> None:
+    from wacloud.adapters.batching import power_of_two_chunks
+
+    for n in (0, 1, 7, 256, 300, 1000):
+        chunks = list(power_of_two_chunks(list(range(n)), largest=256))
+        assert [x for chunk in chunks for x in chunk] == list(range(n))
+        assert all(len(c) & (len(c) - 1) == 0 and len(c) <= 256 for c in chunks)
+    assert [len(c) for c in power_of_two_chunks(list(range(300)))] == [256, 32, 8, 4]

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wacloud.adapters.batching import BatchingThread, Outcome, settle_threadsafe
+from wacloud.adapters.batching import (
+    BatchingThread,
+    Outcome,
+    power_of_two_chunks,
+    settle_threadsafe,
+)
 from wacloud.adapters.queue.base import (
     QueueBroker,
     QueueSpec,
@@ -63,11 +68,30 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (queue, dedup_id)
 """
 
 
+# Rows of the `messages` table as `send` writes them: queue, body, group_id, dedup_id, sent_at,
+# visible_at.
+Row = tuple[str, bytes, str | None, str | None, float, float]
+_INSERT_COLUMNS = ("INSERT OR IGNORE INTO messages"
+                   " (queue, body, group_id, dedup_id, sent_at, visible_at)")
+
+
+def _insert_sql(rows: int) -> str:
+    # Sends waiting in one batch are written by as few multi-row INSERTs as possible: the writer
+    # thread gives up the GIL at each statement step, and with one step per row it waited for
+    # the busy event loop thread once per row, holding the write lock other processes wait for.
+    return f"{_INSERT_COLUMNS} VALUES {','.join(['(?,?,?,?,?,?)'] * rows)}"
+
+
 @dataclass(slots=True)
 class _Op:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[sqlite3.Connection], Any] | None  # None: insert `rows`
     fut: asyncio.Future[Any]
     wake: str | None  # queue whose long-pollers to wake once this op is committed
+    durable: bool = True  # must be on disk when its caller hears it committed (see `call`)
+    rows: list[Row] | None = None
+    # Run after the commit, outside the write lock, on a read connection: (conn, fn's result)
+    # -> the caller's result.
+    after: Callable[[sqlite3.Connection, Any], Any] | None = None
 
 
 class SqliteBroker(QueueBroker):
@@ -87,7 +111,11 @@ class SqliteBroker(QueueBroker):
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout)
         self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        self._synchronous = synchronous.upper()
+        # In WAL mode only FULL and EXTRA sync at commit; NORMAL is the same minus that sync.
+        self._switch_sync = self._synchronous in ("FULL", "EXTRA")
+        self._syncing = True  # whether the connection is in `_synchronous` (else NORMAL)
+        self._conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters_lock = threading.Lock()
         self._readers = threading.local()
@@ -125,11 +153,27 @@ class SqliteBroker(QueueBroker):
         for conn in self._reader_conns:
             conn.close()
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T], wake: str | None = None) -> T:
-        """Run `fn(connection)` inside the writer's next transaction and return once committed."""
+    async def call(self, fn: Callable[[sqlite3.Connection], Any], wake: str | None = None, *,
+                   durable: bool = True,
+                   after: Callable[[sqlite3.Connection, Any], T] | None = None) -> T:
+        """Run `fn(connection)` inside the writer's next transaction and return its result once
+        committed (or `after(read_connection, result)`'s, run after the commit).
+
+        `durable=False` is for operations whose loss in a power cut only means a redelivery
+        (claims, acks, visibility changes, reads): a transaction made only of those commits
+        without an fsync. Nothing can depend on them being on disk: the WAL is replayed in
+        order, so the next synced commit, ours or another process's, makes them durable too,
+        and a crash that loses them loses everything written after them."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writer.submit(_Op(fn, fut, wake), "SqliteBroker is closed")
+        self._writer.submit(_Op(fn, fut, wake, durable, after=after), "SqliteBroker is closed")
         return await fut
+
+    async def insert(self, rows: list[Row], wake: str) -> None:
+        """Write `rows` in the writer's next transaction (batched with other inserts) and
+        return once committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writer.submit(_Op(None, fut, wake, rows=rows), "SqliteBroker is closed")
+        await fut
 
     def has_visible(self, name: str, longer_than: float = 0.0) -> bool:
         """Whether `name` has a message visible now (for more than `longer_than` seconds), read
@@ -181,14 +225,18 @@ class SqliteBroker(QueueBroker):
 
     def _execute(self, batch: list[_Op]) -> None:
         conn = self._conn
+        syncing = any(op.durable for op in batch)
+        if syncing != self._syncing and self._switch_sync:
+            # Outside a transaction the mode applies to the next commit.
+            conn.execute(f"PRAGMA synchronous = {self._synchronous if syncing else 'NORMAL'}")
+            self._syncing = syncing
         try:
             self._lock()
         except BaseException as exc:  # locked for longer than busy_timeout, I/O error, ...
             self._resolve([(op, None, exc) for op in batch])
             return
         try:
-            results: list[tuple[_Op, Any, BaseException | None]] = [
-                (op, op.fn(conn), None) for op in batch]
+            results = self._run_ops(conn, batch)
         except BaseException as exc:
             conn.execute("ROLLBACK")
             if len(batch) == 1:
@@ -205,7 +253,36 @@ class SqliteBroker(QueueBroker):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [(op, None, exc) for op in batch]
-        self._resolve(results)
+        self._resolve([self._after(item) for item in results])
+
+    def _after(self, item: tuple[_Op, Any, BaseException | None],
+               ) -> tuple[_Op, Any, BaseException | None]:
+        op, result, exc = item
+        if op.after is None or exc is not None:
+            return item
+        try:
+            return op, op.after(self._reader(), result), None
+        except Exception as error:
+            return op, None, error
+
+    @staticmethod
+    def _run_ops(conn: sqlite3.Connection,
+                 batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]]:
+        """Every op in order, each run of consecutive inserts as multi-row INSERTs."""
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        rows: list[Row] = []
+        for op in batch:
+            if op.fn is None:
+                rows.extend(op.rows or ())
+                results.append((op, None, None))
+                continue
+            if rows:
+                _insert_rows(conn, rows)
+                rows = []
+            results.append((op, op.fn(conn), None))
+        if rows:
+            _insert_rows(conn, rows)
+        return results
 
     def _lock(self) -> None:
         """BEGIN IMMEDIATE, retrying briefly and often while another process holds the lock."""
@@ -238,3 +315,8 @@ class SqliteBroker(QueueBroker):
                 for name in names:
                     outcomes.extend((fut, None, None) for fut in self._waiters.pop(name, ()))
         settle_threadsafe(outcomes)
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    for chunk in power_of_two_chunks(rows):
+        conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])

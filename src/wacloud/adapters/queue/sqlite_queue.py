@@ -13,6 +13,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from wacloud.adapters.batching import power_of_two_chunks
 from wacloud.adapters.queue.base import (
     OutgoingMessage,
     Queue,
@@ -27,23 +28,30 @@ if TYPE_CHECKING:
 # a doorbell ring from another process sharing the file can be lost.
 POLL_INTERVAL = 0.05
 
-_INSERT = ("INSERT OR IGNORE INTO messages (queue, body, group_id, dedup_id, sent_at, visible_at)"
-           " VALUES (?, ?, ?, ?, ?, ?)")
+# A receive is two statements under the write lock, each one step: dead-letter the messages at
+# the head that were received `max_receives` times already, then claim the rest. The claimed
+# rows are read after the commit, outside the lock (see `_read_claimed`): every row fetched
+# inside the transaction was one more hand-over of the GIL with the lock held.
+_SWEEP = ("UPDATE messages SET queue = :dlq, origin = queue, receipt = NULL, visible_at = :now"
+          " WHERE id IN ({pick}) AND receive_count >= :max")
 _CLAIM = ("UPDATE messages SET receipt = :tok, visible_at = :until,"
-          " receive_count = receive_count + 1 WHERE id IN ({pick})"
-          " RETURNING id, body, group_id, sent_at, receive_count")
-_PICK_STANDARD = ("SELECT id FROM messages WHERE queue = :q AND visible_at <= :now"
+          " receive_count = receive_count + 1 WHERE id IN ({pick})")
+_CLAIMED = ("SELECT id, body, group_id, sent_at, receive_count FROM messages"
+            " WHERE queue = ? AND visible_at = ? AND receipt = ? ORDER BY id")
+_PICK_STANDARD = ("SELECT id FROM messages WHERE queue = :q AND visible_at <= :now{live}"
                   " ORDER BY visible_at, id LIMIT :n")
 # FIFO: a message is eligible when no message of its group is in flight and no earlier one of
 # its group is still hidden (delayed or backing off); ordering by id keeps each group in order.
 # Walking messages_seq (queue, id) stops at LIMIT instead of sorting the whole visible backlog;
 # the cost that remains is one probe per message queued behind an in-flight group.
 _PICK_FIFO = ("SELECT m.id FROM messages m INDEXED BY messages_seq"
-              " WHERE m.queue = :q AND m.visible_at <= :now"
+              " WHERE m.queue = :q AND m.visible_at <= :now{live}"
               " AND (m.group_id IS NULL OR NOT EXISTS (SELECT 1 FROM messages p"
               " WHERE p.queue = m.queue AND p.group_id = m.group_id AND p.visible_at > :now"
               " AND p.id != m.id AND (p.receipt IS NOT NULL OR p.id < m.id)))"
               " ORDER BY m.id LIMIT :n")
+_LIVE = " AND receive_count < :max"
+_DELETE = "DELETE FROM messages WHERE receipt = ? AND id IN ({ids})"
 _COLUMNS = "id, body, group_id, sent_at, receive_count, queue, origin, receipt, visible_at"
 
 
@@ -72,13 +80,9 @@ class SqliteQueue(Queue):
         if not messages:
             return
         name = self.spec.name
-
-        def insert(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            conn.executemany(_INSERT, [(name, m.body, m.group_id, m.dedup_id, now,
-                                        now + max(m.delay, 0.0)) for m in messages])
-
-        await self.broker.call(insert, wake=name)
+        now = time.time()
+        await self.broker.insert([(name, m.body, m.group_id, m.dedup_id, now,
+                                   now + max(m.delay, 0.0)) for m in messages], wake=name)
 
     async def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None,
                       wait_seconds: float = 0.0) -> list[ReceivedMessage]:
@@ -91,7 +95,7 @@ class SqliteQueue(Queue):
             # Registered before the claim so that a send committed in between still wakes us.
             waiter = self.broker.add_waiter(self.spec.name) if wait_seconds > 0 else None
             try:
-                got = (await self.broker.call(claim)
+                got = (await self.broker.call(claim, durable=False, after=self._read_claimed)
                        if self.broker.has_visible(self.spec.name) else [])
                 remaining = deadline - time.monotonic()
                 if got or remaining <= 0 or waiter is None or self.broker.closed:
@@ -101,36 +105,42 @@ class SqliteQueue(Queue):
                 if waiter is not None:
                     self.broker.drop_waiter(self.spec.name, waiter)
 
-    def _claim(self, limit: int, timeout: float, conn: sqlite3.Connection) -> list[ReceivedMessage]:
+    def _claim(self, limit: int, timeout: float,
+               conn: sqlite3.Connection) -> tuple[float, str] | None:
+        """Claim up to `limit` messages; (visible_at, token) to find them by, None if none."""
         spec = self.spec
-        sql = _CLAIM.format(pick=_PICK_FIFO if spec.fifo else _PICK_STANDARD)
-        out: list[ReceivedMessage] = []
-        while len(out) < limit:
-            now = time.time()
-            token = secrets.token_hex(8)
-            rows = sorted(conn.execute(sql, {"tok": token, "until": now + timeout, "q": spec.name,
-                                             "now": now, "n": limit - len(out)}).fetchall())
-            dead = [row[0] for row in rows if row[4] > spec.max_receives]
-            out.extend(_message(row, f"{row[0]}:{token}") for row in rows
-                       if row[4] <= spec.max_receives)
-            if not dead:
-                break
-            # Claimed one time too many: undo this receive's count and park it in the DLQ.
-            conn.executemany(
-                "UPDATE messages SET queue = ?, origin = queue, receipt = NULL, visible_at = ?,"
-                " receive_count = receive_count - 1 WHERE id = ?",
-                [(spec.dead_letter_name, now, row_id) for row_id in dead])
-        return out
+        pick = _PICK_FIFO if spec.fifo else _PICK_STANDARD
+        now = time.time()
+        args = {"q": spec.name, "now": now, "n": limit, "max": spec.max_receives}
+        conn.execute(_SWEEP.format(pick=pick.format(live="")),
+                     {**args, "dlq": spec.dead_letter_name})
+        until, token = now + timeout, secrets.token_hex(8)
+        claimed = conn.execute(_CLAIM.format(pick=pick.format(live=_LIVE)),
+                               {**args, "tok": token, "until": until}).rowcount
+        return (until, token) if claimed else None
+
+    def _read_claimed(self, conn: sqlite3.Connection,
+                      claim: tuple[float, str] | None) -> list[ReceivedMessage]:
+        if claim is None:
+            return []
+        until, token = claim
+        rows = conn.execute(_CLAIMED, (self.spec.name, until, token)).fetchall()
+        return [_message(row, f"{row[0]}:{token}") for row in rows]
 
     async def ack(self, receipts: list[str]) -> None:
-        keys = [key for key in map(_parse_receipt, receipts) if key is not None]
-        if keys:
+        by_token: dict[str, list[int]] = {}
+        for key in map(_parse_receipt, receipts):
+            if key is not None:
+                by_token.setdefault(key[1], []).append(key[0])
+        if by_token:
             def delete(conn: sqlite3.Connection) -> None:
-                # Return nothing: a cursor handed back to the loop thread and freed there
-                # raced the writer thread ("bad parameter or other API misuse").
-                conn.executemany("DELETE FROM messages WHERE id = ? AND receipt = ?", keys)
+                # One statement per claim (its messages share a token), not one per message.
+                for token, ids in by_token.items():
+                    for chunk in power_of_two_chunks(ids):
+                        conn.execute(_DELETE.format(ids=",".join("?" * len(chunk))),
+                                     (token, *chunk))
 
-            await self.broker.call(delete)
+            await self.broker.call(delete, durable=False)
 
     async def release(self, receipt: str, delay: float = 0.0) -> None:
         key = _parse_receipt(receipt)
@@ -141,7 +151,8 @@ class SqliteQueue(Queue):
             conn.execute("UPDATE messages SET receipt = NULL, visible_at = ?"
                          " WHERE id = ? AND receipt = ?", (time.time() + max(delay, 0.0), *key))
 
-        await self.broker.call(release, wake=self.spec.name if delay <= 0 else None)
+        await self.broker.call(release, wake=self.spec.name if delay <= 0 else None,
+                               durable=False)
 
     async def has_waiting(self, longer_than: float = 0.0) -> bool:
         return self.broker.has_visible(self.spec.name, longer_than)
@@ -157,7 +168,7 @@ class SqliteQueue(Queue):
                                    (self.spec.dead_letter_name,)).fetchone()
             return {"visible": visible, "in_flight": in_flight, "delayed": delayed, "dead": dead}
 
-        return await self.broker.call(count)
+        return await self.broker.call(count, durable=False)
 
     async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
         def peek(conn: sqlite3.Connection) -> list[ReceivedMessage]:
@@ -165,7 +176,7 @@ class SqliteQueue(Queue):
                                 " ORDER BY id LIMIT ?", (self.spec.dead_letter_name, limit))
             return [_message(row, attributes={"source_queue": row[6] or ""}) for row in rows]
 
-        return await self.broker.call(peek)
+        return await self.broker.call(peek, durable=False)
 
     async def redrive(self, message_ids: list[str] | None = None) -> int:
         # The dedup id is dropped: a redrive is a deliberate re-injection and must neither be
@@ -200,7 +211,7 @@ class SqliteQueue(Queue):
                 out.append(_message(row, attributes={"queue": row[5], "state": state}))
             return out
 
-        return await self.broker.call(scan)
+        return await self.broker.call(scan, durable=False)
 
     async def delete(self, message_ids: list[str]) -> int:
         ids = [(int(i), self.spec.name, self.spec.dead_letter_name)
