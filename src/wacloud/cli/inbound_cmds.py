@@ -189,5 +189,3 @@ def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-
     from wacloud.demo import run_demo
 
     sys.exit(run_demo(data_dir, port, keep_serving))
-
-
