@@ -46,7 +46,7 @@ _SYNC_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 # `origin` is NULL for a live message and the source queue name for a dead letter; dedup ids are
 # unique only among live messages so that two dead copies of one id can sit in the same DLQ.
-_SCHEMA = ["""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -58,28 +58,14 @@ CREATE TABLE IF NOT EXISTS messages (
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt TEXT,
     origin TEXT
-)""",
-    "CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at)",
-    "CREATE INDEX IF NOT EXISTS messages_seq ON messages (queue)",
-    """CREATE INDEX IF NOT EXISTS messages_group ON messages (queue, group_id, visible_at)
-    WHERE group_id IS NOT NULL""",
-    """CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (queue, dedup_id)
-    WHERE dedup_id IS NOT NULL AND origin IS NULL""",
-    # Bodies are moved out of the rows that every claim and ack rewrites: a page holds two
-    # webhooks' bodies but dozens of rows without them, and each page a transaction touches is
-    # written to the WAL whole (claims and acks wrote ~5 KB per 1.5 KB webhook). A row's body
-    # column is emptied in the transaction that inserts it; rows written before this table
-    # existed keep theirs (readers take COALESCE(message_bodies.body, messages.body)).
-    "CREATE TABLE IF NOT EXISTS message_bodies (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
-    """CREATE TRIGGER IF NOT EXISTS message_body_apart AFTER INSERT ON messages
-    WHEN length(new.body) > 0 BEGIN
-        INSERT INTO message_bodies (id, body) VALUES (new.id, new.body);
-        UPDATE messages SET body = x'' WHERE id = new.id;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS message_body_gone AFTER DELETE ON messages BEGIN
-        DELETE FROM message_bodies WHERE id = old.id;
-    END""",
-]
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at);
+CREATE INDEX IF NOT EXISTS messages_seq ON messages (queue);
+CREATE INDEX IF NOT EXISTS messages_group ON messages (queue, group_id, visible_at)
+    WHERE group_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (queue, dedup_id)
+    WHERE dedup_id IS NOT NULL AND origin IS NULL;
+"""
 
 
 # Rows of the `messages` table as `send` writes them: queue, body, group_id, dedup_id, sent_at,
@@ -136,8 +122,9 @@ class SqliteBroker(QueueBroker):
         self._reader_conns: list[sqlite3.Connection] = []
         self._doorbell = Doorbell(self._wake_local)
         self._conn.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA:
-            self._conn.execute(statement)
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._conn.execute(statement)
         self._doorbell.register(self._conn)
         self._conn.execute("COMMIT")
         # Within a write transaction nothing else waits for a lock in WAL mode; taking the

@@ -36,9 +36,8 @@ _SWEEP = ("UPDATE messages SET queue = :dlq, origin = queue, receipt = NULL, vis
           " WHERE id IN ({pick}) AND receive_count >= :max")
 _CLAIM = ("UPDATE messages SET receipt = :tok, visible_at = :until,"
           " receive_count = receive_count + 1 WHERE id IN ({pick})")
-_BODY = "COALESCE((SELECT b.body FROM message_bodies b WHERE b.id = m.id), m.body)"
-_CLAIMED = (f"SELECT m.id, {_BODY}, m.group_id, m.sent_at, m.receive_count FROM messages m"
-            " WHERE m.queue = ? AND m.visible_at = ? AND m.receipt = ? ORDER BY m.id")
+_CLAIMED = ("SELECT id, body, group_id, sent_at, receive_count FROM messages"
+            " WHERE queue = ? AND visible_at = ? AND receipt = ? ORDER BY id")
 _PICK_STANDARD = ("SELECT id FROM messages WHERE queue = :q AND visible_at <= :now{live}"
                   " ORDER BY visible_at, id LIMIT :n")
 # FIFO: a message is eligible when no message of its group is in flight and no earlier one of
@@ -53,8 +52,7 @@ _PICK_FIFO = ("SELECT m.id FROM messages m INDEXED BY messages_seq"
               " ORDER BY m.id LIMIT :n")
 _LIVE = " AND receive_count < :max"
 _DELETE = "DELETE FROM messages WHERE receipt = ? AND id IN ({ids})"
-_COLUMNS = (f"m.id, {_BODY}, m.group_id, m.sent_at, m.receive_count, m.queue, m.origin,"
-            " m.receipt, m.visible_at")
+_COLUMNS = "id, body, group_id, sent_at, receive_count, queue, origin, receipt, visible_at"
 
 
 def _parse_receipt(receipt: str) -> tuple[int, str] | None:
@@ -174,7 +172,7 @@ class SqliteQueue(Queue):
 
     async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
         def peek(conn: sqlite3.Connection) -> list[ReceivedMessage]:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM messages m WHERE m.queue = ?"
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE queue = ?"
                                 " ORDER BY id LIMIT ?", (self.spec.dead_letter_name, limit))
             return [_message(row, attributes={"source_queue": row[6] or ""}) for row in rows]
 
@@ -203,7 +201,7 @@ class SqliteQueue(Queue):
 
         def scan(conn: sqlite3.Connection) -> list[ReceivedMessage]:
             now = time.time()
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM messages m WHERE m.queue IN (?, ?)"
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE queue IN (?, ?)"
                                 " ORDER BY id LIMIT ?",
                                 (self.spec.name, self.spec.dead_letter_name, limit))
             out = []
