@@ -228,3 +228,25 @@ async def test_erasure_overwrites_the_deleted_bodies_in_the_file(tmp_path: Path)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = (tmp_path / "q.db").read_bytes()
     assert b"KEEP-ME-" in data and b"ERASE-ME-" not in data
+
+
+async def test_wal_is_cut_back_while_writes_go_on(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from wacloud.adapters.queue import sqlite as sqlite_broker
+
+    monkeypatch.setattr(sqlite_broker, "CHECKPOINT_INTERVAL_S", 0.02)
+    monkeypatch.setattr(sqlite_broker, "WAL_RESTART_BYTES", 256 * 1024)
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+    wal = tmp_path / "q.db-wal"
+    body = bytes(1500)
+    await asyncio.gather(*(queue.send(body) for _ in range(2000)))  # ~4 MB of WAL at least
+    grew_to = wal.stat().st_size
+    deadline = time.monotonic() + 10
+    while wal.stat().st_size > 256 * 1024 and time.monotonic() < deadline:
+        await asyncio.gather(*(queue.send(body) for _ in range(20)))  # writes never stop
+        got = await queue.receive(20)
+        await queue.ack([m.receipt for m in got])
+    assert grew_to > 1024 * 1024
+    assert wal.stat().st_size <= 256 * 1024
+    await broker.close()

@@ -41,7 +41,14 @@ T = TypeVar("T")
 # 100+ ms stalls of webhook answers. The writer retries at this finer step instead.
 LOCK_RETRY_S = 0.0002
 LOCK_RETRY_MAX_S = 0.002
-CHECKPOINT_INTERVAL_S = 0.5
+CHECKPOINT_INTERVAL_S = 0.25
+# Under steady writes a PASSIVE checkpoint never catches up with the end of the WAL, so the
+# next writer never starts it over and the file grew by ~100 MB/s under bench/ingest (each
+# commit then extended the file: an fsync with a metadata journal commit). Past this size a
+# RESTART checkpoint, which briefly holds writers off, lets the log start over, and
+# journal_size_limit cuts the file back to this size.
+WAL_RESTART_BYTES = 16 * 1024 * 1024
+RESTART_WAIT_S = 0.02  # the longest a RESTART waits for a writer or reader to finish
 _SYNC_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 # `origin` is NULL for a live message and the source queue name for a dead letter; dedup ids are
@@ -133,6 +140,7 @@ class SqliteBroker(QueueBroker):
         # Checkpoints (copying the WAL back into the file, with an fsync) run on a thread of
         # their own: inside a COMMIT they stalled every waiting webhook for tens of ms.
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_BYTES}")
         # Deleted bodies are zeroed only on pages written anyway: with SQLite's secure-delete
         # default of some builds (Debian's) every ack also wrote out the pages it emptied.
         # Erasures (`SqliteQueue.delete`) switch the full scrub on for themselves.
@@ -211,13 +219,19 @@ class SqliteBroker(QueueBroker):
 
     def _checkpoint(self) -> None:
         """PASSIVE checkpoints every CHECKPOINT_INTERVAL_S: they never block writers, and a
-        second process checkpointing at the same moment just makes one of them skip a turn."""
+        second process checkpointing at the same moment just makes one of them skip a turn.
+        When the WAL has outgrown WAL_RESTART_BYTES, a RESTART after it (see there)."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=0)
+                               timeout=RESTART_WAIT_S)
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_BYTES}")
+        wal = self.path.with_name(self.path.name + "-wal")
         try:
             while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL_S):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if wal.exists() and wal.stat().st_size > WAL_RESTART_BYTES:
+                        # Busy (a reader or writer outlasted RESTART_WAIT_S): next turn.
+                        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
         finally:
             conn.close()
 
