@@ -18,12 +18,26 @@ Item = TypeVar("Item")
 T = TypeVar("T")
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
+LINGER_SHARE = 0.75
+LARGEST_DECAY = 0.999  # per batch: after a burst, back to small batches within a few thousand
+
 
 class BatchingThread(Generic[Item]):
+    """`linger` > 0: when fewer items wait than LINGER_SHARE of the largest recent batch, the
+    batch is taken at the next submit or after `linger` seconds, whichever comes first.
+
+    What that buys (bench/ingest.py, 64 connections: 13.9k -> 15.0k req/s, p99 19 -> 14 ms)
+    comes from the GIL: woken by the next submit, this thread runs again only once the event
+    loop lets go of the GIL, which it holds while it reads the rest of a burst of requests. So
+    the batch takes the whole burst instead of its first few webhooks, which left the rest to
+    wait for the following commit. A batch as large as recent ones is taken at once."""
+
     def __init__(self, process: Callable[[list[Item]], None], name: str, *,
-                 on_exit: Callable[[], None] | None = None) -> None:
+                 on_exit: Callable[[], None] | None = None, linger: float = 0.0) -> None:
         self._process = process
         self._on_exit = on_exit
+        self._linger = linger
+        self._largest = 1.0  # recent largest batch, decaying
         self._pending: list[Item] = []
         self._cond = threading.Condition()
         self._closing = False
@@ -56,7 +70,11 @@ class BatchingThread(Generic[Item]):
                         self._cond.wait()
                     if not self._pending:
                         return
+                    if (self._linger and not self._closing
+                            and len(self._pending) < LINGER_SHARE * self._largest):
+                        self._cond.wait(self._linger)
                     batch, self._pending = self._pending, []
+                    self._largest = max(float(len(batch)), self._largest * LARGEST_DECAY)
                 self._process(batch)
         finally:
             if self._on_exit is not None:

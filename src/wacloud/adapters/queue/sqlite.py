@@ -42,6 +42,7 @@ T = TypeVar("T")
 LOCK_RETRY_S = 0.0002
 LOCK_RETRY_MAX_S = 0.002
 CHECKPOINT_INTERVAL_S = 0.25
+LINGER_S = 0.001  # see BatchingThread: at most this much added to a commit's wait
 # Under steady writes a PASSIVE checkpoint never catches up with the end of the WAL, so the
 # next writer never starts it over and the file grew by ~100 MB/s under bench/ingest (each
 # commit then extended the file: an fsync with a metadata journal commit). Past this size a
@@ -149,7 +150,8 @@ class SqliteBroker(QueueBroker):
         threading.Thread(target=self._checkpoint, name=f"sqlite-queue-checkpoint:{self.path.name}",
                          daemon=True).start()
         self._writer: BatchingThread[_Op] = BatchingThread(
-            self._execute, f"sqlite-queue:{self.path.name}", on_exit=self._writer_exit)
+            self._execute, f"sqlite-queue:{self.path.name}", on_exit=self._writer_exit,
+            linger=LINGER_S)
 
     @property
     def closed(self) -> bool:
