@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,14 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def on_cpus(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that confines the child to `cpus` (None: no confinement)."""
+    if not cpus:
+        return None
+    chosen = set(cpus)
+    return lambda: os.sched_setaffinity(0, chosen)
 
 
 def port_open(port: int) -> bool:
@@ -91,13 +99,15 @@ class Processes:
 
     def start(self, name: str, argv: Sequence[str | Path], *, port: int | None = None,
               env: dict[str, str] | None = None, ready_timeout: float = 30.0,
-              cwd: Path | None = None) -> Proc:
-        """Start a process in its own session; wait until `port` accepts connections."""
+              cwd: Path | None = None, cpus: set[int] | None = None) -> Proc:
+        """Start a process in its own session (on `cpus` only, if given); wait until `port`
+        accepts connections."""
         log_path = self.log_dir / f"{name}.log"
         log: IO[bytes] = log_path.open("wb")
         popen = subprocess.Popen([str(a) for a in argv], stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                 cwd=cwd or REPO, start_new_session=True)
+                                 cwd=cwd or REPO, start_new_session=True,
+                                 preexec_fn=on_cpus(cpus))
         log.close()
         proc = Proc(name, popen, log_path, port)
         self.procs.append(proc)

@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/ingest.py [--duration 10] [--connections 64]
 
-In one run, one server at a time, each a separate process on 127.0.0.1:
+In one run, one server at a time, each a separate process on 127.0.0.1 with its HTTP process
+on CPU 0 (`--server-cpu N` for another, `none` for no pinning); wrk runs on any CPU:
   (a) bare   - an ASGI app that only answers 200 (uvicorn + uvloop + httptools): the ceiling;
   (b) pywa   - a pywa 4.5 FastAPI webhook server whose handler counts the updates it gets
                (installed on first run into bench/.venv-pywa, never into the project venv);
   (x) wacloud - `wacloud serve` with its own data dir, one tenant, one Meta channel whose app
-               secret signs the bodies; its stages run in its worker process.
+               secret signs the bodies; its stages run in its worker process. It is pinned by
+               its own settings, as WACLOUD_SERVER_CPUS=auto does on a dedicated host: the
+               server on CPU 0, the worker on the other CPUs.
 wrk (installed with apt-get if missing) replays pre-signed bodies from a file, so every request
 of the measured run carries distinct wamids; after the wacloud run the benchmark waits for the
 queues to drain and checks that every acknowledged body is in the tenant's database.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
@@ -172,8 +176,8 @@ def get_json(url: str) -> dict[str, Any]:
 
 def measure(procs: Processes, name: str, argv: list[str | Path], env: dict[str, str],
             port: int, path: str, args: argparse.Namespace, wrk: str, warm: Path,
-            main: Path, keep_running: bool = False) -> WrkResult:
-    proc = procs.start(name, argv, port=port, env=env)
+            main: Path, keep_running: bool = False, cpus: set[int] | None = None) -> WrkResult:
+    proc = procs.start(name, argv, port=port, env=env, cpus=cpus)
     failed = True
     try:
         if args.warmup > 0:
@@ -187,7 +191,7 @@ def measure(procs: Processes, name: str, argv: list[str | Path], env: dict[str, 
                          connections=args.connections, threads=args.threads)
         show(name, result)
         log(f"{name} process used {cpu_seconds(proc.pid) - cpu_before:.1f} CPU-s during the "
-            f"{result.duration_s:.1f} s run (wrk shares the 2 cores)")
+            f"{result.duration_s:.1f} s run (with its children; wrk shares the machine)")
         summarize_py_spy(spy, args.tmp / f"py-spy-{name}.raw")
         if name == "pywa":
             handled = get_json(f"http://{HOST}:{port}/_count")["handled"] - before["handled"]
@@ -264,6 +268,24 @@ def durability(setup_db: Path, queue_db: Path, result: WrkResult, sizes: list[in
     return ok, "\n".join(lines)
 
 
+def split_cpus(spec: str) -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, wacloud worker CPUs) for `--server-cpu`; (None, None): no pinning."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if spec.strip().lower() == "none":
+        return None, None
+    if len(allowed) < 2:
+        log(f"only {len(allowed)} CPU: no pinning")
+        return None, None
+    server = {int(spec)}
+    if not server <= set(allowed):
+        raise SystemExit(f"--server-cpu {spec}: not one of the CPUs allowed here {allowed}")
+    return server, set(allowed) - server
+
+
+def fmt_cpus(cpus: set[int] | None) -> str:
+    return ",".join(map(str, sorted(cpus or ())))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
@@ -276,10 +298,14 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--only-wacloud", action="store_true",
                         help="development: skip the two baselines (no ratios, no RESULT line)")
+    parser.add_argument("--server-cpu", default="0",
+                        help="CPU of each server's HTTP process (wacloud's worker: the "
+                             "others); 'none': no pinning")
     parser.add_argument("--py-spy", action="store_true",
                         help="profile wacloud during its run (slows it down; pip install py-spy)")
     args = parser.parse_args()
 
+    server_cpus, worker_cpus = split_cpus(args.server_cpu)
     wrk = ensure_wrk()
     pywa_python = None if args.only_wacloud else ensure_pywa_venv()
     app_secret = uuid.uuid4().hex
@@ -299,7 +325,9 @@ def main() -> int:
             setup = setup_gateway(tmp / "data", [CHANNEL], app_secret=app_secret,
                                   token="bench-" + uuid.uuid4().hex)
         log(f"wrk {wrk}: {args.threads} threads, {args.connections} connections, "
-            f"{args.duration:g} s per run after {args.warmup:g} s warm-up"
+            f"{args.duration:g} s per run after {args.warmup:g} s warm-up; "
+            + (f"servers on CPU {fmt_cpus(server_cpus)} (wacloud's worker on "
+               f"{fmt_cpus(worker_cpus)}), wrk on any" if server_cpus else "no CPU pinning")
             + (f"; pywa {pip_version(pywa_python, 'pywa')}" if pywa_python else ""))
 
         with Processes(tmp) as procs:
@@ -312,7 +340,8 @@ def main() -> int:
                     port = free_port()
                     bare = measure(procs, "bare", [VENV_PY, "-m", "uvicorn", "bare_app:app",
                                                    "--port", str(port), *uvicorn_flags], {},
-                                   port, "/", args, wrk, warm_file, main_file)
+                                   port, "/", args, wrk, warm_file, main_file,
+                                   cpus=server_cpus)
                 with stage("(b) pywa 4.5 webhook server (FastAPI, pywa_async, uvloop + "
                            "httptools)"):
                     port = free_port()
@@ -322,12 +351,16 @@ def main() -> int:
                     pywa = measure(procs, "pywa", [pywa_python, "-m", "uvicorn",
                                                    "pywa_app:app", "--port", str(port),
                                                    *uvicorn_flags], env,
-                                   port, "/", args, wrk, warm_file, main_file)
+                                   port, "/", args, wrk, warm_file, main_file,
+                                   cpus=server_cpus)
             with stage("(x) wacloud serve: POST /webhooks/meta (stages in a worker process)"):
                 port = free_port()
+                pinning = ({"WACLOUD_SERVER_CPUS": fmt_cpus(server_cpus),
+                            "WACLOUD_WORKER_CPUS": fmt_cpus(worker_cpus)}
+                           if server_cpus else {"WACLOUD_SERVER_CPUS": ""})
                 ours = measure(procs, "wacloud", gateway_argv(setup.data_dir, port),
-                               gateway_env(), port, "/webhooks/meta", args, wrk, warm_file,
-                               main_file, keep_running=True)
+                               gateway_env(pinning), port, "/webhooks/meta", args, wrk,
+                               warm_file, main_file, keep_running=True)
             with stage("durability check (the same gateway process drains its queues)"):
                 durable, report = durability(setup.tenant_db("bench"), setup.queue_db, ours,
                                              sizes, args.threads, args.drain_timeout)
