@@ -14,6 +14,7 @@ import uvicorn
 
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_app
+from wacloud.hosting.http_protocol import HttpProtocol
 from wacloud.hosting.process import tune_garbage_collector
 from wacloud.hosting.worker import (
     WorkerSupervisor,
@@ -84,7 +85,7 @@ async def serve(settings: Settings, host: str, port: int,
     # headers: each costs a measurable share of a webhook's CPU.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
-                            server_header=False, date_header=False)
+                            server_header=False, date_header=False, http=HttpProtocol)
     server = uvicorn.Server(config)
     on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
     workers = [WorkerSupervisor(settings, group, index) for index, group
