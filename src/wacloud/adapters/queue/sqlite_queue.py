@@ -135,6 +135,8 @@ class SqliteQueue(Queue):
         if by_token:
             def delete(conn: sqlite3.Connection) -> None:
                 # One statement per claim (its messages share a token), not one per message.
+                # Return nothing: a cursor handed back to the loop thread and freed there
+                # raced the writer thread ("bad parameter or other API misuse").
                 for token, ids in by_token.items():
                     for chunk in power_of_two_chunks(ids):
                         conn.execute(_DELETE.format(ids=",".join("?" * len(chunk))),
