@@ -75,6 +75,10 @@ def test_two_workers_share_the_stages_and_a_dead_one_is_restarted(harness: Harne
     running = wait_for(lambda: workers(harness) if len(workers(harness)) == 2 else None,
                        message="two stage workers")
     assert set(running) == {"receive,write,save", "media,send"}
+    # /readyz reports them (pid, alive, restarts) beside the queue depth.
+    reported = {w["stages"]: w for w in harness.client.get("/readyz").json()["workers"]}
+    assert {k: (w["pid"], w["alive"], w["restarts"]) for k, w in reported.items()} == {
+        k: (pid, True, 0) for k, pid in running.items()}
 
     tenant = harness.tenant()
     channel = harness.meta_channel(tenant)
@@ -110,3 +114,7 @@ def test_two_workers_share_the_stages_and_a_dead_one_is_restarted(harness: Harne
     harness.wait_rows(tenant, 2, predicate=lambda rows: second_in in {
         r["provider_message_id"] for r in rows}, timeout=30)
     harness.wait_outbox(tenant, lambda rows: rows[second_out]["status"] == 3, timeout=30)
+    reported = {w["stages"]: w for w in harness.client.get("/readyz").json()["workers"]}
+    assert (reported["receive,write,save"]["pid"], reported["receive,write,save"]["restarts"]) \
+        == (restarted, 1)
+    assert reported["media,send"]["restarts"] == 0

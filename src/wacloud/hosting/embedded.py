@@ -79,7 +79,10 @@ async def _first(*events: asyncio.Event) -> None:
 async def serve(settings: Settings, host: str, port: int,
                 started: asyncio.Event | None = None) -> None:
     gateway = build_gateway(settings)
-    app = create_app(gateway)
+    on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
+    workers = [WorkerSupervisor(settings, group, index) for index, group
+               in enumerate(worker_groups(settings.stage_workers, on_server or ()))]
+    app = create_app(gateway, lambda: [w.status() for w in workers])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
     # headers: each costs a measurable share of a webhook's CPU.
@@ -87,9 +90,6 @@ async def serve(settings: Settings, host: str, port: int,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
                             server_header=False, date_header=False, http=HttpProtocol)
     server = uvicorn.Server(config)
-    on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
-    workers = [WorkerSupervisor(settings, group, index) for index, group
-               in enumerate(worker_groups(settings.stage_workers, on_server or ()))]
     for worker in workers:
         worker.start()
     supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in workers]

@@ -4,6 +4,8 @@ metrics. Thin: checks, queues, answers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,7 +20,9 @@ from wacloud.stages import envelopes
 from wacloud.stages.ingest import meta_verify_challenge
 
 
-def create_app(gateway: Gateway) -> ASGIApp:
+def create_app(gateway: Gateway,
+               workers: Callable[[], list[dict[str, object]]] = list) -> ASGIApp:
+    """`workers`: the stage workers' state for `/readyz` (none when the stages run here)."""
     broker = gateway.broker
     raw_queue = gateway.queues[envelopes.INBOUND_RAW]
 
@@ -34,8 +38,10 @@ def create_app(gateway: Gateway) -> ASGIApp:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
+        # Ready means webhooks are accepted (they wait durably in the queue); whether the stage
+        # workers run, and how often they were restarted, is reported beside it.
         depth = await raw_queue.depth()
-        return JSONResponse({"status": "ready", "inbound_raw": depth})
+        return JSONResponse({"status": "ready", "inbound_raw": depth, "workers": workers()})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -97,6 +97,10 @@ class WorkerSupervisor:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def status(self) -> dict[str, object]:
+        return {"stages": ",".join(self.stages), "alive": self.alive, "restarts": self.restarts,
+                "pid": self.process.pid if self.alive and self.process else None}
+
     async def supervise(self, stop: asyncio.Event) -> None:
         backoff = 1.0
         while not stop.is_set():
