@@ -276,6 +276,8 @@ def split_cpus(spec: str) -> tuple[set[int] | None, set[int] | None]:
     if len(allowed) < 2:
         log(f"only {len(allowed)} CPU: no pinning")
         return None, None
+    if not spec.strip().isdigit():
+        raise SystemExit(f"--server-cpu {spec!r}: give one CPU id (e.g. 0) or 'none'")
     server = {int(spec)}
     if not server <= set(allowed):
         raise SystemExit(f"--server-cpu {spec}: not one of the CPUs allowed here {allowed}")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from wacloud.adapters.batching import power_of_two_chunks
+from wacloud.adapters.queue import sqlite as sqlite_broker
 from wacloud.adapters.queue import sqlite_queue
 from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec
 from wacloud.adapters.queue.sqlite import SqliteBroker
@@ -206,8 +208,6 @@ async def test_only_transactions_with_sends_wait_for_the_disk(tmp_path: Path) ->
 
 
 def test_power_of_two_chunks_cover_every_item_in_order() -> None:
-    from wacloud.adapters.batching import power_of_two_chunks
-
     for n in (0, 1, 7, 256, 300, 1000):
         chunks = list(power_of_two_chunks(list(range(n)), largest=256))
         assert [x for chunk in chunks for x in chunk] == list(range(n))
@@ -232,8 +232,6 @@ async def test_erasure_overwrites_the_deleted_bodies_in_the_file(tmp_path: Path)
 
 async def test_wal_is_cut_back_while_writes_go_on(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from wacloud.adapters.queue import sqlite as sqlite_broker
-
     monkeypatch.setattr(sqlite_broker, "CHECKPOINT_INTERVAL_S", 0.02)
     monkeypatch.setattr(sqlite_broker, "WAL_RESTART_BYTES", 256 * 1024)
     broker = SqliteBroker(tmp_path / "q.db")
