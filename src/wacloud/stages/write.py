@@ -3,6 +3,8 @@
 Routing uses only the registry (Meta phone_number_id, falling back to the WABA id; Whapi
 channel id; Chakra plugin id). Events of an unknown channel are parked with the reason, to be
 replayed once the channel exists. Messages whose media is still pending get a retry job.
+A value the tenant's database refuses (a constraint, an integer out of range) parks only the
+event that carries it, with the reason; the other events of the same webhook are stored.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 
+from wacloud.adapters.db.errors import failure_reason, is_refused_value
+from wacloud.adapters.db.tenant_store import StoreResult, TenantStore
 from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import Event, InboundMessage, ProviderNotice, StatusUpdate, event_from_dict
@@ -71,14 +75,41 @@ async def write_events(events: list[Event], ctx: WriteContext) -> list[Output]:
     outputs: list[Output] = []
     for tenant, events in by_tenant.items():
         store = await ctx.broker.tenant_store_async(tenant)
-        result = await asyncio.to_thread(
-            store.store_events,
-            [e for e in events if isinstance(e, InboundMessage)],
-            [e for e in events if isinstance(e, StatusUpdate)],
-            [e for e in events if isinstance(e, ProviderNotice)])
+        try:
+            result = await asyncio.to_thread(_store, store, events)
+        except Exception as exc:
+            if not is_refused_value(exc):
+                raise  # the database's trouble, not the data's: the runner retries the lot
+            result = await _store_each(store, events, ctx)
         for message in result.pending_media:
             fields = message.to_dict()
             fields["raw"] = {}
             job = {"tenant": tenant, "message": fields}
             outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
     return outputs
+
+
+def _store(store: TenantStore, events: list[Event]) -> StoreResult:
+    return store.store_events([e for e in events if isinstance(e, InboundMessage)],
+                              [e for e in events if isinstance(e, StatusUpdate)],
+                              [e for e in events if isinstance(e, ProviderNotice)])
+
+
+async def _store_each(store: TenantStore, events: list[Event], ctx: WriteContext
+                      ) -> StoreResult:
+    """One transaction per event (storing is idempotent, so those already stored are no-ops);
+    an event the database refuses is parked with the reason instead of failing the rest."""
+    total = StoreResult()
+    for event in events:
+        try:
+            result = await asyncio.to_thread(_store, store, [event])
+        except Exception as exc:
+            if not is_refused_value(exc):
+                raise
+            await ctx.park(stage="write",
+                           reason=f"the tenant database refused this event: {failure_reason(exc)}",
+                           payload=dumps([event.to_dict()]).decode(),
+                           provider=event.provider.value, channel_key=event.channel_key)
+            continue
+        total.pending_media.extend(result.pending_media)
+    return total

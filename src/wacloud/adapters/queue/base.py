@@ -97,6 +97,10 @@ class Queue(abc.ABC):
     async def redrive(self, message_ids: list[str] | None = None) -> int:
         """Move dead letters (all, or the given ids) back to this queue; returns how many."""
 
+    async def dead_count(self) -> int:
+        """How many messages wait in the dead-letter queue (for /readyz and /metrics)."""
+        return (await self.depth())["dead"]
+
     @abc.abstractmethod
     async def discard(self, message_ids: list[str] | None = None) -> int:
         """Delete dead letters (all, or the given ids); returns how many."""

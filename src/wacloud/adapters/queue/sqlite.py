@@ -203,6 +203,11 @@ class SqliteBroker(QueueBroker):
             (name, time.time() - longer_than)).fetchone()
         return row is not None
 
+    def read_one(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """One row of a read-only query on this thread's read connection (no write lock)."""
+        row: tuple[Any, ...] = self._reader().execute(sql, args).fetchone()
+        return row
+
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
         if conn is None:
