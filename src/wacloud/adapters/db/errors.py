@@ -34,9 +34,10 @@ def is_database_unavailable(exc: BaseException) -> bool:
     for error in _chain(exc):
         if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
             return True
-        if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError,
-                              sa_exc.DisconnectionError, sa_exc.TimeoutError,
-                              sqlite3.OperationalError, sqlite3.InterfaceError)):
+        # Not InterfaceError as such: SQLite's is a value it cannot bind (the data's fault);
+        # a driver's lost connection is flagged `connection_invalidated` above.
+        if isinstance(error, (sa_exc.OperationalError, sa_exc.DisconnectionError,
+                              sa_exc.TimeoutError, sqlite3.OperationalError)):
             return True
         if isinstance(error, (sa_exc.IntegrityError, sa_exc.DataError, sqlite3.IntegrityError,
                               sqlite3.DataError, OverflowError)):
