@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.dialect import insert_ignore
@@ -369,6 +371,13 @@ def test_list_messages_returns_the_public_json_contract(store: TenantStore) -> N
                                           "status", "status_code", "media")} == {
         "provider_message_id": "wamid.OUT", "direction": "out", "type": "text",
         "text": "hi there", "status": "accepted", "status_code": 3, "media": None}
+
+
+def test_tenant_migrations_match_the_model(store: TenantStore) -> None:
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = [d for d in compare_metadata(context, t.metadata) if d[0] != "remove_table"]
+    assert diff == []
 
 
 def test_group_message_and_group_outbound_row_show_their_group_id(store: TenantStore) -> None:
