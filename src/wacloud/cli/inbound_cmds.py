@@ -1,4 +1,5 @@
-"""Commands for serving and for inbound messages: serve, messages, parked, media, demo."""
+"""Commands for serving and for inbound messages: serve, messages, notices, parked, media,
+demo."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Annotated
 import typer
 
 from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.db.views import list_messages
+from wacloud.adapters.db.views import list_messages, list_notices
 from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
@@ -117,6 +118,26 @@ def messages(tenant: Annotated[str, typer.Option("--tenant")],
                 "media"] else ""
             typer.echo(f"{row['direction']:>3} {row['type']:<12} {row['from']} -> {row['to']}: "
                        f"{row['text'] or ''}{media} ({row['status']})")
+    broker.close()
+
+
+@app.command()
+def notices(tenant: Annotated[str, typer.Option("--tenant")],
+            limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+            data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """What providers reported besides messages and receipts (webhook-level errors, account
+    and template updates): the latest ones, oldest first."""
+    settings = settings_for(data_dir)
+    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+    if not broker.has_tenant(tenant):
+        fail(f"unknown tenant {tenant!r}")
+    for row in list_notices(broker.tenant_store(tenant).engine, limit):
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False, default=str))
+        else:
+            errors = "; ".join(f"{e.get('code')} {e.get('reason')}" for e in row["errors"])
+            typer.echo(f"{row['received_at']} {row['provider']} {row['channel']} "
+                       f"{row['field']}: {errors or '(no errors)'}")
     broker.close()
 
 

@@ -379,3 +379,14 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 def test_header_lookup_is_case_insensitive() -> None:
     assert errors.header({"RETRY-AFTER": "3"}, "Retry-After") == "3"
     assert errors.header({}, "Retry-After") is None
+
+
+def test_build_group_recipient() -> None:
+    group = "Y2FwaV9ncm91cDo1NTExOTQwMDAxMjM0OjEyMDM2MzA0MDQ2OTQyMzM4MjAZD"
+    request = meta_send.build_send(channel(), message(
+        "text", {"body": "Abre sim, das 9h às 13h"}, recipient=group, recipient_type="group",
+        reply_to=WAMID))
+    assert request.json == {"messaging_product": "whatsapp", "recipient_type": "group",
+                            "to": group, "type": "text",
+                            "text": {"body": "Abre sim, das 9h às 13h"},
+                            "context": {"message_id": WAMID}}

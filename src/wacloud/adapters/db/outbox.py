@@ -35,12 +35,14 @@ class OutboxState:
 
 def insert_outbound(engine: Engine, *, channel: str, recipient: str, type: str,
                     content: dict[str, Any], reply_to: str | None = None,
-                    client_reference: str | None = None) -> int:
+                    client_reference: str | None = None,
+                    recipient_type: str | None = None) -> int:
     now = utcnow()
     with engine.begin() as conn:
         result = conn.execute(t.outbound_messages.insert().values(
             channel=channel, recipient=recipient, type=type, content=content,
             reply_to=reply_to, client_reference=client_reference,
+            recipient_type=recipient_type,
             status=OutboundStatus.PENDING.value, attempts=0, created_at=now, updated_at=now))
         key = result.inserted_primary_key
         assert key is not None
