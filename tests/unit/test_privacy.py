@@ -55,13 +55,14 @@ from wacloud.privacy import (
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 from wacloud.stages.envelopes import RawWebhook, dumps
-from wacloud.testing.webhooks import meta_envelope, meta_text
+from wacloud.testing.webhooks import meta_envelope, meta_text, sign
 
 MARIA = "5511987654321"
 MARIA_BSUID = "BR.1502576394655843"
 JOAO = "5521912345678"
 BUSINESS = "5511940001234"
 PN_A, WABA_A, WHAPI_A, PN_B = "106540352242922", "102290129340398", "MANTIS-M72HC", "1065999"
+APP_SECRETS = {PN_A: "app-secret-a", PN_B: "app-secret-b"}
 SHARED_KEY = "acme/PN/2026/11/20/shared.jpg"  # the same picture sent by both contacts
 
 
@@ -93,7 +94,9 @@ def meta_raw(*senders: tuple[str, str], phone_number_id: str = PN_A) -> bytes:
         messages.append(msg)
         contacts.append(contact)
     body = dumps(meta_envelope(phone_number_id, WABA_A, BUSINESS, messages, contacts=contacts))
-    return RawWebhook("meta", None, 1.0, body).encode()
+    # Signed as the gateway queues it (each channel's own app secret).
+    secret = APP_SECRETS.get(phone_number_id, APP_SECRETS[PN_A])
+    return RawWebhook("meta", None, 1.0, body, signature=sign(body, secret)).encode()
 
 
 @dataclass
@@ -145,10 +148,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     registry.add_tenant("acme")
     registry.add_tenant("beta")
     registry.add_channel(tenant="acme", provider=Provider.META, key=PN_A, phone_number_id=PN_A,
-                         waba_id=WABA_A, display_number=BUSINESS, token="tok-a")
+                         waba_id=WABA_A, display_number=BUSINESS, token="tok-a",
+                         app_secret=APP_SECRETS[PN_A])
     registry.add_channel(tenant="acme", provider=Provider.WHAPI, key=WHAPI_A, token="tok-w")
     registry.add_channel(tenant="beta", provider=Provider.META, key=PN_B, phone_number_id=PN_B,
-                         waba_id="W-B", display_number="5531900000000", token="tok-b")
+                         waba_id="W-B", display_number="5531900000000", token="tok-b",
+                         app_secret=APP_SECRETS[PN_B])
     broker = CredentialsBroker(registry, tenants_dir=tmp_path / "tenants", cache_seconds=0)
     queue_broker = SqliteBroker(tmp_path / "queues.db")
     queues: dict[str, Queue] = {

@@ -51,7 +51,32 @@ def meta_verify_challenge(mode: str | None, token: str | None, challenge: str | 
     return None
 
 
-def raw_output(provider: Provider, body: bytes, channel_key: str | None = None) -> Output:
+WHATSAPP_OBJECT = "whatsapp_business_account"
+_WHATSAPP_PREFIX = b'{"object":"whatsapp_business_account"'
+_MAX_OBJECT_LABEL = 40
+
+
+def other_meta_object(body: bytes) -> str | None:
+    """The `object` of a Meta body from another product sharing the callback URL ("page",
+    "instagram", ...), as a metric label; None for a WhatsApp body or one that is not a JSON
+    object with a string `object` (those go on, to be stored or parked)."""
+    if body.startswith(_WHATSAPP_PREFIX):  # Meta's own compact JSON: no parse needed
+        return None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    kind = payload.get("object") if isinstance(payload, dict) else None
+    if not isinstance(kind, str) or kind == WHATSAPP_OBJECT:
+        return None
+    # Signed, so not a stranger's label; still, keep odd values to one series.
+    if len(kind) > _MAX_OBJECT_LABEL or not kind.replace("_", "").isalnum():
+        return "other"
+    return kind
+
+
+def raw_output(provider: Provider, body: bytes, channel_key: str | None = None,
+               signature: str | None = None) -> Output:
     envelope = RawWebhook(provider=provider.value, channel_key=channel_key,
-                          received_at=time.time(), body=body)
+                          received_at=time.time(), body=body, signature=signature)
     return Output(INBOUND_RAW, OutgoingMessage(envelope.encode()))
