@@ -171,6 +171,12 @@ def test_internal_credentials_needs_a_service_key_and_audits_every_authenticated
     assert created.returncode == 0, created.stderr
     service_key = json.loads(created.stdout)["key"]
     tenant_key = harness.api_key(tenant)
+    # Served on the internal listener only: the public webhook port does not know the paths.
+    public = harness.client.post("/internal/credentials", json=body,
+                                 headers={"Authorization": f"Bearer {service_key}"})
+    assert public.status_code == 404 and TOKEN not in public.text
+    assert harness.client.get("/metrics").status_code == 404
+    assert "wacloud_webhooks_total" in harness.internal.get("/metrics").text
 
     refused_before = harness.metric("wacloud_credentials_unauthenticated_total", via="http")
     assert ask(harness, None, body).status_code == 401
