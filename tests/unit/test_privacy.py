@@ -307,6 +307,48 @@ async def test_erase_removes_everything_of_one_contact_and_nothing_of_another(
     assert set(again.removed().values()) == {0}
 
 
+async def test_erase_clears_the_signed_body_kept_with_a_parked_item(world: World) -> None:
+    """A parked item keeps the signed webhook for the replay check; that body also carries
+    what the same webhook brought this tenant about the contact."""
+    body = RawWebhook.decode(meta_raw((MARIA, "wamid.s1"))).body.decode()
+    only_joao = world.registry.park(
+        stage="write", reason="no tenant for meta channel '999'", provider="meta",
+        channel_key="999", payload=json.dumps([message("wamid.s2", JOAO, channel="999")
+                                               .to_dict()]),
+        raw_body=body, signature="sha256=" + "0" * 64)
+    untouched = world.registry.park(
+        stage="write", reason="no tenant for meta channel '998'", provider="meta",
+        channel_key="998", payload=json.dumps([message("wamid.s3", JOAO, channel="998")
+                                               .to_dict()]),
+        raw_body=RawWebhook.decode(meta_raw((JOAO, "wamid.s4"))).body.decode(),
+        signature="sha256=" + "1" * 64)
+
+    await erase_contact(world.ctx, "acme", MARIA)
+
+    item = world.registry.parked_item(only_joao)
+    assert (item.raw_body, item.signature) == (None, None)
+    assert [e["provider_message_id"] for e in json.loads(item.payload)] == ["wamid.s2"]
+    assert world.registry.parked_item(untouched).raw_body is not None
+
+
+async def test_a_queued_webhook_split_by_erase_keeps_only_entries_its_signature_covers(
+        world: World) -> None:
+    """The remainder is queued without the signed body: the entry check happens here."""
+    mine = json.loads(RawWebhook.decode(meta_raw((MARIA, "wamid.f1"), (JOAO, "wamid.f2"))).body)
+    forged = json.loads(RawWebhook.decode(meta_raw((JOAO, "wamid.f3"),
+                                                   phone_number_id=PN_B)).body)
+    body = dumps({"object": "whatsapp_business_account",
+                  "entry": mine["entry"] + forged["entry"]})
+    await world.queues[envelopes.INBOUND_RAW].send(RawWebhook(
+        "meta", None, 1.0, body, signature=sign(body, APP_SECRETS[PN_A])).encode())
+
+    await erase_contact(world.ctx, "acme", MARIA)
+
+    [left] = [RawWebhook.decode(b) for b in await world.queued(envelopes.INBOUND_RAW)]
+    assert left.kind == "events"
+    assert [e["provider_message_id"] for e in json.loads(left.body)] == ["wamid.f2"]
+
+
 async def test_erase_by_business_scoped_user_id(world: World) -> None:
     world.acme.store_events([message("wamid.u1", MARIA, user_id=MARIA_BSUID),
                              message("wamid.u2", "", user_id=MARIA_BSUID),
