@@ -3,7 +3,9 @@
 `POST /webhooks/meta`, `/webhooks/whapi/{channel_id}` and `/webhooks/chakra/{plugin_id}` are
 answered here; every other request goes to the Starlette app. A webhook is answered 200 only
 after its raw body is durably queued (the SQLite queue's group commit makes that cheap under
-concurrency), so a crash right after the answer loses nothing. Measured with `bench/ingest.py`:
+concurrency), so a crash right after the answer loses nothing. A signed Meta body of another
+product (`object` "page", "instagram", ...) is answered 200 and only counted, unless
+`WACLOUD_PARK_OTHER_META_OBJECTS` asks to queue (and so park) it. Measured with `bench/ingest.py`:
 routing through Starlette cost about a fifth of the CPU of each webhook.
 """
 

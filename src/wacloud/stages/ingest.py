@@ -19,7 +19,9 @@ from wacloud.stages.envelopes import INBOUND_RAW, Output, RawWebhook
 
 def meta_signature_ok(body: bytes, signature: str | None, broker: CredentialsBroker) -> bool:
     """Check `X-Hub-Signature-256` with the app secret of the channels the payload names, or
-    with every configured secret when it names none we know (it will then be parked)."""
+    with every configured secret when it names none we know (it will then be parked). This
+    only decides the HTTP answer: the receive stage checks each entry again against the
+    channel it routes to (`receive.check_entries`)."""
     if not signature:
         return False
     uniform = broker.uniform_meta_secret()
