@@ -102,10 +102,12 @@ class Gateway:
     collect_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
-                   channel_key: str | None = None) -> int:
+                   channel_key: str | None = None, raw_body: str | None = None,
+                   signature: str | None = None) -> int:
         item = await asyncio.to_thread(self.registry.park, stage=stage, reason=reason,
                                        payload=payload, provider=provider,
-                                       channel_key=channel_key)
+                                       channel_key=channel_key, raw_body=raw_body,
+                                       signature=signature)
         PARKED.labels(stage).inc()
         log.warning("parked item %d from stage %s: %s", item, stage, reason)
         return item

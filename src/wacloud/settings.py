@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     dev_allow_local_urls: bool = False
 
     max_webhook_bytes: int = 3 * 1024 * 1024
+    # Bodies of other Meta products sharing the callback URL (`object` "page", "instagram",
+    # ...) are answered 200 and only counted; set this to park each of them instead.
+    park_other_meta_objects: bool = False
+    # `/metrics` and `/internal/credentials` listen here, never on the public webhook port.
+    internal_host: str = "127.0.0.1"
+    internal_port: int = 8081
     max_media_bytes: int = 100 * 1024 * 1024
     media_timeout_s: float = 60.0
     media_first_try_timeout_s: float = 10.0

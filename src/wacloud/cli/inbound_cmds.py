@@ -39,6 +39,12 @@ from wacloud.stages import envelopes
 @app.command()
 def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           port: Annotated[int, typer.Option("--port")] = 8080,
+          internal_host: Annotated[str | None, typer.Option(
+              "--internal-host", help="listen address of /metrics and /internal/credentials "
+              "(default WACLOUD_INTERNAL_HOST or 127.0.0.1)")] = None,
+          internal_port: Annotated[int | None, typer.Option(
+              "--internal-port", help="port of /metrics and /internal/credentials "
+              "(default WACLOUD_INTERNAL_PORT or 8081)")] = None,
           data_dir: DataDir = None) -> None:
     """Run the HTTP server and every stage (embedded mode)."""
     from wacloud.hosting.embedded import serve as run
@@ -53,9 +59,17 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     except (ValueError, OSError) as exc:
         fail(f"WACLOUD_SERVER_CPUS / WACLOUD_WORKER_CPUS: {exc}")
     # The workers get the lists as resolved here (they start pinned like their parent).
-    settings = settings.model_copy(update={"server_cpus": server_cpus,
-                                           "worker_cpus": worker_cpus})
-    typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir})")
+    update: dict[str, object] = {"server_cpus": server_cpus, "worker_cpus": worker_cpus}
+    if internal_host is not None:
+        update["internal_host"] = internal_host
+    if internal_port is not None:
+        update["internal_port"] = internal_port
+    settings = settings.model_copy(update=update)
+    if (settings.internal_host, settings.internal_port) == (host, port):
+        fail("the internal listener needs its own port (--internal-port)")
+    typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
+               f"metrics and credentials on http://{settings.internal_host}:"
+               f"{settings.internal_port}")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run(settings, host, port))
 
@@ -205,8 +219,10 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
 @app.command()
 def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-demo"),
          port: Annotated[int, typer.Option("--port")] = 8080,
+         internal_port: Annotated[int, typer.Option(
+             "--internal-port", help="port of /metrics on 127.0.0.1")] = 8081,
          keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True) -> None:
     """Run the embedded gateway with the fake provider and show a message going in and out."""
     from wacloud.demo import run_demo
 
-    sys.exit(run_demo(data_dir, port, keep_serving))
+    sys.exit(run_demo(data_dir, port, keep_serving, internal_port))

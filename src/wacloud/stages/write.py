@@ -16,20 +16,13 @@ from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import Event, InboundMessage, ProviderNotice, StatusUpdate, event_from_dict
 from wacloud.stages.envelopes import INBOUND_MEDIA, Output, dumps
-from wacloud.stages.receive import Park
+from wacloud.stages.receive import Park, describe
 
 
 @dataclass(slots=True)
 class WriteContext:
     broker: CredentialsBroker
     park: Park
-
-
-def _describe(event: Event) -> str:
-    ids = f"{event.provider.value} channel {event.channel_key!r}"
-    if event.account_key:
-        ids += f" (account {event.account_key!r})"
-    return ids
 
 
 def _route(events: list[Event], broker: CredentialsBroker
@@ -39,7 +32,7 @@ def _route(events: list[Event], broker: CredentialsBroker
     for event in events:
         channel = broker.channel(event.provider, event.channel_key, event.account_key)
         if channel is None:
-            unroutable[_describe(event)].append(event)
+            unroutable[describe(event)].append(event)
             continue
         event.channel_key = channel.key  # a WABA-id fallback stores under the channel's id
         by_tenant[channel.tenant].append(event)
