@@ -11,7 +11,7 @@ this stage, in the same group commit as the lease, before the message is acknowl
   applies receipts that arrived before it;
 - temporary (5xx, 1, 2, 4, 80007, 130429, 131000, 131056, timeouts, network errors, a media
   host that does not resolve right now, ...) -> released with capped exponential backoff and
-  jitter (never sooner than Retry-After); 131056 slows only that recipient, 130429 the whole
+  jitter (honouring Retry-After); 131056 slows only that recipient, 130429 the whole
   number. Retried for `retry_period` (WACLOUD_SEND_RETRY_PERIOD_S) from the row's first
   temporary failure, then -100 "gave up after N attempts over Xs; last error CODE: reason"
   and the message goes to the dead-letter queue (`max_attempts` is only a safety cap);
