@@ -36,6 +36,7 @@ from wacloud.provider_client import ProviderClient
 from wacloud.ratelimit import SendLimits
 from wacloud.stages.collect import outbound_from_row, send_envelope
 from wacloud.stages.envelopes import OUTBOUND_RESULTS, Output, RetryLater
+from wacloud.stages.save import SaveContext, save
 from wacloud.stages.send import SendContext, send
 from wacloud.testing.fake_provider import FakeProvider, FakeProviderServer
 
@@ -61,6 +62,7 @@ class World:
     store: TenantStore
     ctx: SendContext
     dead_letters: Queue
+    broker: CredentialsBroker
 
     def queue_row(self, recipient: str = TO, body: str = "oi") -> bytes:
         """A new outbox row, claimed and queued by the collector; its send message."""
@@ -108,7 +110,7 @@ async def world(server: FakeProviderServer, tmp_path: Path) -> AsyncIterator[Wor
                           backoff_base=0.01, backoff_max=0.05, timeout=10.0)
         try:
             yield World(server.provider, registry, channel, broker.tenant_store("acme"), ctx,
-                        dead_letters)
+                        dead_letters, broker)
         finally:
             broker.close()
             await queues.close()
@@ -185,6 +187,48 @@ async def test_a_release_for_pacing_gives_the_lease_back_uncounted(world: World)
         await send(second, world.ctx)  # the recipient's pacing: released before the call
     row = world.row(second)
     assert (row["status"], row["attempts"], row["send_lease_until"]) == (2, 0, None)
+
+
+async def test_an_acceptance_the_row_could_not_take_reaches_it_through_the_save_stage(
+        world: World) -> None:
+    data = world.queue_row()
+    world.fake.script(TO, times=1, status=200, delay=0.5)
+    first = asyncio.create_task(send(data, world.ctx))
+    await wait_until(lambda: world.row(data)["attempts"] == 1)
+    world.store.writes.close()  # the tenant DB fails while the provider accepts
+    [note] = await first
+    result = json.loads(note.message.body)
+    assert (result["status"], result["provider_message_id"]) == (3, world.sends()[0].message_id)
+    world.store.close()  # the database is back
+
+    assert world.row(data)["status"] == OutboundStatus.QUEUED.value
+    await save(note.message.body, SaveContext(world.broker))
+    assert world.row(data)["status"] == OutboundStatus.ACCEPTED.value
+    assert await send(data, world.ctx) == []
+    assert len(world.sends()) == 1
+
+
+async def test_the_save_stage_drops_a_result_of_an_attempt_that_lost_the_row(
+        world: World) -> None:
+    data = world.queue_row()
+    world.fake.script(TO, times=1, status=503, error_code=131016)
+    with pytest.raises(RetryLater):
+        await send(data, world.ctx)
+    old_owner = world.row(data)["send_owner"]
+    world.fake.script(TO, times=1, status=200, delay=0.5)
+    second = asyncio.create_task(send(data, world.ctx))
+    await wait_until(lambda: world.row(data)["send_owner"] != old_owner)
+
+    # The first attempt's "queued" (and an older version's "pending", with no attempt at all)
+    # arrive while the second is at the provider: neither may move the row.
+    message = json.loads(data)["message"]
+    for stale in ({"status": 2, "owner": old_owner}, {"status": 0}):
+        await save(json.dumps({"tenant": "acme", "row_id": message["row_id"],
+                               "channel": PNID, "error_code": "x", "error_reason": "late",
+                               **stale}).encode(), SaveContext(world.broker))
+        assert world.row(data)["error_code"] == "131016"
+    assert statuses(await second) == [OutboundStatus.ACCEPTED]
+    assert world.row(data)["status"] == OutboundStatus.ACCEPTED.value
 
 
 # -- retry budget by time --------------------------------------------------------------------
