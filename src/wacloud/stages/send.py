@@ -21,10 +21,12 @@ this stage, in the same group commit as the lease, before the message is acknowl
 Outcomes other than acceptance only apply while the row is still this attempt's, so nothing
 late or redelivered moves a row backwards (see `wacloud.adapters.db.outbox`).
 
-The one window for a duplicate: the process dies (or loses its database) after the provider
-accepted the message and before the acceptance is committed, milliseconds. A copy delivered
-after the lease ends then sends again. If only the write fails, the acceptance still goes to
-the save stage before the message is acknowledged.
+The one window for a duplicate: the process dies after the provider took the message and
+before the acceptance is committed (the answer's way back plus one group commit,
+milliseconds); a copy delivered after the lease ends then sends again. If only the write fails,
+the acceptance still goes to the save stage before the message is acknowledged. A timeout is
+the same ambiguity (the provider may have taken it; Graph has no idempotency key): it is
+retried, as a temporary failure.
 """
 
 from __future__ import annotations
