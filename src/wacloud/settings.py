@@ -57,7 +57,12 @@ class Settings(BaseSettings):
     # Sends in flight per process (and connections per provider host). A send mostly waits on
     # the provider: 1,000 messages/s at Graph's ~200 ms per call need ~200 of them.
     send_concurrency: int = 256
-    send_max_attempts: int = 8
+    # Temporary provider trouble (5xx, timeouts, Meta 1, 2, 4, 80007, 130429, 131000, ...) is
+    # retried with capped exponential backoff for this long from the row's first temporary
+    # failure, then the row fails with the last error.
+    send_retry_period_s: float = 3600.0
+    # A safety cap only: with the default backoff an hour of retries is about 25 attempts.
+    send_max_attempts: int = 100
     send_backoff_base_s: float = 1.0
     send_backoff_max_s: float = 300.0
     send_timeout_s: float = 30.0
