@@ -51,7 +51,10 @@ def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
                                             visibility_timeout=settings.queue_visibility_timeout_s),
         # The media stage counts its own attempts; the DLQ is only for crashes beyond that.
         # Pacing and backoff release messages many times; attempts are counted on the row.
-        envelopes.OUTBOUND_SEND: QueueSpec(envelopes.OUTBOUND_SEND, fifo=True, max_receives=50,
+        # A retry is one receive, and pacing or a leased row may add a few: room for every
+        # attempt the retry period allows, so the row, not the queue, decides when to give up.
+        envelopes.OUTBOUND_SEND: QueueSpec(envelopes.OUTBOUND_SEND, fifo=True,
+                                           max_receives=max(50, 3 * settings.send_max_attempts),
                                            visibility_timeout=settings.send_timeout_s * 3),
         envelopes.OUTBOUND_SEND_DEAD: QueueSpec(envelopes.OUTBOUND_SEND_DEAD),
         envelopes.OUTBOUND_RESULTS: QueueSpec(envelopes.OUTBOUND_RESULTS,
@@ -102,10 +105,12 @@ class Gateway:
     collect_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
-                   channel_key: str | None = None) -> int:
+                   channel_key: str | None = None, raw_body: str | None = None,
+                   signature: str | None = None) -> int:
         item = await asyncio.to_thread(self.registry.park, stage=stage, reason=reason,
                                        payload=payload, provider=provider,
-                                       channel_key=channel_key)
+                                       channel_key=channel_key, raw_body=raw_body,
+                                       signature=signature)
         PARKED.labels(stage).inc()
         log.warning("parked item %d from stage %s: %s", item, stage, reason)
         return item
@@ -140,7 +145,8 @@ class Gateway:
         send_ctx = SendContext(
             self.broker, self.send_http, self.limits, self.copier, self.queues[
                 envelopes.OUTBOUND_SEND_DEAD], s.dev_allow_local_urls, s.send_max_attempts,
-            s.send_backoff_base_s, s.send_backoff_max_s, s.send_timeout_s)
+            s.send_backoff_base_s, s.send_backoff_max_s, s.send_timeout_s,
+            retry_period=s.send_retry_period_s)
         save_ctx = SaveContext(self.broker)
 
         async def save_batch(messages: list[ReceivedMessage]) -> list[Output]:

@@ -19,13 +19,26 @@ from wacloud.stages.receive import envelope_bytes
 
 
 def replay_envelope(item: ParkedItem) -> bytes:
-    """What goes back on `inbound.raw` for a parked item, by the stage that parked it."""
+    """What goes back on `inbound.raw` for a parked item, by the stage that parked it.
+
+    Marked as a replay, with the signed webhook and its signature when the item kept them:
+    the receive stage checks each Meta event again against the channel it now routes to, and
+    refuses Meta events that bring nothing to check (parked before signatures were kept)."""
     if item.stage == "receive":
-        return envelope_bytes(item.payload)
+        data = envelope_bytes(item.payload)
+        try:
+            raw = RawWebhook.decode(data)
+        except (ValueError, KeyError, TypeError):
+            return data  # not an envelope at all: the receive stage parks it again
+        raw.replay = True
+        return raw.encode()
     if item.stage == "write":
+        body = item.payload.encode()
+        if item.raw_body is not None:
+            body = dumps({"events": json.loads(item.payload), "webhook": item.raw_body})
         return RawWebhook(provider=item.provider or "meta", channel_key=item.channel_key,
-                          received_at=time.time(), body=item.payload.encode(),
-                          kind="events").encode()
+                          received_at=time.time(), body=body, kind="events",
+                          signature=item.signature, replay=True).encode()
     raise ValueError(f"parked item {item.id} comes from stage {item.stage!r}, "
                      "which has no replay path")
 

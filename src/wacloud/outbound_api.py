@@ -1,13 +1,17 @@
 """Validation of messages submitted through the API or the CLI, into outbox rows.
 
 The accepted shape is Meta's send format: `{"channel", "to", "type", <type>: {...}}` plus
-optional `reply_to` (or Meta's `context.message_id`) and `client_reference`.
+optional `reply_to` (or Meta's `context.message_id`) and `client_reference`. Like Meta's send
+API, `recipient` (a business-scoped user id) may stand in for `to` (`to` wins when both are
+given), and `"recipient_type": "group"` makes `to` a group id (Meta's Groups API).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from wacloud.providers.meta_send import is_bsuid
 
 MEDIA_TYPES = {"image", "video", "audio", "document", "sticker"}
 TYPES = MEDIA_TYPES | {"text", "template", "interactive", "reaction", "location", "contacts",
@@ -26,6 +30,7 @@ class Submission:
     content: dict[str, Any]
     reply_to: str | None
     client_reference: str | None
+    recipient_type: str | None = None  # "group", or None for one person
 
 
 def _require(condition: bool, message: str) -> None:
@@ -44,11 +49,22 @@ def parse_submission(data: Any) -> Submission:
     if kind == "contacts" and isinstance(content, list):
         content = {"contacts": content}  # Meta's format: a list of contact cards
     _require(isinstance(content, dict), f"`{kind}` must be an object with the message content")
+    recipient_type = data.get("recipient_type", "individual")
+    _require(recipient_type in ("individual", "group"),
+             "`recipient_type` must be 'individual' or 'group'")
+    bsuid = data.get("recipient")
+    _require(bsuid is None or (isinstance(bsuid, str) and is_bsuid(bsuid.strip())),
+             "`recipient` must be a business-scoped user id (like BR.1502576394655843)")
+    _require(bsuid is None or recipient_type == "individual",
+             "`recipient` names a person; a group goes in `to` with `recipient_type` 'group'")
     if kind == "read":
         _require(isinstance(content.get("message_id"), str), "`read.message_id` is required")
         to = to or ""
     else:
-        _require(isinstance(to, str) and bool(to.strip()), "`to` (recipient) is required")
+        if not to and isinstance(bsuid, str):
+            to = bsuid.strip()
+        _require(isinstance(to, str) and bool(to.strip()),
+                 "`to` (recipient) or `recipient` (a business-scoped user id) is required")
     if kind == "text":
         body = content.get("body")
         _require(isinstance(body, str) and 0 < len(body) <= 4096,
@@ -68,4 +84,5 @@ def parse_submission(data: Any) -> Submission:
     reference = data.get("client_reference")
     _require(reference is None or (isinstance(reference, str) and len(reference) <= 191),
              "`client_reference` must be a string of at most 191 characters")
-    return Submission(channel, str(to), kind, content, reply_to, reference)
+    return Submission(channel, str(to), kind, content, reply_to, reference,
+                      "group" if recipient_type == "group" and kind != "read" else None)

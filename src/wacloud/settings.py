@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     dev_allow_local_urls: bool = False
 
     max_webhook_bytes: int = 3 * 1024 * 1024
+    # Bodies of other Meta products sharing the callback URL (`object` "page", "instagram",
+    # ...) are answered 200 and only counted; set this to park each of them instead.
+    park_other_meta_objects: bool = False
+    # `/metrics` and `/internal/credentials` listen here, never on the public webhook port.
+    internal_host: str = "127.0.0.1"
+    internal_port: int = 8081
     max_media_bytes: int = 100 * 1024 * 1024
     media_timeout_s: float = 60.0
     media_first_try_timeout_s: float = 10.0
@@ -55,7 +61,12 @@ class Settings(BaseSettings):
     # Sends in flight per process (and connections per provider host). A send mostly waits on
     # the provider: 1,000 messages/s at Graph's ~200 ms per call need ~200 of them.
     send_concurrency: int = 256
-    send_max_attempts: int = 8
+    # Temporary provider trouble (5xx, timeouts, Meta 1, 2, 4, 80007, 130429, 131000, ...) is
+    # retried with capped exponential backoff for this long from the row's first temporary
+    # failure, then the row fails with the last error.
+    send_retry_period_s: float = 3600.0
+    # A safety cap only: with the default backoff an hour of retries is about 25 attempts.
+    send_max_attempts: int = 100
     send_backoff_base_s: float = 1.0
     send_backoff_max_s: float = 300.0
     send_timeout_s: float = 30.0

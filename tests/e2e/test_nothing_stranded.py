@@ -57,6 +57,14 @@ def test_a_refused_value_parks_only_its_event(harness: Harness) -> None:
     assert f"wamid.bad-{tag}" in payloads and f"wamid.st-{tag}" in payloads
     assert f"wamid.ok1-{tag}" not in payloads
     assert not dead_letters(harness)
+    # Kept with the signed webhook: a replay passes the signature check again and reaches
+    # the database (which refuses it again, so it is parked again, not dropped or refused).
+    assert all(p.raw_body and p.signature for p in parked)
+    replay = harness.cli("parked", "replay", str(parked[0].id))
+    assert replay.returncode == 0, replay.stderr
+    wait_for(lambda: [p for p in harness.parked() if p.channel_key == channel.key
+                      and p.id > parked[-1].id and "refused" in p.reason],
+             message="the replayed event parked again by the database's refusal")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +129,7 @@ def test_a_tenant_database_down_longer_than_the_retry_budget_loses_nothing(
     assert {r["provider_message_id"] for r in rows} == expected
     assert not dead_letters(flaky)
     assert set(flaky.client.get("/readyz").json()["dead_letters"].values()) == {0}
-    metrics = flaky.client.get("/metrics").text
+    metrics = flaky.internal.get("/metrics").text
     assert 'wacloud_dead_letters{queue="inbound.raw"} 0.0' in metrics
 
 
@@ -139,7 +147,7 @@ def test_dead_letters_are_counted_in_readyz_and_metrics(flaky: Harness) -> None:
 
     asyncio.run(one_dead_letter())
     assert flaky.client.get("/readyz").json()["dead_letters"]["outbound.send"] == 1
-    assert 'wacloud_dead_letters{queue="outbound.send"} 1.0' in flaky.client.get(
+    assert 'wacloud_dead_letters{queue="outbound.send"} 1.0' in flaky.internal.get(
         "/metrics").text
     [letter] = [d for d in dead_letters(flaky) if d["queue"] == "outbound.send"]
     assert letter["row_id"] == 1

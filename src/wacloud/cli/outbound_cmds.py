@@ -53,7 +53,8 @@ def send(tenant: Annotated[str, typer.Option("--tenant")],
     row_id = insert_outbound(broker.tenant_store(tenant).engine, channel=submission.channel,
                              recipient=submission.to, type=submission.type,
                              content=submission.content, reply_to=submission.reply_to,
-                             client_reference=submission.client_reference)
+                             client_reference=submission.client_reference,
+                             recipient_type=submission.recipient_type)
     broker.close()
     emit({"id": row_id, "status": "pending", "status_code": 0}, as_json,
          f"message {row_id} queued in the outbox of {tenant}")

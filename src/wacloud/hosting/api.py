@@ -54,10 +54,12 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None]) ->
         row_id = await asyncio.to_thread(
             outbox.insert_outbound, store.engine, channel=submission.channel,
             recipient=submission.to, type=submission.type, content=submission.content,
-            reply_to=submission.reply_to, client_reference=submission.client_reference)
+            reply_to=submission.reply_to, client_reference=submission.client_reference,
+            recipient_type=submission.recipient_type)
         wake_collector()
         return JSONResponse({"id": row_id, "status": "pending", "status_code": 0,
                              "channel": submission.channel, "to": submission.to,
+                             "recipient_type": submission.recipient_type or "individual",
                              "type": submission.type,
                              "client_reference": submission.client_reference},
                             status_code=201)

@@ -40,7 +40,8 @@ def outbound_from_row(tenant: str, row: Any) -> OutboundMessage:
         reply_to=row["reply_to"], client_reference=row["client_reference"],
         request_url=row["request_url"], request_body=row["request_body"],
         request_headers=row["request_headers"],
-        created_at=created.timestamp() if created else 0.0)
+        created_at=created.timestamp() if created else 0.0,
+        recipient_type=row["recipient_type"])
 
 
 def send_group(message: OutboundMessage) -> str:

@@ -303,6 +303,9 @@ def delete_parked(registry: Registry, ids: Sequence[int]) -> int:
 
 
 def rewrite_parked(registry: Registry, item_id: int, payload: str) -> None:
-    """Replace a parked payload by what remains of it once a contact's events are gone."""
+    """Replace a parked payload by what remains of it once a contact's events are gone. The
+    signed webhook kept beside it goes too: it holds the contact's events (a replay of the
+    remainder then has nothing to check its signature against, and refuses Meta events)."""
     with registry.engine.begin() as conn:
-        conn.execute(parked.update().where(parked.c.id == item_id).values(payload=payload))
+        conn.execute(parked.update().where(parked.c.id == item_id).values(
+            payload=payload, raw_body=None, signature=None))

@@ -75,6 +75,7 @@ def message_row(message: InboundMessage, now: Any) -> dict[str, Any]:
         "media_link": media.link if media else None,
         "media_error": media.error if media else None,
         "raw": message.raw, "received_at": now, "updated_at": now,
+        "group_id": message.group_id,
     }
 
 
