@@ -21,7 +21,7 @@ from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, w
 from wacloud.hosting.runner import StageRunner
 from wacloud.http_clients import ClientShards
 from wacloud.media_copier import MediaCopier
-from wacloud.metrics import PARKED
+from wacloud.metrics import PARKED, set_dead_letter_source
 from wacloud.provider_client import ProviderClient
 from wacloud.ratelimit import SendLimits
 from wacloud.settings import Settings
@@ -154,7 +154,7 @@ class Gateway:
             done = await asyncio.gather(*(save(m.body, save_ctx) for m in messages))
             return [output for outputs in done for output in outputs]
         q = self.queues
-        return [
+        runners = [
             StageRunner("send", q[envelopes.OUTBOUND_SEND], handler(send, send_ctx), q,
                         concurrency=s.send_concurrency, wait_seconds=0.5),
             StageRunner("save", q[envelopes.OUTBOUND_RESULTS], handler(save, save_ctx), q,
@@ -167,11 +167,26 @@ class Gateway:
                         concurrency=s.media_concurrency, defer_to=q[envelopes.INBOUND_RAW],
                         deferred_concurrency=MEDIA_CONCURRENCY_DURING_BURSTS),
         ]
+        # A tenant database that is down delays these stages for hours, never loses their input.
+        for runner in runners:
+            runner.db_retry_period = s.db_retry_period_s
+            runner.db_retry_max_delay = s.db_retry_max_delay_s
+        return runners
 
     def collect_context(self) -> CollectContext:
         s = self.settings
         return CollectContext(self.broker, self.queues[envelopes.OUTBOUND_SEND],
                               s.collect_batch, s.reservation_lease_s)
+
+    def dead_letter_sources(self) -> dict[str, Queue]:
+        """The queues whose dead letters an operator sees and replays (`wacloud dlq`), by name;
+        `outbound.send.dlq` is the send queue's own dead-letter queue, not one of them."""
+        return {name: queue for name, queue in self.queues.items()
+                if not name.endswith(".dlq")}
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        return {name: await queue.dead_count()
+                for name, queue in self.dead_letter_sources().items()}
 
     async def close(self) -> None:
         await self.send_http.aclose()
@@ -199,5 +214,7 @@ def build_gateway(settings: Settings) -> Gateway:
                          max_bytes=settings.max_media_bytes,
                          allow_local=settings.dev_allow_local_urls, api=send_http)
     limits = SendLimits(settings.pair_burst, settings.pair_interval_s)
+    set_dead_letter_source(lambda: {name: queue.count_dead() for name, queue in queues.items()
+                                    if not name.endswith(".dlq")})
     return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
                    media_http, copier, limits)

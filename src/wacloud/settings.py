@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # How long a received message stays hidden before it is redelivered (a crashed worker's
     # messages come back after this).
     queue_visibility_timeout_s: float = 30.0
+    # A failure that is the database's (down, locked, failing over) is retried with capped
+    # exponential backoff for this long after the message was queued, then dead-lettered.
+    db_retry_period_s: float = 24 * 3600.0
+    db_retry_max_delay_s: float = 60.0
     # Outbound
     collect_poll_s: float = 1.0  # rows inserted directly by tenants are found this fast
     collect_batch: int = 500

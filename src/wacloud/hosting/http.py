@@ -51,7 +51,10 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
         # Ready means webhooks are accepted (they wait durably in the queue); whether the stage
         # workers run, and how often they were restarted, is reported beside it.
         depth = await raw_queue.depth()
-        return JSONResponse({"status": "ready", "inbound_raw": depth, "workers": workers()})
+        # Acknowledged work that stopped: messages waiting in each queue's dead-letter queue.
+        dead = await gateway.dead_letter_counts()
+        return JSONResponse({"status": "ready", "inbound_raw": depth, "dead_letters": dead,
+                             "workers": workers()})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
