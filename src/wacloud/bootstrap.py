@@ -171,7 +171,7 @@ class Gateway:
     def collect_context(self) -> CollectContext:
         s = self.settings
         return CollectContext(self.broker, self.queues[envelopes.OUTBOUND_SEND],
-                              s.collect_batch, s.reservation_lease_s)
+                              s.collect_batch, s.reservation_lease_s, s.queued_stale_s)
 
     async def close(self) -> None:
         await self.send_http.aclose()
