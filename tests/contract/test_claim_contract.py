@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
 from wacloud.adapters.db import tenant as t
@@ -386,9 +384,3 @@ def test_a_queued_earlier_row_blocks_until_the_send_stage_saw_it(engine: Engine)
     set_rows(engine, [first], queued_attempts=None)
     assert not earlier_waiting(engine, second, to)
 
-
-def test_tenant_migrations_match_the_model(engine: Engine) -> None:
-    with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
-        diff = [d for d in compare_metadata(context, t.metadata) if d[0] != "remove_table"]
-    assert diff == []
