@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from wacloud.adapters.db import claim
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.adapters.queue.sqlite_queue import SqliteQueue
@@ -22,7 +23,13 @@ from wacloud.credentials import CredentialsBroker
 from wacloud.model import OutboundStatus, Provider
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
-from wacloud.stages.collect import CollectContext, collect, collect_tenant
+from wacloud.stages.collect import (
+    CollectContext,
+    collect,
+    collect_tenant,
+    outbound_from_row,
+    send_envelope,
+)
 from wacloud.testing.fake_provider import FakeProvider, FakeProviderServer
 
 TOKEN = "fake-token"
@@ -170,3 +177,23 @@ async def test_two_collectors_on_interleaved_rows_send_each_once_in_order(
         assert bodies_to(world.fake, to) == [f"{to}-{n}" for n in range(6)]
     sent: list[Any] = [s for s in world.fake.sent_snapshot() if s.accepted]
     assert len(sent) == len(recipients) * 6
+
+
+async def test_a_message_whose_validity_passed_in_the_queue_is_not_sent(world: World) -> None:
+    """The collector queued it in time; it then waited (queue, backoff) past its expiry: the
+    send stage fails it as expired without calling the provider."""
+    to = "5511987650002"
+    row_id = world.insert(to, "OTP 123456")
+    engine = world.gateway.broker.tenant_store("acme").engine
+    (row,) = await asyncio.to_thread(claim.claim_pending, engine, 1)
+    message = outbound_from_row("acme", row)
+    message.expires_at = time.time() - 1  # as it is by the time the send stage gets it
+    await world.send_queue.send_batch([send_envelope(message)])
+    await asyncio.to_thread(claim.mark_queued, engine, [row_id])
+
+    await running(world, until=lambda: world.statuses()[row_id] == OutboundStatus.FAILED.value)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(om).where(om.c.id == row_id)).mappings().one()
+    assert stored["error_code"] == "expired"
+    assert stored["error_reason"].startswith("expired: its validity ended at ")
+    assert world.fake.sent_to(to) == []
