@@ -156,6 +156,7 @@ async def collect_tenant(tenant: str, ctx: CollectContext, *, reclaim: bool = Fa
     await fail_expired(tenant, engine, expired)
     messages, envelopes, invalid = envelopes_of(tenant, rows)
     for row_id, reason in invalid.items():
+        log.error("tenant %s: row %d can never be queued: %s", tenant, row_id, reason)
         await asyncio.to_thread(claim.mark_not_queued, engine, [row_id], reason)
     if not envelopes:
         return 0
