@@ -8,6 +8,7 @@ WACLOUD_REQUIRE_SERVICES=1.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -355,10 +356,18 @@ def test_mark_expired_only_from_reserved_or_queued(engine: Engine) -> None:
     assert row(engine, ids[2])["error_code"] is None
 
 
-def earlier_waiting(engine: Engine, row_id: int, recipient: str) -> bool:
+def earlier_waiting(engine: Engine, row_id: int, recipient: str, *, keep: bool = False) -> bool:
+    """Whether the send stage finds an earlier message waiting for this row. Unless `keep`,
+    the row is put back as it was (the probe sends it to the outbox, or takes its lease)."""
+    before = row(engine, row_id)
     with engine.begin() as conn:
-        state = begin_attempt_in(conn, row_id, channel="chan-a", recipient=recipient)
+        state = begin_attempt_in(conn, row_id, owner=uuid.uuid4().hex, lease_seconds=60,
+                                 channel="chan-a", recipient=recipient)
     assert state is not None
+    if not keep:
+        set_rows(engine, [row_id], **{k: before[k] for k in (
+            "status", "attempts", "send_owner", "send_lease_until", "reserved_at",
+            "queued_at", "error_code", "error_reason")})
     return state.earlier_waiting
 
 
@@ -372,10 +381,12 @@ def test_a_queued_earlier_row_blocks_until_the_send_stage_saw_it(engine: Engine)
     assert earlier_waiting(engine, second, to)  # reserved: claimed, not queued yet
     mark_queued(engine, [first, second])
     assert earlier_waiting(engine, second, to)  # queued, its message not seen yet
-    assert not earlier_waiting(engine, first, to)  # the earlier row itself goes
-    # The send stage counted an attempt of the first: its message came first; the second
-    # no longer waits, though the first's result is not saved yet (still queued).
+    assert not earlier_waiting(engine, first, to, keep=True)  # the earlier row itself goes
+    # The send stage counted an attempt of the first (its message came first) and holds it;
+    # the second no longer waits for it.
     assert statuses(engine)[first] == QUEUED
+    assert not earlier_waiting(engine, second, to)
+    set_rows(engine, [first], send_lease_until=None)  # a retry backoff: still queued
     assert not earlier_waiting(engine, second, to)
     # Queued again by the stale reclaim: waiting again until its copy is seen.
     mark_requeued(engine, [first])
