@@ -30,7 +30,7 @@ from wacloud.adapters.db.claim import (
     stale_queued,
 )
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.outbox import begin_attempt_in
+from wacloud.adapters.db.outbox import begin_attempt_in, requeue_failed
 from wacloud.adapters.db.tenant_store import TenantStore
 from wacloud.adapters.db.types import utcnow
 from wacloud.model import OutboundStatus
@@ -395,3 +395,20 @@ def test_a_queued_earlier_row_blocks_until_the_send_stage_saw_it(engine: Engine)
     set_rows(engine, [first], queued_attempts=None)
     assert not earlier_waiting(engine, second, to)
 
+
+
+def test_a_replayed_dead_letter_blocks_later_rows_until_it_is_attempted(engine: Engine) -> None:
+    first, second = insert_minimal(engine, 2)
+    to = row(engine, first)["recipient"]
+    set_rows(engine, [second], recipient=to)
+    claim_pending(engine, 2)
+    mark_queued(engine, [first, second])
+    assert not earlier_waiting(engine, first, to, keep=True)  # attempt 1
+    set_rows(engine, [first], send_lease_until=None)
+    mark_requeued(engine, [first])  # (queued again once, after that attempt)
+    set_rows(engine, [first], status=FAILED)  # then it ran out of time
+    assert requeue_failed(engine, first)  # `wacloud dlq replay`: its message goes to the end
+    assert earlier_waiting(engine, second, to)
+    assert not earlier_waiting(engine, first, to, keep=True)
+    set_rows(engine, [first], send_lease_until=None)  # backing off after that attempt
+    assert not earlier_waiting(engine, second, to)

@@ -306,5 +306,7 @@ def requeue_failed(engine: Engine, row_id: int) -> bool:
             table.c.id == row_id, table.c.status == OutboundStatus.FAILED.value,
             table.c.provider_message_id.is_(None)).values(
             status=OutboundStatus.QUEUED.value, attempts=0, updated_at=utcnow(),
-            send_owner=None, send_lease_until=None, retry_since=None))
+            send_owner=None, send_lease_until=None, retry_since=None,
+            # Its message goes back at the end of the queue: later rows wait for it.
+            queued_attempts=0))
         return result.rowcount > 0
