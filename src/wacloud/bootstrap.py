@@ -176,7 +176,7 @@ class Gateway:
     def collect_context(self) -> CollectContext:
         s = self.settings
         return CollectContext(self.broker, self.queues[envelopes.OUTBOUND_SEND],
-                              s.collect_batch, s.reservation_lease_s)
+                              s.collect_batch, s.reservation_lease_s, s.queued_stale_s)
 
     def dead_letter_sources(self) -> dict[str, Queue]:
         """The queues whose dead letters an operator sees and replays (`wacloud dlq`), by name;

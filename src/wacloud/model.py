@@ -323,6 +323,8 @@ class OutboundMessage:
     request_headers: str | None = None
     created_at: float = 0.0
     recipient_type: str | None = None
+    # Unix time after which the message must not be sent (the API's `ttl_s` / `expires_at`).
+    expires_at: float | None = None
 
     @property
     def is_legacy(self) -> bool:

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     collect_poll_s: float = 1.0  # rows inserted directly by tenants are found this fast
     collect_batch: int = 500
     reservation_lease_s: float = 300.0  # reserved rows older than this go back to pending
+    # Queued rows untouched for this long (no attempt, no result) have their envelope queued
+    # again with the same de-duplication id: a lost queue message or lost result must not
+    # strand a row. Longer than the longest gap between a row's attempts (send backoff cap),
+    # so that a row in a retry backoff is rarely re-queued (and a copy is harmless: the send
+    # stage checks the row, not the queue).
+    queued_stale_s: float = 900.0
     # Sends in flight per process (and connections per provider host). A send mostly waits on
     # the provider: 1,000 messages/s at Graph's ~200 ms per call need ~200 of them.
     send_concurrency: int = 256
@@ -72,6 +78,9 @@ class Settings(BaseSettings):
     send_timeout_s: float = 30.0
     pair_burst: int = 45  # Meta's pair rate limit: a burst, then one message per interval
     pair_interval_s: float = 6.0
+
+    # Largest tenant API request body (POST /v1/messages); larger ones are answered 413.
+    api_max_body_bytes: int = 64 * 1024
 
     registry_poll_s: float = 1.0
     credentials_cache_s: float = 30.0

@@ -24,6 +24,7 @@ from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.outbox import insert_outbound
 from wacloud.adapters.db.privacy import set_retention
 from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.submissions import IdempotencyConflict, submit_outbound
 from wacloud.adapters.db.tenant_store import TenantStore
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.media.local import LocalMediaStore
@@ -43,6 +44,7 @@ from wacloud.model import (
     ProviderNotice,
     StatusUpdate,
 )
+from wacloud.outbound_api import request_hash
 from wacloud.privacy import (
     PrivacyContext,
     PrivacyError,
@@ -576,3 +578,19 @@ async def test_a_gateways_own_stores_serve_erasure(tmp_path: Path) -> None:
         assert (report.messages, report.queue_messages_deleted) == (1, 1)
     finally:
         await gateway.close()
+
+
+async def test_anonymizing_drops_the_request_digest_and_a_late_retry_is_refused(
+        world: World) -> None:
+    body_hash = request_hash({"to": MARIA, "text": {"body": "Seu código"}})
+    submit_outbound(world.acme.engine, channel=PN_A, recipient=MARIA, type="text",
+                    content={"body": "Seu código"}, idempotency_key="otp-maria",
+                    request_hash=body_hash)
+    await erase_contact(world.ctx, "acme", MARIA, anonymize=True)
+    (erased,) = table_rows(world.acme, t.outbound_messages)
+    assert erased["request_hash"] is None and erased["error_code"] == "erased"
+    with pytest.raises(IdempotencyConflict):  # never a new row to an erased contact
+        submit_outbound(world.acme.engine, channel=PN_A, recipient=MARIA, type="text",
+                        content={"body": "Seu código"}, idempotency_key="otp-maria",
+                        request_hash=body_hash)
+    assert len(table_rows(world.acme, t.outbound_messages)) == 1

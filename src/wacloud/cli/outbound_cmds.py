@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from wacloud.adapters.db.outbox import insert_outbound
+from wacloud.adapters.db.submissions import submit_outbound
+from wacloud.adapters.db.types import utcnow
 from wacloud.bootstrap import open_registry
 from wacloud.cli.common import (
     DataDir,
@@ -19,7 +20,7 @@ from wacloud.cli.common import (
     settings_for,
 )
 from wacloud.credentials import CredentialsBroker
-from wacloud.outbound_api import InvalidMessage, parse_submission
+from wacloud.outbound_api import InvalidMessage, parse_submission, parse_validity
 
 
 @app.command()
@@ -44,17 +45,19 @@ def send(tenant: Annotated[str, typer.Option("--tenant")],
         data["to"] = to
     try:
         submission = parse_submission(data)
+        expires_at = parse_validity(data, utcnow())
     except InvalidMessage as exc:
         fail(str(exc))
     settings = settings_for(data_dir)
     broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
     if broker.tenant_channel(tenant, submission.channel) is None:
         fail(f"tenant {tenant!r} has no channel {submission.channel!r}")
-    row_id = insert_outbound(broker.tenant_store(tenant).engine, channel=submission.channel,
+    row, _ = submit_outbound(broker.tenant_store(tenant).engine, channel=submission.channel,
                              recipient=submission.to, type=submission.type,
                              content=submission.content, reply_to=submission.reply_to,
                              client_reference=submission.client_reference,
-                             recipient_type=submission.recipient_type)
+                             recipient_type=submission.recipient_type, expires_at=expires_at)
+    row_id = int(row["id"])
     broker.close()
     emit({"id": row_id, "status": "pending", "status_code": 0}, as_json,
          f"message {row_id} queued in the outbox of {tenant}")

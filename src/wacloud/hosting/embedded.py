@@ -48,7 +48,7 @@ async def collect_loop(gateway: Gateway) -> None:
     """Collect pending outbox rows every `collect_poll_s`, or at once when the API wakes it."""
     ctx = gateway.collect_context()
     settings = gateway.settings
-    reclaim_every = max(settings.reservation_lease_s / 10, 1.0)
+    reclaim_every = max(min(settings.reservation_lease_s, settings.queued_stale_s) / 10, 1.0)
     last_reclaim = 0.0
     while not gateway.stop.is_set():
         gateway.collect_wake.clear()

@@ -63,7 +63,8 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
     routes = [
         Route("/webhooks/meta", meta_verify, methods=["GET"]),
         *health,
-        *api_routes(broker, gateway.collect_wake.set),
+        *api_routes(broker, gateway.collect_wake.set,
+                    max_body_bytes=gateway.settings.api_max_body_bytes),
     ]
     internal = [
         *health,

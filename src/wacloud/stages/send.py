@@ -35,8 +35,10 @@ import asyncio
 import json
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -239,6 +241,12 @@ def lease_wait(state: outbox.OutboxState) -> float:
 
 async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]:
     message = OutboundMessage.from_dict(json.loads(data)["message"])
+    if message.expires_at is not None and time.time() >= message.expires_at:
+        # Its validity passed while it waited (queue, backoff): a late one-time password is
+        # worse than none. Only a row still open and not being sent by another copy fails.
+        ends = datetime.fromtimestamp(message.expires_at, UTC).isoformat()
+        return await settle(ctx, message, OutboundStatus.FAILED, error=ProviderError(
+            "expired", f"expired: its validity ended at {ends} before it could be sent"))
     channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
     if (channel is None or channel.paused) and await asyncio.to_thread(ctx.broker.refresh):
         # Our registry snapshot may be older than the collector's: a channel added, or

@@ -222,10 +222,18 @@ _STATE = sa.select(_o.c.status, _o.c.provider_message_id, _o.c.attempts, _o.c.se
 _OWNER = sa.bindparam("owner", type_=_o.c.send_owner.type)
 _NO_LIVE_LEASE = sa.or_(_o.c.send_lease_until.is_(None), _o.c.send_lease_until < _NOW)
 _ORDER_REASON = "waits for an earlier message to the same recipient"
+# Waiting: pending or reserved (back in the outbox, or claimed by a slower collector), or
+# queued with no attempt counted since (its queue message has not reached the send stage: with
+# several collectors it may be behind this one in the queue, or lost until the stale reclaim
+# queues it again). A queued row already attempted is not waiting: its message came first (it
+# is backing off, or another copy is sending it). A lease given back before the provider was
+# called uncounts its attempt, but that message is then delayed ahead in the FIFO group.
 _EARLIER_WAITING = sa.select(_o.c.id).where(
     _o.c.channel == sa.bindparam("channel"), _o.c.recipient == sa.bindparam("recipient"),
     _o.c.id < sa.bindparam("row_id"),
-    _o.c.status.in_([OutboundStatus.PENDING.value, OutboundStatus.RESERVED.value]),
+    sa.or_(_o.c.status.in_([OutboundStatus.PENDING.value, OutboundStatus.RESERVED.value]),
+           sa.and_(_o.c.status == OutboundStatus.QUEUED.value,
+                   _o.c.queued_attempts == _o.c.attempts)),
     _o.c.provider_message_id.is_(None)).limit(1)
 _TAKE_LEASE = _o.update().where(_ROW, _o.c.provider_message_id.is_(None),
                                 _o.c.status.in_(OPEN), _NO_LIVE_LEASE).values(
@@ -298,5 +306,7 @@ def requeue_failed(engine: Engine, row_id: int) -> bool:
             table.c.id == row_id, table.c.status == OutboundStatus.FAILED.value,
             table.c.provider_message_id.is_(None)).values(
             status=OutboundStatus.QUEUED.value, attempts=0, updated_at=utcnow(),
-            send_owner=None, send_lease_until=None, retry_since=None))
+            send_owner=None, send_lease_until=None, retry_since=None,
+            # Its message goes back at the end of the queue: later rows wait for it.
+            queued_attempts=0))
         return result.rowcount > 0

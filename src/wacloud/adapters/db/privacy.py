@@ -206,9 +206,11 @@ def anonymize_rows(engine: Engine, found: ContactRows, now: datetime) -> dict[st
             o.update().where(o.c.status.in_(OPEN_OUTBOUND)).values(
                 status=OutboundStatus.FAILED.value, error_code="erased",
                 error_reason=ERASED_REASON),
+            # request_hash: a digest of the body (recipient and text); the idempotency key
+            # stays, so a late retry of the erased message is refused (409), not sent.
             o.update().values(recipient=None, content=null, request_body=None,
                               request_headers=None, client_reference=None,
-                              response_excerpt=None, updated_at=now)]),
+                              response_excerpt=None, request_hash=None, updated_at=now)]),
         ("status_events", t.status_events, found.statuses, [t.status_events.update().values(
             recipient=None, recipient_user_id=None, raw=null)]),
         ("notices", t.notices, found.notices, [t.notices.update().values(raw=null)]),

@@ -92,10 +92,21 @@ outbound_messages = sa.Table(
     sa.Column("retry_since", UtcDateTime, nullable=True),
     # "group": `recipient` is a group id (Meta Groups API); NULL: one person (phone or BSUID).
     sa.Column("recipient_type", sa.String(16), nullable=True),
+    # The tenant API's Idempotency-Key and a hash of the body first sent with it: a retried
+    # POST gets this row back (a different body under the same key is refused).
+    sa.Column("idempotency_key", key_string(), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
+    # Validity: a row still unsent at this time fails as `expired` instead of being sent.
+    sa.Column("expires_at", UtcDateTime, nullable=True),
+    # `attempts` when the row was last queued: equal while its queue message has not reached
+    # the send stage, so later messages to the same recipient wait for it.
+    sa.Column("queued_attempts", sa.Integer, nullable=True),
     sa.Index("ix_outbound_messages_status_id", "status", "id"),
     sa.Index("ix_outbound_messages_created_at", "created_at"),
     # Order per recipient: the send stage looks for an earlier message still waiting.
     sa.Index("ix_outbound_messages_conversation", "channel", "recipient", "id"),
+    sa.Index("ux_outbound_messages_idempotency_key", "idempotency_key", unique=True,
+             mssql_where=sa.text("idempotency_key IS NOT NULL")),
 )
 
 status_events = sa.Table(

@@ -66,6 +66,7 @@ def outbound_view(row: Any) -> dict[str, Any]:
         "media": None, "created_at": _iso(created), "updated_at": _iso(row["updated_at"]),
         "recipient_type": row["recipient_type"] or "individual",
         "group_id": row["recipient"] if row["recipient_type"] == "group" else None,
+        "expires_at": _iso(row["expires_at"]),
     }
 
 

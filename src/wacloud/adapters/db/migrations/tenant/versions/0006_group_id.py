@@ -1,7 +1,7 @@
 """group messages: messages.group_id, outbound_messages.recipient_type
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 
 A message said in a WhatsApp group keeps the group's id, so that a reply goes to the group and
 not privately to the person who wrote; an outbox row says when its recipient is a group id.
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
