@@ -51,6 +51,8 @@ def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
                                             visibility_timeout=settings.queue_visibility_timeout_s),
         # The media stage counts its own attempts; the DLQ is only for crashes beyond that.
         # Pacing and backoff release messages many times; attempts are counted on the row.
+        # Its visibility is only how soon a crashed worker's sends come back: the runner's
+        # heartbeat keeps a message hidden however long its send takes.
         envelopes.OUTBOUND_SEND: QueueSpec(envelopes.OUTBOUND_SEND, fifo=True, max_receives=50,
                                            visibility_timeout=settings.send_timeout_s * 3),
         envelopes.OUTBOUND_SEND_DEAD: QueueSpec(envelopes.OUTBOUND_SEND_DEAD),
@@ -192,6 +194,7 @@ def build_gateway(settings: Settings) -> Gateway:
     copier = MediaCopier(media_store, media_http, tmp_dir=settings.data_dir / "tmp",
                          max_bytes=settings.max_media_bytes,
                          allow_local=settings.dev_allow_local_urls, api=send_http)
-    limits = SendLimits(settings.pair_burst, settings.pair_interval_s)
+    limits = SendLimits(settings.pair_burst, settings.pair_interval_s,
+                        settings.send_rate_margin)
     return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
                    media_http, copier, limits)

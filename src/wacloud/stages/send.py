@@ -3,6 +3,8 @@
 Before sending, the row is checked: a message that already has a provider message id (or is
 past the queue) is never sent again, and the attempt is counted. Outcomes:
 - accepted -> the result (status 3 + provider message id) goes to the save stage;
+- the number's rate limit counts sends by when they start; a message whose slot is more than
+  `max_inline_wait` away is released until just before it, its slot kept for its return;
 - temporary (130429, 131056, 5xx, timeouts, a media host that does not resolve right now,
   ...) -> released with backoff and jitter, honouring Retry-After; 131056 slows only that
   recipient, 130429 the whole number;
@@ -47,6 +49,9 @@ from wacloud.urlpolicy import UrlRefused, check_public_url
 log = logging.getLogger(__name__)
 
 BUILDERS = {Provider.META: meta_send, Provider.WHAPI: whapi_send, Provider.CHAKRA: chakra_send}
+# A message released to wait for its rate-limit slot comes back this much before the slot: the
+# receive and the row check happen meanwhile, and the send still starts on time.
+RETURN_LEAD_S = 0.5
 
 
 @dataclass(slots=True)
@@ -61,7 +66,8 @@ class SendContext:
     backoff_base: float = 1.0
     backoff_max: float = 300.0
     timeout: float = 30.0
-    # Longer waits for a recipient's pacing release the message instead of holding a worker.
+    # Longer waits for a recipient's pacing or the number's rate release the message (with
+    # the delay) instead of holding a worker and its queue claim.
     max_inline_wait: float = 2.0
 
 
@@ -155,6 +161,18 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
         return [result(message, OutboundStatus.PENDING, error=ProviderError(
             "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))]
 
+    # The number's rate: a message whose slot is far off goes back to the queue until just
+    # before it (keeping the slot) instead of holding a worker and its claim meanwhile.
+    limits = ctx.limits
+    window = limits.number(channel.key, channel.mps)
+    slot_key = f"{message.tenant}:{message.row_id}"
+    lead = min(RETURN_LEAD_S, ctx.max_inline_wait / 2)
+    start = limits.start_for(slot_key, window, limits.now())
+    if start - limits.now() > ctx.max_inline_wait:
+        limits.hold(slot_key, start, limits.now())
+        raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
+                         max(0.0, start - limits.now() - lead))
+
     store = await ctx.broker.tenant_store_async(message.tenant)
     # Grouped with the other sends starting now: one commit for many attempts.
     state = await store.writes.run(partial(
@@ -169,7 +187,6 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
     if state.attempts > ctx.max_attempts:
         return await give_up(message, data, ctx, state.attempts, None)
 
-    limits = ctx.limits
     pair = f"{channel.key}/{message.recipient}"
     wait = limits.pairs.delay(pair, limits.now())
     if wait > ctx.max_inline_wait:
@@ -178,12 +195,15 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
         await asyncio.sleep(wait)  # pacing, not synchronization: the provider's pair limit
     if message.recipient and message.type != "read":
         limits.pairs.reserve(pair, limits.now())
-    window = limits.number(channel.key, channel.mps)
-    slot = await window.acquire()
-    try:
-        outcome = await call_provider(channel, message, ctx)
-    finally:
-        window.release(slot)
+    # Counted from its start, whatever the answer takes: other sends start meanwhile.
+    start = limits.confirm(window, start, limits.now())
+    if start - limits.now() > ctx.max_inline_wait:
+        limits.hold(slot_key, start, limits.now())
+        raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
+                         max(0.0, start - limits.now() - lead))
+    if start > limits.now():
+        await asyncio.sleep(start - limits.now())  # the number's rate, not synchronization
+    outcome = await call_provider(channel, message, ctx)
     excerpt = outcome.response_excerpt
     if outcome.outcome is SendOutcome.ACCEPTED:
         limits.pairs.confirm(pair)
