@@ -390,3 +390,16 @@ async def test_fifo_backlog_behind_a_head_and_redrive_order(broker: QueueBroker,
     got = await queue.receive(10, visibility_timeout=30)
     assert [m.body for m in got][:1] == [b"a0"]
     assert [m.body for m in got if m.group_id == "g/a"] == sorted(m.body for m in got)
+
+
+async def test_fifo_redrive_of_a_letter_sent_to_the_dlq_directly(broker: QueueBroker,
+                                                                 qname: str) -> None:
+    # What the send stage does when attempts run out: the body goes to the DLQ by a plain send,
+    # without its group; `dlq replay` redrives it into the FIFO queue.
+    queue = broker.queue(QueueSpec(qname, fifo=True))
+    await queue.send(b"first", group_id="t/n/a")
+    assert [m.body for m in await drain(queue)] == [b"first"]
+    await broker.queue(QueueSpec(f"{qname}.dlq")).send(b"gave up")
+    assert await queue.redrive() == 1
+    [msg] = await queue.receive(10)
+    assert msg.body == b"gave up"

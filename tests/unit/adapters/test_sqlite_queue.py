@@ -293,14 +293,14 @@ async def test_a_file_from_before_lanes_is_upgraded(tmp_path: Path) -> None:
                  " visible_at REAL NOT NULL, receive_count INTEGER NOT NULL DEFAULT 0,"
                  " receipt TEXT, origin TEXT)")
     now = time.time()
-    for body, group in ((b"a1", "t/n/a"), (b"b1", "t/n/b"), (b"a2", "t/n/a")):
+    for body, group in ((b"a1", "t/n/a"), (b"b1", "t/n/b"), (b"a2", "t/n/a"), (b"n1", None)):
         conn.execute("INSERT INTO messages (queue, body, group_id, sent_at, visible_at)"
                      " VALUES ('send', ?, ?, ?, ?)", (body, group, now, now))
     conn.close()
     broker = SqliteBroker(path)
     queue = broker.queue(QueueSpec("send", fifo=True))
     got = await queue.receive(10)
-    assert sorted(m.body for m in got) == [b"a1", b"a2", b"b1"]
+    assert sorted(m.body for m in got) == [b"a1", b"a2", b"b1", b"n1"]
     assert [m.body for m in got if m.group_id == "t/n/a"] == [b"a1", b"a2"]
     await queue.ack([m.receipt for m in got])
     await queue.send(b"a3", group_id="t/n/a")  # a new message of an emptied group is its head

@@ -125,13 +125,8 @@ def _add_fifo_columns(conn: sqlite3.Connection) -> None:
         return
     conn.execute("ALTER TABLE messages ADD COLUMN head INTEGER NOT NULL DEFAULT 1")
     conn.execute("ALTER TABLE messages ADD COLUMN lane TEXT")
-    conn.create_function("wacloud_lane", 1, lane_of, deterministic=True)
-    # Only grouped messages get a lane: which queues are FIFO is not written down, and the one
-    # FIFO queue (outbound.send) always groups.
-    conn.execute("UPDATE messages SET lane = wacloud_lane(group_id) WHERE group_id IS NOT NULL")
-    conn.execute("UPDATE messages SET head = NOT EXISTS (SELECT 1 FROM messages p"
-                 " WHERE p.queue = messages.queue AND p.group_id = messages.group_id"
-                 " AND p.id < messages.id) WHERE group_id IS NOT NULL")
+    # Which queues are FIFO is not written down: each FIFO queue adopts its messages without a
+    # lane at its first receive (`SqliteQueue._adopt`).
 
 
 # Rows of the `messages` table as `send` writes them: queue, body, group_id, dedup_id, sent_at,
@@ -192,6 +187,7 @@ class SqliteBroker(QueueBroker):
             if statement.strip():
                 self._conn.execute(statement)
         _add_fifo_columns(self._conn)
+        self._conn.create_function("wacloud_lane", 1, lane_of, deterministic=True)
         for statement in _statements(_FIFO_SCHEMA):
             self._conn.execute(statement)
         self._doorbell.register(self._conn)

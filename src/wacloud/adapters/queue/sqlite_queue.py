@@ -60,6 +60,13 @@ _HEADS = ("SELECT id, group_id, receive_count FROM messages INDEXED BY messages_
 _FOLLOWERS = ("SELECT id, visible_at, receive_count FROM messages INDEXED BY messages_group_seq"
               " WHERE queue = :q AND group_id = :g AND id > :id ORDER BY id LIMIT :n")
 _PICKED = "SELECT value FROM json_each(:ids)"
+# Messages that reached a FIFO queue without a lane (written before lanes existed, or redriven
+# from a dead-letter queue they were sent to directly) get one, and the queue's heads are worked
+# out again. A scan of the queue: only at a queue's first receive in a process and at redrives.
+_ADOPT = "UPDATE messages SET lane = wacloud_lane(group_id) WHERE queue = ? AND lane IS NULL"
+_REHEAD = ("UPDATE messages SET head = (group_id IS NULL OR NOT EXISTS (SELECT 1 FROM messages p"
+           " WHERE p.queue = messages.queue AND p.group_id = messages.group_id"
+           " AND p.id < messages.id)) WHERE queue = ?")
 _LIVE = " AND receive_count < :max"
 _DELETE = "DELETE FROM messages WHERE receipt = ? AND id IN ({ids})"
 _COLUMNS = "id, body, group_id, sent_at, receive_count, queue, origin, receipt, visible_at"
@@ -87,6 +94,7 @@ class SqliteQueue(Queue):
         self.broker = broker
         self.spec = spec
         self._turn = 0  # which lane a FIFO receive serves first
+        self._adopted = False
 
     async def send(self, body: bytes, *, group_id: str | None = None,
                    dedup_id: str | None = None, delay: float = 0.0) -> None:
@@ -137,6 +145,9 @@ class SqliteQueue(Queue):
             claimed = conn.execute(_CLAIM.format(pick=pick.format(live=_LIVE)),
                                    {**args, "tok": token, "until": until}).rowcount
             return (until, token) if claimed else None
+        if not self._adopted:
+            self._adopt(conn)
+            self._adopted = True
         live, dead = self._pick_fifo(conn, now, limit)
         if dead:
             conn.execute(_SWEEP.format(pick=_PICKED),
@@ -146,6 +157,10 @@ class SqliteQueue(Queue):
         conn.execute(_CLAIM.format(pick=_PICKED),
                      {"ids": json.dumps(live), "tok": token, "until": until})
         return until, token
+
+    def _adopt(self, conn: sqlite3.Connection) -> None:
+        if conn.execute(_ADOPT, (self.spec.name,)).rowcount:
+            conn.execute(_REHEAD, (self.spec.name,))
 
     def _pick_fifo(self, conn: sqlite3.Connection, now: float,
                    limit: int) -> tuple[list[int], list[int]]:
@@ -271,8 +286,12 @@ class SqliteQueue(Queue):
         def move(conn: sqlite3.Connection) -> int:
             args = (self.spec.name, time.time(), self.spec.dead_letter_name)
             if message_ids is None:
-                return conn.execute(sql, args).rowcount
-            return sum(conn.execute(sql + " AND id = ?", (*args, i)).rowcount for i in ids)
+                moved: int = conn.execute(sql, args).rowcount
+            else:
+                moved = sum(conn.execute(sql + " AND id = ?", (*args, i)).rowcount for i in ids)
+            if self.spec.fifo and moved:
+                self._adopt(conn)
+            return moved
 
         if message_ids is not None and not ids:
             return 0
