@@ -54,9 +54,11 @@ _LANES = ("WITH RECURSIVE lanes(lane) AS ("
           " WHERE m.queue = :q AND m.head = 1 AND m.lane IS NOT NULL AND m.lane > lanes.lane)"
           " FROM lanes WHERE lanes.lane IS NOT NULL)"
           " SELECT lane FROM lanes WHERE lane IS NOT NULL")
-_HEADS = ("SELECT id, group_id, receive_count FROM messages INDEXED BY messages_heads"
-          " WHERE queue = :q AND head = 1 AND lane IS NOT NULL AND lane = :lane"
-          " AND visible_at <= :now ORDER BY visible_at, id LIMIT :n")
+_HEADS = ("SELECT id, group_id, receive_count, group_id IS NOT NULL AND EXISTS (SELECT 1"
+          " FROM messages f INDEXED BY messages_group_seq WHERE f.queue = m.queue"
+          " AND f.group_id = m.group_id AND f.id > m.id) FROM messages m INDEXED BY messages_heads"
+          " WHERE m.queue = :q AND m.head = 1 AND m.lane IS NOT NULL AND m.lane = :lane"
+          " AND m.visible_at <= :now ORDER BY m.visible_at, m.id LIMIT :n")
 _FOLLOWERS = ("SELECT id, visible_at, receive_count FROM messages INDEXED BY messages_group_seq"
               " WHERE queue = :q AND group_id = :g AND id > :id ORDER BY id LIMIT :n")
 _PICKED = "SELECT value FROM json_each(:ids)"
@@ -170,34 +172,43 @@ class SqliteQueue(Queue):
         lanes = [row[0] for row in conn.execute(_LANES, {"q": name})]
         if not lanes:
             return [], []
-        # Start each receive at the next lane, so that small receives serve every lane too.
+        # Each receive starts at the lane after the last one the previous receive served, so
+        # that receives smaller than the number of lanes serve every lane in turn too.
         turn = self._turn % len(lanes)
-        self._turn += 1
-        heads = {lane: deque(conn.execute(_HEADS, {"q": name, "lane": lane, "now": now,
-                                                   "n": limit}).fetchall())
-                 for lane in lanes[turn:] + lanes[:turn]}
+        order = lanes[turn:] + lanes[:turn]
+        heads: list[deque[Any] | None] = [None] * len(order)  # a lane's heads, read when due
         live: list[int] = []
         dead: list[int] = []
-        while heads and len(live) + len(dead) < limit:
-            for lane, waiting in list(heads.items()):
-                if not waiting:
-                    del heads[lane]
-                    continue
+        served = 0
+        active = True
+        while active and len(live) + len(dead) < limit:
+            active = False
+            for index, lane in enumerate(order):
                 if len(live) + len(dead) >= limit:
                     break
-                row_id, group_id, count = waiting.popleft()
+                waiting = heads[index]
+                if waiting is None:
+                    waiting = heads[index] = deque(conn.execute(_HEADS, {
+                        "q": name, "lane": lane, "now": now,
+                        "n": limit - len(live) - len(dead)}).fetchall())
+                if not waiting:
+                    continue
+                active = True
+                served = max(served, index)
+                row_id, group_id, count, more = waiting.popleft()
                 if count >= most:
                     dead.append(row_id)
                     continue
                 live.append(row_id)
                 room = limit - len(live) - len(dead)
-                if group_id is None or room <= 0:
+                if not more or room <= 0:
                     continue
                 for follower, visible_at, received in conn.execute(_FOLLOWERS, {
                         "q": name, "g": group_id, "id": row_id, "n": room}):
                     if visible_at > now or received >= most:
                         break
                     live.append(follower)
+        self._turn = turn + served + 1
         return live, dead
 
     def _read_claimed(self, conn: sqlite3.Connection,
