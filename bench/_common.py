@@ -303,7 +303,9 @@ def start_fake_provider(procs: Processes, token: str) -> tuple[Proc, str]:
 
 
 def gateway_argv(data_dir: Path, port: int) -> list[str | Path]:
-    return [WACLOUD, "serve", "--host", HOST, "--port", str(port), "--data-dir", data_dir]
+    # The internal listener (/metrics, /internal/credentials) on a port of its own, free.
+    return [WACLOUD, "serve", "--host", HOST, "--port", str(port), "--internal-port",
+            str(free_port()), "--data-dir", data_dir]
 
 
 def gateway_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, w
 from wacloud.hosting.runner import StageRunner
 from wacloud.http_clients import ClientShards
 from wacloud.media_copier import MediaCopier
-from wacloud.metrics import PARKED
+from wacloud.metrics import PARKED, set_dead_letter_source
 from wacloud.provider_client import ProviderClient
 from wacloud.ratelimit import SendLimits
 from wacloud.settings import Settings
@@ -51,9 +51,12 @@ def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
                                             visibility_timeout=settings.queue_visibility_timeout_s),
         # The media stage counts its own attempts; the DLQ is only for crashes beyond that.
         # Pacing and backoff release messages many times; attempts are counted on the row.
+        # A retry is one receive, and pacing or a leased row may add a few: room for every
+        # attempt the retry period allows, so the row, not the queue, decides when to give up.
         # Its visibility is only how soon a crashed worker's sends come back: the runner's
         # heartbeat keeps a message hidden however long its send takes.
-        envelopes.OUTBOUND_SEND: QueueSpec(envelopes.OUTBOUND_SEND, fifo=True, max_receives=50,
+        envelopes.OUTBOUND_SEND: QueueSpec(envelopes.OUTBOUND_SEND, fifo=True,
+                                           max_receives=max(50, 3 * settings.send_max_attempts),
                                            visibility_timeout=settings.send_timeout_s * 3),
         envelopes.OUTBOUND_SEND_DEAD: QueueSpec(envelopes.OUTBOUND_SEND_DEAD),
         envelopes.OUTBOUND_RESULTS: QueueSpec(envelopes.OUTBOUND_RESULTS,
@@ -104,10 +107,12 @@ class Gateway:
     collect_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
-                   channel_key: str | None = None) -> int:
+                   channel_key: str | None = None, raw_body: str | None = None,
+                   signature: str | None = None) -> int:
         item = await asyncio.to_thread(self.registry.park, stage=stage, reason=reason,
                                        payload=payload, provider=provider,
-                                       channel_key=channel_key)
+                                       channel_key=channel_key, raw_body=raw_body,
+                                       signature=signature)
         PARKED.labels(stage).inc()
         log.warning("parked item %d from stage %s: %s", item, stage, reason)
         return item
@@ -142,7 +147,8 @@ class Gateway:
         send_ctx = SendContext(
             self.broker, self.send_http, self.limits, self.copier, self.queues[
                 envelopes.OUTBOUND_SEND_DEAD], s.dev_allow_local_urls, s.send_max_attempts,
-            s.send_backoff_base_s, s.send_backoff_max_s, s.send_timeout_s)
+            s.send_backoff_base_s, s.send_backoff_max_s, s.send_timeout_s,
+            retry_period=s.send_retry_period_s)
         save_ctx = SaveContext(self.broker)
 
         async def save_batch(messages: list[ReceivedMessage]) -> list[Output]:
@@ -150,7 +156,7 @@ class Gateway:
             done = await asyncio.gather(*(save(m.body, save_ctx) for m in messages))
             return [output for outputs in done for output in outputs]
         q = self.queues
-        return [
+        runners = [
             StageRunner("send", q[envelopes.OUTBOUND_SEND], handler(send, send_ctx), q,
                         concurrency=s.send_concurrency, wait_seconds=0.5),
             StageRunner("save", q[envelopes.OUTBOUND_RESULTS], handler(save, save_ctx), q,
@@ -163,11 +169,26 @@ class Gateway:
                         concurrency=s.media_concurrency, defer_to=q[envelopes.INBOUND_RAW],
                         deferred_concurrency=MEDIA_CONCURRENCY_DURING_BURSTS),
         ]
+        # A tenant database that is down delays these stages for hours, never loses their input.
+        for runner in runners:
+            runner.db_retry_period = s.db_retry_period_s
+            runner.db_retry_max_delay = s.db_retry_max_delay_s
+        return runners
 
     def collect_context(self) -> CollectContext:
         s = self.settings
         return CollectContext(self.broker, self.queues[envelopes.OUTBOUND_SEND],
-                              s.collect_batch, s.reservation_lease_s)
+                              s.collect_batch, s.reservation_lease_s, s.queued_stale_s)
+
+    def dead_letter_sources(self) -> dict[str, Queue]:
+        """The queues whose dead letters an operator sees and replays (`wacloud dlq`), by name;
+        `outbound.send.dlq` is the send queue's own dead-letter queue, not one of them."""
+        return {name: queue for name, queue in self.queues.items()
+                if not name.endswith(".dlq")}
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        return {name: await queue.dead_count()
+                for name, queue in self.dead_letter_sources().items()}
 
     async def close(self) -> None:
         await self.send_http.aclose()
@@ -196,5 +217,7 @@ def build_gateway(settings: Settings) -> Gateway:
                          allow_local=settings.dev_allow_local_urls, api=send_http)
     limits = SendLimits(settings.pair_burst, settings.pair_interval_s,
                         settings.send_rate_margin)
+    set_dead_letter_source(lambda: {name: queue.count_dead() for name, queue in queues.items()
+                                    if not name.endswith(".dlq")})
     return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
                    media_http, copier, limits)

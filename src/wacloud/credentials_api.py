@@ -6,9 +6,12 @@ WABA id (a WABA with one number), a Whapi channel id or a Chakra plugin id. The 
 the tenant, the channel, its API base URL, the decrypted token and the tenant DB URL.
 
 Callers authenticate with a service key (`wacloud servicekey create`), stored hashed and
-compared in constant time. Every call, allowed or not, is written to the credential audit
-(who, which id, when, outcome; never the secret). With no active service key the endpoint is
-disabled and answers 404 like an unknown path.
+compared in constant time. Every call with a valid key, answered or not, is written to the
+credential audit (who, which id, when, outcome; never the secret). A call without a valid key
+writes nothing (a stranger must not be able to grow the registry): it is counted in
+`wacloud_credentials_unauthenticated_total` instead. With no active service key the endpoint
+is disabled and answers 404 like an unknown path. Over HTTP it is served only on the internal
+listener (`wacloud serve --internal-host/--internal-port`), never on the webhook port.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from wacloud.adapters.db.api_keys import match_service_key, service_keys_active
 from wacloud.adapters.db.audit import AuditEntry, record_audit
 from wacloud.adapters.db.registry import Registry, RegistryError
 from wacloud.credentials import CredentialsBroker
+from wacloud.metrics import CREDENTIALS_UNAUTHENTICATED
 from wacloud.model import Channel, Provider
 
 MAX_BODY_BYTES = 16 * 1024
@@ -92,10 +96,11 @@ class CredentialsService:
             return Answer(status, answer)
 
         if presented is None:
-            return done(401, "unauthenticated",
-                        {"error": "a service key is required (Authorization: Bearer KEY)"})
+            CREDENTIALS_UNAUTHENTICATED.labels(via, "unauthenticated").inc()
+            return Answer(401, {"error": "a service key is required (Authorization: Bearer KEY)"})
         if key is None:
-            return done(403, "denied", {"error": "invalid service key"})
+            CREDENTIALS_UNAUTHENTICATED.labels(via, "denied").inc()
+            return Answer(403, {"error": "invalid service key"})
         if query.problem or query.provider is None or query.lookup_id is None:
             return done(400, "bad_request", {"error": query.problem or "bad request"})
         channel = self._find(Provider(query.provider), query.lookup_id)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from wacloud.durable import fsync_dir
+
 UNDECRYPTABLE = "a stored secret cannot be decrypted with the configured keys"
 
 
@@ -78,14 +80,20 @@ def read_key_file(path: Path) -> list[str]:
 
 
 def write_key_file(path: Path, keys: list[str]) -> None:
-    """Write the key ring with mode 0600 from the first byte (no window where others can read)."""
+    """Write the key ring with mode 0600 from the first byte (no window where others can read),
+    through a temporary file fsynced and renamed over the old one, then the directory fsynced:
+    secrets are re-encrypted under a new key only after this returns, and a power cut must not
+    leave them under a key that never reached the disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)  # a stale file could carry looser permissions
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(keys) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def parse_env_keys(env_keys: str | None) -> list[str]:

@@ -167,14 +167,16 @@ async def outbound_demo(client: httpx.AsyncClient, base: str, fake: FakeProvider
     return True, row_id
 
 
-async def demo(data_dir: Path, port: int, keep_serving: bool) -> int:
+async def demo(data_dir: Path, port: int, keep_serving: bool, internal_port: int = 8081
+               ) -> int:
     fake = FakeProvider(token=TOKEN)
     image = fake.add_media(PNG, mime_type="image/png")
     with FakeProviderServer(fake) as fake_server:
         # The stage worker that `serve` starts gets these settings as WACLOUD_* variables.
         # WARNING: the worker's routine INFO lines (migrations, HTTP calls) would bury the demo.
         settings = load_settings(data_dir, dev_allow_local_urls=True, registry_poll_s=0.5,
-                                 log_level="WARNING")
+                                 log_level="WARNING", internal_host="127.0.0.1",
+                                 internal_port=internal_port)
         init_data_dir(settings)
         registry = open_registry(settings)
         registry.add_tenant("demo")
@@ -231,7 +233,7 @@ async def demo(data_dir: Path, port: int, keep_serving: bool) -> int:
                   f"  .venv/bin/wacloud messages --data-dir {data_dir} --tenant demo\n"
                   f"  curl '{base}/webhooks/meta?hub.mode=subscribe&hub.challenge=42"
                   f"&hub.verify_token=<verify token>'\n"
-                  f"  curl {base}/metrics\n")
+                  f"  curl http://127.0.0.1:{internal_port}/metrics   # internal listener\n")
             with contextlib.suppress(asyncio.CancelledError):
                 await server
         else:
@@ -242,10 +244,10 @@ async def demo(data_dir: Path, port: int, keep_serving: bool) -> int:
         return 0 if ok else 1
 
 
-def run_demo(data_dir: Path, port: int, keep_serving: bool) -> int:
+def run_demo(data_dir: Path, port: int, keep_serving: bool, internal_port: int = 8081) -> int:
     if data_dir.exists():
         shutil.rmtree(data_dir)
     try:
-        return asyncio.run(demo(data_dir, port, keep_serving))
+        return asyncio.run(demo(data_dir, port, keep_serving, internal_port))
     except KeyboardInterrupt:
         return 0

@@ -152,8 +152,11 @@ class MediaCopier:
         expected = media.sha256 or spec.sha256
         if expected and not digest_matches(expected, digest):
             tmp_path.unlink(missing_ok=True)
-            raise MediaCopyError("downloaded media does not match the provider's sha256",
-                                 temporary=True)
+            # Temporary: a download cut or damaged on the way may come whole next time; the
+            # media stage gives up after its attempts and keeps this reason with the row.
+            said = "webhook" if media.sha256 else "provider"
+            raise MediaCopyError(f"sha256 mismatch: {said} said {expected.strip()[:128]}, "
+                                 f"file is {digest.hex()}", temporary=True)
         mime = real_type(media.mime_type or spec.mime_type, header_type, head)
         filename = media.filename or spec.filename
         day = time.strftime("%Y/%m/%d", time.gmtime())

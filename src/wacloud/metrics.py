@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 WEBHOOKS = Counter("wacloud_webhooks_total", "Webhook requests by provider and result",
                    ["provider", "result"])
@@ -11,3 +15,44 @@ STAGE_MESSAGES = Counter("wacloud_stage_messages_total", "Queue messages handled
 STAGE_SECONDS = Histogram("wacloud_stage_seconds", "Time to handle one queue message",
                           ["stage"])
 PARKED = Counter("wacloud_parked_total", "Payloads parked for an operator", ["stage"])
+INBOUND_REFUSED = Counter(
+    "wacloud_inbound_refused_total",
+    "Inbound events refused, never stored: the body's signature does not verify with the app "
+    "secret of the channel the event routes to", ["provider", "reason"])
+META_OTHER_OBJECTS = Counter(
+    "wacloud_meta_other_objects_total",
+    "Signed Meta webhooks of another product (object other than whatsapp_business_account), "
+    "answered 200 and not stored", ["object"])
+CREDENTIALS_UNAUTHENTICATED = Counter(
+    "wacloud_credentials_unauthenticated_total",
+    "Calls to the credentials endpoint without a valid service key (not written to the "
+    "audit)", ["via", "outcome"])
+
+
+class _DeadLetters(Collector):
+    """`wacloud_dead_letters{queue}`: messages in each queue's dead-letter queue, read at every
+    scrape from the source the gateway registers (nothing when none is)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, int]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("wacloud_dead_letters",
+                                   "Messages in the dead-letter queue of each queue",
+                                   labels=["queue"])
+        if self.source is not None:
+            try:
+                counts = self.source()
+            except Exception:  # a scrape must not fail because the queue file is busy
+                counts = {}
+            for queue, count in sorted(counts.items()):
+                family.add_metric([queue], count)
+        yield family
+
+
+DEAD_LETTERS = _DeadLetters()
+REGISTRY.register(DEAD_LETTERS)
+
+
+def set_dead_letter_source(source: Callable[[], Mapping[str, int]] | None) -> None:
+    DEAD_LETTERS.source = source

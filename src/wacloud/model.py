@@ -159,6 +159,9 @@ class InboundMessage:
     media: MediaRef | None = None
     errors: list[ProviderError] = field(default_factory=list)
     raw: JSON = field(default_factory=dict)
+    # Set when the message was said in a WhatsApp group (Meta Groups API `group_id`, a Whapi
+    # `...@g.us` chat): replies go to the group, not to `sender`.
+    group_id: str | None = None
 
     kind = "message"
 
@@ -319,6 +322,9 @@ class OutboundMessage:
     request_body: str | None = None
     request_headers: str | None = None
     created_at: float = 0.0
+    recipient_type: str | None = None
+    # Unix time after which the message must not be sent (the API's `ttl_s` / `expires_at`).
+    expires_at: float | None = None
 
     @property
     def is_legacy(self) -> bool:

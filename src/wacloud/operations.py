@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from wacloud.adapters.db import outbox
@@ -12,18 +14,31 @@ from wacloud.adapters.db.registry import ParkedItem, Registry
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import MediaStatus
-from wacloud.stages.envelopes import RawWebhook, dumps
+from wacloud.stages.envelopes import INBOUND_RAW, OUTBOUND_SEND, RawWebhook, dumps
 from wacloud.stages.receive import envelope_bytes
 
 
 def replay_envelope(item: ParkedItem) -> bytes:
-    """What goes back on `inbound.raw` for a parked item, by the stage that parked it."""
+    """What goes back on `inbound.raw` for a parked item, by the stage that parked it.
+
+    Marked as a replay, with the signed webhook and its signature when the item kept them:
+    the receive stage checks each Meta event again against the channel it now routes to, and
+    refuses Meta events that bring nothing to check (parked before signatures were kept)."""
     if item.stage == "receive":
-        return envelope_bytes(item.payload)
+        data = envelope_bytes(item.payload)
+        try:
+            raw = RawWebhook.decode(data)
+        except (ValueError, KeyError, TypeError):
+            return data  # not an envelope at all: the receive stage parks it again
+        raw.replay = True
+        return raw.encode()
     if item.stage == "write":
+        body = item.payload.encode()
+        if item.raw_body is not None:
+            body = dumps({"events": json.loads(item.payload), "webhook": item.raw_body})
         return RawWebhook(provider=item.provider or "meta", channel_key=item.channel_key,
-                          received_at=time.time(), body=item.payload.encode(),
-                          kind="events").encode()
+                          received_at=time.time(), body=body, kind="events",
+                          signature=item.signature, replay=True).encode()
     raise ValueError(f"parked item {item.id} comes from stage {item.stage!r}, "
                      "which has no replay path")
 
@@ -54,11 +69,36 @@ async def refetch_media(broker: CredentialsBroker, tenant: str, media_queue: Que
     return len(jobs)
 
 
-def dead_letter_summary(message: ReceivedMessage) -> dict[str, Any]:
-    data = json.loads(message.body)["message"]
-    return {"id": message.message_id, "tenant": data["tenant"], "row_id": data["row_id"],
-            "channel": data["channel_key"], "to": data["recipient"], "type": data["type"],
-            "receive_count": message.receive_count}
+def dead_letter_summary(queue: str, message: ReceivedMessage) -> dict[str, Any]:
+    """What an operator may see of a dead letter: ids, size, times, the reason of its last
+    failure and whom it concerns; never its content (texts, media links, tokens)."""
+    summary: dict[str, Any] = {
+        "id": message.message_id, "queue": queue, "size": len(message.body),
+        "sent_at": datetime.fromtimestamp(message.sent_at, UTC).isoformat(),
+        "receive_count": message.receive_count,
+        "reason": message.attributes.get("reason") or None, "tenant": None}
+    if queue == INBOUND_RAW:
+        with contextlib.suppress(ValueError, KeyError):
+            raw = RawWebhook.decode(message.body)
+            summary.update(provider=raw.provider, channel=raw.channel_key, kind=raw.kind)
+        return summary
+    try:
+        data = json.loads(message.body)
+    except ValueError:
+        return summary
+    if not isinstance(data, dict):
+        return summary
+    if queue == OUTBOUND_SEND and isinstance(data.get("message"), dict):
+        # The fields `wacloud dlq list` always showed for outbound messages.
+        item = data["message"]
+        summary.update(tenant=item.get("tenant"), row_id=item.get("row_id"),
+                       channel=item.get("channel_key"), to=item.get("recipient"),
+                       type=item.get("type"))
+    elif isinstance(data.get("tenant"), str):
+        summary["tenant"] = data["tenant"]
+        if "row_id" in data:
+            summary["row_id"] = data["row_id"]
+    return summary
 
 
 async def replay_dead_letters(broker: CredentialsBroker, send_queue: Queue,

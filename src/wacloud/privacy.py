@@ -133,6 +133,12 @@ def _plan_parked(registry: Registry, scope: Scope, anonymize: bool
     plans = []
     for item in db.all_parked(registry):
         plan = plan_parked(item.stage, item.payload, scope, anonymize)
+        if (plan.action == "keep" and item.raw_body is not None
+                and scope.matcher.mentioned_in_text(item.raw_body)):
+            # The signed webhook kept for the replay check also holds the contact's entries
+            # that went to this tenant; it goes, the parked events stay.
+            plan = Plan(action="rewrite", body=item.payload.encode(),
+                        matched=[{"signed_body_of_parked_item": item.id}])
         if plan.action != "keep":
             plans.append((item, plan))
     return plans

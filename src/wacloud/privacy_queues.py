@@ -24,7 +24,13 @@ from wacloud.model import Event, InboundMessage, PayloadError, Provider, event_f
 from wacloud.privacy_match import ContactMatcher, MessageRef, anonymize_event
 from wacloud.stages import envelopes
 from wacloud.stages.envelopes import RawWebhook, dumps
-from wacloud.stages.receive import envelope_bytes, envelope_text, parse
+from wacloud.stages.receive import (
+    check_entries,
+    envelope_bytes,
+    envelope_text,
+    parse,
+    refuse,
+)
 
 Action = Literal["keep", "delete", "rewrite"]
 _PARSE_ERRORS = (PayloadError, ValueError, KeyError, TypeError, UnicodeDecodeError)
@@ -116,9 +122,19 @@ def _plan_events(events: list[Event], scope: Scope, anonymize: bool,
     return plan
 
 
-def _events_envelope(raw: RawWebhook, events: list[Event]) -> bytes:
-    """A raw-queue envelope holding already-parsed events (what a parked replay sends); the
-    receive stage takes it like a webhook, without a signature to check again."""
+def _events_envelope(raw: RawWebhook, events: list[Event], scope: Scope) -> bytes:
+    """A raw-queue envelope holding already-parsed events; the receive stage takes it like a
+    webhook, without a signature to check again (the signed body holds the contact's data and
+    cannot stay). So a queued Meta webhook's events are checked here, as the receive stage
+    would: those its signature does not authenticate are refused now."""
+    if raw.provider == Provider.META.value and raw.kind == "webhook" and not raw.legacy:
+        authentic, refused, unroutable = check_entries(events, raw.body, raw.signature,
+                                                       scope.broker)
+        if refused:
+            refuse(refused, "signature",
+                   "the body's signature does not verify with that channel's app secret")
+        keep = {id(e) for e in authentic + unroutable}
+        events = [e for e in events if id(e) in keep]
     body = dumps([e.to_dict() for e in events])
     return RawWebhook(provider=raw.provider, channel_key=raw.channel_key,
                       received_at=raw.received_at, body=body, kind="events").encode()
@@ -150,7 +166,7 @@ def plan_raw(data: bytes, scope: Scope, anonymize: bool) -> Plan:
         return _plan_unparseable(envelope_text(data), scope)
     if events is None:
         return _plan_unparseable(envelope_text(data), scope, raw)
-    return _plan_events(events, scope, anonymize, lambda kept: _events_envelope(raw, kept))
+    return _plan_events(events, scope, anonymize, lambda kept: _events_envelope(raw, kept, scope))
 
 
 def plan_event_batch(data: bytes, scope: Scope, anonymize: bool) -> Plan:

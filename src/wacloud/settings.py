@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     dev_allow_local_urls: bool = False
 
     max_webhook_bytes: int = 3 * 1024 * 1024
+    # Bodies of other Meta products sharing the callback URL (`object` "page", "instagram",
+    # ...) are answered 200 and only counted; set this to park each of them instead.
+    park_other_meta_objects: bool = False
+    # `/metrics` and `/internal/credentials` listen here, never on the public webhook port.
+    internal_host: str = "127.0.0.1"
+    internal_port: int = 8081
     max_media_bytes: int = 100 * 1024 * 1024
     media_timeout_s: float = 60.0
     media_first_try_timeout_s: float = 10.0
@@ -44,14 +50,29 @@ class Settings(BaseSettings):
     # How long a received message stays hidden before it is redelivered (a crashed worker's
     # messages come back after this).
     queue_visibility_timeout_s: float = 30.0
+    # A failure that is the database's (down, locked, failing over) is retried with capped
+    # exponential backoff for this long after the message was queued, then dead-lettered.
+    db_retry_period_s: float = 24 * 3600.0
+    db_retry_max_delay_s: float = 60.0
     # Outbound
     collect_poll_s: float = 1.0  # rows inserted directly by tenants are found this fast
     collect_batch: int = 500
     reservation_lease_s: float = 300.0  # reserved rows older than this go back to pending
+    # Queued rows untouched for this long (no attempt, no result) have their envelope queued
+    # again with the same de-duplication id: a lost queue message or lost result must not
+    # strand a row. Longer than the longest gap between a row's attempts (send backoff cap),
+    # so that a row in a retry backoff is rarely re-queued (and a copy is harmless: the send
+    # stage checks the row, not the queue).
+    queued_stale_s: float = 900.0
     # Sends in flight per process (and connections per provider host). A send mostly waits on
     # the provider: 1,000 messages/s at Graph's ~200 ms per call need ~200 of them.
     send_concurrency: int = 256
-    send_max_attempts: int = 8
+    # Temporary provider trouble (5xx, timeouts, Meta 1, 2, 4, 80007, 130429, 131000, ...) is
+    # retried with capped exponential backoff for this long from the row's first temporary
+    # failure, then the row fails with the last error.
+    send_retry_period_s: float = 3600.0
+    # A safety cap only: with the default backoff an hour of retries is about 25 attempts.
+    send_max_attempts: int = 100
     send_backoff_base_s: float = 1.0
     send_backoff_max_s: float = 300.0
     send_timeout_s: float = 30.0
@@ -60,6 +81,9 @@ class Settings(BaseSettings):
     send_rate_margin: float = 0.05
     pair_burst: int = 45  # Meta's pair rate limit: a burst, then one message per interval
     pair_interval_s: float = 6.0
+
+    # Largest tenant API request body (POST /v1/messages); larger ones are answered 413.
+    api_max_body_bytes: int = 64 * 1024
 
     registry_poll_s: float = 1.0
     credentials_cache_s: float = 30.0

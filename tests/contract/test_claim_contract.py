@@ -8,6 +8,7 @@ WACLOUD_REQUIRE_SERVICES=1.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,13 +20,17 @@ from sqlalchemy.engine import Engine
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.claim import (
     claim_pending,
+    mark_expired,
     mark_not_queued,
     mark_queued,
+    mark_requeued,
     pending_count,
     reclaim_stale,
     release,
+    stale_queued,
 )
 from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.outbox import begin_attempt_in, requeue_failed
 from wacloud.adapters.db.tenant_store import TenantStore
 from wacloud.adapters.db.types import utcnow
 from wacloud.model import OutboundStatus
@@ -35,6 +40,7 @@ RESERVED = OutboundStatus.RESERVED.value
 QUEUED = OutboundStatus.QUEUED.value
 NOT_QUEUED = OutboundStatus.NOT_QUEUED.value
 ACCEPTED = OutboundStatus.ACCEPTED.value
+FAILED = OutboundStatus.FAILED.value
 om = t.outbound_messages
 
 
@@ -299,3 +305,110 @@ def test_reclaimed_row_is_not_moved_by_a_late_collector(engine: Engine) -> None:
     mark_not_queued(engine, [row_id], "late")
     assert statuses(engine) == {row_id: PENDING}
     assert row(engine, row_id)["error_reason"] is None
+
+
+def test_mark_queued_notes_the_attempts_so_far(engine: Engine) -> None:
+    ids = insert_minimal(engine, 2)
+    set_rows(engine, [ids[1]], attempts=3)
+    claim_pending(engine, 2)
+    mark_queued(engine, ids)
+    assert [row(engine, i)["queued_attempts"] for i in ids] == [0, 3]
+
+
+def test_stale_queued_finds_only_queued_rows_nothing_touched(engine: Engine) -> None:
+    ids = insert_minimal(engine, 5)
+    claim_pending(engine, 5)
+    mark_queued(engine, ids)
+    old = utcnow() - timedelta(hours=1)
+    stale, stale_later, fresh, reserved, accepted = ids
+    set_rows(engine, [stale, stale_later], updated_at=old, queued_at=old)
+    set_rows(engine, [reserved], status=RESERVED, updated_at=old)
+    set_rows(engine, [accepted], status=ACCEPTED, updated_at=old)
+
+    found = stale_queued(engine, 600, 10)
+    assert [r["id"] for r in found] == [stale, stale_later]
+    assert set(found[0]) == {c.name for c in om.c}  # a whole row: enough for an envelope
+    assert [r["id"] for r in stale_queued(engine, 600, 1)] == [stale]
+
+    set_rows(engine, [stale], attempts=2)
+    mark_requeued(engine, [stale, stale_later, fresh, reserved, accepted])
+    again = row(engine, stale)
+    assert again["status"] == QUEUED and close_to_now(again["queued_at"])
+    assert again["queued_attempts"] == 2  # later messages wait for its next attempt
+    assert close_to_now(again["updated_at"])
+    assert row(engine, reserved)["status"] == RESERVED  # only queued rows move
+    assert row(engine, accepted)["updated_at"] < utcnow() - timedelta(minutes=30)
+    assert stale_queued(engine, 600, 10) == []
+
+
+def test_mark_expired_only_from_reserved_or_queued(engine: Engine) -> None:
+    ids = insert_minimal(engine, 4)
+    claim_pending(engine, 3)
+    mark_queued(engine, [ids[1]])
+    set_rows(engine, [ids[2]], status=ACCEPTED)  # ids[3] stays pending
+
+    mark_expired(engine, ids, "expired: its validity ended")
+
+    assert statuses(engine) == {ids[0]: FAILED, ids[1]: FAILED, ids[2]: ACCEPTED,
+                                ids[3]: PENDING}
+    assert row(engine, ids[0])["error_code"] == "expired"
+    assert row(engine, ids[1])["error_reason"] == "expired: its validity ended"
+    assert row(engine, ids[2])["error_code"] is None
+
+
+def earlier_waiting(engine: Engine, row_id: int, recipient: str, *, keep: bool = False) -> bool:
+    """Whether the send stage finds an earlier message waiting for this row. Unless `keep`,
+    the row is put back as it was (the probe sends it to the outbox, or takes its lease)."""
+    before = row(engine, row_id)
+    with engine.begin() as conn:
+        state = begin_attempt_in(conn, row_id, owner=uuid.uuid4().hex, lease_seconds=60,
+                                 channel="chan-a", recipient=recipient)
+    assert state is not None
+    if not keep:
+        set_rows(engine, [row_id], **{k: before[k] for k in (
+            "status", "attempts", "send_owner", "send_lease_until", "reserved_at",
+            "queued_at", "error_code", "error_reason")})
+    return state.earlier_waiting
+
+
+def test_a_queued_earlier_row_blocks_until_the_send_stage_saw_it(engine: Engine) -> None:
+    """Two collectors may queue one recipient's rows out of order: the later row's message
+    then reaches the send stage first, while the earlier row is queued (or still reserved)."""
+    first, second = insert_minimal(engine, 2)
+    set_rows(engine, [second], recipient=row(engine, first)["recipient"])
+    to = row(engine, first)["recipient"]
+    claim_pending(engine, 2)
+    assert earlier_waiting(engine, second, to)  # reserved: claimed, not queued yet
+    mark_queued(engine, [first, second])
+    assert earlier_waiting(engine, second, to)  # queued, its message not seen yet
+    assert not earlier_waiting(engine, first, to, keep=True)  # the earlier row itself goes
+    # The send stage counted an attempt of the first (its message came first) and holds it;
+    # the second no longer waits for it.
+    assert statuses(engine)[first] == QUEUED
+    assert not earlier_waiting(engine, second, to)
+    set_rows(engine, [first], send_lease_until=None)  # a retry backoff: still queued
+    assert not earlier_waiting(engine, second, to)
+    # Queued again by the stale reclaim: waiting again until its copy is seen.
+    mark_requeued(engine, [first])
+    assert earlier_waiting(engine, second, to)
+    # Rows queued before queued_attempts existed (NULL) do not block, as before.
+    set_rows(engine, [first], queued_attempts=None)
+    assert not earlier_waiting(engine, second, to)
+
+
+
+def test_a_replayed_dead_letter_blocks_later_rows_until_it_is_attempted(engine: Engine) -> None:
+    first, second = insert_minimal(engine, 2)
+    to = row(engine, first)["recipient"]
+    set_rows(engine, [second], recipient=to)
+    claim_pending(engine, 2)
+    mark_queued(engine, [first, second])
+    assert not earlier_waiting(engine, first, to, keep=True)  # attempt 1
+    set_rows(engine, [first], send_lease_until=None)
+    mark_requeued(engine, [first])  # (queued again once, after that attempt)
+    set_rows(engine, [first], status=FAILED)  # then it ran out of time
+    assert requeue_failed(engine, first)  # `wacloud dlq replay`: its message goes to the end
+    assert earlier_waiting(engine, second, to)
+    assert not earlier_waiting(engine, first, to, keep=True)
+    set_rows(engine, [first], send_lease_until=None)  # backing off after that attempt
+    assert not earlier_waiting(engine, second, to)

@@ -403,3 +403,54 @@ async def test_fifo_redrive_of_a_letter_sent_to_the_dlq_directly(broker: QueueBr
     assert await queue.redrive() == 1
     [msg] = await queue.receive(10)
     assert msg.body == b"gave up"
+
+
+async def test_release_keeps_the_reason_into_the_dlq(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, max_receives=1))
+    await queue.send(b"poison")
+    [msg] = await queue.receive(1)
+    await queue.release(msg.receipt, reason="ValueError: bad field")
+    assert await queue.receive(1) == []  # swept to the DLQ at this receive
+    [letter] = await queue.dead_letters()
+    assert letter.attributes["reason"] == "ValueError: bad field"
+    assert letter.attributes["source_queue"] == qname
+    assert letter.attributes["size"] == str(len(b"poison"))
+
+
+async def test_release_without_counting_keeps_it_out_of_the_dlq(broker: QueueBroker,
+                                                                 qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, max_receives=2))
+    await queue.send(b"x")
+    for _ in range(5):  # far more failures than max_receives, none of them the message's
+        [msg] = await queue.receive(1)
+        assert msg.receive_count == 1
+        await queue.release(msg.receipt, reason="database is locked", count=False)
+    assert (await queue.depth())["dead"] == 0
+
+
+async def test_dead_letter_now_with_reason(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, max_receives=50))
+    await queue.send(b"x")
+    [msg] = await queue.receive(1)
+    await queue.dead_letter(msg.receipt, "gave up after 86400 s: database is locked")
+    assert await queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 1}
+    [letter] = await queue.dead_letters()
+    assert letter.attributes["reason"] == "gave up after 86400 s: database is locked"
+    assert await queue.redrive() == 1
+    [again] = await queue.receive(1)
+    assert again.body == b"x" and again.sent_at >= msg.sent_at  # a whole new budget
+
+
+async def test_discard_dead_letters(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, max_receives=1))
+    await queue.send_batch([OutgoingMessage(b"a"), OutgoingMessage(b"b"), OutgoingMessage(b"c")])
+    for msg in await queue.receive(10):
+        await queue.dead_letter(msg.receipt, "test")
+    await queue.send(b"live")
+    letters = await queue.dead_letters()
+    chosen = next(m for m in letters if m.body == b"a")
+    assert await queue.discard([chosen.message_id]) == 1
+    assert sorted(m.body for m in await queue.dead_letters()) == [b"b", b"c"]
+    assert await queue.discard() == 2
+    assert await queue.dead_letters() == []
+    assert (await queue.depth())["visible"] == 1  # live messages are not touched

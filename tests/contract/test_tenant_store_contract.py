@@ -11,13 +11,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.dialect import insert_ignore
 from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.outbox import insert_outbound
 from wacloud.adapters.db.tenant_store import TenantStore
 from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.db.views import list_messages
+from wacloud.adapters.db.views import list_messages, list_notices
 from wacloud.model import (
     Contact,
     Direction,
@@ -368,6 +371,73 @@ def test_list_messages_returns_the_public_json_contract(store: TenantStore) -> N
                                           "status", "status_code", "media")} == {
         "provider_message_id": "wamid.OUT", "direction": "out", "type": "text",
         "text": "hi there", "status": "accepted", "status_code": 3, "media": None}
+
+
+def test_tenant_migrations_match_the_model(store: TenantStore) -> None:
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = [d for d in compare_metadata(context, t.metadata) if d[0] != "remove_table"]
+    assert diff == []
+
+
+def test_group_message_and_group_outbound_row_show_their_group_id(store: TenantStore) -> None:
+    group = "Y2FwaV9ncm91cDo1NTExOTQwMDAxMjM0OjEyMDM2MzA0MDQ2OTQyMzM4MjAZD"
+    said_in_group = inbound("wamid.GROUP")
+    said_in_group.group_id = group
+    store.store_events([said_in_group, inbound("wamid.DIRECT")], [], [])
+    row_id = insert_outbound(store.engine, channel=CHANNEL, recipient=group, type="text",
+                             content={"body": "to all"}, reply_to="wamid.GROUP",
+                             recipient_type="group")
+    insert_outbound(store.engine, channel=CHANNEL, recipient="5511987654321", type="text",
+                    content={"body": "to one"})
+
+    views = {v["provider_message_id"] or v["id"]: v for v in list_messages(store.engine)}
+
+    assert views["wamid.GROUP"]["group_id"] == group
+    assert views["wamid.GROUP"]["from"] == "5511987654321"
+    assert views["wamid.DIRECT"]["group_id"] is None
+    outbound = [v for v in views.values() if v["source"] == "outbound"]
+    assert [(v["to"], v["recipient_type"], v["group_id"]) for v in outbound] == [
+        (group, "group", group), ("5511987654321", "individual", None)]
+    assert outbound_row(store, row_id)["recipient_type"] == "group"
+
+
+def test_outbound_row_to_a_bsuid_takes_a_receipt_that_names_only_the_bsuid(
+        store: TenantStore) -> None:
+    bsuid = "BR.7718203344556677"
+    row_id = insert_outbound(store.engine, channel=CHANNEL, recipient=bsuid, type="text",
+                             content={"body": "oi"})
+    with store.engine.begin() as conn:
+        conn.execute(t.outbound_messages.update().where(t.outbound_messages.c.id == row_id)
+                     .values(status=OutboundStatus.ACCEPTED.value,
+                             provider_message_id="wamid.BSUID"))
+    apply(store, StatusUpdate(provider=Provider.META, channel_key=CHANNEL,
+                              provider_message_id="wamid.BSUID", status="delivered",
+                              timestamp=5, recipient=None, recipient_user_id=bsuid))
+
+    assert outbound_status(store, row_id) is OutboundStatus.DELIVERED
+    [view] = list_messages(store.engine, direction="out")
+    assert (view["to"], view["recipient_type"]) == (bsuid, "individual")
+
+
+def test_list_notices_shows_the_latest_oldest_first(store: TenantStore) -> None:
+    notices = [ProviderNotice(provider=Provider.META, channel_key=CHANNEL, field="messages",
+                              errors=[ProviderError(str(130429 + n), f"error {n}")],
+                              raw={"errors": [{"code": 130429 + n}]}) for n in range(3)]
+    for notice in notices:
+        store.store_events([], [], [notice])
+
+    views = list_notices(store.engine, limit=2)
+
+    json.dumps(views)
+    assert [v["errors"][0]["code"] for v in views] == ["130430", "130431"]
+    assert views[0].keys() == {"id", "provider", "channel", "field", "errors", "raw",
+                               "received_at"}
+    assert (views[0]["channel"], views[0]["field"], views[0]["provider"]) == (
+        CHANNEL, "messages", "meta")
+    assert views[0]["raw"] == {"errors": [{"code": 130430}]}
+    assert [v["errors"][0]["code"] for v in list_notices(store.engine)] == [
+        "130429", "130430", "130431"]
 
 
 def test_list_messages_shows_an_outbound_failure_as_error(store: TenantStore) -> None:

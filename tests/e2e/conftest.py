@@ -68,6 +68,8 @@ class GatewayProcess:
     port: int
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
+    # /metrics and /internal/credentials listen here, not on `port`.
+    internal_port: int = field(default_factory=free_port)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,11 +79,16 @@ class GatewayProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def internal_url(self) -> str:
+        return f"http://127.0.0.1:{self.internal_port}"
+
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "wacloud.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir)], env=self.env, stdout=log, stderr=log)
+             "--internal-port", str(self.internal_port), "--data-dir", str(self.data_dir)],
+            env=self.env, stdout=log, stderr=log)
         wait_for(self._healthy, 30, message="gateway /healthz")
 
     def _healthy(self) -> bool:
@@ -121,6 +128,17 @@ class Harness:
     registry: Registry
     broker: CredentialsBroker
     client: httpx.Client
+    internal: httpx.Client  # the internal listener: /metrics, /internal/credentials
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A counter's value (0 when absent) from the internal listener's /metrics."""
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        total = 0.0
+        for line in self.internal.get("/metrics").text.splitlines():
+            series, _, value = line.rpartition(" ")
+            if series.split("{")[0] == name and all(w in series for w in wanted):
+                total += float(value)
+        return total
 
     def tenant(self, slug: str | None = None) -> str:
         slug = slug or f"t{next(_ids)}-{uuid.uuid4().hex[:6]}"
@@ -309,10 +327,12 @@ def make_harness(tmp_path: Path, fake_server: FakeProviderServer,
     gateway = GatewayProcess(data_dir, free_port(), env)
     gateway.start()
     client = httpx.Client(base_url=gateway.base_url, timeout=10)
+    internal = httpx.Client(base_url=gateway.internal_url, timeout=10)
     try:
         yield Harness(gateway, fake_server.provider, fake_server.base_url, registry, broker,
-                      client)
+                      client, internal)
     finally:
+        internal.close()
         client.close()
         gateway.stop()
         broker.close()

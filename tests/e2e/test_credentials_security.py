@@ -154,11 +154,11 @@ def test_set_token_resumes_a_channel_paused_by_190_and_sends_what_waited(
 def ask(harness: Harness, key: str | None, body: dict[str, Any] | bytes) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
     if isinstance(body, bytes):
-        return harness.client.post("/internal/credentials", content=body, headers=headers)
-    return harness.client.post("/internal/credentials", json=body, headers=headers)
+        return harness.internal.post("/internal/credentials", content=body, headers=headers)
+    return harness.internal.post("/internal/credentials", json=body, headers=headers)
 
 
-def test_internal_credentials_needs_a_service_key_and_audits_every_call(
+def test_internal_credentials_needs_a_service_key_and_audits_every_authenticated_call(
         harness: Harness) -> None:
     tenant = harness.tenant()
     meta = harness.meta_channel(tenant)
@@ -171,10 +171,23 @@ def test_internal_credentials_needs_a_service_key_and_audits_every_call(
     assert created.returncode == 0, created.stderr
     service_key = json.loads(created.stdout)["key"]
     tenant_key = harness.api_key(tenant)
+    # Served on the internal listener only: the public webhook port does not know the paths.
+    public = harness.client.post("/internal/credentials", json=body,
+                                 headers={"Authorization": f"Bearer {service_key}"})
+    assert public.status_code == 404 and TOKEN not in public.text
+    assert harness.client.get("/metrics").status_code == 404
+    assert "wacloud_webhooks_total" in harness.internal.get("/metrics").text
 
+    refused_before = harness.metric("wacloud_credentials_unauthenticated_total", via="http")
     assert ask(harness, None, body).status_code == 401
     assert ask(harness, "wsk_wrong", body).status_code == 403
     assert ask(harness, tenant_key, body).status_code == 403
+    # Strangers write nothing into the registry; they are counted instead.
+    with harness.registry.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(
+            credential_audit)).scalar_one() == 0
+    assert harness.metric("wacloud_credentials_unauthenticated_total",
+                          via="http") == refused_before + 3
     good = ask(harness, service_key, body)
     assert good.status_code == 200 and good.headers["cache-control"] == "no-store"
     answer = good.json()
@@ -196,9 +209,8 @@ def test_internal_credentials_needs_a_service_key_and_audits_every_call(
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["status"], r["outcome"]) for r in rows] == [
-        (401, "unauthenticated"), (403, "denied"), (403, "denied"), (200, "ok"), (200, "ok"),
-        (200, "ok"), (404, "not_found"), (400, "bad_request")]
-    ok = rows[3]
+        (200, "ok"), (200, "ok"), (200, "ok"), (404, "not_found"), (400, "bad_request")]
+    ok = rows[0]
     assert (ok["via"], ok["source"], ok["key_label"], ok["tenant"], ok["channel_key"]) == (
         "http", "127.0.0.1", "e2e-sender", tenant, meta.key)
     assert ok["key_prefix"] == service_key[:12] and ok["lookup_id"] == meta.key

@@ -16,7 +16,7 @@ def test_demo_shows_a_message_in_and_one_out(tmp_path: Path) -> None:
     env["WACLOUD_WORKER_NICE"] = "0"  # the busy test machine must not starve the worker
     done = subprocess.run(
         [sys.executable, "-m", "wacloud.cli", "demo", "--data-dir", str(tmp_path / "demo"),
-         "--port", str(free_port()), "--exit"],
+         "--port", str(free_port()), "--internal-port", str(free_port()), "--exit"],
         env=env, capture_output=True, text=True, timeout=120)
     out = done.stdout
 

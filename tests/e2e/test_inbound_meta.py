@@ -238,6 +238,47 @@ def test_unknown_channel_is_parked_then_replayed_after_the_channel_is_added(
     assert known.key not in {r["channel"] for r in rows}
 
 
+def test_a_parked_body_is_not_replayed_into_a_channel_of_another_app(
+        harness: Harness) -> None:
+    harness.meta_channel(harness.tenant(), app_secret="app-one")
+    number, waba = f"1078{uuid.uuid4().int % 10**11:011d}", "1099887700"
+    message, contact = meta_text("5511987654321", "de quem?", f"wamid.other-{uuid.uuid4().hex}")
+    payload = meta_envelope(number, waba, "5511940009999", [message], None, [contact])
+    assert harness.post_meta(payload, "app-one").status_code == 200
+    parked = wait_for(lambda: [p for p in harness.parked() if p.channel_key == number],
+                      message="parked item")
+    assert json.loads(harness.cli("parked", "--json").stdout.splitlines()[-1])["signed_body"]
+
+    # The number turns up in a tenant whose Meta app is not the one that signed the body.
+    tenant = harness.tenant()
+    harness.meta_channel(tenant, phone_number_id=number, waba_id=waba, app_secret="app-two")
+    def refusals() -> int:
+        return harness.gateway.log_path.read_text().count("refused 1 meta event(s)")
+    seen = refusals()
+    replay = harness.cli("parked", "replay", str(parked[0].id), "--json")
+    assert replay.returncode == 0, replay.stderr
+    wait_for(lambda: refusals() > seen, message="the replayed entry refused")
+    assert harness.rows(tenant) == []
+    # Nothing parked again either: the entry was checked and refused, not lost in a loop.
+    assert [p.id for p in harness.parked() if p.channel_key == number] == []
+
+
+def test_other_meta_products_are_answered_and_counted_not_parked(harness: Harness) -> None:
+    channel = harness.meta_channel(harness.tenant())
+    before = harness.metric("wacloud_meta_other_objects_total", object="instagram")
+    body = dumps({"object": "instagram", "entry": [
+        {"id": "17841400000000000", "time": 1700000000, "changes": [
+            {"field": "comments", "value": {"text": f"nice {uuid.uuid4().hex}"}}]}]})
+    assert harness.post_meta(body, "not-the-app-secret").status_code == 401  # checked first
+    for _ in range(3):
+        assert harness.post_meta(body, channel.app_secret).status_code == 200
+    assert harness.metric("wacloud_meta_other_objects_total",
+                          object="instagram") == before + 3
+    wait_for(lambda: harness.client.get("/readyz").json()["inbound_raw"]["visible"] == 0,
+             message="inbound queue drained")
+    assert not [p for p in harness.parked() if b"17841400000000000" in p.payload.encode()]
+
+
 def test_signed_but_unparseable_body_is_parked(harness: Harness) -> None:
     channel = harness.meta_channel(harness.tenant())
     body = b'{"object": "whatsapp_business_account", "entry": "not-a-list"}'

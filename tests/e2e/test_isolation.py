@@ -141,6 +141,42 @@ def test_a_webhook_for_tenant_a_never_writes_into_tenant_b(harness: Harness) -> 
     assert len(parked) == 1 and "claims to be for B" in parked[0].payload
 
 
+def test_a_body_signed_by_tenant_a_naming_b_writes_nothing_into_b(harness: Harness) -> None:
+    """Meta signs a body, not an entry: A's app secret must not carry B's entries along."""
+    tenant_a, tenant_b = harness.tenant(), harness.tenant()
+    meta_a = harness.meta_channel(tenant_a)
+    meta_b = harness.meta_channel(tenant_b)
+    wamid_b = f"wamid.B-{uuid.uuid4().hex}"
+    harness.fake.script("5511987650098", times=1, status=200, message_id=wamid_b)
+    row_b = harness.insert_outbox(tenant_b, meta_b.key, "5511987650098", "text", {"body": "b"})
+    harness.wait_outbox(tenant_b, lambda rows: rows[row_b]["status"] == 3)
+    before_b = table_counts(harness, tenant_b)
+
+    text_a, contact = meta_text("5511987650003", "de A", f"wamid.A-{uuid.uuid4().hex}")
+    forged, _ = meta_text("5511987650004", "forjada para B", f"wamid.X-{uuid.uuid4().hex}")
+    receipt = {"id": wamid_b, "status": "read", "timestamp": str(int(time.time())),
+               "recipient_id": "5511987650098"}
+    part_a = meta_envelope(meta_a.key, meta_a.waba_id or "", "5511940001234", [text_a], None,
+                           [contact])
+    part_b = meta_envelope(meta_b.key, meta_b.waba_id or "", "5511940001234", [forged],
+                           [receipt])
+    mixed = {"object": "whatsapp_business_account",
+             "entry": part_a["entry"] + part_b["entry"]}
+    # Answered 200 (the body is A's): A's entry is stored, B's is refused and counted.
+    assert harness.post_meta(mixed, meta_a.app_secret).status_code == 200
+
+    harness.wait_rows(tenant_a, 1)
+    drain(harness)
+    assert [r["text"] for r in harness.rows(tenant_a, "in")] == ["de A"]
+    assert table_counts(harness, tenant_b) == before_b
+    assert harness.outbox(tenant_b)[row_b]["status"] == 3  # the forged "read" did not apply
+    assert not [p for p in harness.parked() if p.channel_key == meta_b.key]
+    wait_for(lambda: "refused 2 meta event(s)" in harness.gateway.log_path.read_text(),
+             message="the refusal logged")
+    log = harness.gateway.log_path.read_text()
+    assert (meta_a.app_secret or "-") not in log and (meta_b.app_secret or "-") not in log
+
+
 # -- injection -------------------------------------------------------------------------------
 
 

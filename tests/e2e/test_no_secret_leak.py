@@ -311,8 +311,10 @@ def test_no_secret_appears_in_logs_responses_cli_output_or_tables(
     run_inbound(harness, capture, tenant_a, tenant_b)
     run_outbound(harness, capture, tenant_a, tenant_b)
 
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz"):
         capture.response(harness.client.get(path))
+    for path in ("/healthz", "/readyz", "/metrics"):
+        capture.response(harness.internal.get(path))
     for args in (["channel", "list"], ["channel", "list", "--json"], ["tenant", "list"],
                  ["tenant", "list", "--json"], ["apikey", "list", "--json"],
                  ["messages", "--tenant", tenant_a, "--json"],

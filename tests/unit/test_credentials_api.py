@@ -1,6 +1,6 @@
 """The credentials service (the core of POST /internal/credentials and the Lambda handler)
 over a real SQLite registry: service-key authentication, lookups by every provider id, and
-an audit row for every call that never holds a secret."""
+an audit row for every authenticated call that never holds a secret."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 
 from wacloud.adapters.db.api_keys import (
     active_key_hashes,
@@ -97,7 +98,7 @@ def test_disabled_without_a_service_key(service: CredentialsService,
     assert list_audit(registry) == []
 
 
-def test_missing_wrong_revoked_and_tenant_keys_are_refused_and_audited(
+def test_missing_wrong_revoked_and_tenant_keys_are_refused_counted_and_not_audited(
         service: CredentialsService, registry: Registry, service_key: str) -> None:
     body = {"provider": "meta", "id": "106540352242922"}
     tenant_key = create_api_key(registry, tenant="acme")[1]
@@ -105,6 +106,9 @@ def test_missing_wrong_revoked_and_tenant_keys_are_refused_and_audited(
     old = create_api_key(registry, tenant=None, service=True, label="old")
     revoke_api_key(registry, old[0].id)
 
+    before = {outcome: REGISTRY.get_sample_value(
+        "wacloud_credentials_unauthenticated_total", {"via": "http", "outcome": outcome}) or 0.0
+        for outcome in ("unauthenticated", "denied")}
     assert ask(service, None, body)[0] == 401
     assert ask(service, "wsk_" + "x" * 43, body)[0] == 403
     assert ask(service, tenant_key, body)[0] == 403
@@ -113,13 +117,17 @@ def test_missing_wrong_revoked_and_tenant_keys_are_refused_and_audited(
     status, answer = ask(service, service_key, body)
     assert status == 200 and answer["token"] == TOKEN
 
+    # Only the authenticated call is in the audit: strangers cannot grow the registry.
     rows = list_audit(registry)
-    assert [(r["status"], r["outcome"]) for r in rows] == [
-        (401, "unauthenticated"), (403, "denied"), (403, "denied"), (403, "denied"),
-        (403, "denied"), (200, "ok")]
+    assert [(r["status"], r["outcome"]) for r in rows] == [(200, "ok")]
     assert all(r["provider"] == "meta" and r["lookup_id"] == "106540352242922" for r in rows)
     assert all(r["via"] == "http" and r["source"] == "10.0.0.7" for r in rows)
-    assert [r["key_id"] is None for r in rows] == [True] * 5 + [False]
+    assert rows[0]["key_id"] is not None
+    after = {outcome: REGISTRY.get_sample_value(
+        "wacloud_credentials_unauthenticated_total", {"via": "http", "outcome": outcome}) or 0.0
+        for outcome in ("unauthenticated", "denied")}
+    assert after["unauthenticated"] - before["unauthenticated"] == 1
+    assert after["denied"] - before["denied"] == 4
     assert rows[-1]["key_label"] == "sender-worker"
     assert rows[-1]["key_prefix"] == service_key[:12]
     assert (rows[-1]["tenant"], rows[-1]["channel_key"]) == ("acme", "106540352242922")
@@ -204,7 +212,7 @@ def test_lambda_handler_takes_proxy_and_direct_events(
     denied = handle({"provider": "whapi", "id": "MANTIS-M72HC"}, None)
     assert denied["statusCode"] == 401 and "token" not in json.loads(denied["body"])
     rows = list_audit(registry)
-    assert [r["via"] for r in rows] == ["lambda"] * 4
+    assert [r["via"] for r in rows] == ["lambda"] * 3  # the unauthenticated one is counted
     assert rows[0]["source"] == "10.1.2.3"
     assert TOKEN not in audit_text(registry)
 

@@ -130,9 +130,30 @@ async def test_sha256_mismatch_is_a_temporary_error_and_stores_nothing(
             timeout=10)
 
     assert caught.value.temporary is True
-    assert "sha256" in caught.value.reason
+    assert caught.value.reason == (f"sha256 mismatch: webhook said "
+                                   f"{hashlib.sha256(b'other').hexdigest()}, file is "
+                                   f"{hashlib.sha256(PNG).hexdigest()}")
     assert stored_files(env.media_root) == []
     assert list(env.tmp_dir.iterdir()) == []
+
+
+async def test_damaged_download_names_the_webhook_hash_and_the_file_hash(
+        fake: FakeProviderServer, env: Env) -> None:
+    media = fake.provider.add_media(PNG, mime_type="image/png")
+    fake.provider.damage_media(media.id)
+    damaged = bytes([PNG[0] ^ 0xFF]) + PNG[1:]
+
+    with pytest.raises(MediaCopyError) as caught:
+        await env.copier.copy(channel(fake), MediaRef(
+            provider_media_id=media.id, sha256=media.sha256_b64), timeout=10)
+
+    assert caught.value.reason == (f"sha256 mismatch: webhook said {media.sha256_b64}, "
+                                   f"file is {hashlib.sha256(damaged).hexdigest()}")
+    assert stored_files(env.media_root) == []
+    fake.provider.damage_media(media.id, damaged=False)
+    stored = await env.copier.copy(channel(fake), MediaRef(
+        provider_media_id=media.id, sha256=media.sha256_b64), timeout=10)
+    assert stored.status is MediaStatus.STORED
 
 
 async def test_meta_media_over_max_bytes_is_permanent_and_leaves_no_temp_file(

@@ -24,6 +24,7 @@ from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.outbox import insert_outbound
 from wacloud.adapters.db.privacy import set_retention
 from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.submissions import IdempotencyConflict, submit_outbound
 from wacloud.adapters.db.tenant_store import TenantStore
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.media.local import LocalMediaStore
@@ -43,6 +44,7 @@ from wacloud.model import (
     ProviderNotice,
     StatusUpdate,
 )
+from wacloud.outbound_api import request_hash
 from wacloud.privacy import (
     PrivacyContext,
     PrivacyError,
@@ -55,13 +57,14 @@ from wacloud.privacy import (
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 from wacloud.stages.envelopes import RawWebhook, dumps
-from wacloud.testing.webhooks import meta_envelope, meta_text
+from wacloud.testing.webhooks import meta_envelope, meta_text, sign
 
 MARIA = "5511987654321"
 MARIA_BSUID = "BR.1502576394655843"
 JOAO = "5521912345678"
 BUSINESS = "5511940001234"
 PN_A, WABA_A, WHAPI_A, PN_B = "106540352242922", "102290129340398", "MANTIS-M72HC", "1065999"
+APP_SECRETS = {PN_A: "app-secret-a", PN_B: "app-secret-b"}
 SHARED_KEY = "acme/PN/2026/11/20/shared.jpg"  # the same picture sent by both contacts
 
 
@@ -93,7 +96,9 @@ def meta_raw(*senders: tuple[str, str], phone_number_id: str = PN_A) -> bytes:
         messages.append(msg)
         contacts.append(contact)
     body = dumps(meta_envelope(phone_number_id, WABA_A, BUSINESS, messages, contacts=contacts))
-    return RawWebhook("meta", None, 1.0, body).encode()
+    # Signed as the gateway queues it (each channel's own app secret).
+    secret = APP_SECRETS.get(phone_number_id, APP_SECRETS[PN_A])
+    return RawWebhook("meta", None, 1.0, body, signature=sign(body, secret)).encode()
 
 
 @dataclass
@@ -145,10 +150,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     registry.add_tenant("acme")
     registry.add_tenant("beta")
     registry.add_channel(tenant="acme", provider=Provider.META, key=PN_A, phone_number_id=PN_A,
-                         waba_id=WABA_A, display_number=BUSINESS, token="tok-a")
+                         waba_id=WABA_A, display_number=BUSINESS, token="tok-a",
+                         app_secret=APP_SECRETS[PN_A])
     registry.add_channel(tenant="acme", provider=Provider.WHAPI, key=WHAPI_A, token="tok-w")
     registry.add_channel(tenant="beta", provider=Provider.META, key=PN_B, phone_number_id=PN_B,
-                         waba_id="W-B", display_number="5531900000000", token="tok-b")
+                         waba_id="W-B", display_number="5531900000000", token="tok-b",
+                         app_secret=APP_SECRETS[PN_B])
     broker = CredentialsBroker(registry, tenants_dir=tmp_path / "tenants", cache_seconds=0)
     queue_broker = SqliteBroker(tmp_path / "queues.db")
     queues: dict[str, Queue] = {
@@ -300,6 +307,48 @@ async def test_erase_removes_everything_of_one_contact_and_nothing_of_another(
     # Nothing left: a second run finds nothing.
     again = await erase_contact(world.ctx, "acme", MARIA)
     assert set(again.removed().values()) == {0}
+
+
+async def test_erase_clears_the_signed_body_kept_with_a_parked_item(world: World) -> None:
+    """A parked item keeps the signed webhook for the replay check; that body also carries
+    what the same webhook brought this tenant about the contact."""
+    body = RawWebhook.decode(meta_raw((MARIA, "wamid.s1"))).body.decode()
+    only_joao = world.registry.park(
+        stage="write", reason="no tenant for meta channel '999'", provider="meta",
+        channel_key="999", payload=json.dumps([message("wamid.s2", JOAO, channel="999")
+                                               .to_dict()]),
+        raw_body=body, signature="sha256=" + "0" * 64)
+    untouched = world.registry.park(
+        stage="write", reason="no tenant for meta channel '998'", provider="meta",
+        channel_key="998", payload=json.dumps([message("wamid.s3", JOAO, channel="998")
+                                               .to_dict()]),
+        raw_body=RawWebhook.decode(meta_raw((JOAO, "wamid.s4"))).body.decode(),
+        signature="sha256=" + "1" * 64)
+
+    await erase_contact(world.ctx, "acme", MARIA)
+
+    item = world.registry.parked_item(only_joao)
+    assert (item.raw_body, item.signature) == (None, None)
+    assert [e["provider_message_id"] for e in json.loads(item.payload)] == ["wamid.s2"]
+    assert world.registry.parked_item(untouched).raw_body is not None
+
+
+async def test_a_queued_webhook_split_by_erase_keeps_only_entries_its_signature_covers(
+        world: World) -> None:
+    """The remainder is queued without the signed body: the entry check happens here."""
+    mine = json.loads(RawWebhook.decode(meta_raw((MARIA, "wamid.f1"), (JOAO, "wamid.f2"))).body)
+    forged = json.loads(RawWebhook.decode(meta_raw((JOAO, "wamid.f3"),
+                                                   phone_number_id=PN_B)).body)
+    body = dumps({"object": "whatsapp_business_account",
+                  "entry": mine["entry"] + forged["entry"]})
+    await world.queues[envelopes.INBOUND_RAW].send(RawWebhook(
+        "meta", None, 1.0, body, signature=sign(body, APP_SECRETS[PN_A])).encode())
+
+    await erase_contact(world.ctx, "acme", MARIA)
+
+    [left] = [RawWebhook.decode(b) for b in await world.queued(envelopes.INBOUND_RAW)]
+    assert left.kind == "events"
+    assert [e["provider_message_id"] for e in json.loads(left.body)] == ["wamid.f2"]
 
 
 async def test_erase_by_business_scoped_user_id(world: World) -> None:
@@ -529,3 +578,19 @@ async def test_a_gateways_own_stores_serve_erasure(tmp_path: Path) -> None:
         assert (report.messages, report.queue_messages_deleted) == (1, 1)
     finally:
         await gateway.close()
+
+
+async def test_anonymizing_drops_the_request_digest_and_a_late_retry_is_refused(
+        world: World) -> None:
+    body_hash = request_hash({"to": MARIA, "text": {"body": "Seu código"}})
+    submit_outbound(world.acme.engine, channel=PN_A, recipient=MARIA, type="text",
+                    content={"body": "Seu código"}, idempotency_key="otp-maria",
+                    request_hash=body_hash)
+    await erase_contact(world.ctx, "acme", MARIA, anonymize=True)
+    (erased,) = table_rows(world.acme, t.outbound_messages)
+    assert erased["request_hash"] is None and erased["error_code"] == "erased"
+    with pytest.raises(IdempotencyConflict):  # never a new row to an erased contact
+        submit_outbound(world.acme.engine, channel=PN_A, recipient=MARIA, type="text",
+                        content={"body": "Seu código"}, idempotency_key="otp-maria",
+                        request_hash=body_hash)
+    assert len(table_rows(world.acme, t.outbound_messages)) == 1

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from wacloud.cli import inbound_cmds, outbound_cmds, privacy_cmds, registry_cmds, security_cmds
+from wacloud.cli import (
+    dlq_cmds,
+    inbound_cmds,
+    outbound_cmds,
+    privacy_cmds,
+    registry_cmds,
+    security_cmds,
+)
 from wacloud.cli.common import app
 
-__all__ = ["app", "inbound_cmds", "main", "outbound_cmds", "privacy_cmds", "registry_cmds",
-           "security_cmds"]
+__all__ = ["app", "dlq_cmds", "inbound_cmds", "main", "outbound_cmds", "privacy_cmds",
+           "registry_cmds", "security_cmds"]
 
 
 def main() -> None:

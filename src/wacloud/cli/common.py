@@ -26,7 +26,8 @@ channel_app.add_typer(channel_add, name="add")
 app.add_typer(parked_app, name="parked")
 app.add_typer(media_app, name="media")
 apikey_app = typer.Typer(help="API keys (stored hashed, shown once).", no_args_is_help=True)
-dlq_app = typer.Typer(help="The outbound dead-letter queue.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead-letter queues: messages whose handling kept failing.",
+                      no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(dlq_app, name="dlq")
 

@@ -1,4 +1,5 @@
-"""Commands for serving and for inbound messages: serve, messages, parked, media, demo."""
+"""Commands for serving and for inbound messages: serve, messages, notices, parked, media,
+demo."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Annotated
 import typer
 
 from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.db.views import list_messages
+from wacloud.adapters.db.views import list_messages, list_notices
 from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
@@ -38,6 +39,12 @@ from wacloud.stages import envelopes
 @app.command()
 def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           port: Annotated[int, typer.Option("--port")] = 8080,
+          internal_host: Annotated[str | None, typer.Option(
+              "--internal-host", help="listen address of /metrics and /internal/credentials "
+              "(default WACLOUD_INTERNAL_HOST or 127.0.0.1)")] = None,
+          internal_port: Annotated[int | None, typer.Option(
+              "--internal-port", help="port of /metrics and /internal/credentials "
+              "(default WACLOUD_INTERNAL_PORT or 8081)")] = None,
           data_dir: DataDir = None) -> None:
     """Run the HTTP server and every stage (embedded mode)."""
     from wacloud.hosting.embedded import serve as run
@@ -52,9 +59,17 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     except (ValueError, OSError) as exc:
         fail(f"WACLOUD_SERVER_CPUS / WACLOUD_WORKER_CPUS: {exc}")
     # The workers get the lists as resolved here (they start pinned like their parent).
-    settings = settings.model_copy(update={"server_cpus": server_cpus,
-                                           "worker_cpus": worker_cpus})
-    typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir})")
+    update: dict[str, object] = {"server_cpus": server_cpus, "worker_cpus": worker_cpus}
+    if internal_host is not None:
+        update["internal_host"] = internal_host
+    if internal_port is not None:
+        update["internal_port"] = internal_port
+    settings = settings.model_copy(update=update)
+    if (settings.internal_host, settings.internal_port) == (host, port):
+        fail("the internal listener needs its own port (--internal-port)")
+    typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
+               f"metrics and credentials on http://{settings.internal_host}:"
+               f"{settings.internal_port}")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run(settings, host, port))
 
@@ -117,6 +132,26 @@ def messages(tenant: Annotated[str, typer.Option("--tenant")],
                 "media"] else ""
             typer.echo(f"{row['direction']:>3} {row['type']:<12} {row['from']} -> {row['to']}: "
                        f"{row['text'] or ''}{media} ({row['status']})")
+    broker.close()
+
+
+@app.command()
+def notices(tenant: Annotated[str, typer.Option("--tenant")],
+            limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+            data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """What providers reported besides messages and receipts (webhook-level errors, account
+    and template updates): the latest ones, oldest first."""
+    settings = settings_for(data_dir)
+    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+    if not broker.has_tenant(tenant):
+        fail(f"unknown tenant {tenant!r}")
+    for row in list_notices(broker.tenant_store(tenant).engine, limit):
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False, default=str))
+        else:
+            errors = "; ".join(f"{e.get('code')} {e.get('reason')}" for e in row["errors"])
+            typer.echo(f"{row['received_at']} {row['provider']} {row['channel']} "
+                       f"{row['field']}: {errors or '(no errors)'}")
     broker.close()
 
 
@@ -184,8 +219,10 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
 @app.command()
 def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-demo"),
          port: Annotated[int, typer.Option("--port")] = 8080,
+         internal_port: Annotated[int, typer.Option(
+             "--internal-port", help="port of /metrics on 127.0.0.1")] = 8081,
          keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True) -> None:
     """Run the embedded gateway with the fake provider and show a message going in and out."""
     from wacloud.demo import run_demo
 
-    sys.exit(run_demo(data_dir, port, keep_serving))
+    sys.exit(run_demo(data_dir, port, keep_serving, internal_port))

@@ -1,33 +1,26 @@
-"""Commands for outbound messages: send, dlq."""
+"""Commands for outbound messages: send (the dead-letter queues are in `dlq_cmds`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from wacloud.adapters.db.outbox import insert_outbound
-from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.adapters.db.submissions import submit_outbound
+from wacloud.adapters.db.types import utcnow
+from wacloud.bootstrap import open_registry
 from wacloud.cli.common import (
     DataDir,
     JsonOut,
     app,
-    dlq_app,
     emit,
     fail,
-    queue_broker,
     settings_for,
 )
 from wacloud.credentials import CredentialsBroker
-from wacloud.operations import (
-    dead_letter_summary,
-    replay_dead_letters,
-)
-from wacloud.outbound_api import InvalidMessage, parse_submission
-from wacloud.stages import envelopes
+from wacloud.outbound_api import InvalidMessage, parse_submission, parse_validity
 
 
 @app.command()
@@ -52,58 +45,19 @@ def send(tenant: Annotated[str, typer.Option("--tenant")],
         data["to"] = to
     try:
         submission = parse_submission(data)
+        expires_at = parse_validity(data, utcnow())
     except InvalidMessage as exc:
         fail(str(exc))
     settings = settings_for(data_dir)
     broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
     if broker.tenant_channel(tenant, submission.channel) is None:
         fail(f"tenant {tenant!r} has no channel {submission.channel!r}")
-    row_id = insert_outbound(broker.tenant_store(tenant).engine, channel=submission.channel,
+    row, _ = submit_outbound(broker.tenant_store(tenant).engine, channel=submission.channel,
                              recipient=submission.to, type=submission.type,
                              content=submission.content, reply_to=submission.reply_to,
-                             client_reference=submission.client_reference)
+                             client_reference=submission.client_reference,
+                             recipient_type=submission.recipient_type, expires_at=expires_at)
+    row_id = int(row["id"])
     broker.close()
     emit({"id": row_id, "status": "pending", "status_code": 0}, as_json,
          f"message {row_id} queued in the outbox of {tenant}")
-
-
-@dlq_app.command("list")
-def dlq_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Outbound messages that ran out of attempts."""
-    settings = settings_for(data_dir)
-
-    async def run() -> list[dict[str, Any]]:
-        queues = queue_broker(settings)
-        try:
-            queue = queues.queue(queue_specs(settings)[envelopes.OUTBOUND_SEND])
-            return [dead_letter_summary(m) for m in await queue.dead_letters(limit=10_000)]
-        finally:
-            await queues.close()
-
-    for item in asyncio.run(run()):
-        emit(item, as_json, f"{item['id']}\t{item['tenant']}\trow {item['row_id']}\t"
-             f"{item['channel']} -> {item['to']}\t{item['type']}")
-
-
-@dlq_app.command("replay")
-def dlq_replay(item_id: Annotated[str | None, typer.Argument()] = None,
-               all_items: Annotated[bool, typer.Option("--all")] = False,
-               data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Send dead letters again (their rows go back to queued)."""
-    if (item_id is None) == (not all_items):
-        fail("give a dead letter ID or --all")
-    settings = settings_for(data_dir)
-    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
-
-    async def run() -> list[str]:
-        queues = queue_broker(settings)
-        try:
-            queue = queues.queue(queue_specs(settings)[envelopes.OUTBOUND_SEND])
-            return await replay_dead_letters(broker, queue, None if all_items else [item_id or ""])
-        finally:
-            await queues.close()
-
-    replayed = asyncio.run(run())
-    emit({"replayed": replayed}, as_json, f"replayed {len(replayed)} message(s)")
-
-

@@ -3,6 +3,11 @@
 Every request carries a tenant API key (`Authorization: Bearer KEY`); every query is scoped to
 that key's tenant, so one tenant can never see or send for another (404, not 403, for another
 tenant's rows: their existence is not revealed).
+
+A POST may carry an `Idempotency-Key` header: a retry with the same key and body gets the
+row the first one made (200, header `Idempotent-Replayed: true`; the first answer is 201),
+never a second row; the same key with another body is 409. Bodies are at most
+`max_body_bytes` (413), UTF-8 JSON (400 otherwise): every refusal is a JSON `{"error": ...}`.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -17,9 +23,28 @@ from starlette.routing import Route
 
 from wacloud.adapters.db import outbox
 from wacloud.adapters.db.api_keys import ApiKey
+from wacloud.adapters.db.submissions import IdempotencyConflict, submit_outbound
+from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.db.views import outbound_view
 from wacloud.credentials import CredentialsBroker
-from wacloud.outbound_api import InvalidMessage, parse_submission
+from wacloud.model import OutboundStatus
+from wacloud.outbound_api import (
+    InvalidMessage,
+    parse_idempotency_key,
+    parse_submission,
+    parse_validity,
+    request_hash,
+)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyError(Exception):
+    """A request body refused before it is looked at: the HTTP status and the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -37,30 +62,79 @@ async def authenticate(request: Request, broker: CredentialsBroker) -> ApiKey | 
     return found
 
 
-def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None]) -> list[Route]:
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The body as parsed JSON; BodyError (413, 400) for one too large, not UTF-8 or not JSON.
+    The size is checked as the body arrives: a missing or false Content-Length changes
+    nothing."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise BodyError(413, f"the body is larger than {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BodyError(413, f"the body is larger than {max_bytes} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError(400, "the body is not UTF-8") from None
+    try:
+        data = json.loads(text)
+        # A lone surrogate escape ("\ud800") parses, but no database can store it.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeEncodeError included
+        raise BodyError(400, "the body is not JSON (UTF-8, one JSON value)") from None
+    return data
+
+
+def submission_view(row: Any) -> dict[str, Any]:
+    """What POST answers: the row as created (or, for a retry, as it is now)."""
+    status = OutboundStatus(row["status"])
+    expires = row["expires_at"]
+    return {"id": row["id"], "status": status.label, "status_code": status.value,
+            "channel": row["channel"], "to": row["recipient"],
+            "recipient_type": row["recipient_type"] or "individual", "type": row["type"],
+            "client_reference": row["client_reference"],
+            "expires_at": expires.isoformat() if expires is not None else None}
+
+
+def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None], *,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> list[Route]:
     async def submit(request: Request) -> Response:
         key = await authenticate(request, broker)
         if key is None or key.tenant is None:
             return error(401, "a tenant API key is required (Authorization: Bearer KEY)")
         try:
-            submission = parse_submission(json.loads(await request.body()))
-        except json.JSONDecodeError:
-            return error(400, "the body is not JSON")
+            idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
+        except InvalidMessage as exc:
+            return error(400, str(exc))
+        try:
+            data = await read_json_body(request, max_body_bytes)
+        except BodyError as exc:
+            return error(exc.status, str(exc))
+        try:
+            submission = parse_submission(data)
+            expires_at = parse_validity(data, utcnow())
         except InvalidMessage as exc:
             return error(422, str(exc))
         if broker.tenant_channel(key.tenant, submission.channel) is None:
             return error(404, f"channel {submission.channel!r} not found for this tenant")
         store = await broker.tenant_store_async(key.tenant)
-        row_id = await asyncio.to_thread(
-            outbox.insert_outbound, store.engine, channel=submission.channel,
-            recipient=submission.to, type=submission.type, content=submission.content,
-            reply_to=submission.reply_to, client_reference=submission.client_reference)
+        try:
+            row, created = await asyncio.to_thread(
+                submit_outbound, store.engine, channel=submission.channel,
+                recipient=submission.to, type=submission.type, content=submission.content,
+                reply_to=submission.reply_to, client_reference=submission.client_reference,
+                recipient_type=submission.recipient_type, expires_at=expires_at,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash(data) if idempotency_key is not None else None)
+        except IdempotencyConflict as exc:
+            return JSONResponse({"error": str(exc), "id": exc.row_id}, status_code=409)
+        if not created:
+            return JSONResponse(submission_view(row), status_code=200,
+                                headers={"Idempotent-Replayed": "true"})
         wake_collector()
-        return JSONResponse({"id": row_id, "status": "pending", "status_code": 0,
-                             "channel": submission.channel, "to": submission.to,
-                             "type": submission.type,
-                             "client_reference": submission.client_reference},
-                            status_code=201)
+        return JSONResponse(submission_view(row), status_code=201)
 
     async def read(request: Request) -> Response:
         key = await authenticate(request, broker)

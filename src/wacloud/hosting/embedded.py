@@ -1,6 +1,7 @@
 """Embedded hosting: the HTTP server, the collector, the registry watcher and the network-bound
 stages on one event loop, and the other stages in worker processes beside it (or all on the same
-loop, with `WACLOUD_STAGE_WORKERS=0`)."""
+loop, with `WACLOUD_STAGE_WORKERS=0`). A second HTTP server on the same loop is the internal
+listener (`/metrics`, `/internal/credentials`), apart from the public webhook port."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 import uvicorn
 
 from wacloud.bootstrap import Gateway, build_gateway
-from wacloud.hosting.http import create_app
+from wacloud.hosting.http import create_apps
 from wacloud.hosting.http_protocol import HttpProtocol
 from wacloud.hosting.process import tune_garbage_collector
 from wacloud.hosting.worker import (
@@ -47,7 +48,7 @@ async def collect_loop(gateway: Gateway) -> None:
     """Collect pending outbox rows every `collect_poll_s`, or at once when the API wakes it."""
     ctx = gateway.collect_context()
     settings = gateway.settings
-    reclaim_every = max(settings.reservation_lease_s / 10, 1.0)
+    reclaim_every = max(min(settings.reservation_lease_s, settings.queued_stale_s) / 10, 1.0)
     last_reclaim = 0.0
     while not gateway.stop.is_set():
         gateway.collect_wake.clear()
@@ -76,13 +77,21 @@ async def _first(*events: asyncio.Event) -> None:
             waiter.cancel()
 
 
+class InternalServer(uvicorn.Server):
+    """The internal listener: stops with the public server, which owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(settings: Settings, host: str, port: int,
                 started: asyncio.Event | None = None) -> None:
     gateway = build_gateway(settings)
     on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
     workers = [WorkerSupervisor(settings, group, index) for index, group
                in enumerate(worker_groups(settings.stage_workers, on_server or ()))]
-    app = create_app(gateway, lambda: [w.status() for w in workers])
+    app, internal_app = create_apps(gateway, lambda: [w.status() for w in workers])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
     # headers: each costs a measurable share of a webhook's CPU.
@@ -90,6 +99,19 @@ async def serve(settings: Settings, host: str, port: int,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
                             server_header=False, date_header=False, http=HttpProtocol)
     server = uvicorn.Server(config)
+    internal = InternalServer(uvicorn.Config(
+        internal_app, host=settings.internal_host, port=settings.internal_port,
+        log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+        proxy_headers=False, server_header=False))
+    # Started first, so a busy internal port stops `serve` before it takes any webhook.
+    internal_task = asyncio.create_task(internal.serve())
+    while not internal.started and not internal_task.done():
+        await asyncio.sleep(0.02)
+    if internal_task.done():
+        await gateway.close()
+        internal_task.result()  # uvicorn's bind error (SystemExit), or a clear exception
+        raise RuntimeError(f"the internal listener {settings.internal_host}:"
+                           f"{settings.internal_port} did not start")
     for worker in workers:
         worker.start()
     supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in workers]
@@ -108,6 +130,9 @@ async def serve(settings: Settings, host: str, port: int,
     finally:
         if started is not None:
             announcer.cancel()
+        internal.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await internal_task
         gateway.stop.set()
         await asyncio.gather(*supervisors)
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))

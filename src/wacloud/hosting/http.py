@@ -1,6 +1,8 @@
-"""The HTTP app: provider webhooks (the plain-ASGI hot path in `webhooks.py`), the Meta
-verification handshake, the tenant API, the internal credentials endpoint, health and
-metrics. Thin: checks, queues, answers."""
+"""The HTTP apps. Public (the webhook port): provider webhooks (the plain-ASGI hot path in
+`webhooks.py`), the Meta verification handshake, the tenant API and health. Internal (its own
+listener, 127.0.0.1:8081 by default): metrics and the credentials endpoint, which must not be
+reachable where Meta and the tenants are; health answers there too. Thin: checks, queues,
+answers."""
 
 from __future__ import annotations
 
@@ -22,7 +24,15 @@ from wacloud.stages.ingest import meta_verify_challenge
 
 def create_app(gateway: Gateway,
                workers: Callable[[], list[dict[str, object]]] = list) -> ASGIApp:
-    """`workers`: the stage workers' state for `/readyz` (none when the stages run here)."""
+    """The public app. `workers`: the stage workers' state for `/readyz` (none when the
+    stages run here)."""
+    return create_apps(gateway, workers)[0]
+
+
+def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]] = list
+                ) -> tuple[ASGIApp, ASGIApp]:
+    """(public, internal): the internal one serves `/metrics`, `/internal/credentials`,
+    `/healthz` and `/readyz`, for the internal listener only."""
     broker = gateway.broker
     raw_queue = gateway.queues[envelopes.INBOUND_RAW]
 
@@ -41,18 +51,27 @@ def create_app(gateway: Gateway,
         # Ready means webhooks are accepted (they wait durably in the queue); whether the stage
         # workers run, and how often they were restarted, is reported beside it.
         depth = await raw_queue.depth()
-        return JSONResponse({"status": "ready", "inbound_raw": depth, "workers": workers()})
+        # Acknowledged work that stopped: messages waiting in each queue's dead-letter queue.
+        dead = await gateway.dead_letter_counts()
+        return JSONResponse({"status": "ready", "inbound_raw": depth, "dead_letters": dead,
+                             "workers": workers()})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    health = [Route("/healthz", healthz), Route("/readyz", readyz)]
     routes = [
         Route("/webhooks/meta", meta_verify, methods=["GET"]),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
+        *health,
+        *api_routes(broker, gateway.collect_wake.set,
+                    max_body_bytes=gateway.settings.api_max_body_bytes),
+    ]
+    internal = [
+        *health,
         Route("/metrics", metrics),
-        *api_routes(broker, gateway.collect_wake.set),
         *internal_routes(broker, gateway.settings.tenants_dir),
     ]
-    return WebhookReceiver(Starlette(routes=routes), broker, raw_queue,
-                           gateway.settings.max_webhook_bytes)
+    public = WebhookReceiver(Starlette(routes=routes), broker, raw_queue,
+                             gateway.settings.max_webhook_bytes,
+                             gateway.settings.park_other_meta_objects)
+    return public, Starlette(routes=internal)

@@ -1,7 +1,10 @@
 """Run one stage against its input queue: receive, handle, forward outputs, then ack.
 
 At-least-once: an input is acknowledged only after its outputs are durably queued. A failure
-releases the input with backoff; the queue dead-letters it after too many receives. Messages
+releases the input with backoff and its reason; the queue dead-letters it after too many
+receives. A failure that is the database's (down, locked, failing over) is not counted: the
+input backs off (capped exponential) and is tried again until `db_retry_period` has passed
+since it was queued, and only then dead-lettered, so a long outage loses nothing. Messages
 of one FIFO group are handled one after another, in order; different groups run in parallel.
 While messages are held (being handled, or waiting behind an earlier one of their group), a
 heartbeat extends their visibility every third of the queue's visibility timeout: however long
@@ -18,6 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 
+from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
 from wacloud.metrics import STAGE_MESSAGES, STAGE_SECONDS
 from wacloud.stages.envelopes import Output, RetryLater
@@ -35,7 +39,8 @@ class StageRunner:
                  *, concurrency: int = 8, batch: int = 10, wait_seconds: float = 1.0,
                  error_backoff: float = 1.0, batch_handler: BatchHandler | None = None,
                  defer_to: Queue | None = None, deferred_concurrency: int = 1,
-                 defer_after: float = 0.5) -> None:
+                 defer_after: float = 0.5, db_retry_period: float = 24 * 3600.0,
+                 db_retry_max_delay: float = 60.0) -> None:
         self.name = name
         self.queue = queue
         self.handler = handler
@@ -57,6 +62,8 @@ class StageRunner:
         self._deferring_until = 0.0
         self._deferring = False
         self._held: dict[str, ReceivedMessage] = {}  # receipt -> message, until ack or release
+        self.db_retry_period = db_retry_period
+        self.db_retry_max_delay = db_retry_max_delay
 
     async def _limit(self) -> int:
         if self.defer_to is None:
@@ -167,6 +174,11 @@ class StageRunner:
                 self._let_go(messages)
                 await self.queue.ack([m.receipt for m in messages])
             except Exception as exc:
+                if is_database_unavailable(exc):
+                    # Their database is down: one by one would only wait for it again each.
+                    for message in messages:
+                        await self._database_unavailable(message, exc)
+                    return
                 # One bad message must not hold back or dead-letter its neighbours.
                 log.warning("stage %s: a batch of %d failed (%s); handling them one by one",
                             self.name, len(messages), type(exc).__name__)
@@ -189,20 +201,45 @@ class StageRunner:
                 await self.forward(retry.outputs)
             finally:
                 self._let_go([message])
-                await self.queue.release(message.receipt, retry.delay)
+                await self.queue.release(message.receipt, retry.delay,
+                                         reason=failure_reason(retry))
             return False
-        except Exception:
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                await self._database_unavailable(message, exc)
+                return False
             STAGE_MESSAGES.labels(self.name, "error").inc()
             log.exception("stage %s failed on message %s (receive %d)", self.name,
                           message.message_id, message.receive_count)
             delay = random.uniform(0.5, 1.0) * self.error_backoff * 2 ** min(
                 message.receive_count, 6)
             self._let_go([message])
-            await self.queue.release(message.receipt, delay)
+            await self.queue.release(message.receipt, delay, reason=failure_reason(exc))
             return False
         STAGE_MESSAGES.labels(self.name, "ok").inc()
         STAGE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         return True
+
+    async def _database_unavailable(self, message: ReceivedMessage, exc: Exception) -> None:
+        """Back off without counting the receive, until `db_retry_period` has passed since the
+        message was queued; then dead-letter it with the reason."""
+        reason = failure_reason(exc)
+        waited = max(time.time() - message.sent_at, 0.0)
+        self._let_go([message])
+        if waited >= self.db_retry_period:
+            STAGE_MESSAGES.labels(self.name, "error").inc()
+            log.error("stage %s: database unavailable for %.0f s, message %s dead-lettered: %s",
+                      self.name, waited, message.message_id, reason)
+            await self.queue.dead_letter(
+                message.receipt, f"database unavailable for {waited:.0f} s: {reason}")
+            return
+        STAGE_MESSAGES.labels(self.name, "db_retry").inc()
+        log.warning("stage %s: database unavailable (%s); message %s waits (queued %.0f s ago)",
+                    self.name, reason, message.message_id, waited)
+        # Exponential in effect: each wait is about as long as the time waited so far.
+        delay = random.uniform(0.5, 1.0) * min(self.db_retry_max_delay,
+                                               max(self.error_backoff, waited))
+        await self.queue.release(message.receipt, delay, reason=reason, count=False)
 
     async def forward(self, outputs: list[Output]) -> None:
         by_queue: dict[str, list[OutgoingMessage]] = defaultdict(list)

@@ -3,7 +3,9 @@
 `POST /webhooks/meta`, `/webhooks/whapi/{channel_id}` and `/webhooks/chakra/{plugin_id}` are
 answered here; every other request goes to the Starlette app. A webhook is answered 200 only
 after its raw body is durably queued (the SQLite queue's group commit makes that cheap under
-concurrency), so a crash right after the answer loses nothing. Measured with `bench/ingest.py`:
+concurrency), so a crash right after the answer loses nothing. A signed Meta body of another
+product (`object` "page", "instagram", ...) is answered 200 and only counted, unless
+`WACLOUD_PARK_OTHER_META_OBJECTS` asks to queue (and so park) it. Measured with `bench/ingest.py`:
 routing through Starlette cost about a fifth of the CPU of each webhook.
 """
 
@@ -16,9 +18,14 @@ from urllib.parse import parse_qs
 
 from wacloud.adapters.queue.base import Queue
 from wacloud.credentials import CredentialsBroker
-from wacloud.metrics import WEBHOOKS
+from wacloud.metrics import META_OTHER_OBJECTS, WEBHOOKS
 from wacloud.model import Provider
-from wacloud.stages.ingest import meta_signature_ok, raw_output, shared_secret_ok
+from wacloud.stages.ingest import (
+    meta_signature_ok,
+    other_meta_object,
+    raw_output,
+    shared_secret_ok,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,8 +91,9 @@ class WebhookReceiver:
     """Wraps the rest of the HTTP app; answers provider webhooks itself."""
 
     def __init__(self, fallback: ASGIApp, broker: CredentialsBroker, raw_queue: Queue,
-                 max_bytes: int) -> None:
+                 max_bytes: int, park_other_objects: bool = False) -> None:
         self.fallback = fallback
+        self.park_other_objects = park_other_objects
         self.broker = broker
         self.raw_queue = raw_queue
         self.max_bytes = max_bytes
@@ -107,8 +115,8 @@ class WebhookReceiver:
         await respond(send, status, json.dumps({"error": reason}).encode())
 
     async def accept(self, send: Send, provider: Provider, body: bytes,
-                     channel_key: str | None) -> None:
-        await self.raw_queue.send(raw_output(provider, body, channel_key).message.body)
+                     channel_key: str | None, signature: str | None = None) -> None:
+        await self.raw_queue.send(raw_output(provider, body, channel_key, signature).message.body)
         self._accepted[provider].inc()
         await respond(send, 200, OK_BODY)
 
@@ -118,10 +126,18 @@ class WebhookReceiver:
         except BodyTooLarge:
             return await self.refuse(send, Provider.META, 413,
                                      f"body over {self.max_bytes} bytes")
-        if not meta_signature_ok(body, header(scope, b"x-hub-signature-256"), self.broker):
+        signature = header(scope, b"x-hub-signature-256")
+        # The worker checks each entry again, with the secret of the channel it routes to.
+        if not meta_signature_ok(body, signature, self.broker):
             return await self.refuse(send, Provider.META, 401,
                                      "missing or invalid X-Hub-Signature-256")
-        await self.accept(send, Provider.META, body, None)
+        if not self.park_other_objects:
+            other = other_meta_object(body)
+            if other is not None:  # another Meta product on the same callback URL
+                META_OTHER_OBJECTS.labels(other).inc()
+                WEBHOOKS.labels(Provider.META.value, "other_object").inc()
+                return await respond(send, 200, OK_BODY)
+        await self.accept(send, Provider.META, body, None, signature)
 
     async def with_secret(self, provider: Provider, key: str, scope: Scope, receive: Receive,
                           send: Send) -> None:

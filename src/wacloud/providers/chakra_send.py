@@ -22,12 +22,12 @@ from wacloud.model import (
     JSON,
     Channel,
     OutboundMessage,
-    ProviderError,
     ProviderRequest,
     SendResult,
 )
 from wacloud.providers import meta_send
 from wacloud.providers.errors import (
+    GraphError,
     UnsupportedMessage,
     classify_graph,
     excerpt,
@@ -154,7 +154,7 @@ def message_id(payload: Any) -> str | None:
     return meta_send.message_id(data) or meta_send.message_id(payload)
 
 
-def _error(payload: Any) -> tuple[int | None, ProviderError] | None:
+def _error(payload: Any) -> GraphError | None:
     """The first error in a Chakra body, preferring one that carries a Graph code: Meta's
     `error` passed through, `_data.error`, or an `_errors[]` item (itself, or its `error`)."""
     root = _dict(payload)

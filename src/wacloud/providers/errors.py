@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from wacloud.model import ProviderError, SendOutcome, SendResult
 
@@ -42,8 +42,7 @@ RETRY_CODES = frozenset({
 })
 FAILED_CODES = frozenset({
     3,  # API method (capability)
-    10,  # permission denied (also "outside the allowed window" on older versions)
-    100,  # invalid parameter, also "not a WhatsApp number"
+    100,  # invalid parameter of this message, also "not a WhatsApp number" (but see below)
     130472,  # recipient is part of an experiment
     131005,  # access denied
     131008,  # required parameter missing
@@ -62,6 +61,7 @@ FAILED_CODES = frozenset({
 # so the channel is paused and its rows wait instead of failing one by one.
 PAUSE_CODES = frozenset({
     0,  # AuthException
+    10,  # permission denied: the app lost (or never had) permission for this number
     190,  # access token expired or invalid
     368,  # temporarily blocked for policy violations
     131031,  # business account locked
@@ -69,6 +69,15 @@ PAUSE_CODES = frozenset({
     131045,  # phone number registration / certificate error
     133010,  # phone number not registered on the Cloud API
 })
+
+# 200-299: API permissions (the token may not use this number or WABA): the channel pauses too.
+PERMISSION_CODES = range(200, 300)
+# Code 100 also answers a send to a phone number id that does not exist or that this token
+# cannot see (subcode 33, "Unsupported post request. Object with ID '...' does not exist,
+# cannot be loaded due to missing permissions, or does not support this operation"): the
+# channel is wrong, not the message, so it pauses instead of failing every row one by one.
+UNKNOWN_OBJECT_SUBCODE = 33
+_UNKNOWN_OBJECT = re.compile(r"(?i)object with id\b.*\bdoes not exist")
 
 # When Meta sends no Retry-After: the documented wait for a throughput upgrade.
 DEFAULT_RETRY_AFTER = {131057: 60.0}
@@ -85,15 +94,31 @@ _SECRET_PATTERNS = (
 )
 
 
-def code_outcome(code: int) -> SendOutcome | None:
-    """The outcome a Graph error code calls for, or None if the code is not in the table."""
+class GraphError(NamedTuple):
+    """A Graph error as found in a response: its code (None if it has none), what to show,
+    and Meta's `error_subcode` when given."""
+
+    code: int | None
+    error: ProviderError
+    subcode: int | None = None
+
+
+def code_outcome(code: int, subcode: int | None = None, reason: str = "") -> SendOutcome | None:
+    """The outcome a Graph error code (with its subcode and message, which tell a bad phone
+    number id from a bad parameter) calls for, or None if the code is not in the table."""
     if code in RETRY_CODES:
         return SendOutcome.RETRY
-    if code in PAUSE_CODES:
+    if code in PAUSE_CODES or code in PERMISSION_CODES or (code == 100 and unknown_object(
+            subcode, reason)):
         return SendOutcome.PAUSE
-    if code in FAILED_CODES or 200 <= code <= 299 or 132000 <= code <= 132999:
+    if code in FAILED_CODES or 132000 <= code <= 132999:
         return SendOutcome.FAILED
     return None
+
+
+def unknown_object(subcode: int | None, reason: str) -> bool:
+    """Whether a code 100 is about the object sent to (the phone number id), not a parameter."""
+    return subcode == UNKNOWN_OBJECT_SUBCODE or bool(_UNKNOWN_OBJECT.search(reason))
 
 
 def status_outcome(status: int) -> SendOutcome:
@@ -202,13 +227,15 @@ def int_code(value: Any) -> int | None:
 _CODE_IN_MESSAGE = re.compile(r"\(#(\d+)\)")
 
 
-def graph_error(error: Any) -> tuple[int | None, ProviderError] | None:
-    """(code, ProviderError) from a Meta `error` object (or a wrapper's copy of one: `code` may
-    be a string, or only present as "(#131047)" in the message). None if it is not one."""
+def graph_error(error: Any) -> GraphError | None:
+    """(code, ProviderError, subcode) from a Meta `error` object (or a wrapper's copy of one:
+    `code` may be a string, or only present as "(#131047)" in the message). None if it is
+    not one."""
     if isinstance(error, str) and error.strip():
         match = _CODE_IN_MESSAGE.search(error)
         code = int(match.group(1)) if match else None
-        return code, ProviderError(code="" if code is None else str(code), reason=error)
+        return GraphError(code, ProviderError(code="" if code is None else str(code),
+                                              reason=error))
     if not isinstance(error, dict):
         return None
     message = error.get("message") or error.get("error_user_msg") or error.get("title")
@@ -225,12 +252,13 @@ def graph_error(error: Any) -> tuple[int | None, ProviderError] | None:
         details = error.get("details") if isinstance(error.get("details"), str) else None
     raw = error.get("code")  # a wrapper's own code ("UNAUTHORIZED") is kept as reported
     label = str(code) if code is not None else (raw if isinstance(raw, str) else "")
-    return code, ProviderError(code=label, reason=reason, details=details)
+    return GraphError(code, ProviderError(code=label, reason=reason, details=details),
+                      int_code(error.get("error_subcode")))
 
 
 def classify_graph(status: int, body: bytes, headers: Mapping[str, str], *,
                    message_id: str | None, success: bool | None,
-                   error: tuple[int | None, ProviderError] | None,
+                   error: GraphError | None,
                    secrets: Iterable[str] = ()) -> SendResult:
     """The result of a Graph-style send, given what the provider module found in the body.
 
@@ -247,9 +275,11 @@ def classify_graph(status: int, body: bytes, headers: Mapping[str, str], *,
         return SendResult(SendOutcome.ACCEPTED, provider_message_id=message_id,
                           http_status=status, response_excerpt=text)
     if ok and error is None:
-        error = (None, ProviderError(code="unsuccessful", reason="provider answered success=false"))
-    code, provider_error = error if error is not None else (None, None)
-    outcome = code_outcome(code) if code is not None else None
+        error = GraphError(None, ProviderError(code="unsuccessful",
+                                               reason="provider answered success=false"))
+    code, provider_error, subcode = error if error is not None else (None, None, None)
+    outcome = (code_outcome(code, subcode, provider_error.reason if provider_error else "")
+               if code is not None else None)
     if outcome is None:
         # 2xx carrying an unknown error: the provider said it did not send it.
         outcome = SendOutcome.FAILED if status < 300 else status_outcome(status)

@@ -30,7 +30,8 @@ from wacloud.model import (
 from wacloud.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.providers.media import MediaDownload, MediaResolveError, lenient_int
 
-MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+# "voice" is the older name of a voice note (`type: "voice"` with a `voice` media object).
+MEDIA_TYPES = frozenset({"image", "video", "audio", "voice", "document", "sticker"})
 
 # Keys of a `messages` change value that this module turns into events; anything else in the
 # value is surfaced as a notice so new Meta features are logged rather than silently lost.
@@ -199,6 +200,8 @@ def _type_content(kind: str, message: JSON) -> tuple[JSON, str | None, MediaRef 
         content = dict(body)
         if kind == "audio":
             content["voice"] = bool(body.get("voice", False))
+        elif kind == "voice":
+            content["voice"] = True
         if kind == "sticker":
             content["animated"] = bool(body.get("animated", False))
         media = MediaRef(provider_media_id=as_id(body.get("id")),
@@ -270,7 +273,8 @@ def _parse_message(message: JSON, provider: Provider, channel_key: str, account_
         account_key=account_key, sender=as_id(message.get("from")) or contact.user_id,
         recipient=display_number, contact=contact, text=text, reply_to=reply_to,
         timestamp=lenient_int(message.get("timestamp")), content=content, media=media,
-        errors=parse_errors(message.get("errors")), raw=message)
+        errors=parse_errors(message.get("errors")), raw=message,
+        group_id=as_id(message.get("group_id")))
 
 
 def routing_ids(payload: Any) -> tuple[set[str], set[str]]:

@@ -74,8 +74,12 @@ def message_body(message: OutboundMessage) -> JSON:
         raise UnsupportedMessage("message has no recipient")
     if not message.content:
         raise UnsupportedMessage(f"{message.type} message has no content")
-    body = {"messaging_product": "whatsapp", "recipient_type": "individual"}
-    body["recipient" if is_bsuid(message.recipient) else "to"] = message.recipient
+    if message.recipient_type == "group":
+        body = {"messaging_product": "whatsapp", "recipient_type": "group",
+                "to": message.recipient}
+    else:
+        body = {"messaging_product": "whatsapp", "recipient_type": "individual"}
+        body["recipient" if is_bsuid(message.recipient) else "to"] = message.recipient
     body["type"] = message.type
     if message.type == "contacts":
         body["contacts"] = contacts_list(message.content)

@@ -26,6 +26,8 @@ from wacloud.model import (
 from wacloud.providers.media import MediaDownload, MediaResolveError, lenient_int
 from wacloud.providers.meta import as_dict, as_id, as_list, as_str
 
+# Group chats of WhatsApp Web ids; personal chats end in "@s.whatsapp.net".
+GROUP_CHAT_SUFFIX = "@g.us"
 MEDIA_TYPES = frozenset({"image", "video", "gif", "audio", "voice", "document", "sticker"})
 
 # Top-level keys that are the envelope itself rather than an event.
@@ -185,7 +187,8 @@ def _parse_message(message: JSON, channel: str) -> InboundMessage:
         direction=Direction.OUT if outgoing else Direction.IN, sender=sender,
         recipient=chat_id if outgoing else None, contact=contact, text=text, reply_to=reply_to,
         timestamp=lenient_int(message.get("timestamp")), content=content, media=media,
-        errors=_errors(message.get("errors")), raw=message)
+        errors=_errors(message.get("errors")), raw=message,
+        group_id=chat_id if chat_id and chat_id.endswith(GROUP_CHAT_SUFFIX) else None)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

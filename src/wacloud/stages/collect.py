@@ -5,6 +5,19 @@ tenant and row id, so messages to one recipient leave in the order they were cre
 other recipients of the same number are not held up. Rows whose channel is paused stay
 pending. Reservations older than the lease go back to pending (a collector that crashed
 between claim and queue would otherwise leave them stuck).
+
+A queue that refuses a batch (down, throttled) is a passing trouble: the rows go back to
+pending and a later pass queues them. Only a row that can never be queued (it cannot be made
+into an envelope) is marked -99. A row whose validity (`expires_at`) passed fails as `expired`
+instead of being queued.
+
+Queued rows nothing touched for `queued_stale_s` (no attempt, no result) may have lost their
+queue message, or their result: the reclaim pass queues their envelope again, with the same
+group and de-duplication id. This is safe whatever actually happened: if the first message
+still exists the queue drops the copy (SQLite queue; SQS within its 5-minute window), and
+otherwise the copy waits behind it in the recipient's FIFO group, and the send stage checks
+the row (a row already accepted or being sent is not sent again). A row in a long retry
+backoff is also `queued` and may look stale: it gets such a harmless copy.
 """
 
 from __future__ import annotations
@@ -15,7 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Engine
+
 from wacloud.adapters.db import claim
+from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import OutboundMessage
@@ -30,6 +46,8 @@ class CollectContext:
     send_queue: Queue
     batch: int = 500
     lease_seconds: float = 300.0
+    # Queued rows untouched this long are queued again (see the module docstring).
+    queued_stale_seconds: float = 900.0
 
 
 def outbound_from_row(tenant: str, row: Any) -> OutboundMessage:
@@ -40,7 +58,9 @@ def outbound_from_row(tenant: str, row: Any) -> OutboundMessage:
         reply_to=row["reply_to"], client_reference=row["client_reference"],
         request_url=row["request_url"], request_body=row["request_body"],
         request_headers=row["request_headers"],
-        created_at=created.timestamp() if created else 0.0)
+        created_at=created.timestamp() if created else 0.0,
+        recipient_type=row["recipient_type"],
+        expires_at=expires.timestamp() if (expires := row.get("expires_at")) else None)
 
 
 def send_group(message: OutboundMessage) -> str:
@@ -54,6 +74,72 @@ def send_envelope(message: OutboundMessage) -> OutgoingMessage:
                            dedup_id=f"{message.tenant}:{message.row_id}")
 
 
+def expired_reason(expires_at: datetime) -> str:
+    return (f"expired: its validity ended at {expires_at.isoformat()} before it could be "
+            "sent")
+
+
+def split_expired(rows: list[dict[str, Any]], now: datetime
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows still valid, rows whose `expires_at` passed)."""
+    live: list[dict[str, Any]] = []
+    expired: list[dict[str, Any]] = []
+    for row in rows:
+        expires = row.get("expires_at")
+        (expired if expires is not None and expires <= now else live).append(row)
+    return live, expired
+
+
+async def fail_expired(tenant: str, engine: Engine, rows: list[dict[str, Any]]) -> None:
+    for row in rows:  # each its own reason (its own time); expiring rows are few
+        await asyncio.to_thread(claim.mark_expired, engine, [int(row["id"])],
+                                expired_reason(row["expires_at"]))
+    if rows:
+        log.info("tenant %s: %d rows expired before they were sent", tenant, len(rows))
+
+
+def envelopes_of(tenant: str, rows: list[dict[str, Any]]
+                 ) -> tuple[list[OutboundMessage], list[OutgoingMessage], dict[int, str]]:
+    """(messages, their envelopes, {row id: why it can never be queued})."""
+    messages: list[OutboundMessage] = []
+    envelopes: list[OutgoingMessage] = []
+    invalid: dict[int, str] = {}
+    for row in rows:
+        try:
+            message = outbound_from_row(tenant, row)
+            envelope = send_envelope(message)
+        except Exception as exc:  # a row that no pass could ever queue
+            invalid[int(row["id"])] = f"invalid row: {type(exc).__name__}: {exc}"[:1000]
+            continue
+        messages.append(message)
+        envelopes.append(envelope)
+    return messages, envelopes, invalid
+
+
+async def requeue_stale(tenant: str, ctx: CollectContext, engine: Engine) -> int:
+    """Queue again the envelopes of queued rows nothing touched for `queued_stale_seconds`."""
+    rows = await asyncio.to_thread(claim.stale_queued, engine, ctx.queued_stale_seconds,
+                                   ctx.batch)
+    if not rows:
+        return 0
+    rows, expired = split_expired(rows, utcnow())
+    await fail_expired(tenant, engine, expired)
+    messages, envelopes, invalid = envelopes_of(tenant, rows)
+    for row_id, reason in invalid.items():
+        log.error("tenant %s: queued row %d cannot be queued again: %s", tenant, row_id, reason)
+    if not envelopes:
+        return 0
+    try:
+        await ctx.send_queue.send_batch(envelopes)
+    except Exception:  # the next reclaim pass tries again
+        log.exception("tenant %s: could not queue %d stale rows again", tenant, len(envelopes))
+        return 0
+    await asyncio.to_thread(claim.mark_requeued, engine, [m.row_id for m in messages])
+    log.warning("tenant %s: %d queued rows untouched for %.0f s queued again", tenant,
+                len(messages), ctx.queued_stale_seconds)
+    return len(messages)
+
+
 async def collect_tenant(tenant: str, ctx: CollectContext, *, reclaim: bool = False) -> int:
     """One pass over one tenant; returns how many rows were queued."""
     store = await ctx.broker.tenant_store_async(tenant)
@@ -62,19 +148,31 @@ async def collect_tenant(tenant: str, ctx: CollectContext, *, reclaim: bool = Fa
         stale = await asyncio.to_thread(claim.reclaim_stale, engine, ctx.lease_seconds)
         if stale:
             log.warning("tenant %s: %d stale reservations returned to pending", tenant, stale)
+        await requeue_stale(tenant, ctx, engine)
     paused = ctx.broker.paused_channel_keys(tenant)
     rows = await asyncio.to_thread(claim.claim_pending, engine, ctx.batch,
                                    exclude_channels=paused)
     if not rows:
         return 0
-    messages = [outbound_from_row(tenant, row) for row in rows]
+    rows, expired = split_expired(rows, utcnow())
+    await fail_expired(tenant, engine, expired)
+    messages, envelopes, invalid = envelopes_of(tenant, rows)
+    for row_id, reason in invalid.items():
+        log.error("tenant %s: row %d can never be queued: %s", tenant, row_id, reason)
+        await asyncio.to_thread(claim.mark_not_queued, engine, [row_id], reason)
+    if not envelopes:
+        return 0
     ids = [m.row_id for m in messages]
     try:
-        await ctx.send_queue.send_batch([send_envelope(m) for m in messages])
+        await ctx.send_queue.send_batch(envelopes)
     except Exception as exc:
-        log.exception("tenant %s: could not queue %d rows", tenant, len(ids))
-        await asyncio.to_thread(claim.mark_not_queued, engine, ids,
-                                f"could not queue: {type(exc).__name__}")
+        # The queue's trouble, not the rows': back to pending, to be queued at a later pass
+        # (a row whose message did get in meanwhile is de-duplicated or checked by the send
+        # stage, never sent twice).
+        log.exception("tenant %s: could not queue %d rows; they wait for the next pass",
+                      tenant, len(ids))
+        await asyncio.to_thread(claim.release, engine, ids,
+                                f"could not queue yet ({type(exc).__name__}); will retry")
         return 0
     await asyncio.to_thread(claim.mark_queued, engine, ids)
     return len(ids)

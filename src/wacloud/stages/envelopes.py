@@ -1,7 +1,9 @@
 """What travels on each queue, and the results stages hand back to whoever hosts them.
 
 `inbound.raw` carries a one-line JSON header, a newline, then the webhook body byte for byte
-(the bytes the signature was checked over). The other queues carry JSON.
+(the bytes the signature was checked over). The header keeps Meta's `X-Hub-Signature-256`, so
+the worker can check each entry against the app secret of the channel it routes to. The other
+queues carry JSON.
 """
 
 from __future__ import annotations
@@ -46,22 +48,35 @@ class RawWebhook:
     received_at: float
     body: bytes
     kind: str = "webhook"  # or "events": a replayed list of already-parsed events
+    # Meta's `X-Hub-Signature-256` over `body` (or, for "events", over the webhook they came
+    # from, which the body then carries; see `receive.parse_signed`).
+    signature: str | None = None
+    # Sent by `parked replay`: Meta events that bring no signed webhook are refused.
+    replay: bool = False
+    # Header v1 (before signatures were kept): a Meta webhook checked whole at ingest.
+    legacy: bool = False
 
     def encode(self) -> bytes:
         # The same bytes as json.dumps of the header dict, built without it: this runs for
         # every webhook before it is acknowledged.
         key = "null" if self.channel_key is None else _quoted(self.channel_key)
-        header = (f'{{"v":1,"provider":{_quoted(self.provider)},"channel_key":{key},'
-                  f'"received_at":{self.received_at!r},"kind":{_quoted(self.kind)}}}')
+        signature = "null" if self.signature is None else json.dumps(self.signature)
+        replay = ',"replay":true' if self.replay else ""
+        header = (f'{{"v":2,"provider":{_quoted(self.provider)},"channel_key":{key},'
+                  f'"received_at":{self.received_at!r},"kind":{_quoted(self.kind)},'
+                  f'"signature":{signature}{replay}}}')
         return header.encode() + b"\n" + self.body
 
     @classmethod
     def decode(cls, data: bytes) -> RawWebhook:
         header_bytes, _, body = data.partition(b"\n")
         header = json.loads(header_bytes)
+        signature = header.get("signature")
         return cls(provider=header["provider"], channel_key=header.get("channel_key"),
                    received_at=float(header.get("received_at") or time.time()), body=body,
-                   kind=header.get("kind", "webhook"))
+                   kind=header.get("kind", "webhook"),
+                   signature=signature if isinstance(signature, str) else None,
+                   replay=header.get("replay") is True, legacy="signature" not in header)
 
 
 @functools.lru_cache(maxsize=4096)

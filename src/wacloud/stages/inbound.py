@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wacloud.stages.envelopes import Output
-from wacloud.stages.receive import ReceiveContext, receive_events
-from wacloud.stages.write import WriteContext, write_events
+from wacloud.model import Event
+from wacloud.stages.envelopes import Output, RawWebhook
+from wacloud.stages.receive import ReceiveContext, envelope_text, receive_events, signed_webhook
+from wacloud.stages.write import Origin, WriteContext, write_events
 
 
 @dataclass(slots=True)
@@ -24,6 +25,16 @@ class InboundContext:
 
 
 async def receive_and_write(bodies: list[bytes], ctx: InboundContext) -> list[Output]:
-    events = [event for body in bodies
-              for event in await receive_events(body, ctx.receive, first_media=False)]
-    return await write_events(events, ctx.write) if events else []
+    events: list[Event] = []
+    # The signed webhook each event came from: an event the database refuses is parked with
+    # it, so that `parked replay` can check its signature again.
+    origins: dict[int, Origin] = {}
+    for body in bodies:
+        raw = RawWebhook.decode(body)
+        received = await receive_events(body, ctx.receive, first_media=False, raw=raw)
+        webhook = signed_webhook(raw) if received and raw.signature else None
+        if webhook is not None and raw.signature:
+            origin = (envelope_text(webhook), raw.signature)
+            origins.update((id(event), origin) for event in received)
+        events.extend(received)
+    return await write_events(events, ctx.write, origins) if events else []

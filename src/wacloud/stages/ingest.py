@@ -19,7 +19,9 @@ from wacloud.stages.envelopes import INBOUND_RAW, Output, RawWebhook
 
 def meta_signature_ok(body: bytes, signature: str | None, broker: CredentialsBroker) -> bool:
     """Check `X-Hub-Signature-256` with the app secret of the channels the payload names, or
-    with every configured secret when it names none we know (it will then be parked)."""
+    with every configured secret when it names none we know (it will then be parked). This
+    only decides the HTTP answer: the receive stage checks each entry again against the
+    channel it routes to (`receive.check_entries`)."""
     if not signature:
         return False
     uniform = broker.uniform_meta_secret()
@@ -51,7 +53,32 @@ def meta_verify_challenge(mode: str | None, token: str | None, challenge: str | 
     return None
 
 
-def raw_output(provider: Provider, body: bytes, channel_key: str | None = None) -> Output:
+WHATSAPP_OBJECT = "whatsapp_business_account"
+_WHATSAPP_PREFIX = b'{"object":"whatsapp_business_account"'
+_MAX_OBJECT_LABEL = 40
+
+
+def other_meta_object(body: bytes) -> str | None:
+    """The `object` of a Meta body from another product sharing the callback URL ("page",
+    "instagram", ...), as a metric label; None for a WhatsApp body or one that is not a JSON
+    object with a string `object` (those go on, to be stored or parked)."""
+    if body.startswith(_WHATSAPP_PREFIX):  # Meta's own compact JSON: no parse needed
+        return None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    kind = payload.get("object") if isinstance(payload, dict) else None
+    if not isinstance(kind, str) or kind == WHATSAPP_OBJECT:
+        return None
+    # Signed, so not a stranger's label; still, keep odd values to one series.
+    if len(kind) > _MAX_OBJECT_LABEL or not kind.replace("_", "").isalnum():
+        return "other"
+    return kind
+
+
+def raw_output(provider: Provider, body: bytes, channel_key: str | None = None,
+               signature: str | None = None) -> Output:
     envelope = RawWebhook(provider=provider.value, channel_key=channel_key,
-                          received_at=time.time(), body=body)
+                          received_at=time.time(), body=body, signature=signature)
     return Output(INBOUND_RAW, OutgoingMessage(envelope.encode()))

@@ -1,8 +1,15 @@
-"""Receive: parse EVERY message, status and notice of a webhook, and give media one quick try.
+"""Receive: parse EVERY message, status and notice of a webhook, check that each Meta event is
+signed by its own channel's app secret, and give media one quick try.
 
-A body that cannot be parsed is parked with the reason (never dropped). Media that does not
-copy at its first try leaves with `status = pending`; the write stage queues its retry, so a
-message is never held back long by its media.
+A body that cannot be parsed is parked with the reason (never dropped). Meta signs a body, not
+an entry, and one body may name several numbers: an event is kept only when the body's
+`X-Hub-Signature-256` verifies with the app secret of the channel it routes to (or with the
+global `WACLOUD_META_APP_SECRET`); others are refused, counted in
+`wacloud_inbound_refused_total` and logged, never stored, so a tenant with its own Meta app
+cannot write into another tenant's database. Events of a number no tenant has yet are parked
+with the signed body and its signature, to be checked again when they are replayed. Media that
+does not copy at its first try leaves with `status = pending`; the write stage queues its
+retry, so a message is never held back long by its media.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import asyncio
 import base64
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +26,7 @@ from typing import Any
 from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.media_copier import MediaCopier, MediaCopyError
+from wacloud.metrics import INBOUND_REFUSED
 from wacloud.model import (
     Event,
     InboundMessage,
@@ -44,7 +53,9 @@ class ReceiveContext:
 
 def parse(raw: RawWebhook) -> list[Event]:
     if raw.kind == "events":
-        return [event_from_dict(item) for item in json.loads(raw.body)]
+        data = json.loads(raw.body)
+        items = data["events"] if isinstance(data, dict) else data
+        return [event_from_dict(item) for item in items]
     try:
         payload: Any = json.loads(raw.body)
     except json.JSONDecodeError as exc:
@@ -75,6 +86,101 @@ def envelope_bytes(text: str) -> bytes:
     if text.startswith("base64:"):
         return base64.b64decode(text[len("base64:"):])
     return text.encode("utf-8")
+
+
+def events_body(events: list[Event], webhook: bytes | None) -> bytes:
+    """The body of an "events" envelope; with the signed webhook they came from, when kept."""
+    items = [e.to_dict() for e in events]
+    if webhook is None:
+        return dumps(items)
+    return dumps({"events": items, "webhook": envelope_text(webhook)})
+
+
+def signed_webhook(raw: RawWebhook) -> bytes | None:
+    """The bytes `raw.signature` covers: the body of a webhook, or the webhook an "events"
+    envelope (a parked replay) kept beside its events."""
+    if raw.kind != "events":
+        return raw.body
+    data = json.loads(raw.body)
+    webhook = data.get("webhook") if isinstance(data, dict) else None
+    return envelope_bytes(webhook) if isinstance(webhook, str) else None
+
+
+def check_entries(events: list[Event], webhook: bytes, signature: str | None,
+                  broker: CredentialsBroker
+                  ) -> tuple[list[Event], list[Event], list[Event]]:
+    """(authentic, refused, unroutable) Meta events: each is authentic when `signature`
+    verifies `webhook` with the app secret of the channel it routes to (or the global one).
+    One HMAC per distinct secret, so one app for every tenant costs one per body."""
+    authentic: list[Event] = []
+    refused: list[Event] = []
+    unroutable: list[Event] = []
+    verdicts: dict[tuple[str, ...], bool] = {}
+    for event in events:
+        channel = broker.channel(event.provider, event.channel_key, event.account_key)
+        if channel is None:
+            unroutable.append(event)
+            continue
+        secrets = tuple(s for s in (channel.app_secret, broker.global_meta_app_secret) if s)
+        verdict = verdicts.get(secrets)
+        if verdict is None:
+            verdict = verdicts[secrets] = meta.verify_signature(webhook, signature, secrets)
+        (authentic if verdict else refused).append(event)
+    return authentic, refused, unroutable
+
+
+def refuse(events: list[Event], reason: str, why: str) -> None:
+    """Count and log refused events by channel; never their content, never a secret."""
+    by_channel: dict[str, int] = defaultdict(int)
+    for event in events:
+        by_channel[event.channel_key] += 1
+    for channel_key, count in by_channel.items():
+        INBOUND_REFUSED.labels(Provider.META.value, reason).inc(count)
+        log.warning("refused %d meta event(s) for channel %r: %s", count, channel_key, why)
+
+
+async def authenticate(raw: RawWebhook, events: list[Event], ctx: ReceiveContext
+                       ) -> list[Event]:
+    """The events of `raw` that may be stored: see the module docstring. Unroutable Meta
+    events are parked here with their proof; the rest go on."""
+    if raw.provider != Provider.META.value or not events:
+        return events  # Whapi and Chakra: the channel's secret in the URL named the channel
+    if raw.legacy and raw.kind == "webhook":
+        return events  # queued by a version that checked the whole body at ingest
+    webhook = signed_webhook(raw)
+    if webhook is None or not raw.signature:
+        if raw.kind == "events" and not raw.replay:
+            return events  # a queued batch rewritten by an erasure: checked when it was split
+        refuse(events, "unverifiable" if raw.kind == "events" else "no_signature",
+               "no signed webhook to check it against")
+        return []
+    authentic, refused, unroutable = check_entries(events, webhook, raw.signature, ctx.broker)
+    # A channel added a moment ago may not be in our snapshot yet: look again before parking.
+    refreshed: bool = bool(unroutable) and await asyncio.to_thread(ctx.broker.refresh)
+    if refreshed:
+        more, more_refused, unroutable = check_entries(unroutable, webhook, raw.signature,
+                                                       ctx.broker)
+        authentic += more
+        refused += more_refused
+    if refused:
+        refuse(refused, "signature",
+               "the body's signature does not verify with that channel's app secret")
+    groups: dict[str, list[Event]] = defaultdict(list)
+    for event in unroutable:
+        groups[describe(event)].append(event)
+    for description, group in groups.items():
+        await ctx.park(stage="write", reason=f"no tenant for {description}",
+                       payload=dumps([e.to_dict() for e in group]).decode(),
+                       provider=raw.provider, channel_key=group[0].channel_key,
+                       raw_body=envelope_text(webhook), signature=raw.signature)
+    return authentic
+
+
+def describe(event: Event) -> str:
+    ids = f"{event.provider.value} channel {event.channel_key!r}"
+    if event.account_key:
+        ids += f" (account {event.account_key!r})"
+    return ids
 
 
 async def first_media_try(message: InboundMessage, ctx: ReceiveContext) -> None:
@@ -111,6 +217,7 @@ async def receive_events(data: bytes, ctx: ReceiveContext, *, first_media: bool 
                        payload=envelope_text(data), provider=raw.provider,
                        channel_key=raw.channel_key)
         return []
+    events = await authenticate(raw, events, ctx)
     with_media = [e for e in events if isinstance(e, InboundMessage) and e.media is not None]
     if first_media and with_media:
         await asyncio.gather(*(first_media_try(m, ctx) for m in with_media))

@@ -1,5 +1,9 @@
 """Save: write a send result back to its outbox row, idempotently and forward only.
 
+The send stage writes each outcome on the row itself; what comes here is every acceptance
+(to apply receipts that were waiting for its provider message id) and any outcome the send
+stage could not write. A result of an attempt applies only while the row is still that
+attempt's, so a late or redelivered one never moves a row backwards.
 A delivery receipt that arrived before this result is never overwritten; receipts that were
 waiting for the provider message id are applied as soon as it is known.
 """
@@ -28,5 +32,6 @@ async def save(data: bytes, ctx: SaveContext) -> list[Output]:
         outbox.save_result_in, store=store, row_id=int(item["row_id"]),
         status=int(item["status"]), provider_message_id=item.get("provider_message_id"),
         error_code=item.get("error_code"), error_reason=item.get("error_reason"),
-        response_excerpt=item.get("response_excerpt"), channel=item.get("channel")))
+        response_excerpt=item.get("response_excerpt"), channel=item.get("channel"),
+        owner=item.get("owner")))
     return []

@@ -1,17 +1,35 @@
 """Send: one queued outbox message to its provider, within the limits, classified by error code.
 
-Before sending, the row is checked: a message that already has a provider message id (or is
-past the queue) is never sent again, and the attempt is counted. Outcomes:
-- accepted -> the result (status 3 + provider message id) goes to the save stage;
+The row decides, not the queue: before calling the provider an attempt takes the row's send
+lease (`outbox.begin_attempt_in`: a random owner token, for `SendContext.lease_seconds`), only
+if the row is open, has no provider message id and no live lease of another attempt. A copy of
+the message that the queue delivers meanwhile (its visibility ran out while the first copy
+waited or called) finds that lease and is released until it ends; a copy that comes after an
+acceptance finds the provider message id and is dropped. Each outcome is written on the row by
+this stage, in the same group commit as the lease, before the message is acknowledged:
+- accepted -> status 3 + provider message id; the result also goes to the save stage, which
+  applies receipts that arrived before it;
 - the number's rate limit counts sends by when they start; a message whose slot is more than
-  `max_inline_wait` away is released until just before it, its slot kept for its return;
-- temporary (130429, 131056, 5xx, timeouts, a media host that does not resolve right now,
-  ...) -> released with backoff and jitter, honouring Retry-After; 131056 slows only that
-  recipient, 130429 the whole number;
+  `max_inline_wait` away is released until just before it (before it takes the lease), its
+  slot kept for its return;
+- temporary (5xx, 1, 2, 4, 80007, 130429, 131000, 131056, timeouts, network errors, a media
+  host that does not resolve right now, ...) -> released with capped exponential backoff and
+  jitter (honouring Retry-After); 131056 slows only that recipient, 130429 the whole
+  number. Retried for `retry_period` (WACLOUD_SEND_RETRY_PERIOD_S) from the row's first
+  temporary failure, then -100 "gave up after N attempts over Xs; last error CODE: reason"
+  and the message goes to the dead-letter queue (`max_attempts` is only a safety cap);
 - permanent (a media link the URL policy refuses, ...) -> status -100 with the reason;
-- token or account problem (190, 368, ...) -> the channel is paused with the reason and the
-  message goes back to pending, to wait instead of failing.
-When attempts run out the message goes to the dead-letter queue and -100.
+- channel problem (190, 368, 10, 200-299, 100 about an unknown phone number id, ...) -> the
+  channel is paused with the reason and the message goes back to pending, to wait.
+Outcomes other than acceptance only apply while the row is still this attempt's, so nothing
+late or redelivered moves a row backwards (see `wacloud.adapters.db.outbox`).
+
+The one window for a duplicate: the process dies after the provider took the message and
+before the acceptance is committed (the answer's way back plus one group commit,
+milliseconds); a copy delivered after the lease ends then sends again. If only the write fails,
+the acceptance still goes to the save stage before the message is acknowledged. A timeout is
+the same ambiguity (the provider may have taken it; Graph has no idempotency key): it is
+retried, as a temporary failure.
 """
 
 from __future__ import annotations
@@ -20,13 +38,18 @@ import asyncio
 import json
 import logging
 import random
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import httpx
 
 from wacloud.adapters.db import outbox
+from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
 from wacloud.media_copier import MediaCopier, MediaCopyError
@@ -52,6 +75,13 @@ BUILDERS = {Provider.META: meta_send, Provider.WHAPI: whapi_send, Provider.CHAKR
 # A message released to wait for its rate-limit slot comes back this much before the slot: the
 # receive and the row check happen meanwhile, and the send still starts on time.
 RETURN_LEAD_S = 0.5
+# A send lease covers the longest attempt: a Chakra media send is a download, an upload and
+# the send, each up to the timeout; plus the inline pacing wait and a margin.
+LEASE_CALLS = 3
+LEASE_MARGIN_S = 30.0
+# A copy that finds the row leased but cannot see until when (its transaction's snapshot is
+# older than the winner's commit, on MySQL) looks again after this.
+LEASE_RECHECK_S = 1.0
 
 
 @dataclass(slots=True)
@@ -62,24 +92,68 @@ class SendContext:
     copier: MediaCopier
     dead_letters: Queue
     allow_local: bool = False
-    max_attempts: int = 8
+    max_attempts: int = 100  # a safety cap: the retry period decides
     backoff_base: float = 1.0
     backoff_max: float = 300.0
     timeout: float = 30.0
     # Longer waits for a recipient's pacing or the number's rate release the message (with
     # the delay) instead of holding a worker and its queue claim.
     max_inline_wait: float = 2.0
+    # Temporary trouble is retried this long from the row's first temporary failure.
+    retry_period: float = 3600.0
+    # How long an attempt holds its row; 0 = long enough for the longest attempt.
+    lease: float = 0.0
+
+    def lease_seconds(self) -> float:
+        return self.lease or LEASE_CALLS * self.timeout + self.max_inline_wait + LEASE_MARGIN_S
+
+
+@dataclass(slots=True)
+class Lease:
+    """The row's send lease as this attempt holds it. `held` until the provider is called:
+    if the attempt ends before that (released for pacing, or failed), the lease is given back
+    at once; after, never (the provider may have the message)."""
+
+    store: TenantStore | None = None
+    row_id: int = 0
+    owner: str = ""
+    held: bool = False
 
 
 def result(message: OutboundMessage, status: OutboundStatus, *,
            provider_message_id: str | None = None, error: ProviderError | None = None,
-           excerpt: str | None = None) -> Output:
+           excerpt: str | None = None, owner: str | None = None) -> Output:
     body = {"tenant": message.tenant, "row_id": message.row_id, "channel": message.channel_key,
             "status": status.value,
             "provider_message_id": provider_message_id,
             "error_code": error.code if error else None,
             "error_reason": error.reason if error else None, "response_excerpt": excerpt}
+    if owner is not None:
+        body["owner"] = owner  # the save stage applies it only while the row is still its
     return Output(OUTBOUND_RESULTS, OutgoingMessage(dumps(body)))
+
+
+async def settle(ctx: SendContext, message: OutboundMessage, status: OutboundStatus, *,
+                 store: TenantStore | None = None, owner: str | None = None,
+                 provider_message_id: str | None = None, error: ProviderError | None = None,
+                 excerpt: str | None = None) -> list[Output]:
+    """Write an outcome on its row now (see `outbox.record_outcome_in`). An acceptance also
+    goes to the save stage (receipts that came first); any outcome does if the write fails,
+    so that it is not lost with the acknowledged message."""
+    note = result(message, status, provider_message_id=provider_message_id, error=error,
+                  excerpt=excerpt, owner=owner)
+    try:
+        if store is None:
+            store = await ctx.broker.tenant_store_async(message.tenant)
+        await store.writes.run(partial(
+            outbox.record_outcome_in, row_id=message.row_id, owner=owner, status=status.value,
+            provider_message_id=provider_message_id, error_code=error.code if error else None,
+            error_reason=error.reason if error else None, response_excerpt=excerpt))
+    except Exception as exc:
+        log.warning("tenant %s row %d: send outcome %s not written (%s); left to the save "
+                    "stage", message.tenant, message.row_id, status.label, type(exc).__name__)
+        return [note]
+    return [note] if status is OutboundStatus.ACCEPTED else []
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -146,7 +220,40 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
 
 
 async def send(data: bytes, ctx: SendContext) -> list[Output]:
+    lease = Lease()
+    try:
+        return await send_once(data, ctx, lease)
+    except Exception:
+        if lease.held:
+            await give_back(lease)
+        raise
+
+
+async def give_back(lease: Lease) -> None:
+    assert lease.store is not None
+    lease.held = False
+    try:
+        await lease.store.writes.run(partial(outbox.release_lease_in, row_id=lease.row_id,
+                                             owner=lease.owner))
+    except Exception as exc:  # it ends on its own; the next copy just waits for it
+        log.warning("row %d: send lease not given back (%s)", lease.row_id,
+                    type(exc).__name__)
+
+
+def lease_wait(state: outbox.OutboxState) -> float:
+    if state.lease_until is None:
+        return LEASE_RECHECK_S
+    return max((state.lease_until - utcnow()).total_seconds(), 0.0) + 0.1
+
+
+async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]:
     message = OutboundMessage.from_dict(json.loads(data)["message"])
+    if message.expires_at is not None and time.time() >= message.expires_at:
+        # Its validity passed while it waited (queue, backoff): a late one-time password is
+        # worse than none. Only a row still open and not being sent by another copy fails.
+        ends = datetime.fromtimestamp(message.expires_at, UTC).isoformat()
+        return await settle(ctx, message, OutboundStatus.FAILED, error=ProviderError(
+            "expired", f"expired: its validity ended at {ends} before it could be sent"))
     channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
     if (channel is None or channel.paused) and await asyncio.to_thread(ctx.broker.refresh):
         # Our registry snapshot may be older than the collector's: a channel added, or
@@ -155,11 +262,11 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
         # sent: out of order.
         channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
     if channel is None:
-        return [result(message, OutboundStatus.FAILED, error=ProviderError(
-            "channel", f"tenant {message.tenant!r} has no channel {message.channel_key!r}"))]
+        return await settle(ctx, message, OutboundStatus.FAILED, error=ProviderError(
+            "channel", f"tenant {message.tenant!r} has no channel {message.channel_key!r}"))
     if channel.paused:
-        return [result(message, OutboundStatus.PENDING, error=ProviderError(
-            "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))]
+        return await settle(ctx, message, OutboundStatus.PENDING, error=ProviderError(
+            "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))
 
     # The number's rate: a message whose slot is far off goes back to the queue until just
     # before it (keeping the slot) instead of holding a worker and its claim meanwhile.
@@ -174,18 +281,24 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
                          max(0.0, start - limits.now() - lead))
 
     store = await ctx.broker.tenant_store_async(message.tenant)
+    owner = uuid.uuid4().hex
     # Grouped with the other sends starting now: one commit for many attempts.
     state = await store.writes.run(partial(
-        outbox.begin_attempt_in, row_id=message.row_id, channel=message.channel_key,
+        outbox.begin_attempt_in, row_id=message.row_id, owner=owner,
+        lease_seconds=ctx.lease_seconds(), channel=message.channel_key,
         recipient=message.recipient if message.type != "read" else None))
-    if state is None or state.provider_message_id or state.status not in outbox.OPEN:
+    if state is None or not state.open:
         return []  # gone, or already sent: never send twice
-    if state.earlier_waiting:
-        # Back to the outbox: the collector claims both again, oldest first.
-        return [result(message, OutboundStatus.PENDING, error=ProviderError(
-            "order", "waits for an earlier message to the same recipient"))]
+    if state.earlier_waiting and state.lease_until is None:
+        # Sent back to the outbox: the collector claims both again, oldest first.
+        return []
+    if state.owner is None:
+        # Another copy of this message holds the row (the queue delivered it again while
+        # the first was still at it): that one decides. Look again when its lease ends.
+        raise RetryLater("another attempt is sending this row", lease_wait(state))
+    lease.store, lease.row_id, lease.owner, lease.held = store, message.row_id, owner, True
     if state.attempts > ctx.max_attempts:
-        return await give_up(message, data, ctx, state.attempts, None)
+        return await give_up(message, data, ctx, store, owner, state, None)
 
     pair = f"{channel.key}/{message.recipient}"
     wait = limits.pairs.delay(pair, limits.now())
@@ -203,40 +316,56 @@ async def send(data: bytes, ctx: SendContext) -> list[Output]:
                          max(0.0, start - limits.now() - lead))
     if start > limits.now():
         await asyncio.sleep(start - limits.now())  # the number's rate, not synchronization
+    lease.held = False  # from here on the provider may have it: the lease stays
     outcome = await call_provider(channel, message, ctx)
     excerpt = outcome.response_excerpt
     if outcome.outcome is SendOutcome.ACCEPTED:
         limits.pairs.confirm(pair)
-        return [result(message, OutboundStatus.ACCEPTED,
-                       provider_message_id=outcome.provider_message_id, excerpt=excerpt)]
+        return await settle(ctx, message, OutboundStatus.ACCEPTED, store=store, owner=owner,
+                            provider_message_id=outcome.provider_message_id, excerpt=excerpt)
     if outcome.outcome is SendOutcome.FAILED:
-        return [result(message, OutboundStatus.FAILED, error=outcome.error, excerpt=excerpt)]
+        return await settle(ctx, message, OutboundStatus.FAILED, store=store, owner=owner,
+                            error=outcome.error, excerpt=excerpt)
     if outcome.outcome is SendOutcome.PAUSE:
         reason = (f"provider error {outcome.error.code}: {outcome.error.reason}"
                   if outcome.error else "provider refused the channel's credentials")
         await asyncio.to_thread(ctx.broker.pause_channel, channel, reason)
         log.error("channel %s of tenant %s paused: %s", channel.key, channel.tenant, reason)
-        return [result(message, OutboundStatus.PENDING, error=outcome.error, excerpt=excerpt)]
+        return await settle(ctx, message, OutboundStatus.PENDING, store=store, owner=owner,
+                            error=outcome.error, excerpt=excerpt)
 
-    # Temporary: back off and try again, unless the attempts are used up.
-    if state.attempts >= ctx.max_attempts:
-        return await give_up(message, data, ctx, state.attempts, outcome.error)
+    # Temporary: back off and try again, until the retry period (or the safety cap) is used up.
+    elapsed = retrying_for(state)
+    if state.attempts >= ctx.max_attempts or elapsed >= ctx.retry_period:
+        return await give_up(message, data, ctx, store, owner, state, outcome.error)
     now = limits.now()
-    delay = outcome.retry_after or backoff(state.attempts, ctx.backoff_base, ctx.backoff_max)
+    delay = max(outcome.retry_after or 0.0,
+                backoff(state.attempts, ctx.backoff_base, ctx.backoff_max))
     if outcome.recipient_throttled:
         delay = max(delay, limits.pairs.penalize(pair, now))
     if outcome.channel_throttled:
         limits.number(channel.key, channel.mps).block(now + (outcome.retry_after or 1.0))
-    note = result(message, OutboundStatus.QUEUED, error=outcome.error, excerpt=excerpt)
+    # The last try comes when the period ends, not a backoff after it.
+    delay = min(delay, ctx.retry_period - elapsed)
+    notes = await settle(ctx, message, OutboundStatus.QUEUED, store=store, owner=owner,
+                         error=outcome.error, excerpt=excerpt)
     raise RetryLater(outcome.error.reason if outcome.error else "temporary failure", delay,
-                     outputs=[note])
+                     outputs=notes)
 
 
-async def give_up(message: OutboundMessage, data: bytes, ctx: SendContext, attempts: int,
+def retrying_for(state: outbox.OutboxState) -> float:
+    """Seconds since the row first failed temporarily (0 if this is its first failure)."""
+    if state.retry_since is None:
+        return 0.0
+    return max((utcnow() - state.retry_since).total_seconds(), 0.0)
+
+
+async def give_up(message: OutboundMessage, data: bytes, ctx: SendContext, store: TenantStore,
+                  owner: str, state: outbox.OutboxState,
                   error: ProviderError | None) -> list[Output]:
     await ctx.dead_letters.send(data)
-    reason = f"gave up after {attempts} attempts"
+    reason = f"gave up after {state.attempts} attempts over {retrying_for(state):.0f}s"
     if error is not None:
         reason += f"; last error {error.code}: {error.reason}"
-    return [result(message, OutboundStatus.FAILED,
-                   error=ProviderError(error.code if error else "attempts", reason))]
+    return await settle(ctx, message, OutboundStatus.FAILED, store=store, owner=owner,
+                        error=ProviderError(error.code if error else "attempts", reason))

@@ -3,6 +3,8 @@
 Routing uses only the registry (Meta phone_number_id, falling back to the WABA id; Whapi
 channel id; Chakra plugin id). Events of an unknown channel are parked with the reason, to be
 replayed once the channel exists. Messages whose media is still pending get a retry job.
+A value the tenant's database refuses (a constraint, an integer out of range) parks only the
+event that carries it, with the reason; the other events of the same webhook are stored.
 """
 
 from __future__ import annotations
@@ -10,26 +12,25 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from wacloud.adapters.db.errors import failure_reason, is_refused_value
+from wacloud.adapters.db.tenant_store import StoreResult, TenantStore
 from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import Event, InboundMessage, ProviderNotice, StatusUpdate, event_from_dict
 from wacloud.stages.envelopes import INBOUND_MEDIA, Output, dumps
-from wacloud.stages.receive import Park
+from wacloud.stages.receive import Park, describe
+
+# Where an event came from: the signed webhook as text and its signature header.
+Origin = tuple[str, str]
 
 
 @dataclass(slots=True)
 class WriteContext:
     broker: CredentialsBroker
     park: Park
-
-
-def _describe(event: Event) -> str:
-    ids = f"{event.provider.value} channel {event.channel_key!r}"
-    if event.account_key:
-        ids += f" (account {event.account_key!r})"
-    return ids
 
 
 def _route(events: list[Event], broker: CredentialsBroker
@@ -39,7 +40,7 @@ def _route(events: list[Event], broker: CredentialsBroker
     for event in events:
         channel = broker.channel(event.provider, event.channel_key, event.account_key)
         if channel is None:
-            unroutable[_describe(event)].append(event)
+            unroutable[describe(event)].append(event)
             continue
         event.channel_key = channel.key  # a WABA-id fallback stores under the channel's id
         by_tenant[channel.tenant].append(event)
@@ -51,8 +52,11 @@ async def write(data: bytes, ctx: WriteContext) -> list[Output]:
     return await write_events([event_from_dict(item) for item in batch["events"]], ctx)
 
 
-async def write_events(events: list[Event], ctx: WriteContext) -> list[Output]:
-    """Store `events` (of any tenants) with one transaction per tenant; park the unroutable."""
+async def write_events(events: list[Event], ctx: WriteContext,
+                       origins: Mapping[int, Origin] | None = None) -> list[Output]:
+    """Store `events` (of any tenants) with one transaction per tenant; park the unroutable.
+    `origins`: by `id(event)`, the signed webhook (text) and signature the event came from,
+    kept with an event parked here so that its replay is checked again."""
     by_tenant, unroutable = _route(events, ctx.broker)
     # A channel added a moment ago may be known to the process that took the webhook and not
     # yet to ours: look again with a fresh registry before parking anything.
@@ -71,14 +75,43 @@ async def write_events(events: list[Event], ctx: WriteContext) -> list[Output]:
     outputs: list[Output] = []
     for tenant, events in by_tenant.items():
         store = await ctx.broker.tenant_store_async(tenant)
-        result = await asyncio.to_thread(
-            store.store_events,
-            [e for e in events if isinstance(e, InboundMessage)],
-            [e for e in events if isinstance(e, StatusUpdate)],
-            [e for e in events if isinstance(e, ProviderNotice)])
+        try:
+            result = await asyncio.to_thread(_store, store, events)
+        except Exception as exc:
+            if not is_refused_value(exc):
+                raise  # the database's trouble, not the data's: the runner retries the lot
+            result = await _store_each(store, events, ctx, origins or {})
         for message in result.pending_media:
             fields = message.to_dict()
             fields["raw"] = {}
             job = {"tenant": tenant, "message": fields}
             outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
     return outputs
+
+
+def _store(store: TenantStore, events: list[Event]) -> StoreResult:
+    return store.store_events([e for e in events if isinstance(e, InboundMessage)],
+                              [e for e in events if isinstance(e, StatusUpdate)],
+                              [e for e in events if isinstance(e, ProviderNotice)])
+
+
+async def _store_each(store: TenantStore, events: list[Event], ctx: WriteContext,
+                      origins: Mapping[int, Origin]) -> StoreResult:
+    """One transaction per event (storing is idempotent, so those already stored are no-ops);
+    an event the database refuses is parked with the reason instead of failing the rest."""
+    total = StoreResult()
+    for event in events:
+        try:
+            result = await asyncio.to_thread(_store, store, [event])
+        except Exception as exc:
+            if not is_refused_value(exc):
+                raise
+            raw_body, signature = origins.get(id(event), (None, None))
+            await ctx.park(stage="write",
+                           reason=f"the tenant database refused this event: {failure_reason(exc)}",
+                           payload=dumps([event.to_dict()]).decode(),
+                           provider=event.provider.value, channel_key=event.channel_key,
+                           raw_body=raw_body, signature=signature)
+            continue
+        total.pending_media.extend(result.pending_media)
+    return total

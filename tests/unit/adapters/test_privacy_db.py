@@ -92,3 +92,24 @@ def test_purge_before(store: TenantStore) -> None:
     counts, keys = db.purge_before(store.engine, utcnow() - timedelta(days=5), batch=1)
     assert counts == {"messages": 1, "outbound_messages": 2, "status_events": 0, "notices": 0}
     assert keys == {"k/maria.jpg"}
+
+
+def test_a_bsuid_finds_what_was_sent_to_it_and_its_receipts_not_a_phone(
+        store: TenantStore) -> None:
+    bsuid = "BR.7718203344556677"
+    seed(store)
+    insert_outbound(store.engine, channel="PN", recipient=bsuid, type="text",
+                    content={"body": "por bsuid"})
+    store.store_events(
+        [InboundMessage(Provider.META, "PN", "u1", "text", sender=bsuid,
+                        contact=Contact(None, bsuid, "Ana"), raw={"from_user_id": bsuid})],
+        [StatusUpdate(Provider.META, "PN", "out-u", "delivered", timestamp=1,
+                      recipient_user_id=bsuid)], [])
+
+    found = db.find_contact_rows(store.engine, ContactMatcher.parse(bsuid))
+
+    assert found.counts() == {"messages": 1, "outbound_messages": 1, "status_events": 1,
+                              "notices": 0}
+    # The digits of a BSUID are nobody's phone number.
+    assert db.find_contact_rows(store.engine, ContactMatcher.parse("7718203344556677")
+                                ).counts()["outbound_messages"] == 0

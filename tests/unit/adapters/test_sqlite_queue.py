@@ -99,7 +99,7 @@ async def test_dead_letter_keeps_source_queue_and_iter_all_sees_every_state(
     assert [m.body for m in await queue.receive(1)] == [b"flight"]
     [letter] = await queue.dead_letters()
     assert letter.message_id == dead.message_id
-    assert letter.attributes == {"source_queue": "q"}
+    assert letter.attributes["source_queue"] == "q"
     # The DLQ is an ordinary queue too.
     assert (await broker.queue(QueueSpec("q.dlq")).depth())["visible"] == 1
     states = {m.body: m.attributes["state"] for m in await queue.iter_all()}
@@ -307,3 +307,75 @@ async def test_a_file_from_before_lanes_is_upgraded(tmp_path: Path) -> None:
     [msg] = await queue.receive(10)
     assert msg.body == b"a3"
     await broker.close()
+
+
+async def test_writer_survives_a_batch_that_breaks_the_transaction(tmp_path: Path) -> None:
+    """An op that ends the transaction itself makes the ROLLBACK after its error fail too: that
+    used to kill the writer thread, and every later send (every webhook) waited forever."""
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+
+    def breaks_the_transaction(conn: sqlite3.Connection) -> None:
+        conn.execute("ROLLBACK")
+        raise ValueError("injected")
+
+    def commit_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+        raise ValueError("injected after commit")
+
+    for bad in (breaks_the_transaction, commit_then_fail):
+        results = await asyncio.wait_for(asyncio.gather(
+            queue.send(b"before"), broker.call(bad), queue.send(b"after"),
+            return_exceptions=True), 10)
+        assert isinstance(results[1], ValueError)
+        # The writer goes on: later operations are served (in time, not hanging).
+        await asyncio.wait_for(queue.send(b"later"), 10)
+    assert (await asyncio.wait_for(queue.depth(), 10))["visible"] >= 2
+    await broker.close()
+
+
+async def test_writer_survives_when_processing_itself_raises(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("q"))
+    calls = 0
+    real = broker._execute_batch
+
+    def once_broken(batch: list[sqlite_broker._Op]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        real(batch)
+
+    monkeypatch.setattr(broker, "_execute_batch", once_broken)
+    with pytest.raises(sqlite3.OperationalError, match="injected"):
+        await asyncio.wait_for(queue.send(b"lost"), 10)
+    await asyncio.wait_for(queue.send(b"kept"), 10)
+    assert (await asyncio.wait_for(queue.depth(), 10))["visible"] == 1
+    await broker.close()
+
+
+async def test_an_older_queue_file_gets_the_reason_column(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,
+            body BLOB NOT NULL, group_id TEXT, dedup_id TEXT, sent_at REAL NOT NULL,
+            visible_at REAL NOT NULL, receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT,
+            origin TEXT);
+        INSERT INTO messages (queue, body, sent_at, visible_at, receive_count, origin)
+            VALUES ('q.dlq', x'00', 1, 1, 5, 'q');
+    """)
+    old.close()
+    broker = SqliteBroker(path)
+    queue = broker.queue(QueueSpec("q"))
+    [letter] = await queue.dead_letters()
+    assert letter.attributes["reason"] == ""
+    await queue.send(b"x")
+    [msg] = await queue.receive(1)
+    await queue.release(msg.receipt, reason="why")
+    await broker.close()
+    again = SqliteBroker(path)  # opening a current file again changes nothing
+    await again.close()

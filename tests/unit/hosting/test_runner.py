@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import sqlalchemy.exc as sa_exc
 
 from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec, ReceivedMessage
 from wacloud.adapters.queue.sqlite import SqliteBroker
@@ -157,3 +160,97 @@ async def test_a_handler_that_outlives_the_visibility_timeout_keeps_its_messages
     assert await queues[0].depth() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
     for broker in brokers:
         await broker.close()
+
+
+def _locked() -> sa_exc.OperationalError:
+    return sa_exc.OperationalError("INSERT INTO messages ...", {"text": "secret"},
+                                   sqlite3.OperationalError("database is locked"))
+
+
+async def test_database_trouble_is_retried_past_max_receives_then_stored(
+        tmp_path: Path) -> None:
+    """Today's budget (max_receives=2) would dead-letter it after two tries; a database that
+    is down longer than that must cost nothing."""
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("in", max_receives=2))
+    await queue.send(b"webhook")
+    tries: list[int] = []
+    stored: list[bytes] = []
+
+    async def one(message: ReceivedMessage) -> list[Output]:
+        tries.append(message.receive_count)
+        if len(tries) <= 6:
+            raise _locked()
+        stored.append(message.body)
+        return []
+
+    runner = StageRunner("t", queue, one, {}, concurrency=1, wait_seconds=0.05,
+                         error_backoff=0.01, db_retry_period=3600, db_retry_max_delay=0.02)
+    await run_until(runner, lambda: stored == [b"webhook"])
+    assert len(tries) == 7 and set(tries) == {1}  # the database's failures were not counted
+    assert await queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    await broker.close()
+
+
+async def test_database_trouble_longer_than_the_period_dead_letters_with_the_reason(
+        tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("in", max_receives=50))
+    await queue.send(b"webhook")
+
+    async def one(message: ReceivedMessage) -> list[Output]:
+        raise _locked()
+
+    runner = StageRunner("t", queue, one, {}, concurrency=1, wait_seconds=0.05,
+                         error_backoff=0.01, db_retry_period=0.3, db_retry_max_delay=0.05)
+    await run_until(runner, lambda: bool(broker.read_one(
+        "SELECT COUNT(*) FROM messages WHERE queue = 'in.dlq'", ())[0]))
+    [letter] = await queue.dead_letters()
+    reason = letter.attributes["reason"]
+    assert reason.startswith("database unavailable for ")
+    assert reason.endswith("OperationalError: database is locked")
+    assert "secret" not in reason and "INSERT" not in reason  # no SQL, no parameters
+    await broker.close()
+
+
+async def test_a_failure_keeps_its_reason_into_the_dlq(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("in", max_receives=1))
+    await queue.send(b"poison")
+
+    async def one(message: ReceivedMessage) -> list[Output]:
+        raise ValueError("no field 'entry' for 5511987654321")
+
+    runner = StageRunner("t", queue, one, {}, concurrency=1, wait_seconds=0.05,
+                         error_backoff=0.001)
+    await run_until(runner, lambda: bool(broker.read_one(
+        "SELECT COUNT(*) FROM messages WHERE queue = 'in.dlq'", ())[0]))
+    [letter] = await queue.dead_letters()
+    assert letter.attributes["reason"] == "ValueError: no field 'entry' for *********4321"
+    await broker.close()
+
+
+async def test_a_batch_failing_on_its_database_is_released_without_one_by_one_tries(
+        tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("in", max_receives=1))
+    for i in range(5):
+        await queue.send(f"m{i}".encode())
+    batches = 0
+
+    async def batch(messages: list[ReceivedMessage]) -> list[Output]:
+        nonlocal batches
+        batches += 1
+        if batches < 4:
+            raise _locked()
+        return []
+
+    async def one(message: ReceivedMessage) -> list[Output]:
+        raise AssertionError("waiting for a database that is down, once per message")
+
+    runner = StageRunner("t", queue, one, {}, concurrency=1, batch=10, wait_seconds=0.05,
+                         error_backoff=0.01, batch_handler=batch, db_retry_max_delay=0.02)
+    await run_until(runner, lambda: batches >= 4 and broker.read_one(
+        "SELECT COUNT(*) FROM messages WHERE queue = 'in'", ())[0] == 0)
+    assert (await queue.depth())["dead"] == 0
+    await broker.close()

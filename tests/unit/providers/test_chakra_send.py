@@ -192,6 +192,8 @@ def test_accepted(fixture: str, wamid: str | None) -> None:
     ("error_passthrough", 429, SendOutcome.RETRY, "130429"),
     ("error_chakra_auth", 401, SendOutcome.PAUSE, "UNAUTHORIZED"),
     ("error_wrapped", 200, SendOutcome.FAILED, "131047"),  # an error inside a 2xx
+    # Meta's "Object with ID ... does not exist" passed through: the channel is wrong.
+    ("error_unknown_phone_number_id", 400, SendOutcome.PAUSE, "100"),
 ])
 def test_classify_errors(fixture: str, status: int, outcome: SendOutcome, code: str) -> None:
     result = chakra_send.classify(status, load(fixture), {"Retry-After": "12"})

@@ -594,3 +594,39 @@ async def test_resolve_media_unreachable_and_timeout_are_temporary() -> None:
                 assert TOKEN not in str(info.value)
     finally:
         silent.close()
+
+
+# --- groups and older voice notes -----------------------------------------------------------------
+
+GROUP_ID = "Y2FwaV9ncm91cDo1NTExOTQwMDAxMjM0OjEyMDM2MzA0MDQ2OTQyMzM4MjAZD"
+
+
+def test_group_message_keeps_group_id_and_the_participant() -> None:
+    msg = one_message("group_text")
+    assert msg.group_id == GROUP_ID
+    assert msg.sender == "5531991234567"
+    assert msg.contact.name == "Carla Mendes"
+    assert msg.text == "Alguém sabe se a loja abre no feriado?"
+    assert InboundMessage.from_dict(msg.to_dict()).group_id == GROUP_ID
+
+
+def test_direct_message_has_no_group_id() -> None:
+    assert one_message("text").group_id is None
+
+
+def test_group_status_names_the_group_as_recipient() -> None:
+    status = one_status("status_group_sent")
+    assert status.status == "sent"
+    assert status.recipient == GROUP_ID
+    assert status.raw["recipient_type"] == "group"
+
+
+def test_older_voice_type_carries_its_media_like_audio() -> None:
+    msg = one_message("voice")
+    assert msg.type == "voice"
+    assert msg.content["voice"] is True
+    assert msg.media is not None
+    assert msg.media.provider_media_id == "1309876543210987"
+    assert msg.media.mime_type == "audio/ogg; codecs=opus"
+    assert msg.media.sha256 == msg.raw["voice"]["sha256"]
+    assert msg.media.status is MediaStatus.PENDING

@@ -247,10 +247,11 @@ def test_success_false_fails() -> None:
 
 
 RETRY = [1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004]
-FAILED = [3, 10, 100, 200, 299, 130472, 131005, 131008, 131009, 131021, 131026, 131047, 131048,
+FAILED = [3, 100, 130472, 131005, 131008, 131009, 131021, 131026, 131047, 131048,
           131049, 131050, 131051, 131052, 131053, 132000, 132001, 132005, 132007, 132012,
           132015, 132016]
-PAUSE = [0, 190, 368, 131031, 131042, 131045, 133010]
+# 10 and 200-299: the token lost permission for this number; the channel waits for a person.
+PAUSE = [0, 10, 190, 200, 299, 368, 131031, 131042, 131045, 133010]
 EXPECTED = ([(c, SendOutcome.RETRY) for c in RETRY] + [(c, SendOutcome.FAILED) for c in FAILED]
             + [(c, SendOutcome.PAUSE) for c in PAUSE])
 
@@ -274,6 +275,29 @@ def test_classify_every_code(code: int, outcome: SendOutcome) -> None:
     assert result.recipient_throttled is (code == 131056)
     assert result.channel_throttled is (code == 130429)
     assert errors.code_outcome(code) is outcome
+
+
+def test_code_100_about_an_unknown_phone_number_id_pauses_the_channel() -> None:
+    # Subcode 33: the phone number id does not exist or this token cannot see it. Every row of
+    # the channel would fail the same way: the channel pauses and its rows wait.
+    result = meta_send.classify(400, load("error_unknown_phone_number_id"), {})
+    assert result.outcome is SendOutcome.PAUSE
+    assert result.error is not None and result.error.code == "100"
+    assert "does not exist" in result.error.reason
+    assert errors.code_outcome(100, 33) is SendOutcome.PAUSE
+    # Without the subcode (a wrapper dropped it) the message still says so.
+    payload = json.loads(load("error_unknown_phone_number_id"))
+    del payload["error"]["error_subcode"]
+    assert meta_send.classify(400, json.dumps(payload).encode(), {}).outcome \
+        is SendOutcome.PAUSE
+
+
+def test_code_100_about_a_parameter_of_the_message_fails_only_that_message() -> None:
+    result = meta_send.classify(400, load("error_invalid_recipient"), {})
+    assert result.outcome is SendOutcome.FAILED
+    assert result.error is not None and result.error.code == "100"
+    assert result.error.details is not None and "to is not a valid" in result.error.details
+    assert errors.code_outcome(100) is SendOutcome.FAILED
 
 
 def test_code_not_http_status_decides() -> None:
@@ -379,3 +403,14 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 def test_header_lookup_is_case_insensitive() -> None:
     assert errors.header({"RETRY-AFTER": "3"}, "Retry-After") == "3"
     assert errors.header({}, "Retry-After") is None
+
+
+def test_build_group_recipient() -> None:
+    group = "Y2FwaV9ncm91cDo1NTExOTQwMDAxMjM0OjEyMDM2MzA0MDQ2OTQyMzM4MjAZD"
+    request = meta_send.build_send(channel(), message(
+        "text", {"body": "Abre sim, das 9h às 13h"}, recipient=group, recipient_type="group",
+        reply_to=WAMID))
+    assert request.json == {"messaging_product": "whatsapp", "recipient_type": "group",
+                            "to": group, "type": "text",
+                            "text": {"body": "Abre sim, das 9h às 13h"},
+                            "context": {"message_id": WAMID}}

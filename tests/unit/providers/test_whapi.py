@@ -345,3 +345,13 @@ def test_media_download_without_id_or_link() -> None:
     with pytest.raises(MediaResolveError) as info:
         whapi.media_download(_channel(), MediaRef())
     assert not info.value.temporary
+
+
+def test_group_chat_message_keeps_the_group_id() -> None:
+    payload = load("text")
+    payload["messages"][0]["chat_id"] = "120363040469423382@g.us"
+    (msg,) = whapi.parse_webhook(payload)
+    assert isinstance(msg, InboundMessage)
+    assert msg.group_id == "120363040469423382@g.us"
+    assert msg.sender == "5511987654321"
+    assert one_message("text").group_id is None

@@ -23,6 +23,10 @@ with `reserved_at` set, and returns them. One construct per database:
 Status transitions after a claim (`mark_queued`, `mark_not_queued`, `release`) only touch rows
 still in the expected state, so a row reclaimed by `reclaim_stale` (its lease expired) and
 claimed again is not moved by a late collector.
+
+Queued rows nobody touched for a long time (`stale_queued`: no attempt, no result) may have
+lost their queue message or their result; the collector queues their envelope again with the
+same de-duplication id and `mark_requeued` notes it (see `wacloud.stages.collect`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ PENDING = OutboundStatus.PENDING.value
 RESERVED = OutboundStatus.RESERVED.value
 QUEUED = OutboundStatus.QUEUED.value
 NOT_QUEUED = OutboundStatus.NOT_QUEUED.value
+FAILED = OutboundStatus.FAILED.value
+EXPIRED_CODE = "expired"
 
 # Ids per UPDATE ... WHERE id IN (...): well under SQL Server's 2,100 parameters.
 ID_CHUNK = 500
@@ -184,10 +190,40 @@ def _update(conn: Connection, ids: list[int], from_status: Sequence[int],
 
 
 def mark_queued(engine: Engine, ids: Sequence[int]) -> None:
-    """Reserved rows handed to the queue: status 2 with queued_at. Other rows are untouched."""
+    """Reserved rows handed to the queue: status 2 with queued_at. Other rows are untouched.
+    `queued_attempts` keeps the attempts so far: until the send stage counts one more, the
+    row's message is still ahead in the queue and later messages to its recipient wait."""
     now = utcnow()
     _transition(engine, ids, [RESERVED],
-                {"status": QUEUED, "queued_at": now, "updated_at": now})
+                {"status": QUEUED, "queued_at": now, "updated_at": now,
+                 "queued_attempts": _c.attempts})
+
+
+def mark_expired(engine: Engine, ids: Sequence[int], reason: str) -> None:
+    """Reserved or queued rows whose validity passed before they were sent: status -100 with
+    error code `expired` and the reason. Other rows are untouched."""
+    _transition(engine, ids, [RESERVED, QUEUED],
+                {"status": FAILED, "error_code": EXPIRED_CODE, "error_reason": reason,
+                 "updated_at": utcnow()})
+
+
+def stale_queued(engine: Engine, stale_seconds: float, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` queued rows, oldest id first, that nothing touched (no attempt, no result,
+    no re-queue) for `stale_seconds`: their queue message or their result may be lost."""
+    cutoff = utcnow() - timedelta(seconds=stale_seconds)
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(
+            sa.select(_om).where(_c.status == QUEUED, _c.updated_at < cutoff)
+            .order_by(_c.id).limit(limit)).mappings()]
+
+
+def mark_requeued(engine: Engine, ids: Sequence[int]) -> None:
+    """Queued rows whose envelope was queued again: queued_at and updated_at are now (the row
+    is stale again only after another full period) and, as in `mark_queued`, later messages to
+    the recipient wait until the send stage counts an attempt of it."""
+    now = utcnow()
+    _transition(engine, ids, [QUEUED],
+                {"queued_at": now, "updated_at": now, "queued_attempts": _c.attempts})
 
 
 def mark_not_queued(engine: Engine, ids: Sequence[int], reason: str) -> None:

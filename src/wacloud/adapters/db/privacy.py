@@ -206,9 +206,11 @@ def anonymize_rows(engine: Engine, found: ContactRows, now: datetime) -> dict[st
             o.update().where(o.c.status.in_(OPEN_OUTBOUND)).values(
                 status=OutboundStatus.FAILED.value, error_code="erased",
                 error_reason=ERASED_REASON),
+            # request_hash: a digest of the body (recipient and text); the idempotency key
+            # stays, so a late retry of the erased message is refused (409), not sent.
             o.update().values(recipient=None, content=null, request_body=None,
                               request_headers=None, client_reference=None,
-                              response_excerpt=None, updated_at=now)]),
+                              response_excerpt=None, request_hash=None, updated_at=now)]),
         ("status_events", t.status_events, found.statuses, [t.status_events.update().values(
             recipient=None, recipient_user_id=None, raw=null)]),
         ("notices", t.notices, found.notices, [t.notices.update().values(raw=null)]),
@@ -303,6 +305,9 @@ def delete_parked(registry: Registry, ids: Sequence[int]) -> int:
 
 
 def rewrite_parked(registry: Registry, item_id: int, payload: str) -> None:
-    """Replace a parked payload by what remains of it once a contact's events are gone."""
+    """Replace a parked payload by what remains of it once a contact's events are gone. The
+    signed webhook kept beside it goes too: it holds the contact's events (a replay of the
+    remainder then has nothing to check its signature against, and refuses Meta events)."""
     with registry.engine.begin() as conn:
-        conn.execute(parked.update().where(parked.c.id == item_id).values(payload=payload))
+        conn.execute(parked.update().where(parked.c.id == item_id).values(
+            payload=payload, raw_body=None, signature=None))

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -68,6 +69,10 @@ channels = sa.Table(
     sa.UniqueConstraint("provider", "key", name="uq_channels_provider_key"),
 )
 
+# A signed webhook may be megabytes: MySQL/MariaDB's TEXT stops at 64 KB.
+SignedBodyText = LongText().with_variant(mysql.LONGTEXT(), "mysql").with_variant(
+    mysql.LONGTEXT(), "mariadb")
+
 parked = sa.Table(
     "parked", metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -80,6 +85,10 @@ parked = sa.Table(
     sa.Column("payload", LongText, nullable=False),
     sa.Column("replayed_at", UtcDateTime, nullable=True),
     sa.Column("replay_count", sa.Integer, nullable=False, default=0),
+    # The signed Meta webhook the parked events came from and its X-Hub-Signature-256, so a
+    # replay checks them against the channel they then route to (NULL: nothing to check).
+    sa.Column("raw_body", SignedBodyText, nullable=True),
+    sa.Column("signature", sa.String(200), nullable=True),
 )
 
 api_keys = sa.Table(
@@ -142,6 +151,8 @@ class ParkedItem:
     payload: str
     replayed_at: datetime | None
     replay_count: int
+    raw_body: str | None = None
+    signature: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -149,6 +160,7 @@ class ParkedItem:
             "provider": self.provider, "channel_key": self.channel_key, "reason": self.reason,
             "replayed_at": self.replayed_at.isoformat() if self.replayed_at else None,
             "replay_count": self.replay_count, "size": len(self.payload),
+            "signed_body": self.raw_body is not None,
         }
 
 
@@ -301,11 +313,15 @@ class Registry:
     # -- parked payloads -------------------------------------------------------------------
 
     def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
-             channel_key: str | None = None) -> int:
+             channel_key: str | None = None, raw_body: str | None = None,
+             signature: str | None = None) -> int:
+        if signature is not None and len(signature) > 200:
+            signature = None  # longer than any valid header: it could never verify
         with self.engine.begin() as conn:
             result = conn.execute(parked.insert().values(
                 created_at=utcnow(), stage=stage, provider=provider, channel_key=channel_key,
-                reason=reason[:1000], payload=payload, replay_count=0))
+                reason=reason[:1000], payload=payload, replay_count=0, raw_body=raw_body,
+                signature=signature))
             return _new_id(result)
 
     def parked_items(self, *, include_replayed: bool = False, limit: int = 1000

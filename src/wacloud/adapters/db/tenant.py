@@ -48,6 +48,8 @@ messages = sa.Table(
     sa.Column("raw", sa.JSON, nullable=True),
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # The WhatsApp group the message was said in (None: a direct message); answer there.
+    sa.Column("group_id", sa.String(191), nullable=True),
     sa.UniqueConstraint("channel", "provider_message_id", name="uq_messages_channel_msgid"),
     sa.Index("ix_messages_received_at", "received_at"),  # retention purges by age
 )
@@ -81,10 +83,30 @@ outbound_messages = sa.Table(
     sa.Column("accepted_at", UtcDateTime, nullable=True),
     sa.Column("delivered_at", UtcDateTime, nullable=True),
     sa.Column("read_at", UtcDateTime, nullable=True),
+    # The send lease: the attempt (a random token) that may call the provider for this row,
+    # and until when; a copy of the send message that finds a live lease of another attempt
+    # does not send. Results only apply while the row is still their attempt's.
+    sa.Column("send_owner", sa.String(32), nullable=True),
+    sa.Column("send_lease_until", UtcDateTime, nullable=True),
+    # When the row first failed temporarily: the retry budget runs from here.
+    sa.Column("retry_since", UtcDateTime, nullable=True),
+    # "group": `recipient` is a group id (Meta Groups API); NULL: one person (phone or BSUID).
+    sa.Column("recipient_type", sa.String(16), nullable=True),
+    # The tenant API's Idempotency-Key and a hash of the body first sent with it: a retried
+    # POST gets this row back (a different body under the same key is refused).
+    sa.Column("idempotency_key", key_string(), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
+    # Validity: a row still unsent at this time fails as `expired` instead of being sent.
+    sa.Column("expires_at", UtcDateTime, nullable=True),
+    # `attempts` when the row was last queued: equal while its queue message has not reached
+    # the send stage, so later messages to the same recipient wait for it.
+    sa.Column("queued_attempts", sa.Integer, nullable=True),
     sa.Index("ix_outbound_messages_status_id", "status", "id"),
     sa.Index("ix_outbound_messages_created_at", "created_at"),
     # Order per recipient: the send stage looks for an earlier message still waiting.
     sa.Index("ix_outbound_messages_conversation", "channel", "recipient", "id"),
+    sa.Index("ux_outbound_messages_idempotency_key", "idempotency_key", unique=True,
+             mssql_where=sa.text("idempotency_key IS NOT NULL")),
 )
 
 status_events = sa.Table(

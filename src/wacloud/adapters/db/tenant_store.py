@@ -75,6 +75,7 @@ def message_row(message: InboundMessage, now: Any) -> dict[str, Any]:
         "media_link": media.link if media else None,
         "media_error": media.error if media else None,
         "raw": message.raw, "received_at": now, "updated_at": now,
+        "group_id": message.group_id,
     }
 
 
@@ -85,6 +86,27 @@ _KNOWN_RECEIPTS = sa.select(
     t.status_events.c.errors).where(
     t.status_events.c.channel == sa.bindparam("channel"),
     t.status_events.c.provider_message_id.in_(sa.bindparam("ids", expanding=True)))
+
+
+# Early receipts: "store a receipt, then move the row with its provider id" and "set a row's
+# provider id, then apply the receipts already stored for it" run in two transactions. Under
+# READ COMMITTED each can miss the other's uncommitted write, and the receipt is never applied.
+# PostgreSQL: both take a transaction-scoped advisory lock per (channel, provider id), before
+# the statement that looks for the other's write, so the later one sees the earlier one's
+# commit. MariaDB: the look-up is a locking read, which waits for an uncommitted receipt (at
+# READ COMMITTED nothing else would; the receipt's UPDATE already waits for the row's lock);
+# SQLite runs one writer at a time.
+_PG_RECEIPT_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_KNOWN_RECEIPTS_LOCKING = _KNOWN_RECEIPTS.with_for_update(read=True)
+
+
+def lock_receipts(conn: Connection, keys: Iterable[tuple[str, str]]) -> None:
+    """Take the early-receipt locks of (channel, provider message id) pairs, in sorted order
+    (two transactions locking overlapping sets in different orders would deadlock)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for channel, provider_message_id in sorted(set(keys)):
+        conn.execute(_PG_RECEIPT_LOCK, {"key": f"{channel}\x1f{provider_message_id}"})
 
 
 def fingerprint(field: str, raw: Any) -> str:
@@ -134,31 +156,39 @@ class TenantStore:
     def store_events(self, messages: Sequence[InboundMessage], statuses: Sequence[StatusUpdate],
                      notices: Sequence[ProviderNotice]) -> StoreResult:
         """Store a batch in one transaction. Safe to repeat: duplicates leave one row."""
+        with self.engine.begin() as conn:
+            return self.store_events_in(conn, messages, statuses, notices)
+
+    def store_events_in(self, conn: Connection, messages: Sequence[InboundMessage],
+                        statuses: Sequence[StatusUpdate],
+                        notices: Sequence[ProviderNotice]) -> StoreResult:
+        """`store_events` inside the caller's transaction."""
         now = utcnow()
         result = StoreResult()
-        with self.engine.begin() as conn:
-            result.messages_inserted = insert_ignore(
-                conn, t.messages, [message_row(m, now) for m in messages])
-            result.statuses_inserted = insert_ignore(conn, t.status_events, [{
-                "provider": s.provider.value, "channel": s.channel_key,
-                "provider_message_id": s.provider_message_id, "status": s.status,
-                "timestamp": s.timestamp or 0, "recipient": s.recipient,
-                "recipient_user_id": s.recipient_user_id,
-                "errors": [{"code": e.code, "reason": e.reason, "details": e.details}
-                           for e in s.errors] or None,
-                "raw": s.raw, "received_at": now} for s in statuses])
-            for status in statuses:
-                self._apply_receipt(conn, status.channel_key, status.provider_message_id,
-                                    status.status, status.errors[0] if status.errors else None)
-            echoes = [m for m in messages if m.direction is Direction.OUT]
-            for echo in echoes:
-                self.apply_known_receipts(conn, echo.channel_key, [echo.provider_message_id])
-            if notices:
-                result.notices_inserted = insert_ignore(conn, t.notices, [{
-                    "provider": n.provider.value, "channel": n.channel_key, "field": n.field,
-                    "fingerprint": fingerprint(n.field, n.raw),
-                    "errors": [{"code": e.code, "reason": e.reason} for e in n.errors] or None,
-                    "raw": n.raw, "received_at": now} for n in notices])
+        result.messages_inserted = insert_ignore(
+            conn, t.messages, [message_row(m, now) for m in messages])
+        result.statuses_inserted = insert_ignore(conn, t.status_events, [{
+            "provider": s.provider.value, "channel": s.channel_key,
+            "provider_message_id": s.provider_message_id, "status": s.status,
+            "timestamp": s.timestamp or 0, "recipient": s.recipient,
+            "recipient_user_id": s.recipient_user_id,
+            "errors": [{"code": e.code, "reason": e.reason, "details": e.details}
+                       for e in s.errors] or None,
+            "raw": s.raw, "received_at": now} for s in statuses])
+        echoes = [m for m in messages if m.direction is Direction.OUT]
+        lock_receipts(conn, [(s.channel_key, s.provider_message_id) for s in statuses]
+                      + [(m.channel_key, m.provider_message_id) for m in echoes])
+        for status in statuses:
+            self._apply_receipt(conn, status.channel_key, status.provider_message_id,
+                                status.status, status.errors[0] if status.errors else None)
+        for echo in echoes:
+            self.apply_known_receipts(conn, echo.channel_key, [echo.provider_message_id])
+        if notices:
+            result.notices_inserted = insert_ignore(conn, t.notices, [{
+                "provider": n.provider.value, "channel": n.channel_key, "field": n.field,
+                "fingerprint": fingerprint(n.field, n.raw),
+                "errors": [{"code": e.code, "reason": e.reason} for e in n.errors] or None,
+                "raw": n.raw, "received_at": now} for n in notices])
         result.pending_media = [m for m in messages
                                 if m.media is not None and m.media.status is MediaStatus.PENDING]
         return result
@@ -197,7 +227,10 @@ class TenantStore:
         ids = list(provider_message_ids)
         if not ids:
             return
-        rows = conn.execute(_KNOWN_RECEIPTS, {"channel": channel, "ids": ids}).all()
+        lock_receipts(conn, [(channel, pmid) for pmid in ids])
+        query = (_KNOWN_RECEIPTS_LOCKING if conn.dialect.name in ("mysql", "mariadb")
+                 else _KNOWN_RECEIPTS)
+        rows = conn.execute(query, {"channel": channel, "ids": ids}).all()
         for pmid, status, errors in sorted(rows, key=lambda r: receipt_rank(r[1])):
             error = None
             if errors:

@@ -1,4 +1,5 @@
-"""Read models: tenant rows turned into the public JSON shape of `wacloud messages`."""
+"""Read models: tenant rows turned into the public JSON shape of `wacloud messages` and
+`wacloud notices`."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def message_view(row: Any) -> dict[str, Any]:
         "status_code": None, "timestamp": row["timestamp"], "content": row["content"] or {},
         "error": {"code": errors[0]["code"], "reason": errors[0]["reason"]} if errors else None,
         "errors": errors, "media": media, "received_at": _iso(row["received_at"]),
+        "group_id": row["group_id"],
     }
 
 
@@ -62,6 +64,9 @@ def outbound_view(row: Any) -> dict[str, Any]:
         "error": {"code": row["error_code"], "reason": row["error_reason"]}
         if row["error_code"] or row["error_reason"] else None,
         "media": None, "created_at": _iso(created), "updated_at": _iso(row["updated_at"]),
+        "recipient_type": row["recipient_type"] or "individual",
+        "group_id": row["recipient"] if row["recipient_type"] == "group" else None,
+        "expires_at": _iso(row["expires_at"]),
     }
 
 
@@ -96,4 +101,20 @@ def row_to_inbound(row: Any) -> InboundMessage:
         contact=Contact(row["contact_wa_id"], row["contact_user_id"], row["contact_name"]),
         text=row["text"], reply_to=row["reply_to"], timestamp=row["timestamp"],
         content=row["content"] or {}, media=media,
-        errors=[ProviderError.from_dict(e) for e in row["errors"] or []], raw=row["raw"] or {})
+        errors=[ProviderError.from_dict(e) for e in row["errors"] or []], raw=row["raw"] or {},
+        group_id=row["group_id"])
+
+
+def notice_view(row: Any) -> dict[str, Any]:
+    return {"id": row["id"], "provider": row["provider"], "channel": row["channel"],
+            "field": row["field"], "errors": row["errors"] or [], "raw": row["raw"] or {},
+            "received_at": _iso(row["received_at"])}
+
+
+def list_notices(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
+    """The latest `limit` notices (webhook-level errors, account and template updates),
+    oldest first."""
+    with engine.connect() as conn:
+        query = sa.select(t.notices).order_by(t.notices.c.id.desc()).limit(limit)
+        rows = list(conn.execute(query).mappings())
+    return [notice_view(row) for row in reversed(rows)]

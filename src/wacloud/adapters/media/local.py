@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from wacloud.adapters.media.base import MediaStore
+from wacloud.durable import fsync_dir, replace_durably
 
 CHUNK = 256 * 1024
 
@@ -27,10 +27,15 @@ class LocalMediaStore(MediaStore):
         target = self.path_for(key)
         await asyncio.to_thread(self._move, path, target)
 
-    @staticmethod
-    def _move(source: Path, target: Path) -> None:
+    def _move(self, source: Path, target: Path) -> None:
+        # The row says `stored` once this returns: the file must be on disk by then, with the
+        # directories that name it (a power cut must not leave a `stored` row and no file).
+        missing = [parent for parent in target.parents
+                   if parent.is_relative_to(self.root) and not parent.exists()]
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
+        replace_durably(source, target)
+        for created in missing:  # deepest first: each new directory's entry in its parent
+            fsync_dir(created.parent)
 
     async def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()

@@ -9,11 +9,14 @@ Semantics (the same for the SQLite and SQS implementations):
   messages of another, and a group queued behind its in-flight head is never scanned.
 - `receive` hides the messages it returns for `visibility_timeout` seconds and counts receives.
   A message received more than `max_receives` times goes to the queue's dead-letter queue.
-- `ack` deletes; `release` makes a message visible again after `delay` seconds (backoff).
+- `ack` deletes; `release` makes a message visible again after `delay` seconds (backoff),
+  keeping `reason` (why it failed) with it; `count=False` gives the receive back, for failures
+  that are not the message's (its database is down): they must not bring it nearer the DLQ.
 - `extend_visibility` keeps a received message hidden for `seconds` more from now (SQS's
   ChangeMessageVisibility): a worker still handling it heartbeats, so it is never handed out
   twice however long the work takes.
-- `redrive` moves dead letters back to the source queue.
+- `dead_letter` moves a received message to the dead-letter queue at once, with the reason.
+- `redrive` moves dead letters back to the source queue; `discard` deletes them.
 """
 
 from __future__ import annotations
@@ -75,7 +78,12 @@ class Queue(abc.ABC):
     async def ack(self, receipts: list[str]) -> None: ...
 
     @abc.abstractmethod
-    async def release(self, receipt: str, delay: float = 0.0) -> None: ...
+    async def release(self, receipt: str, delay: float = 0.0, *, reason: str | None = None,
+                      count: bool = True) -> None: ...
+
+    @abc.abstractmethod
+    async def dead_letter(self, receipt: str, reason: str) -> None:
+        """Move a received message to the dead-letter queue now, keeping `reason`."""
 
     @abc.abstractmethod
     async def extend_visibility(self, receipt: str, seconds: float) -> bool:
@@ -94,11 +102,20 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
-        """Peek at the dead-letter queue without changing it."""
+        """Peek at the dead-letter queue without changing it. `attributes` carry
+        `source_queue`, `reason` (of the last failure, may be empty) and `size` (body bytes)."""
 
     @abc.abstractmethod
     async def redrive(self, message_ids: list[str] | None = None) -> int:
         """Move dead letters (all, or the given ids) back to this queue; returns how many."""
+
+    async def dead_count(self) -> int:
+        """How many messages wait in the dead-letter queue (for /readyz and /metrics)."""
+        return (await self.depth())["dead"]
+
+    @abc.abstractmethod
+    async def discard(self, message_ids: list[str] | None = None) -> int:
+        """Delete dead letters (all, or the given ids); returns how many."""
 
     async def delete(self, message_ids: list[str]) -> int:
         """Delete messages of this queue or its DLQ by id, in any state (LGPD erasure);

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -35,6 +36,7 @@ from wacloud.adapters.queue.doorbell import Doorbell
 from wacloud.adapters.queue.sqlite_queue import SqliteQueue, lane_of
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Waiting for another process's write lock: SQLite's own busy handler sleeps 1, 2, 5, 10, 15,
 # 20, 25 ms ... between tries, which turned sub-millisecond lock holds by the stage worker into
@@ -52,6 +54,7 @@ WAL_RESTART_BYTES = 16 * 1024 * 1024
 RESTART_WAIT_S = 0.02  # the longest a RESTART waits for a writer or reader to finish
 _SYNC_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
+# `reason`: why the message's last handling failed (kept into the DLQ, shown by `wacloud dlq`).
 # `origin` is NULL for a live message and the source queue name for a dead letter; dedup ids are
 # unique only among live messages so that two dead copies of one id can sit in the same DLQ.
 _SCHEMA = """
@@ -67,7 +70,8 @@ CREATE TABLE IF NOT EXISTS messages (
     receipt TEXT,
     origin TEXT,
     head INTEGER NOT NULL DEFAULT 1,
-    lane TEXT
+    lane TEXT,
+    reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at);
 CREATE INDEX IF NOT EXISTS messages_seq ON messages (queue);
@@ -186,6 +190,7 @@ class SqliteBroker(QueueBroker):
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 self._conn.execute(statement)
+        _add_missing_columns(self._conn)
         _add_fifo_columns(self._conn)
         self._conn.create_function("wacloud_lane", 1, lane_of, deterministic=True)
         for statement in _statements(_FIFO_SCHEMA):
@@ -255,6 +260,11 @@ class SqliteBroker(QueueBroker):
             (name, time.time() - longer_than)).fetchone()
         return row is not None
 
+    def read_one(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """One row of a read-only query on this thread's read connection (no write lock)."""
+        row: tuple[Any, ...] = self._reader().execute(sql, args).fetchone()
+        return row
+
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
         if conn is None:
@@ -301,6 +311,19 @@ class SqliteBroker(QueueBroker):
         self._doorbell.close()
 
     def _execute(self, batch: list[_Op]) -> None:
+        """Run one batch; whatever goes wrong fails that batch's callers, never the thread:
+        a dead writer would leave every later send (every webhook) waiting forever."""
+        try:
+            self._execute_batch(batch)
+        except BaseException as exc:  # e.g. ROLLBACK failing after an op ended the transaction
+            log.exception("queue writer: a batch of %d failed", len(batch))
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            # Futures already settled are skipped where they are applied (see `_apply`).
+            settle_threadsafe([(op.fut, None, exc) for op in batch])
+
+    def _execute_batch(self, batch: list[_Op]) -> None:
         conn = self._conn
         syncing = any(op.durable for op in batch)
         if syncing != self._syncing and self._switch_sync:
@@ -315,12 +338,13 @@ class SqliteBroker(QueueBroker):
         try:
             results = self._run_ops(conn, batch)
         except BaseException as exc:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # an op may have ended it (or SQLite, on some errors)
+                conn.execute("ROLLBACK")
             if len(batch) == 1:
                 self._resolve([(batch[0], None, exc)])
             else:  # one bad operation must not fail its neighbours: redo each on its own
                 for op in batch:
-                    self._execute([op])
+                    self._execute_batch([op])
             return
         try:
             conn.execute("COMMIT")
@@ -379,8 +403,11 @@ class SqliteBroker(QueueBroker):
         outcomes: list[Outcome] = [(op.fut, result, exc) for op, result, exc in results]
         woken = {op.wake for op, _, exc in results if op.wake is not None and exc is None}
         if woken:
-            self._doorbell.refresh_peers(self._conn)
-            self._doorbell.ring(woken, self._conn)
+            try:
+                self._doorbell.refresh_peers(self._conn)
+                self._doorbell.ring(woken, self._conn)
+            except Exception:  # a lost ring only delays other processes' polls (POLL_INTERVAL)
+                log.warning("queue writer: could not ring other processes", exc_info=True)
         self._wake_local(woken, outcomes)
 
     def _wake_local(self, names: set[str], outcomes: list[Outcome] | None = None) -> None:
@@ -392,6 +419,14 @@ class SqliteBroker(QueueBroker):
                 for name in names:
                     outcomes.extend((fut, None, None) for fut in self._waiters.pop(name, ()))
         settle_threadsafe(outcomes)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a queue file written by an older version up to the current table (under the
+    write lock, so two processes opening it at once do not both add a column)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "reason" not in columns:
+        conn.execute("ALTER TABLE messages ADD COLUMN reason TEXT")
 
 
 _MARK_FOLLOWERS = ("UPDATE messages SET head = 0 WHERE id > ? AND lane IS NOT NULL"

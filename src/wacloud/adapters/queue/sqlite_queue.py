@@ -71,7 +71,10 @@ _REHEAD = ("UPDATE messages SET head = (group_id IS NULL OR NOT EXISTS (SELECT 1
            " AND p.id < messages.id)) WHERE queue = ?")
 _LIVE = " AND receive_count < :max"
 _DELETE = "DELETE FROM messages WHERE receipt = ? AND id IN ({ids})"
-_COLUMNS = "id, body, group_id, sent_at, receive_count, queue, origin, receipt, visible_at"
+_COLUMNS = ("id, body, group_id, sent_at, receive_count, queue, origin, receipt, visible_at,"
+            " reason")
+# Messages are dead-lettered with this much of the reason (an exception's text can be long).
+REASON_MAX = 500
 
 
 def lane_of(group_id: str | None) -> str:
@@ -236,14 +239,21 @@ class SqliteQueue(Queue):
 
             await self.broker.call(delete, durable=False)
 
-    async def release(self, receipt: str, delay: float = 0.0) -> None:
+    async def release(self, receipt: str, delay: float = 0.0, *, reason: str | None = None,
+                      count: bool = True) -> None:
         key = _parse_receipt(receipt)
         if key is None:
             return
+        # count=False hands the receive back: a failure that is not the message's (its
+        # database is down) must not bring it nearer the dead-letter queue.
+        counted = "receive_count" if count else "MAX(receive_count - 1, 0)"
+        kept = None if reason is None else reason[:REASON_MAX]
 
         def release(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE messages SET receipt = NULL, visible_at = ?"
-                         " WHERE id = ? AND receipt = ?", (time.time() + max(delay, 0.0), *key))
+            conn.execute("UPDATE messages SET receipt = NULL, visible_at = ?,"
+                         f" receive_count = {counted}, reason = COALESCE(?, reason)"
+                         " WHERE id = ? AND receipt = ?",
+                         (time.time() + max(delay, 0.0), kept, *key))
 
         await self.broker.call(release, wake=self.spec.name if delay <= 0 else None,
                                durable=False)
@@ -263,8 +273,31 @@ class SqliteQueue(Queue):
             extend, wake=self.spec.name if seconds <= 0 else None, durable=False)
         return extended
 
+    async def dead_letter(self, receipt: str, reason: str) -> None:
+        key = _parse_receipt(receipt)
+        if key is None:
+            return
+
+        def move(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE messages SET queue = ?, origin = queue, receipt = NULL,"
+                         " visible_at = ?, reason = ? WHERE id = ? AND receipt = ? AND queue = ?",
+                         (self.spec.dead_letter_name, time.time(), reason[:REASON_MAX], *key,
+                          self.spec.name))
+
+        await self.broker.call(move)
+
     async def has_waiting(self, longer_than: float = 0.0) -> bool:
         return self.broker.has_visible(self.spec.name, longer_than)
+
+    async def dead_count(self) -> int:
+        return self.count_dead()
+
+    def count_dead(self) -> int:
+        """`dead_count` without the writer: one indexed count on a read connection, cheap
+        enough for every /readyz and /metrics request."""
+        (count,) = self.broker.read_one("SELECT COUNT(*) FROM messages WHERE queue = ?",
+                                        (self.spec.dead_letter_name,))
+        return int(count)
 
     async def depth(self) -> dict[str, int]:
         def count(conn: sqlite3.Connection) -> dict[str, int]:
@@ -283,15 +316,19 @@ class SqliteQueue(Queue):
         def peek(conn: sqlite3.Connection) -> list[ReceivedMessage]:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE queue = ?"
                                 " ORDER BY id LIMIT ?", (self.spec.dead_letter_name, limit))
-            return [_message(row, attributes={"source_queue": row[6] or ""}) for row in rows]
+            return [_message(row, attributes={"source_queue": row[6] or "",
+                                              "reason": row[9] or "", "size": str(len(row[1]))})
+                    for row in rows]
 
         return await self.broker.call(peek, durable=False)
 
     async def redrive(self, message_ids: list[str] | None = None) -> int:
         # The dedup id is dropped: a redrive is a deliberate re-injection and must neither be
         # swallowed by, nor swallow, a live message carrying the same id.
-        sql = ("UPDATE messages SET queue = ?, origin = NULL, dedup_id = NULL, receipt = NULL,"
-               " receive_count = 0, visible_at = ? WHERE queue = ?")
+        # sent_at starts over too: time-based retry budgets (a tenant database that is down) are
+        # measured from it, and a replayed message deserves a whole one.
+        sql = ("UPDATE messages SET queue = ?1, origin = NULL, dedup_id = NULL, receipt = NULL,"
+               " receive_count = 0, visible_at = ?2, sent_at = ?2 WHERE queue = ?3")
         ids = [int(i) for i in message_ids or [] if i.isdigit()]
 
         def move(conn: sqlite3.Connection) -> int:
@@ -299,7 +336,7 @@ class SqliteQueue(Queue):
             if message_ids is None:
                 moved: int = conn.execute(sql, args).rowcount
             else:
-                moved = sum(conn.execute(sql + " AND id = ?", (*args, i)).rowcount for i in ids)
+                moved = sum(conn.execute(sql + " AND id = ?4", (*args, i)).rowcount for i in ids)
             if self.spec.fifo and moved:
                 self._adopt(conn)
             return moved
@@ -307,6 +344,25 @@ class SqliteQueue(Queue):
         if message_ids is not None and not ids:
             return 0
         return await self.broker.call(move, wake=self.spec.name)
+
+    async def discard(self, message_ids: list[str] | None = None) -> int:
+        ids = [int(i) for i in message_ids or [] if i.isdigit()]
+        if message_ids is not None and not ids:
+            return 0
+
+        def discard(conn: sqlite3.Connection) -> int:
+            # Bodies may hold phone numbers and texts: overwritten in the file, not just unlinked.
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                sql = "DELETE FROM messages WHERE queue = ?"
+                if message_ids is None:
+                    return conn.execute(sql, (self.spec.dead_letter_name,)).rowcount
+                return sum(conn.execute(sql + " AND id = ?", (self.spec.dead_letter_name, i)
+                                        ).rowcount for i in ids)
+            finally:
+                conn.execute("PRAGMA secure_delete = FAST")
+
+        return await self.broker.call(discard)
 
     async def iter_all(self, limit: int = 1000) -> list[ReceivedMessage]:
         """Every message of this queue and its DLQ in any state (for erasure); `attributes`

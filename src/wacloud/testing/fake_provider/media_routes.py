@@ -53,6 +53,15 @@ def stream_media(media: FakeMedia) -> StreamingResponse:
     return response
 
 
+def damaged_media(media: FakeMedia) -> Response:
+    """The media's bytes with the first one changed: same length and headers, wrong hash."""
+    data = bytearray(media.read_bytes())
+    if data:
+        data[0] ^= 0xFF
+    return Response(bytes(data), media_type=media.mime_type,
+                    headers={"Cache-Control": "no-store"})
+
+
 def media_routes(state: ProviderState) -> list[BaseRoute]:
     """Routes for the download endpoints; the Meta resolve route must stay last (catch-all)."""
 
@@ -98,6 +107,8 @@ def media_routes(state: ProviderState) -> list[BaseRoute]:
         if not state.check_url(media_id, query.get("ext"), query.get("hash")):
             # Expired and forged URLs look the same to the client: re-resolve and retry.
             return plain_not_found()
+        if state.is_damaged(media_id):
+            return damaged_media(media)
         return stream_media(media)
 
     async def whapi_auto_download(request: Request) -> Response:

@@ -129,6 +129,8 @@ class ProviderState:
         self._url_secret = os.urandom(32)
         self._media: dict[str, FakeMedia] = {}
         self._failures: dict[str, tuple[int, int]] = {}
+        # Media whose download serves damaged bytes (one byte changed) under the same hash.
+        self._damaged: set[str] = set()
         # Never reset, so an id from before reset() cannot alias a newer media object.
         self._ids = itertools.count(1)
         self.requests: list[RecordedRequest] = []
@@ -216,6 +218,19 @@ class ProviderState:
             else:
                 self._failures[media_id] = (times, status)
 
+    def damage_media(self, media_id: str, damaged: bool = True) -> None:
+        """Serve `media_id`'s download with its first byte changed (a corrupting proxy or
+        storage), while the webhook and the Graph lookup still give the original sha256."""
+        with self._lock:
+            if damaged:
+                self._damaged.add(media_id)
+            else:
+                self._damaged.discard(media_id)
+
+    def is_damaged(self, media_id: str) -> bool:
+        with self._lock:
+            return media_id in self._damaged
+
     def take_failure(self, media_id: str) -> int | None:
         """Consume one injected failure for `media_id`; its HTTP status, or None."""
         with self._lock:
@@ -281,6 +296,7 @@ class ProviderState:
         with self._lock:
             self._media.clear()
             self._failures.clear()
+            self._damaged.clear()
             # clear() rather than rebinding: callers may hold a reference to the list.
             self.requests.clear()
             self.token = self._initial_token

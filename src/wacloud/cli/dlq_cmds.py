@@ -1,0 +1,154 @@
+"""Commands for the dead-letter queues of every stage: list, replay, discard.
+
+A dead letter is acknowledged work that stopped (a webhook answered 200, a send result, a media
+copy): nothing may sit there unseen. Listings show ids, sizes, times and the reason of the last
+failure, never the bodies (message texts, phone numbers, media links). Discards are written,
+with the operator's reason, to `<data dir>/dlq-discards.jsonl` and the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from wacloud.adapters.queue.sqlite_queue import SqliteQueue
+from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.cli.common import DataDir, JsonOut, dlq_app, emit, fail, queue_broker, settings_for
+from wacloud.credentials import CredentialsBroker
+from wacloud.logging_setup import mask
+from wacloud.operations import dead_letter_summary, replay_dead_letters
+from wacloud.settings import Settings
+from wacloud.stages import envelopes
+
+log = logging.getLogger("wacloud.dlq")
+T = TypeVar("T")
+
+QueueOpt = Annotated[str | None, typer.Option(
+    "--queue", help="A queue (inbound.raw, inbound.events, inbound.media, outbound.send, "
+    "outbound.results); NAME.dlq is accepted too.")]
+Ids = Annotated[list[str] | None, typer.Argument(help="Dead letter ids (see `dlq list`).")]
+All = Annotated[bool, typer.Option("--all", help="Every dead letter of the queue.")]
+
+
+def _queue_names(settings: Settings) -> list[str]:
+    # `outbound.send.dlq` is the send queue's own dead-letter queue, not a source of its own.
+    return [name for name in queue_specs(settings) if not name.endswith(".dlq")]
+
+
+def _source_name(settings: Settings, name: str) -> str:
+    source = name.removesuffix(".dlq")
+    known = _queue_names(settings)
+    if source not in known:
+        fail(f"unknown queue {name!r}; one of: {', '.join(known)}")
+    return source
+
+
+def _with_queues(settings: Settings,
+                 work: Callable[[dict[str, SqliteQueue]], Awaitable[T]]) -> T:
+    async def run() -> T:
+        broker = queue_broker(settings)
+        try:
+            specs = queue_specs(settings)
+            return await work({name: broker.queue(specs[name]) for name in _queue_names(settings)})
+        finally:
+            await broker.close()
+
+    return asyncio.run(run())
+
+
+def _text(item: dict[str, Any]) -> str:
+    who = f"\t{item['tenant']}" if item.get("tenant") else ""
+    if "row_id" in item and item["queue"] == envelopes.OUTBOUND_SEND:
+        who += (f"\trow {item['row_id']}\t{item.get('channel')} -> {item.get('to')}"
+                f"\t{item.get('type')}")
+    return (f"{item['id']}\t{item['queue']}\t{item['size']} bytes\tsent {item['sent_at']}"
+            f"\treceived {item['receive_count']}x{who}\t{item['reason'] or '-'}")
+
+
+def _check_choice(ids: list[str] | None, all_items: bool) -> None:
+    if bool(ids) == all_items:
+        fail("give dead letter IDs or --all")
+
+
+@dlq_app.command("list")
+def dlq_list(queue: QueueOpt = None, data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Dead letters of every queue (or one): id, queue, size, times, reason; never bodies."""
+    settings = settings_for(data_dir)
+    names = _queue_names(settings) if queue is None else [_source_name(settings, queue)]
+
+    async def work(queues: dict[str, SqliteQueue]) -> list[dict[str, Any]]:
+        return [dead_letter_summary(name, letter) for name in names
+                for letter in await queues[name].dead_letters(limit=10_000)]
+
+    for item in _with_queues(settings, work):
+        emit(item, as_json, _text(item))
+
+
+@dlq_app.command("replay")
+def dlq_replay(ids: Ids = None, all_items: All = False, queue: QueueOpt = None,
+               data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Put dead letters back on their queue (outbound rows go back to queued first).
+    Without --queue: outbound.send."""
+    _check_choice(ids, all_items)
+    settings = settings_for(data_dir)
+    name = envelopes.OUTBOUND_SEND if queue is None else _source_name(settings, queue)
+    chosen = None if all_items else list(ids or [])
+
+    async def work(queues: dict[str, SqliteQueue]) -> list[str]:
+        if name == envelopes.OUTBOUND_SEND:
+            broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+            try:
+                return await replay_dead_letters(broker, queues[name], chosen)
+            finally:
+                broker.close()
+        letters = [m.message_id for m in await queues[name].dead_letters(limit=100_000)
+                   if chosen is None or m.message_id in chosen]
+        if letters:
+            await queues[name].redrive(letters)
+        return letters
+
+    replayed = _with_queues(settings, work)
+    emit({"queue": name, "replayed": replayed}, as_json,
+         f"replayed {len(replayed)} message(s) to {name}")
+
+
+@dlq_app.command("discard")
+def dlq_discard(reason: Annotated[str, typer.Option("--reason", help="Why (kept in the record).")],
+                queue: Annotated[str, typer.Option("--queue", help="The queue.")],
+                ids: Ids = None, all_items: All = False, data_dir: DataDir = None,
+                as_json: JsonOut = False) -> None:
+    """Delete dead letters for good; the reason is recorded in dlq-discards.jsonl."""
+    _check_choice(ids, all_items)
+    if not reason.strip():
+        fail("give a --reason")
+    settings = settings_for(data_dir)
+    name = _source_name(settings, queue)
+    chosen = None if all_items else list(ids or [])
+
+    async def work(queues: dict[str, SqliteQueue]) -> list[dict[str, Any]]:
+        letters = [dead_letter_summary(name, m)
+                   for m in await queues[name].dead_letters(limit=100_000)
+                   if chosen is None or m.message_id in chosen]
+        if letters:
+            await queues[name].discard([item["id"] for item in letters])
+        return letters
+
+    discarded = _with_queues(settings, work)
+    ids_done = [item["id"] for item in discarded]
+    record = {"at": time.time(), "queue": name, "ids": ids_done, "reason": mask(reason.strip()),
+              "letters": [{k: item.get(k) for k in ("id", "size", "sent_at", "receive_count",
+                                                     "reason", "tenant")}
+                          for item in discarded]}
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.data_dir / "dlq-discards.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    log.warning("discarded %d dead letter(s) of %s (%s): %s", len(ids_done), name,
+                ", ".join(ids_done) or "none", record["reason"])
+    emit({"queue": name, "discarded": ids_done, "reason": record["reason"]}, as_json,
+         f"discarded {len(ids_done)} message(s) of {name}")
