@@ -12,6 +12,7 @@ import httpx
 from typer.testing import CliRunner
 
 import wacloud
+from wacloud.adapters.db.migrate import head_revision
 from wacloud.bootstrap import build_gateway
 from wacloud.cli import app
 from wacloud.hosting.http import create_apps
@@ -51,3 +52,11 @@ async def test_healthz_answers_the_version_on_both_listeners(tmp_path: Path) -> 
             assert answer.json() == {"status": "ok", "version": pyproject_version()}
     finally:
         await gateway.close()
+
+
+def test_upgrading_guide_names_this_releases_schema_revisions() -> None:
+    """A new migration or version bump shows in the revision table operators roll back by."""
+    row = (f"| {pyproject_version()} | {head_revision('registry')} | "
+           f"{head_revision('tenant')} |")
+    assert row in (ROOT / "docs" / "upgrading.md").read_text()
+    assert f"## [{pyproject_version()}]" in (ROOT / "CHANGELOG.md").read_text()
