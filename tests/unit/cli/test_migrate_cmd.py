@@ -178,3 +178,20 @@ def test_migrate_needs_a_registry_and_known_revisions(tmp_path: Path) -> None:
                                               code=1)
     assert cli(tmp_path, "migrate", "--dry-run").splitlines() == [
         f"registry: {head_revision('registry')} (up to date)"]
+
+
+def test_a_registry_on_postgresql_is_migrated_with_its_tenants(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry and a tenant's tables in one PostgreSQL database (separate histories)."""
+    monkeypatch.setenv("WACLOUD_REGISTRY_URL", postgres_url)
+    cli(tmp_path, "tenant", "add", "acme", "--db-url", postgres_url)
+    assert not (tmp_path / "registry.db").exists()
+    downgrade(postgres_url, "registry", OLD["registry"])
+    downgrade(postgres_url, "tenant", OLD["tenant"])
+
+    done = migrate_json(tmp_path)
+    assert [(r["database"], r["tenant"], r["from"], r["to"]) for r in done] == [
+        ("registry", None, OLD["registry"], head_revision("registry")),
+        ("tenant", "acme", OLD["tenant"], head_revision("tenant"))]
+    assert revision(postgres_url, "registry") == head_revision("registry")
+    assert revision(postgres_url, "tenant") == head_revision("tenant")
