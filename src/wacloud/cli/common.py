@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from wacloud import __version__
 from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.model import Channel
 from wacloud.settings import Settings, load_settings
@@ -30,6 +31,19 @@ dlq_app = typer.Typer(help="Dead-letter queues: messages whose handling kept fai
                       no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(dlq_app, name="dlq")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"wacloud {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Options taken before any command."""
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="WACLOUD_DATA_DIR",
                                               help="Data directory (default ./.wacloud).")]
