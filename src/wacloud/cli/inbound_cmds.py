@@ -67,11 +67,23 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     settings = settings.model_copy(update=update)
     if (settings.internal_host, settings.internal_port) == (host, port):
         fail("the internal listener needs its own port (--internal-port)")
+    # Both ports first: a busy one stops here, before a worker or the collector starts.
+    from wacloud.hosting.listen import ListenError, bind_listener
+
+    bound = []
+    try:
+        bound.append(bind_listener(host, port, "webhooks and API", "--port"))
+        bound.append(bind_listener(settings.internal_host, settings.internal_port,
+                                   "metrics and credentials", "--internal-port"))
+    except ListenError as exc:
+        for sock in bound:
+            sock.close()
+        fail(str(exc))
     typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
                f"metrics and credentials on http://{settings.internal_host}:"
                f"{settings.internal_port}")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(run(settings, host, port))
+        runner.run(run(settings, host, port, sockets=(bound[0], bound[1])))
 
 
 @app.command()

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
+from wacloud import validation
+from wacloud.adapters.db.reachability import SERVER_FIX, DatabaseUnreachable, check_and_migrate
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.bootstrap import init_data_dir, open_registry
 from wacloud.cli.common import (
@@ -26,9 +28,8 @@ from wacloud.cli.common import (
     settings_for,
     tenant_app,
 )
-from wacloud.credentials import CredentialsBroker
 from wacloud.model import Provider
-from wacloud.urlpolicy import normalize_media_hosts
+from wacloud.settings import Settings
 
 MediaHosts = Annotated[list[str] | None, typer.Option(
     "--media-host", help="Another host this channel may fetch media from (host, host:port or "
@@ -49,17 +50,36 @@ def init(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
         "--db-url", help="SQLAlchemy URL of the tenant's DB (default: SQLite file).")] = None,
         data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Add a tenant."""
+    """Add a tenant (its database is reached and migrated first: if it cannot be, nothing is
+    registered)."""
+    try:
+        validation.slug(slug)
+        if db_url is not None:
+            db_url = validation.db_url(db_url)
+    except validation.InvalidValue as exc:
+        fail(str(exc))
     settings = settings_for(data_dir)
     init_data_dir(settings)
     registry = open_registry(settings)
     try:
-        tenant = registry.add_tenant(slug, db_url)
-    except RegistryError as exc:
-        fail(str(exc))
-    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
-    broker.tenant_store(slug)  # creates the tenant's schema now, so problems show at once
-    broker.close()
+        if any(t.slug == slug for t in registry.tenants()):
+            fail(f"tenant {slug!r} already exists")
+        if db_url is None:
+            settings.tenants_dir.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{(settings.tenants_dir / f'{slug}.db').resolve()}"
+            fix = f"check that {settings.tenants_dir} is writable"
+        else:
+            url, fix = db_url, SERVER_FIX + ", or leave out --db-url for a SQLite file"
+        try:
+            check_and_migrate(url, "tenant", "the tenant database", fix)
+        except DatabaseUnreachable as exc:
+            fail(f"{exc}; tenant {slug} was not added")
+        try:
+            tenant = registry.add_tenant(slug, db_url)
+        except RegistryError as exc:
+            fail(str(exc))
+    finally:
+        registry.engine.dispose()
     emit({"id": tenant.id, "slug": slug}, as_json, f"tenant {slug} added")
 
 
@@ -72,13 +92,35 @@ def tenant_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
              as_json, tenant.slug)
 
 
+def _validated(settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
+    """The channel's values as they are stored, or one line saying which is wrong and why."""
+    provider: Provider = values["provider"]
+    out = dict(values)
+    try:
+        out["key"] = validation.provider_key(provider, values["key"])
+        if provider is Provider.META:
+            out["phone_number_id"] = out["key"]
+            out["waba_id"] = validation.numeric_id(values["waba_id"], "WABA id")
+            out["display_number"] = validation.display_number(values["display_number"])
+        elif provider is Provider.CHAKRA:
+            out["phone_number_id"] = validation.numeric_id(values["phone_number_id"],
+                                                           "phone number id")
+        if values.get("api_base_url") is not None:
+            out["api_base_url"] = validation.api_base_url(
+                values["api_base_url"], allow_http=settings.dev_allow_local_urls)
+        if "graph_version" in values:
+            out["graph_version"] = validation.graph_version(values["graph_version"])
+        out["mps"] = validation.mps(values["mps"])
+        out["media_hosts"] = validation.media_hosts(values.get("media_hosts") or ())
+    except validation.InvalidValue as exc:
+        fail(str(exc))
+    return out
+
+
 def _add_channel(data_dir: Path | None, as_json: bool, **values: Any) -> None:
     settings = settings_for(data_dir)
+    values = _validated(settings, values)
     registry = open_registry(settings)
-    try:
-        values["media_hosts"] = normalize_media_hosts(values.get("media_hosts") or ())
-    except ValueError as exc:
-        fail(str(exc))
     try:
         channel = registry.add_channel(**values)
     except RegistryError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Collection, Iterator
 
@@ -86,7 +87,11 @@ class InternalServer(uvicorn.Server):
 
 
 async def serve(settings: Settings, host: str, port: int,
-                started: asyncio.Event | None = None) -> None:
+                started: asyncio.Event | None = None,
+                sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
+    """Serve until stopped. `sockets`: (public, internal) already bound and listening (the
+    CLI binds them before anything else); without them uvicorn binds host:port itself."""
+    public_sockets, internal_sockets = ([sockets[0]], [sockets[1]]) if sockets else (None, None)
     gateway = build_gateway(settings)
     on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
     workers = [WorkerSupervisor(settings, group, index) for index, group
@@ -104,7 +109,7 @@ async def serve(settings: Settings, host: str, port: int,
         log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
         proxy_headers=False, server_header=False))
     # Started first, so a busy internal port stops `serve` before it takes any webhook.
-    internal_task = asyncio.create_task(internal.serve())
+    internal_task = asyncio.create_task(internal.serve(sockets=internal_sockets))
     while not internal.started and not internal_task.done():
         await asyncio.sleep(0.02)
     if internal_task.done():
@@ -126,7 +131,7 @@ async def serve(settings: Settings, host: str, port: int,
             started.set()
         announcer = asyncio.create_task(announce())
     try:
-        await server.serve()
+        await server.serve(sockets=public_sockets)
     finally:
         if started is not None:
             announcer.cancel()
