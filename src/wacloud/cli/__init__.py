@@ -7,6 +7,7 @@ import logging
 from wacloud.cli import (
     dlq_cmds,
     inbound_cmds,
+    ops_cmds,
     outbound_cmds,
     privacy_cmds,
     registry_cmds,
@@ -14,7 +15,7 @@ from wacloud.cli import (
 )
 from wacloud.cli.common import app
 
-__all__ = ["app", "dlq_cmds", "inbound_cmds", "main", "outbound_cmds", "privacy_cmds",
+__all__ = ["app", "dlq_cmds", "inbound_cmds", "main", "ops_cmds", "outbound_cmds", "privacy_cmds",
            "registry_cmds", "security_cmds"]
 
 

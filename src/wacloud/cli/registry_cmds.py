@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
 from wacloud import validation
+from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
 from wacloud.adapters.db.reachability import SERVER_FIX, DatabaseUnreachable, check_and_migrate
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.bootstrap import init_data_dir, open_registry

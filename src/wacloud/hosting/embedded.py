@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterator
 
 import uvicorn
 
+from wacloud.adapters.db.errors import TroubleLog
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_apps
 from wacloud.hosting.http_protocol import HttpProtocol
@@ -51,6 +52,7 @@ async def collect_loop(gateway: Gateway) -> None:
     settings = gateway.settings
     reclaim_every = max(min(settings.reservation_lease_s, settings.queued_stale_s) / 10, 1.0)
     last_reclaim = 0.0
+    trouble = TroubleLog(log)
     while not gateway.stop.is_set():
         gateway.collect_wake.clear()
         now = time.monotonic()
@@ -59,9 +61,11 @@ async def collect_loop(gateway: Gateway) -> None:
             last_reclaim = now
         try:
             queued = await collect(ctx, reclaim=reclaim)
-        except Exception:
-            log.exception("collect pass failed")
+        except Exception as exc:  # the registry (tenant list): a warning a minute if it is down
+            trouble.failed("the registry", "collect pass", exc)
             queued = 0
+        else:
+            trouble.succeeded("the registry")
         if queued >= ctx.batch:
             continue  # more are waiting
         with contextlib.suppress(TimeoutError):
