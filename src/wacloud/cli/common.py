@@ -20,7 +20,10 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
+from wacloud.adapters.db.registry import RegistryError
 from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.crypto import SecretError
+from wacloud.logging_setup import mask
 from wacloud.model import Channel
 from wacloud.settings import Settings, load_settings
 
@@ -35,6 +38,8 @@ def debug_enabled(ctx: typer.Context | None = None) -> bool:
 
 def describe_unexpected(exc: BaseException) -> str:
     """One line for an exception no command expected; never a secret (masked, no SQL)."""
+    if isinstance(exc, (SecretError, RegistryError)):  # written for the operator already
+        return " ".join(mask(str(exc)).split())
     reason = " ".join(failure_reason(exc).split())
     if is_database_unavailable(exc):
         return (f"a database could not be reached ({reason}); check that it is running and "

@@ -49,8 +49,11 @@ def upgrade(engine: Engine, schema: Schema, attempts: int = 5) -> None:
     the loser's "already exists" is retried, by which time the winner has finished."""
     config = alembic_config(schema)
     for attempt in range(attempts):
+        # A database that cannot be reached fails at once: waiting here would only hold up
+        # the caller (a collector pass over every tenant), and the caller retries anyway.
+        connection = engine.connect()
         try:
-            with migration_lock(engine), engine.begin() as connection:
+            with migration_lock(engine), connection, connection.begin():
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
             return
