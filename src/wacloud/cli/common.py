@@ -8,10 +8,11 @@ its traceback is printed only with `--debug` (or WACLOUD_DEBUG=1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -121,9 +122,10 @@ def is_tty(stream: Any = None) -> bool:
 
 
 def emit_rows(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str],
-              lines: Sequence[str], title: str | None = None) -> None:
-    """A list: one JSON object per line with --json; a table on a terminal; otherwise the
-    tab-separated lines scripts already read."""
+              lines: Sequence[str], title: str | None = None,
+              cells: Sequence[Sequence[Any]] | None = None) -> None:
+    """A list: one JSON object per line with --json; a table on a terminal (`cells`, or the
+    lines split at tabs); otherwise the tab-separated lines scripts already read."""
     if as_json:
         for row in rows:
             emit(row, True, "")
@@ -136,9 +138,9 @@ def emit_rows(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[s
     from rich.table import Table
 
     table = Table(*columns, title=title)
-    for line in lines:
-        cells = line.split("\t")
-        table.add_row(*(cells + [""] * (len(columns) - len(cells)))[:len(columns)])
+    for cell_row in cells if cells is not None else [line.split("\t") for line in lines]:
+        shown = [str(cell) for cell in cell_row]
+        table.add_row(*(shown + [""] * (len(columns) - len(shown)))[:len(columns)])
     Console().print(table)
 
 
@@ -156,3 +158,19 @@ def queue_broker(settings: Settings) -> SqliteBroker:
     return SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
 
 
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None, as_json: bool
+             ) -> Iterator[Callable[[int], None]]:
+    """A progress bar (a spinner when `total` is None) on stderr, only when stderr is a
+    terminal and the output is not --json; yields `advance(n)`."""
+    if as_json or not is_tty(sys.stderr):
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -21,9 +22,11 @@ from wacloud.cli.common import (
     JsonOut,
     app,
     emit,
+    emit_rows,
     fail,
     media_app,
     parked_app,
+    progress,
     settings_for,
 )
 from wacloud.credentials import CredentialsBroker
@@ -174,9 +177,9 @@ def parked(ctx: typer.Context, data_dir: DataDir = None, as_json: JsonOut = Fals
     if ctx.invoked_subcommand is not None:
         return
     registry = open_registry(settings_for(data_dir))
-    for item in registry.parked_items(include_replayed=all_items):
-        emit(item.summary(), as_json,
-             f"{item.id}\t{item.created_at:%Y-%m-%d %H:%M:%S}\t{item.stage}\t{item.reason}")
+    items = registry.parked_items(include_replayed=all_items)
+    emit_rows([item.summary() for item in items], as_json, ["id", "parked at", "stage", "reason"],
+              [f"{i.id}\t{i.created_at:%Y-%m-%d %H:%M:%S}\t{i.stage}\t{i.reason}" for i in items])
 
 
 @parked_app.command("replay")
@@ -193,15 +196,16 @@ def parked_replay(item_id: Annotated[int | None, typer.Argument()] = None,
     except RegistryError as exc:
         fail(str(exc))
 
-    async def run() -> list[int]:
+    async def run(advance: Callable[[int], None]) -> list[int]:
         broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
         try:
             raw = broker.queue(queue_specs(settings)[envelopes.INBOUND_RAW])
-            return await replay_parked(registry, raw, items)
+            return await replay_parked(registry, raw, items, advance)
         finally:
             await broker.close()
 
-    replayed = asyncio.run(run())
+    with progress("replaying parked items", len(items), as_json) as advance:
+        replayed = asyncio.run(run(advance))
     emit({"replayed": replayed}, as_json, f"replayed {len(replayed)} item(s): {replayed}")
 
 
@@ -224,7 +228,8 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
         finally:
             await queues.close()
 
-    count = asyncio.run(run())
+    with progress(f"queueing media downloads of {tenant}", None, as_json):
+        count = asyncio.run(run())
     emit({"queued": count}, as_json, f"queued {count} media download(s)")
 
 

@@ -24,6 +24,7 @@ from wacloud.cli.common import (
     channel_app,
     channel_summary,
     emit,
+    emit_rows,
     fail,
     settings_for,
     tenant_app,
@@ -87,9 +88,9 @@ def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
 def tenant_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List tenants."""
     registry = open_registry(settings_for(data_dir))
-    for tenant in registry.tenants():
-        emit({"id": tenant.id, "slug": tenant.slug, "own_db": tenant.db_url is not None},
-             as_json, tenant.slug)
+    found = registry.tenants()
+    emit_rows([{"id": t.id, "slug": t.slug, "own_db": t.db_url is not None} for t in found],
+              as_json, ["tenant"], [t.slug for t in found])
 
 
 def _validated(settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
@@ -187,10 +188,11 @@ def channel_list(tenant: Annotated[str | None, typer.Option("--tenant")] = None,
                  data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List channels (secrets are never shown)."""
     registry = open_registry(settings_for(data_dir))
-    for channel in registry.channels(tenant):
-        emit(channel_summary(channel), as_json,
-             f"{channel.id}\t{channel.tenant}\t{channel.provider.value}\t{channel.key}"
-             + (f"\tPAUSED: {channel.pause_reason}" if channel.paused else ""))
+    found = registry.channels(tenant)
+    emit_rows([channel_summary(c) for c in found], as_json,
+              ["id", "tenant", "provider", "channel", "state"],
+              [f"{c.id}\t{c.tenant}\t{c.provider.value}\t{c.key}"
+               + (f"\tPAUSED: {c.pause_reason}" if c.paused else "") for c in found])
 
 
 @channel_app.command("pause")
@@ -269,12 +271,12 @@ def apikey_create(tenant: Annotated[str | None, typer.Option("--tenant")] = None
 def apikey_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List API keys (prefixes only)."""
     registry = open_registry(settings_for(data_dir))
-    for record in list_api_keys(registry):
-        emit({"id": record.id, "tenant": record.tenant, "admin": record.is_admin,
-              "service": record.is_service, "prefix": record.prefix, "label": record.label,
-              "revoked": record.revoked}, as_json,
-             f"{record.id}\t{record.prefix}...\t{record.tenant or record.kind.upper()}"
-             + ("\trevoked" if record.revoked else ""))
+    records = list_api_keys(registry)
+    emit_rows([{"id": r.id, "tenant": r.tenant, "admin": r.is_admin, "service": r.is_service,
+                "prefix": r.prefix, "label": r.label, "revoked": r.revoked} for r in records],
+              as_json, ["id", "prefix", "tenant", "state"],
+              [f"{r.id}\t{r.prefix}...\t{r.tenant or r.kind.upper()}"
+               + ("\trevoked" if r.revoked else "") for r in records])
 
 
 @apikey_app.command("revoke")
