@@ -48,7 +48,7 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           internal_port: Annotated[int | None, typer.Option(
               "--internal-port", help="port of /metrics and /internal/credentials "
               "(default WACLOUD_INTERNAL_PORT or 8081)")] = None,
-          data_dir: DataDir = None) -> None:
+          data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Run the HTTP server and every stage (embedded mode)."""
     from wacloud.hosting.embedded import serve as run
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus, resolve_auto_cpus
@@ -82,9 +82,11 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
         for sock in bound:
             sock.close()
         fail(str(exc))
-    typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
-               f"metrics and credentials on http://{settings.internal_host}:"
-               f"{settings.internal_port}")
+    internal_url = f"http://{settings.internal_host}:{settings.internal_port}"
+    emit({"serving": f"http://{host}:{port}", "internal": internal_url,
+          "data_dir": str(settings.data_dir)}, as_json,
+         f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
+         f"metrics and credentials on {internal_url}")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run(settings, host, port, sockets=(bound[0], bound[1])))
 
