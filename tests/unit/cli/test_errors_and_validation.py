@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 from wacloud.bootstrap import open_registry
@@ -143,3 +144,19 @@ def test_wacloud_debug_environment_variable_keeps_the_traceback(tmp_path: Path) 
 def test_an_error_written_for_the_operator_is_shown_as_it_is(tmp_path: Path) -> None:
     line = one_error_line(invoke(tmp_path / "nothing-here", "tenant", "list"))
     assert line == "error: no encryption key configured (run `wacloud init`)"
+
+
+def test_tenant_add_migrates_a_reachable_postgresql_before_registering(tmp_path: Path) -> None:
+    from tests.services import fresh_postgres_db
+
+    with fresh_postgres_db() as url:
+        result = invoke(tmp_path, "tenant", "add", "globex", "--db-url", url, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["slug"] == "globex"
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert sa.inspect(conn).has_table("outbound_messages")
+        finally:
+            engine.dispose()
+    assert tenants(tmp_path) == ["globex"]
