@@ -14,7 +14,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from wacloud.adapters.db.reachability import SERVER_FIX, ping, probe_engine, short_reason
 from wacloud.adapters.db.registry import Registry, Tenant
-from wacloud.adapters.db.tenant import outbound_messages
+from wacloud.adapters.db.tenant import messages, outbound_messages
 from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.channel_check import check_token
@@ -33,6 +33,7 @@ from wacloud.settings import Settings
 from wacloud.validation import masked_db_url
 
 PENDING, RESERVED, QUEUED = 0, 1, 2
+FAILED = (-100, -101)  # failed, failed after the provider accepted it
 
 
 @dataclass(slots=True)
@@ -68,7 +69,8 @@ def outbox_counts(settings: Settings, tenant: Tenant) -> dict[str, Any]:
     """Pending / reserved / queued rows and the oldest pending row's age, without creating or
     migrating anything; raises when the database cannot be reached."""
     empty = {"tenant": tenant.slug, "reachable": True, "pending": 0, "reserved": 0,
-             "queued": 0, "oldest_pending_age_s": None}
+             "queued": 0, "oldest_pending_age_s": None, "received_last_hour": 0,
+             "sent_last_hour": 0, "failed_last_hour": 0}
     if tenant.db_url is None and not (settings.tenants_dir / f"{tenant.slug}.db").exists():
         return empty
     engine = probe_engine(tenant_db_url(settings, tenant))
@@ -83,6 +85,16 @@ def outbox_counts(settings: Settings, tenant: Tenant) -> dict[str, Any]:
             ).all()
             oldest = conn.execute(sa.select(sa.func.min(table.c.created_at)).where(
                 table.c.status == PENDING)).scalar()
+            since = datetime.now(UTC) - timedelta(hours=1)
+            rates = {
+                "received_last_hour": sa.select(sa.func.count()).select_from(messages).where(
+                    messages.c.direction == "in", messages.c.received_at >= since),
+                "sent_last_hour": sa.select(sa.func.count()).select_from(table).where(
+                    table.c.accepted_at >= since),
+                "failed_last_hour": sa.select(sa.func.count()).select_from(table).where(
+                    table.c.status.in_(FAILED), table.c.updated_at >= since)}
+            last_hour = {name: int(conn.execute(query).scalar() or 0)
+                         for name, query in rates.items()}
     finally:
         engine.dispose()
     counts = {int(status): int(n) for status, n in rows}
@@ -91,7 +103,8 @@ def outbox_counts(settings: Settings, tenant: Tenant) -> dict[str, Any]:
     if isinstance(oldest, datetime) and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
     age = (datetime.now(UTC) - oldest).total_seconds() if isinstance(oldest, datetime) else None
-    return {**empty, "pending": counts.get(PENDING, 0), "reserved": counts.get(RESERVED, 0),
+    return {**empty, **last_hour, "pending": counts.get(PENDING, 0),
+            "reserved": counts.get(RESERVED, 0),
             "queued": counts.get(QUEUED, 0),
             "oldest_pending_age_s": round(age, 1) if age is not None else None}
 

@@ -67,10 +67,13 @@ def _print_status(report: StatusReport) -> None:
                  [[q["name"], q["depth"], q["in_flight"], q["delayed"], q["dead_letters"]]
                   for q in report.queues])
     if report.outbox:
-        _section("outbox", ["tenant", "pending", "reserved", "queued", "oldest pending"],
+        _section("outbox", ["tenant", "pending", "reserved", "queued", "oldest pending",
+                            "last hour: in / sent / failed"],
                  [[o["tenant"], o["pending"], o["reserved"], o["queued"],
-                   _age(o["oldest_pending_age_s"])] if o["reachable"] else
-                  [o["tenant"], "?", "?", "?", "database unreachable"]
+                   _age(o["oldest_pending_age_s"]),
+                   f"{o['received_last_hour']} / {o['sent_last_hour']} / "
+                   f"{o['failed_last_hour']}"] if o["reachable"] else
+                  [o["tenant"], "?", "?", "?", "database unreachable", "?"]
                   for o in report.outbox])
     if report.parked is not None:
         typer.echo(f"parked: {report.parked}" + (" (see `wacloud parked`)" if report.parked

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
+from wacloud.adapters.db.tenant import outbound_messages
+from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli import app
@@ -116,8 +119,14 @@ def test_status_shows_channels_queues_outbox_parked_and_problems(tmp_path: Path,
                                                                  server: str) -> None:
     add_world(tmp_path, server)
     ok(invoke(tmp_path, "channel", "pause", "2", "--reason", "token refused (190)"))
-    ok(invoke(tmp_path, "send", "--tenant", "acme", "--channel", PN, "--to", "5511987654321",
-              "--text", "oi"))
+    for text in ("oi", "tchau"):
+        ok(invoke(tmp_path, "send", "--tenant", "acme", "--channel", PN, "--to",
+                  "5511987654321", "--text", text))
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'tenants' / 'acme.db'}")
+    with engine.begin() as conn:  # the second one went out a moment ago
+        conn.execute(outbound_messages.update().where(outbound_messages.c.id == 2).values(
+            status=3, accepted_at=utcnow()))
+    engine.dispose()
     asyncio.run(dead_letter(tmp_path, envelopes.OUTBOUND_RESULTS))
     registry = open_registry(load_settings(tmp_path))
     registry.park(stage="receive", reason="unknown channel", payload="{}")
@@ -130,6 +139,8 @@ def test_status_shows_channels_queues_outbox_parked_and_problems(tmp_path: Path,
                                     (2, "acme", "whapi", "MANTIS-1", True)]
     outbox = {o["tenant"]: o for o in report["outbox"]}
     assert outbox["acme"]["pending"] == 1 and outbox["acme"]["queued"] == 0
+    assert (outbox["acme"]["sent_last_hour"], outbox["acme"]["received_last_hour"],
+            outbox["acme"]["failed_last_hour"]) == (1, 0, 0)
     assert 0 <= outbox["acme"]["oldest_pending_age_s"] < 600
     assert outbox["down"]["reachable"] is False
     queues = {q["name"]: q for q in report["queues"]}
