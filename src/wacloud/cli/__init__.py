@@ -8,6 +8,7 @@ from wacloud.cli import (
     dlq_cmds,
     inbound_cmds,
     migrate_cmds,
+    ops_cmds,
     outbound_cmds,
     privacy_cmds,
     registry_cmds,
@@ -15,8 +16,8 @@ from wacloud.cli import (
 )
 from wacloud.cli.common import app
 
-__all__ = ["app", "dlq_cmds", "inbound_cmds", "main", "migrate_cmds", "outbound_cmds",
-           "privacy_cmds", "registry_cmds", "security_cmds"]
+__all__ = ["app", "dlq_cmds", "inbound_cmds", "main", "migrate_cmds", "ops_cmds",
+           "outbound_cmds", "privacy_cmds", "registry_cmds", "security_cmds"]
 
 
 def main() -> None:

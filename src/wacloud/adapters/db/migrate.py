@@ -108,8 +108,11 @@ def migrate_to(engine: Engine, schema: Schema, target: str, attempts: int = 5
     Downgrading drops what the later revisions added (their columns' data included)."""
     config = alembic_config(schema)
     for attempt in range(attempts):
+        # A database that cannot be reached fails at once: waiting here would only hold up
+        # the caller (a collector pass over every tenant), and the caller retries anyway.
+        connection = engine.connect()
         try:
-            with migration_lock(engine), engine.begin() as connection:
+            with migration_lock(engine), connection, connection.begin():
                 config.attributes["connection"] = connection
                 current = revision_of(connection, schema)
                 resolved = check_known(schema, current, target)
