@@ -41,28 +41,30 @@ def load_json(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     except ValueError as exc:  # an integer longer than Python converts (4300 digits)
         raise PayloadError(f"body is not usable JSON ({exc})") from None
     if isinstance(data, str):  # small texts inside a body: always looked at
-        _check(value, max_depth)
+        _check(value, max_depth, texts=True)
         return value
     # Cheap tests first (a webhook is hot): only a body with that many brackets can nest that
     # deep, and only one with a \\uD... escape can hold a surrogate.
-    if (data.count(b"[") + data.count(b"{") > max_depth or b"\\ud" in data
-            or b"\\uD" in data):
-        _check(value, max_depth)
+    texts = b"\\ud" in data or b"\\uD" in data
+    if texts or data.count(b"[") + data.count(b"{") > max_depth:
+        _check(value, max_depth, texts=texts)
     return value
 
 
-def _check(value: Any, max_depth: int) -> None:
+def _check(value: Any, max_depth: int, *, texts: bool) -> None:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            _check_text(item)
+            if texts:
+                _check_text(item)
         elif isinstance(item, dict | list):
             if depth >= max_depth:
                 raise PayloadError(f"body is nested deeper than {max_depth} levels")
             if isinstance(item, dict):
                 for key, child in item.items():
-                    _check_text(key)
+                    if texts:
+                        _check_text(key)
                     stack.append((child, depth + 1))
             else:
                 stack.extend((child, depth + 1) for child in item)
