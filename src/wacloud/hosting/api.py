@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -70,10 +70,13 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     if length.isdigit() and int(length) > max_bytes:
         raise BodyError(413, f"the body is larger than {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise BodyError(413, f"the body is larger than {max_bytes} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise BodyError(413, f"the body is larger than {max_bytes} bytes")
+    except ClientDisconnect:  # gone, or cut off by the server's read deadline (408)
+        raise BodyError(400, "the client went away before the body was read") from None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

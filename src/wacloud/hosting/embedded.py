@@ -106,7 +106,10 @@ async def serve(settings: Settings, host: str, port: int,
     # headers: each costs a measurable share of a webhook's CPU.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
-                            server_header=False, date_header=False, http=HttpProtocol)
+                            server_header=False, date_header=False,
+                            http=HttpProtocol.configured(settings.http_request_timeout_s))
+    # uvicorn declares an int; it only ever hands the value to `call_later`.
+    config.timeout_keep_alive = settings.http_keep_alive_s  # type: ignore[assignment]
     server = uvicorn.Server(config)
     internal = InternalServer(uvicorn.Config(
         internal_app, host=settings.internal_host, port=settings.internal_port,

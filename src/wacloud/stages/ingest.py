@@ -29,7 +29,7 @@ def meta_signature_ok(body: bytes, signature: str | None, broker: CredentialsBro
         return meta.verify_signature(body, signature, (uniform,))
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not yet authenticated: anything may come
         payload = None
     phone_ids, waba_ids = meta.routing_ids(payload) if isinstance(payload, dict) else (set(), set())
     return meta.verify_signature(body, signature, broker.meta_secrets_for(phone_ids, waba_ids))
@@ -66,7 +66,7 @@ def other_meta_object(body: bytes) -> str | None:
         return None
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     kind = payload.get("object") if isinstance(payload, dict) else None
     if not isinstance(kind, str) or kind == WHATSAPP_OBJECT:

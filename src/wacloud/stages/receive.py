@@ -36,6 +36,7 @@ from wacloud.model import (
     event_from_dict,
 )
 from wacloud.providers import chakra, meta, whapi
+from wacloud.providers.jsonload import load_json
 from wacloud.stages.envelopes import INBOUND_EVENTS, Output, RawWebhook, dumps
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,7 @@ def parse(raw: RawWebhook) -> list[Event]:
         data = json.loads(raw.body)
         items = data["events"] if isinstance(data, dict) else data
         return [event_from_dict(item) for item in items]
-    try:
-        payload: Any = json.loads(raw.body)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"body is not JSON ({exc.msg} at byte {exc.pos})") from None
-    except UnicodeDecodeError:
-        raise PayloadError("body is not UTF-8 text") from None
+    payload: Any = load_json(raw.body)
     if not isinstance(payload, dict):
         raise PayloadError("body is not a JSON object")
     provider = Provider(raw.provider)
