@@ -185,6 +185,13 @@ class SqliteQueue(Queue):
     async def dead_count(self) -> int:
         return self.count_dead()
 
+    async def oldest_age(self) -> float | None:
+        # The lowest id is the first sent (a redriven dead letter keeps its id and sent_at);
+        # one step down the (queue) index on a read connection, without the writer.
+        row = self.broker.read_one(
+            "SELECT sent_at FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (self.spec.name,))
+        return None if row is None else max(time.time() - float(row[0]), 0.0)
+
     def count_dead(self) -> int:
         """`dead_count` without the writer: one indexed count on a read connection, cheap
         enough for every /readyz and /metrics request."""
