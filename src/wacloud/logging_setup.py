@@ -62,11 +62,14 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is None:
                 value = context.get(name)
-            if value is not None:
-                # Extras escape the masking filter (it sees the message only): mask them here;
-                # trace ids are ours (random hex), and masked they would no longer match.
-                data[name] = (mask(value) if isinstance(value, str) and name not in TRACE_FIELDS
-                              else value)
+            if value is None:
+                continue
+            if name in FIELDS:
+                value = str(value)  # the same type whether from the context or `extra=`
+            # Extras escape the masking filter (it sees the message only): mask them here;
+            # trace ids are ours (random hex), and masked they would no longer match.
+            data[name] = (mask(value) if isinstance(value, str) and name not in TRACE_FIELDS
+                          else value)
         if record.exc_text:
             data["exception"] = record.exc_text
         return json.dumps(data, ensure_ascii=False)
