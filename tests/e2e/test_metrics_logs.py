@@ -5,6 +5,8 @@ receipt that comes back."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +81,32 @@ def test_server_metrics_count_what_the_worker_stored(harness: Harness) -> None:
     # Both processes write their files under the data dir.
     files = {p.name.rsplit("_", 1)[-1] for p in (harness.gateway.data_dir / "metrics").iterdir()}
     assert len(files) >= 2
+
+
+def worker_pid(harness: Harness) -> int | None:
+    (worker,) = harness.client.get("/readyz").json()["workers"]
+    return int(worker["pid"]) if worker["alive"] else None
+
+
+def test_a_dead_workers_counts_stay_in_the_sums_after_its_restart(harness: Harness) -> None:
+    tenant = harness.tenant()
+    channel = harness.meta_channel(tenant)
+    post_text(harness, channel, "before")
+    harness.wait_rows(tenant, 1)
+    wait_for(lambda: harness.metric("wacloud_messages_stored_total", tenant=tenant) == 1.0,
+             message="the first count")
+    first = worker_pid(harness)
+    assert first is not None
+
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: worker_pid(harness) not in (None, first), 30,
+             message="the worker restarted by serve")
+    assert harness.metric("wacloud_stage_worker_restarts") == 1.0
+    assert harness.metric("wacloud_messages_stored_total", tenant=tenant) == 1.0
+    post_text(harness, channel, "after")
+    harness.wait_rows(tenant, 2, timeout=30)
+    wait_for(lambda: harness.metric("wacloud_messages_stored_total", tenant=tenant) == 2.0,
+             message="the dead worker's count plus the new one's")
 
 
 def test_a_webhook_trace_id_reaches_the_stored_row_line(harness: Harness) -> None:
