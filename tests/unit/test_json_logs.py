@@ -8,14 +8,27 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.media.local import LocalMediaStore
+from wacloud.credentials import CredentialsBroker
+from wacloud.crypto import SecretBox, new_key
 from wacloud.logging_setup import JsonFormatter, SecretMaskingFilter
+from wacloud.media_copier import MediaCopier
 from wacloud.model import Provider
+from wacloud.provider_client import ProviderClient
 from wacloud.stages.envelopes import RawWebhook
 from wacloud.stages.ingest import raw_output
+from wacloud.stages.receive import ReceiveContext, receive
 from wacloud.tracing import log_context, new_trace_id, outbound_trace_id, set_stage
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture
@@ -106,3 +119,31 @@ async def test_a_stage_name_set_in_a_task_reaches_the_tasks_it_starts(
 
     child, own = lines(stream)
     assert child["stage"] == "save" and "stage" not in own
+
+
+async def test_the_receive_stage_hands_the_trace_id_on_to_write(tmp_path: Path) -> None:
+    """Hosts that run receive and write apart (Lambda, distributed workers): the trace id
+    travels on `inbound.events` beside the events."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry = Registry(engine, SecretBox([new_key()]))
+    registry.create_schema()
+    broker = CredentialsBroker(registry, tenants_dir=tmp_path / "tenants")
+
+    async def park(**kwargs: Any) -> int:
+        return await asyncio.to_thread(registry.park, **kwargs)
+
+    body = (FIXTURES / "whapi" / "text.json").read_bytes()
+    data = RawWebhook("whapi", "MANTIS-M72HC", 4.0, body, trace="0123456789abcdef").encode()
+    try:
+        async with httpx.AsyncClient() as client, ProviderClient() as api:
+            copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,
+                                 tmp_dir=tmp_path / "tmp", max_bytes=1024, allow_local=True,
+                                 api=api)
+            [output] = await receive(data, ReceiveContext(broker, copier, park))
+    finally:
+        broker.close()
+        engine.dispose()
+
+    handed = json.loads(output.message.body)
+    assert handed["trace"] == "0123456789abcdef" and handed["received_at"] == 4.0
+    assert handed["events"]
