@@ -23,6 +23,7 @@ from wacloud.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
+RULE_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana" / "wacloud.json"
 NAME = re.compile(r"\bwacloud_[a-z0-9_]+\b")
 EXPECTED_ALERTS = {"WacloudQueueStuck", "WacloudChannelPaused", "WacloudDeadLettersGrowing",
@@ -98,11 +99,21 @@ def test_dashboard_names_only_exposed_metrics(exposed: set[str]) -> None:
     assert left <= histograms, sorted(left - histograms)
 
 
+def test_rule_tests_cover_the_expected_alerts() -> None:
+    data = yaml.safe_load(RULE_TESTS.read_text())
+    assert data["rule_files"] == [RULES.name]
+    tested = {case["alertname"] for test in data["tests"] for case in test["alert_rule_test"]}
+    assert EXPECTED_ALERTS - {"WacloudWebhookRefusals"} <= tested
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None,
                     reason="promtool not installed (Debian package `prometheus`)")
-def test_promtool_accepts_the_rules() -> None:
+@pytest.mark.parametrize("command", [["check", "rules", str(RULES)],
+                                     ["test", "rules", str(RULE_TESTS)]])
+def test_promtool_accepts_the_rules_and_their_tests(command: list[str]) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None
-    done = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    # `test rules` finds alerts.yml beside its test file.
+    done = subprocess.run([promtool, *command], capture_output=True, text=True, timeout=60,
+                          check=False, cwd=RULES.parent)
     assert done.returncode == 0, done.stdout + done.stderr
