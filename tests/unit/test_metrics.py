@@ -146,3 +146,14 @@ def test_multiprocess_scrape_adds_up_every_process(tmp_path: Path) -> None:
     assert f"counter_{result['child']}.db" in result["files"]
     # The server's own runtime figures are there too.
     assert "process_resident_memory_bytes" in text
+
+
+def test_every_label_is_of_a_bounded_kind() -> None:
+    """No phone number, message id or free text can become a label: every metric's labels
+    come from this list (tenant and channel are bounded by the registry)."""
+    from wacloud import metrics
+
+    bounded = {"provider", "result", "stage", "reason", "object", "via", "outcome", "tenant",
+               "channel", "direction", "error_code"}
+    for metric in metrics._OWN:
+        assert set(metric._labelnames) <= bounded, metric
