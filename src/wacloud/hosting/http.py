@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from wacloud import __version__
 from wacloud.bootstrap import Gateway
 from wacloud.hosting.api import api_routes
 from wacloud.hosting.internal import internal_routes
@@ -47,7 +48,7 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
         return PlainTextResponse(challenge)
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(_: Request) -> Response:
         # Ready means webhooks are accepted (they wait durably in the queue); whether the stage
