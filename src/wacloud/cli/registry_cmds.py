@@ -26,9 +26,8 @@ from wacloud.cli.common import (
     settings_for,
     tenant_app,
 )
-from wacloud.credentials import CredentialsBroker
 from wacloud.model import Provider
-from wacloud.urlpolicy import normalize_media_hosts
+from wacloud.operations import add_channel, add_tenant
 
 MediaHosts = Annotated[list[str] | None, typer.Option(
     "--media-host", help="Another host this channel may fetch media from (host, host:port or "
@@ -54,12 +53,10 @@ def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
     init_data_dir(settings)
     registry = open_registry(settings)
     try:
-        tenant = registry.add_tenant(slug, db_url)
+        # The tenant's schema is created first, so problems show at once and leave nothing.
+        tenant = add_tenant(registry, settings.tenants_dir, slug, db_url)
     except RegistryError as exc:
         fail(str(exc))
-    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
-    broker.tenant_store(slug)  # creates the tenant's schema now, so problems show at once
-    broker.close()
     emit({"id": tenant.id, "slug": slug}, as_json, f"tenant {slug} added")
 
 
@@ -76,11 +73,7 @@ def _add_channel(data_dir: Path | None, as_json: bool, **values: Any) -> None:
     settings = settings_for(data_dir)
     registry = open_registry(settings)
     try:
-        values["media_hosts"] = normalize_media_hosts(values.get("media_hosts") or ())
-    except ValueError as exc:
-        fail(str(exc))
-    try:
-        channel = registry.add_channel(**values)
+        channel = add_channel(registry, **values)
     except RegistryError as exc:
         fail(str(exc))
     emit(channel_summary(channel), as_json,

@@ -192,6 +192,13 @@ class SqliteQueue(Queue):
                                         (self.spec.dead_letter_name,))
         return int(count)
 
+    async def oldest_age(self) -> float | None:
+        # A read connection, like `count_dead`: a dashboard polling it must not queue behind
+        # the writer. A redriven message counts from its redrive (its sent_at starts over).
+        (oldest,) = self.broker.read_one("SELECT MIN(sent_at) FROM messages WHERE queue = ?",
+                                         (self.spec.name,))
+        return None if oldest is None else max(time.time() - float(oldest), 0.0)
+
     async def depth(self) -> dict[str, int]:
         def count(conn: sqlite3.Connection) -> dict[str, int]:
             visible, in_flight, delayed = conn.execute(
