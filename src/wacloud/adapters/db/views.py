@@ -24,6 +24,7 @@ from wacloud.model import (
     OutboundStatus,
     Provider,
     ProviderError,
+    receipt_rank,
 )
 
 
@@ -262,15 +263,20 @@ def _receipts(conn: Any, channel: str, provider_message_id: str | None
 
 
 def _receipt_events(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Receipts in the order of delivery (sent, delivered, read), then time: providers'
+    clocks and ours differ, and receipts arrive out of order."""
+    ordered = sorted(receipts, key=lambda r: (receipt_rank(r["status"]), r["timestamp"]))
     return [_event(r["status"], None, "receipt", r["errors"][0] if r["errors"] else None,
-                   received_at=r["received_at"]) | {"at": r["at"]} for r in receipts]
+                   received_at=r["received_at"]) | {"at": r["at"]} for r in ordered]
 
 
 def message_detail(engine: Engine, source: str, row_id: int) -> dict[str, Any] | None:
     """One message (`source` "messages" or "outbound", as its view says) with its status
-    timeline, oldest first: for the outbox created / reserved / queued / accepted from the
-    row, then the provider's receipts (sent, delivered, read, failed) from `status_events`,
-    and a failure or a wait with its error; for an inbound message received and its media.
+    timeline, in the order a message goes through (not sorted by time: the provider's
+    receipt times come from its clock): for the outbox created / reserved / queued /
+    accepted from the row, then the provider's receipts (sent, delivered, read, failed) from
+    `status_events`, and a failure or a wait with its error; for an inbound message
+    received and its media.
     `receipts` lists the receipts as stored; `attempts` and `last_response` (the provider's
     last answer, token-free) come with outbound messages. None when there is no such row."""
     table = t.outbound_messages if source == "outbound" else t.messages
@@ -311,6 +317,5 @@ def message_detail(engine: Engine, source: str, row_id: int) -> dict[str, Any] |
             timeline.append(_event(f"media_{row['media_status']}", row["updated_at"], "row",
                                    {"code": "media", "reason": row["media_error"]}
                                    if row["media_error"] else None))
-    timeline.sort(key=lambda e: e["at"] or "")
     view.update(timeline=timeline, receipts=receipts)
     return view
