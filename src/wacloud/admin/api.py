@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 64 * 1024
 SOURCES = ("messages", "outbound")
+MAX_ROW_ID = 2**63 - 1  # the largest id any of the databases stores
 
 
 @dataclass
@@ -83,7 +84,20 @@ def _first_error(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def _has_nul(data: Any) -> bool:
+    if isinstance(data, str):
+        return "\x00" in data
+    if isinstance(data, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in data.items())
+    if isinstance(data, list):
+        return any(_has_nul(item) for item in data)
+    return False
+
+
 def parse(model: type[M], data: Any) -> M:
+    # PostgreSQL refuses NUL characters in text: refused here, not as a database error.
+    if _has_nul(data):
+        raise Refused(422, "text must not contain NUL characters")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -102,6 +116,14 @@ def query(request: Request, model: type[M]) -> M:
     params = request.query_params
     data = {key: params.get(key) for key in params}
     return parse(model, data)
+
+
+def row_id(request: Request, name: str = "id") -> int:
+    """An integer path parameter; one no database could hold names nothing (404)."""
+    value: int = request.path_params[name]
+    if value > MAX_ROW_ID:
+        raise Refused(404, f"no such {name}")
+    return value
 
 
 def _registry_refusal(exc: RegistryError) -> Refused:
@@ -160,7 +182,7 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         return queries.channel_view(channel)
 
     async def channel_id(request: Request) -> int:
-        number: int = request.path_params["id"]
+        number = row_id(request)
         try:
             await run(ctx.registry.channel_by_id, number)
         except RegistryError as exc:
@@ -211,9 +233,12 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         slug = request.path_params["tenant"]
         await tenant_known(slug)
         wanted = query(request, m.MessageQuery)
-        filters = MessageFilter(channel=wanted.channel, contact=wanted.contact,
-                                direction=wanted.direction, status=wanted.status,
-                                since=_utc(wanted.since), until=_utc(wanted.until))
+        try:
+            filters = MessageFilter(channel=wanted.channel, contact=wanted.contact,
+                                    direction=wanted.direction, status=wanted.status,
+                                    since=_utc(wanted.since), until=_utc(wanted.until))
+        except OverflowError:
+            raise Refused(422, "since / until: a time out of range") from None
         try:
             return await run(queries.find_messages, ctx.broker, slug, filters, wanted.limit,
                              wanted.cursor)
@@ -225,8 +250,7 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         await tenant_known(slug)
         if source not in SOURCES:
             raise Refused(404, "a message's source is `messages` (inbound) or `outbound`")
-        found = await run(queries.get_message, ctx.broker, slug, source,
-                          request.path_params["id"])
+        found = await run(queries.get_message, ctx.broker, slug, source, row_id(request))
         if found is None:
             raise Refused(404, "no such message")
         return found
@@ -283,7 +307,7 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
 
     async def parked_item(request: Request) -> Any:
         try:
-            item = await run(ctx.registry.parked_item, request.path_params["id"])
+            item = await run(ctx.registry.parked_item, row_id(request))
         except RegistryError as exc:
             raise _registry_refusal(exc) from None
         return queries.parked_detail(item)
@@ -291,7 +315,7 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
     def parked_ids(ids: list[str] | None) -> list[int] | None:
         if ids is None:
             return None
-        if not all(i.isdigit() for i in ids):
+        if not all(i.isascii() and i.isdigit() for i in ids):
             raise Refused(422, "parked item ids are numbers")
         return [int(i) for i in ids]
 
@@ -300,6 +324,9 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         if ids is None:
             items = await run(ctx.registry.parked_items)
         else:
+            too_big = [i for i in ids if i > MAX_ROW_ID]
+            if too_big:
+                raise Refused(404, f"no parked item {too_big[0]}")
             try:
                 items = [await run(ctx.registry.parked_item, i) for i in ids]
             except RegistryError as exc:
@@ -316,7 +343,8 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         if ids is None:
             ids = [item.id for item in await run(ctx.registry.parked_items,
                                                  include_replayed=True, limit=100_000)]
-        record = await run(discard_parked, ctx.registry, ctx.data_dir, ids, data.reason)
+        record = await run(discard_parked, ctx.registry, ctx.data_dir,
+                           [i for i in ids if i <= MAX_ROW_ID], data.reason)
         return {"discarded": record["ids"], "reason": record["reason"]}
 
     channel_doc = {"id": "The channel's id (as `wacloud channel list` shows it)."}
@@ -384,9 +412,10 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    """In UTC (naive means UTC); OverflowError for a time UTC cannot hold."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _endpoint(ctx: AdminContext, op: Operation) -> Callable[[Request], Awaitable[Response]]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from wacloud.outbound_api import MAX_IDEMPOTENCY_KEY, MAX_TTL_S, TYPES
 
@@ -55,24 +56,44 @@ class Tenant(Answer):
     channels: int
 
 
+# Lengths are the registry's columns: a longer value would be refused by PostgreSQL or
+# MariaDB only when it is written.
+ProviderId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class _ChannelCreate(Request):
-    tenant: str = Field(min_length=1)
+    tenant: str = Field(min_length=1, max_length=64)
     token: str = Field(min_length=1, description="The provider's API token (never shown "
                        "again).")
-    api_base_url: str | None = Field(None, description="Replace the provider's API base URL.")
+    api_base_url: str | None = Field(None, max_length=255, description=(
+        "Replace the provider's API base URL (http or https)."))
     mps: int = Field(80, ge=1, le=10_000, description="Messages per second allowed.")
-    media_hosts: list[str] = Field(default_factory=list, description=(
+    media_hosts: list[str] = Field(default_factory=list, max_length=50, description=(
         "Other hosts this channel may fetch media from (host, host:port or .domain)."))
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not one
+        except ValueError:
+            raise ValueError("not a URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host, like https://graph.example")
+        return value
 
 
 class MetaChannelCreate(_ChannelCreate):
     provider: Literal["meta"]
-    phone_number_id: str = Field(min_length=1)
-    waba_id: str = Field(min_length=1)
+    phone_number_id: ProviderId
+    waba_id: ProviderId
     display_number: str = Field(min_length=1, max_length=32)
     app_secret: str = Field(min_length=1)
     verify_token: str = Field(min_length=1)
-    graph_version: str = "v23.0"
+    graph_version: str = Field("v23.0", pattern=r"^v\d+\.\d+$")
 
     def registry_values(self) -> dict[str, Any]:
         return self.model_dump(exclude={"provider"}) | {"key": self.phone_number_id}
@@ -80,7 +101,7 @@ class MetaChannelCreate(_ChannelCreate):
 
 class WhapiChannelCreate(_ChannelCreate):
     provider: Literal["whapi"]
-    channel_id: str = Field(min_length=1)
+    channel_id: ProviderId
     webhook_secret: str = Field(min_length=1)
 
     def registry_values(self) -> dict[str, Any]:
@@ -89,10 +110,10 @@ class WhapiChannelCreate(_ChannelCreate):
 
 class ChakraChannelCreate(_ChannelCreate):
     provider: Literal["chakra"]
-    plugin_id: str = Field(min_length=1)
-    phone_number_id: str = Field(min_length=1)
+    plugin_id: ProviderId
+    phone_number_id: ProviderId
     webhook_secret: str = Field(min_length=1)
-    graph_version: str = "v23.0"
+    graph_version: str = Field("v23.0", pattern=r"^v\d+\.\d+$")
 
     def registry_values(self) -> dict[str, Any]:
         return self.model_dump(exclude={"provider", "plugin_id"}) | {"key": self.plugin_id}
@@ -173,15 +194,17 @@ class ChannelHealth(Answer):
 
 
 class MessageQuery(Request):
-    channel: str | None = Field(None, description="The channel's provider id.")
-    contact: str | None = Field(None, description="Phone number / wa_id, BSUID or group id.")
+    channel: str | None = Field(None, max_length=191, description="The channel's provider id.")
+    contact: str | None = Field(None, max_length=191, description=(
+        "Phone number / wa_id, BSUID or group id."))
     direction: Literal["in", "out"] | None = None
-    status: str | None = Field(None, description="received, queued, accepted, sent, "
+    status: str | None = Field(None, max_length=32, description="received, queued, accepted, sent, "
                                "delivered, read, failed, ...")
     since: datetime | None = Field(None, description="ISO 8601; inclusive.")
     until: datetime | None = Field(None, description="ISO 8601; exclusive.")
     limit: int = Field(50, ge=1, le=500)
-    cursor: str | None = Field(None, description="`next_cursor` of the previous page.")
+    cursor: str | None = Field(None, max_length=200, description=(
+        "`next_cursor` of the previous page."))
 
 
 class ProviderErrorOut(Answer):
@@ -262,7 +285,8 @@ class DeadLetter(Answer):
 
 
 class Selection(Request):
-    ids: list[str] | None = Field(None, min_length=1, description="These ids ...")
+    ids: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, min_length=1, max_length=10_000, description="These ids ...")
     all: bool = Field(False, description="... or every one (give one of the two).")
 
 

@@ -5,6 +5,7 @@ checks. Every answer is checked against the model the OpenAPI document gives for
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import threading
@@ -548,3 +549,52 @@ def test_the_documented_examples_are_accepted_by_the_tenant_api() -> None:
         parse_validity(data, now)
         m.MessageSubmission.model_validate(data)
         assert submission.channel == data["channel"], name
+
+
+def test_bad_input_is_a_4xx_never_a_500(admin: Admin) -> None:
+    meta_channel(admin)
+    huge = "9" * 30
+    early_cursor = base64.urlsafe_b64encode(b'["0001-01-01T00:00:00+14:00",0,1]').decode()
+    for method, path, body in (
+            ("GET", f"/admin/v1/channels/{huge}", None),
+            ("POST", f"/admin/v1/channels/{huge}/pause", {}),
+            ("GET", f"/admin/v1/parked/{huge}", None),
+            ("GET", f"/admin/v1/tenants/acme/messages/outbound/{huge}", None),
+            ("POST", "/admin/v1/parked/replay", {"ids": [huge]}),
+            ("POST", "/admin/v1/parked/discard", {"ids": ["٣"], "reason": "x"}),
+            ("POST", "/admin/v1/channels/1/pause", {"reason": "a\x00b"}),
+            ("POST", "/admin/v1/channels/1/pause", {"reason": "x" * 501}),
+            ("POST", "/admin/v1/channels", {
+                "provider": "whapi", "tenant": "acme", "channel_id": "x" * 65, "token": "t",
+                "webhook_secret": "s"}),
+            ("POST", "/admin/v1/channels", {
+                "provider": "whapi", "tenant": "acme", "channel_id": "C", "token": "t",
+                "webhook_secret": "s", "api_base_url": "http://[::1"}),
+            ("POST", "/admin/v1/channels", {
+                "provider": "whapi", "tenant": "acme", "channel_id": "C", "token": "t",
+                "webhook_secret": "s", "api_base_url": "ftp://files.example"}),
+            ("GET", "/admin/v1/tenants/acme/messages?contact=%00", None),
+            ("GET", "/admin/v1/tenants/acme/messages?since=0001-01-01T00:00:00%2B14:00", None),
+            ("GET", f"/admin/v1/tenants/acme/messages?cursor={early_cursor}", None)):
+        answer = admin.client.request(method, path, json=body, headers=admin.headers())
+        assert 400 <= answer.status_code < 500, (method, path, answer.status_code, answer.text)
+        assert set(answer.json()) == {"error"}, answer.text
+    # Nothing was half done by the refusals.
+    assert [c["key"] for c in admin.get("/admin/v1/channels", m.Channel, many=True)] == [PN]
+
+
+def test_the_tenant_api_answers_as_documented(admin: Admin) -> None:
+    meta_channel(admin)
+    headers = {"Authorization": f"Bearer {admin.tenant_key}", "Idempotency-Key": "k-1"}
+    body = dict(m.SUBMISSION_EXAMPLES["validity"]["value"], channel=PN)
+    created = admin.client.post("/v1/messages", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    m.Submission.model_validate(created.json())
+    again = admin.client.post("/v1/messages", json=body, headers=headers)
+    assert again.status_code == 200 and again.json() == created.json()
+    read = admin.client.get(f"/v1/messages/{created.json()['id']}",
+                            headers={"Authorization": f"Bearer {admin.tenant_key}"})
+    m.OutboundMessage.model_validate(read.json())
+    # The admin key is not a tenant key.
+    assert admin.client.post("/v1/messages", json=body,
+                             headers=admin.headers()).status_code == 401

@@ -156,10 +156,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, int, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, rank, row_id = json.loads(raw)
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None or rank not in SOURCES.values() or not isinstance(row_id, int):
+        when = datetime.fromisoformat(at).astimezone(UTC)
+        if (rank not in SOURCES.values() or not isinstance(row_id, int)
+                or not 0 <= row_id < 2**63):
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ValueError("the cursor is not valid (use `next_cursor` as given)") from None
     return when, rank, row_id
 
