@@ -82,6 +82,14 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
             prop = dict(schema["properties"][name])
             description = prop.pop("description", info.description or "")
             prop.pop("title", None)
+            # An absent query parameter is the "null" of an optional field: no null branch.
+            branches = [b for b in prop.pop("anyOf", []) if b != {"type": "null"}]
+            if len(branches) == 1:
+                prop.update(branches[0])
+            elif branches:
+                prop["anyOf"] = branches
+            if prop.get("default", 0) is None:
+                del prop["default"]
             params.append({"name": name, "in": "query", "required": info.is_required(),
                            "description": description, "schema": prop})
     params.extend(op.headers)
