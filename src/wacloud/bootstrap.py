@@ -53,6 +53,8 @@ def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
         # Pacing and backoff release messages many times; attempts are counted on the row.
         # A retry is one receive, and pacing or a leased row may add a few: room for every
         # attempt the retry period allows, so the row, not the queue, decides when to give up.
+        # Its visibility is only how soon a crashed worker's sends come back: the runner's
+        # heartbeat keeps a message hidden however long its send takes.
         envelopes.OUTBOUND_SEND: QueueSpec(envelopes.OUTBOUND_SEND, fifo=True,
                                            max_receives=max(50, 3 * settings.send_max_attempts),
                                            visibility_timeout=settings.send_timeout_s * 3),
@@ -213,7 +215,8 @@ def build_gateway(settings: Settings) -> Gateway:
     copier = MediaCopier(media_store, media_http, tmp_dir=settings.data_dir / "tmp",
                          max_bytes=settings.max_media_bytes,
                          allow_local=settings.dev_allow_local_urls, api=send_http)
-    limits = SendLimits(settings.pair_burst, settings.pair_interval_s)
+    limits = SendLimits(settings.pair_burst, settings.pair_interval_s,
+                        settings.send_rate_margin)
     set_dead_letter_source(lambda: {name: queue.count_dead() for name, queue in queues.items()
                                     if not name.endswith(".dlq")})
     return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     send_backoff_base_s: float = 1.0
     send_backoff_max_s: float = 300.0
     send_timeout_s: float = 30.0
+    # A number's limit counts sends by when they start; its window is this much longer than
+    # a second, for the jitter between our start and the provider's arrival.
+    send_rate_margin: float = 0.05
     pair_burst: int = 45  # Meta's pair rate limit: a burst, then one message per interval
     pair_interval_s: float = 6.0
 

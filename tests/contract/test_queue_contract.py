@@ -310,6 +310,101 @@ async def test_sent_messages_survive_sigkill(backend: Backend, qname: str) -> No
     assert confirmed <= present
 
 
+async def test_extend_visibility_keeps_a_message_hidden(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    await queue.send(b"slow")
+    [msg] = await queue.receive(1, visibility_timeout=0.3)
+    assert await queue.extend_visibility(msg.receipt, 30)
+    # Well past the first visibility timeout: still hidden, still held by the same receipt.
+    assert await queue.receive(1, wait_seconds=0.8) == []
+    assert (await queue.depth())["in_flight"] == 1
+    await queue.ack([msg.receipt])
+    assert await queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    assert not await queue.extend_visibility(msg.receipt, 30)  # acked: nothing to extend
+
+
+async def test_extend_visibility_with_a_stale_receipt_changes_nothing(
+        broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname))
+    await queue.send(b"x")
+    [first] = await queue.receive(1, visibility_timeout=0.2)
+    [second] = await queue.receive(1, visibility_timeout=0.5, wait_seconds=5)
+    assert not await queue.extend_visibility(first.receipt, 60)
+    # The stale receipt did not keep it: it comes back when the second receive's time is up.
+    [third] = await queue.receive(1, wait_seconds=5)
+    assert third.message_id == second.message_id and third.receive_count == 3
+    assert await queue.extend_visibility(third.receipt, 0)  # zero: visible again right away
+    [again] = await queue.receive(1)
+    assert again.message_id == third.message_id
+
+
+async def test_fifo_extend_visibility_keeps_the_group_locked(broker: QueueBroker,
+                                                             qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, fifo=True))
+    await queue.send_batch([OutgoingMessage(b"a1", group_id="a"),
+                            OutgoingMessage(b"a2", group_id="a")])
+    [head] = await queue.receive(1, visibility_timeout=0.3)
+    assert await queue.extend_visibility(head.receipt, 30)
+    assert await queue.receive(10, wait_seconds=0.8) == []  # a2 never overtakes a1
+    await queue.ack([head.receipt])
+    [msg] = await queue.receive(10)
+    assert msg.body == b"a2"
+
+
+async def test_fifo_receives_take_turns_between_lanes(broker: QueueBroker, qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, fifo=True))
+    # A campaign of one lane (one number, many recipients) queued before another lane's one.
+    await queue.send_batch([OutgoingMessage(f"c{i}".encode(), group_id=f"t1/n1/r{i}")
+                            for i in range(300)])
+    await queue.send(b"otp", group_id="t2/n2/r0")
+    got = await queue.receive(4)
+    assert b"otp" in [m.body for m in got]
+    # Small receives serve every lane in turn too.
+    await queue.send(b"otp2", group_id="t2/n2/r1")
+    bodies = [m.body for _ in range(2) for m in await queue.receive(1)]
+    assert b"otp2" in bodies
+
+
+async def test_fifo_backlog_behind_a_head_and_redrive_order(broker: QueueBroker,
+                                                            qname: str) -> None:
+    queue = broker.queue(QueueSpec(qname, fifo=True, max_receives=1, visibility_timeout=0.1))
+    await queue.send_batch([OutgoingMessage(f"a{i}".encode(), group_id="g/a")
+                            for i in range(5)])
+    [head] = await queue.receive(1)
+    assert head.body == b"a0"
+    # Its visibility runs out with one receive allowed: it is dead-lettered, a1 takes its place.
+    got: list[ReceivedMessage] = []
+
+    async def rest_of_group() -> bool:
+        got.extend(await queue.receive(10, visibility_timeout=30))
+        return bool(got)
+
+    await eventually(rest_of_group)
+    assert (await queue.depth())["dead"] == 1
+    assert [m.body for m in got] == [f"a{i}".encode() for i in range(1, 5)]
+    await queue.release(got[0].receipt)
+    for later in got[1:]:
+        await queue.release(later.receipt)
+    # Redriven, the older a0 is the group's head again: nothing of its group overtakes it.
+    assert await queue.redrive() == 1
+    got = await queue.receive(10, visibility_timeout=30)
+    assert [m.body for m in got][:1] == [b"a0"]
+    assert [m.body for m in got if m.group_id == "g/a"] == sorted(m.body for m in got)
+
+
+async def test_fifo_redrive_of_a_letter_sent_to_the_dlq_directly(broker: QueueBroker,
+                                                                 qname: str) -> None:
+    # What the send stage does when attempts run out: the body goes to the DLQ by a plain send,
+    # without its group; `dlq replay` redrives it into the FIFO queue.
+    queue = broker.queue(QueueSpec(qname, fifo=True))
+    await queue.send(b"first", group_id="t/n/a")
+    assert [m.body for m in await drain(queue)] == [b"first"]
+    await broker.queue(QueueSpec(f"{qname}.dlq")).send(b"gave up")
+    assert await queue.redrive() == 1
+    [msg] = await queue.receive(10)
+    assert msg.body == b"gave up"
+
+
 async def test_release_keeps_the_reason_into_the_dlq(broker: QueueBroker, qname: str) -> None:
     queue = broker.queue(QueueSpec(qname, max_receives=1))
     await queue.send(b"poison")

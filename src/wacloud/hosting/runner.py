@@ -6,6 +6,9 @@ receives. A failure that is the database's (down, locked, failing over) is not c
 input backs off (capped exponential) and is tried again until `db_retry_period` has passed
 since it was queued, and only then dead-lettered, so a long outage loses nothing. Messages
 of one FIFO group are handled one after another, in order; different groups run in parallel.
+While messages are held (being handled, or waiting behind an earlier one of their group), a
+heartbeat extends their visibility every third of the queue's visibility timeout: however long
+a handler takes, its message is not handed out a second time, nor overtaken in its group.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class StageRunner:
         self.defer_after = defer_after
         self._deferring_until = 0.0
         self._deferring = False
+        self._held: dict[str, ReceivedMessage] = {}  # receipt -> message, until ack or release
         self.db_retry_period = db_retry_period
         self.db_retry_max_delay = db_retry_max_delay
 
@@ -75,9 +79,49 @@ class StageRunner:
             self._deferring_until = now + DEFER_CHECK_S
         return self.deferred_concurrency if self._deferring else self.concurrency
 
+    async def heartbeat(self) -> None:
+        """Keep every held message hidden while this runner works on it (until cancelled:
+        after a stop, the handlers still running are waited for)."""
+        timeout = self.queue.spec.visibility_timeout
+        while True:
+            await asyncio.sleep(timeout / 3)  # a period, not synchronization
+            await self.extend_held(timeout)
+
+    async def extend_held(self, seconds: float) -> None:
+        receipts = list(self._held)
+        if not receipts:
+            return
+        try:
+            kept = await asyncio.gather(*(self.queue.extend_visibility(r, seconds)
+                                          for r in receipts))
+        except Exception as exc:  # a broken queue: the handlers will hear of it themselves
+            log.warning("stage %s: could not extend the visibility of %d messages (%s)",
+                        self.name, len(receipts), type(exc).__name__)
+            return
+        for receipt, ok in zip(receipts, kept, strict=True):
+            if not ok and receipt in self._held:
+                log.warning("stage %s: message %s was no longer held (received again?)",
+                            self.name, self._held[receipt].message_id)
+
+    def _let_go(self, messages: list[ReceivedMessage]) -> None:
+        for message in messages:
+            self._held.pop(message.receipt, None)
+
     async def run(self, stop: asyncio.Event) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.concurrency)
+        heartbeat = asyncio.create_task(self.heartbeat())
+        try:
+            await self._run(stop, in_flight, slots)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _run(self, stop: asyncio.Event, in_flight: set[asyncio.Task[None]],
+                   slots: asyncio.Semaphore) -> None:
         while not stop.is_set():
             limit = await self._limit()
             free = (limit - len(in_flight)) * (1 if self.batch_handler is None else self.batch)
@@ -96,6 +140,7 @@ class StageRunner:
                 log.exception("stage %s: receive failed", self.name)
                 await asyncio.sleep(self.error_backoff)  # back off a broken queue, not a sync
                 continue
+            self._held.update((m.receipt, m) for m in messages)
             if self.batch_handler is not None and messages:
                 task = asyncio.create_task(self._run_batch(messages, slots))
                 in_flight.add(task)
@@ -108,8 +153,6 @@ class StageRunner:
                 task = asyncio.create_task(self._run_group(group, slots))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _run_group(self, group: list[ReceivedMessage], slots: asyncio.Semaphore) -> None:
         async with slots:
@@ -117,6 +160,7 @@ class StageRunner:
                 if not await self.handle(message):
                     # Keep the group's order: what follows a failed message waits for it.
                     for later in group[index + 1:]:
+                        self._let_go([later])
                         await self.queue.release(later.receipt, 0.0)
                     return
 
@@ -127,6 +171,7 @@ class StageRunner:
             try:
                 outputs = await self.batch_handler(messages)
                 await self.forward(outputs)
+                self._let_go(messages)
                 await self.queue.ack([m.receipt for m in messages])
             except Exception as exc:
                 if is_database_unavailable(exc):
@@ -148,12 +193,14 @@ class StageRunner:
         try:
             outputs = await self.handler(message)
             await self.forward(outputs)
+            self._let_go([message])
             await self.queue.ack([message.receipt])
         except RetryLater as retry:
             STAGE_MESSAGES.labels(self.name, "retry").inc()
             try:
                 await self.forward(retry.outputs)
             finally:
+                self._let_go([message])
                 await self.queue.release(message.receipt, retry.delay,
                                          reason=failure_reason(retry))
             return False
@@ -166,6 +213,7 @@ class StageRunner:
                           message.message_id, message.receive_count)
             delay = random.uniform(0.5, 1.0) * self.error_backoff * 2 ** min(
                 message.receive_count, 6)
+            self._let_go([message])
             await self.queue.release(message.receipt, delay, reason=failure_reason(exc))
             return False
         STAGE_MESSAGES.labels(self.name, "ok").inc()
@@ -177,6 +225,7 @@ class StageRunner:
         message was queued; then dead-letter it with the reason."""
         reason = failure_reason(exc)
         waited = max(time.time() - message.sent_at, 0.0)
+        self._let_go([message])
         if waited >= self.db_retry_period:
             STAGE_MESSAGES.labels(self.name, "error").inc()
             log.error("stage %s: database unavailable for %.0f s, message %s dead-lettered: %s",

@@ -64,6 +64,8 @@ def outbound_from_row(tenant: str, row: Any) -> OutboundMessage:
 
 
 def send_group(message: OutboundMessage) -> str:
+    if message.type == "read":  # a mark-as-read keeps no order: a group of its own
+        return f"{message.tenant}/{message.channel_key}/read:{message.row_id}"
     return f"{message.tenant}/{message.channel_key}/{message.recipient or '-'}"
 
 

@@ -9,6 +9,9 @@ acceptance finds the provider message id and is dropped. Each outcome is written
 this stage, in the same group commit as the lease, before the message is acknowledged:
 - accepted -> status 3 + provider message id; the result also goes to the save stage, which
   applies receipts that arrived before it;
+- the number's rate limit counts sends by when they start; a message whose slot is more than
+  `max_inline_wait` away is released until just before it (before it takes the lease), its
+  slot kept for its return;
 - temporary (5xx, 1, 2, 4, 80007, 130429, 131000, 131056, timeouts, network errors, a media
   host that does not resolve right now, ...) -> released with capped exponential backoff and
   jitter (honouring Retry-After); 131056 slows only that recipient, 130429 the whole
@@ -69,6 +72,9 @@ from wacloud.urlpolicy import UrlRefused, check_public_url
 log = logging.getLogger(__name__)
 
 BUILDERS = {Provider.META: meta_send, Provider.WHAPI: whapi_send, Provider.CHAKRA: chakra_send}
+# A message released to wait for its rate-limit slot comes back this much before the slot: the
+# receive and the row check happen meanwhile, and the send still starts on time.
+RETURN_LEAD_S = 0.5
 # A send lease covers the longest attempt: a Chakra media send is a download, an upload and
 # the send, each up to the timeout; plus the inline pacing wait and a margin.
 LEASE_CALLS = 3
@@ -90,7 +96,8 @@ class SendContext:
     backoff_base: float = 1.0
     backoff_max: float = 300.0
     timeout: float = 30.0
-    # Longer waits for a recipient's pacing release the message instead of holding a worker.
+    # Longer waits for a recipient's pacing or the number's rate release the message (with
+    # the delay) instead of holding a worker and its queue claim.
     max_inline_wait: float = 2.0
     # Temporary trouble is retried this long from the row's first temporary failure.
     retry_period: float = 3600.0
@@ -261,6 +268,18 @@ async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]
         return await settle(ctx, message, OutboundStatus.PENDING, error=ProviderError(
             "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))
 
+    # The number's rate: a message whose slot is far off goes back to the queue until just
+    # before it (keeping the slot) instead of holding a worker and its claim meanwhile.
+    limits = ctx.limits
+    window = limits.number(channel.key, channel.mps)
+    slot_key = f"{message.tenant}:{message.row_id}"
+    lead = min(RETURN_LEAD_S, ctx.max_inline_wait / 2)
+    start = limits.start_for(slot_key, window, limits.now())
+    if start - limits.now() > ctx.max_inline_wait:
+        limits.hold(slot_key, start, limits.now())
+        raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
+                         max(0.0, start - limits.now() - lead))
+
     store = await ctx.broker.tenant_store_async(message.tenant)
     owner = uuid.uuid4().hex
     # Grouped with the other sends starting now: one commit for many attempts.
@@ -281,7 +300,6 @@ async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]
     if state.attempts > ctx.max_attempts:
         return await give_up(message, data, ctx, store, owner, state, None)
 
-    limits = ctx.limits
     pair = f"{channel.key}/{message.recipient}"
     wait = limits.pairs.delay(pair, limits.now())
     if wait > ctx.max_inline_wait:
@@ -290,13 +308,16 @@ async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]
         await asyncio.sleep(wait)  # pacing, not synchronization: the provider's pair limit
     if message.recipient and message.type != "read":
         limits.pairs.reserve(pair, limits.now())
-    window = limits.number(channel.key, channel.mps)
-    slot = await window.acquire()
-    try:
-        lease.held = False  # from here on the provider may have it: the lease stays
-        outcome = await call_provider(channel, message, ctx)
-    finally:
-        window.release(slot)
+    # Counted from its start, whatever the answer takes: other sends start meanwhile.
+    start = limits.confirm(window, start, limits.now())
+    if start - limits.now() > ctx.max_inline_wait:
+        limits.hold(slot_key, start, limits.now())
+        raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
+                         max(0.0, start - limits.now() - lead))
+    if start > limits.now():
+        await asyncio.sleep(start - limits.now())  # the number's rate, not synchronization
+    lease.held = False  # from here on the provider may have it: the lease stays
+    outcome = await call_provider(channel, message, ctx)
     excerpt = outcome.response_excerpt
     if outcome.outcome is SendOutcome.ACCEPTED:
         limits.pairs.confirm(pair)

@@ -250,6 +250,65 @@ async def test_wal_is_cut_back_while_writes_go_on(tmp_path: Path,
     await broker.close()
 
 
+async def _claim_steps(queue: sqlite_queue.SqliteQueue, broker: SqliteBroker) -> int:
+    """SQLite VM steps (in hundreds) one receive of one message takes under the write lock."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    await broker.call(lambda conn: conn.set_progress_handler(count, 100))
+    try:
+        got = await queue.receive(1, visibility_timeout=60)
+    finally:
+        await broker.call(lambda conn: conn.set_progress_handler(None, 100))
+    assert got, "the receive found nothing"
+    await queue.ack([m.receipt for m in got])
+    return steps[0]
+
+
+@pytest.mark.parametrize("backlog", [50, 5000])
+async def test_fifo_claim_does_not_walk_a_blocked_backlog(tmp_path: Path, backlog: int) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("send", fifo=True))
+    # Queued behind an in-flight head: one recipient's long queue ...
+    await queue.send_batch([OutgoingMessage(b"x", group_id="t/n/busy") for _ in range(backlog)])
+    [head] = await queue.receive(1, visibility_timeout=60)
+    # ... and a campaign released until its rate-limit slots (hidden heads of one lane).
+    await queue.send_batch([OutgoingMessage(b"c", group_id=f"t/n/r{i}", delay=600)
+                            for i in range(backlog)])
+    await queue.send(b"ready", group_id="t2/n2/r")
+    steps = await _claim_steps(queue, broker)
+    assert steps < 20, steps  # a few index seeks, whatever the backlog (~2 with either size)
+    await queue.ack([head.receipt])
+    await broker.close()
+
+
+async def test_a_file_from_before_lanes_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,"
+                 " body BLOB NOT NULL, group_id TEXT, dedup_id TEXT, sent_at REAL NOT NULL,"
+                 " visible_at REAL NOT NULL, receive_count INTEGER NOT NULL DEFAULT 0,"
+                 " receipt TEXT, origin TEXT)")
+    now = time.time()
+    for body, group in ((b"a1", "t/n/a"), (b"b1", "t/n/b"), (b"a2", "t/n/a"), (b"n1", None)):
+        conn.execute("INSERT INTO messages (queue, body, group_id, sent_at, visible_at)"
+                     " VALUES ('send', ?, ?, ?, ?)", (body, group, now, now))
+    conn.close()
+    broker = SqliteBroker(path)
+    queue = broker.queue(QueueSpec("send", fifo=True))
+    got = await queue.receive(10)
+    assert sorted(m.body for m in got) == [b"a1", b"a2", b"b1", b"n1"]
+    assert [m.body for m in got if m.group_id == "t/n/a"] == [b"a1", b"a2"]
+    await queue.ack([m.receipt for m in got])
+    await queue.send(b"a3", group_id="t/n/a")  # a new message of an emptied group is its head
+    [msg] = await queue.receive(10)
+    assert msg.body == b"a3"
+    await broker.close()
+
+
 async def test_writer_survives_a_batch_that_breaks_the_transaction(tmp_path: Path) -> None:
     """An op that ends the transaction itself makes the ROLLBACK after its error fail too: that
     used to kill the writer thread, and every later send (every webhook) waited forever."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import sqlalchemy.exc as sa_exc
 
-from wacloud.adapters.queue.base import QueueSpec, ReceivedMessage
+from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec, ReceivedMessage
 from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.hosting.runner import StageRunner
 from wacloud.stages.envelopes import Output
@@ -123,6 +123,43 @@ async def test_a_deferring_stage_runs_one_at_a_time_while_its_priority_queue_wai
     await run_until(runner, lambda: len(handled) == 11)
     assert most > 1
     await broker.close()
+
+
+async def test_a_handler_that_outlives_the_visibility_timeout_keeps_its_messages(
+        tmp_path: Path) -> None:
+    # Two runners (as two processes would) on one FIFO queue whose visibility is 0.3 s; the
+    # first message's handler takes 1.2 s (a slow provider, a long rate-limit wait).
+    brokers = [SqliteBroker(tmp_path / "q.db"), SqliteBroker(tmp_path / "q.db")]
+    queues = [b.queue(QueueSpec("send", fifo=True, visibility_timeout=0.3)) for b in brokers]
+    await queues[0].send_batch([OutgoingMessage(b"g1", group_id="t/n/g"),
+                                OutgoingMessage(b"g2", group_id="t/n/g")])
+    handled: list[tuple[str, bytes]] = []
+
+    def handler(name: str) -> Callable[[ReceivedMessage], Awaitable[list[Output]]]:
+        async def handle(message: ReceivedMessage) -> list[Output]:
+            handled.append((name, message.body))
+            if message.body == b"g1":
+                await asyncio.sleep(1.2)  # stands in for the slow work
+            return []
+        return handle
+
+    first = StageRunner("a", queues[0], handler("a"), {}, concurrency=4, wait_seconds=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    deadline = time.monotonic() + 10
+    while not handled and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    second = StageRunner("b", queues[1], handler("b"), {}, concurrency=4, wait_seconds=0.05)
+    other = asyncio.create_task(second.run(stop))
+    while len(handled) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.gather(task, other)
+    # Handed out once each, in order, by the runner that received them.
+    assert handled == [("a", b"g1"), ("a", b"g2")]
+    assert await queues[0].depth() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    for broker in brokers:
+        await broker.close()
 
 
 def _locked() -> sa_exc.OperationalError:

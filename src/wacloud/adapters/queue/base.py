@@ -4,11 +4,17 @@ Semantics (the same for the SQLite and SQS implementations):
 - `send` is durable when it returns. FIFO queues take a group id (messages of one group are
   received in order, and none is received while an earlier one of its group is in flight) and a
   de-duplication id (a second send with the same id while the first is still queued is a no-op).
+  FIFO receives take turns between lanes (a group id's lane is what precedes its last "/", e.g.
+  tenant/channel for tenant/channel/recipient): a lane with a long backlog never holds back the
+  messages of another, and a group queued behind its in-flight head is never scanned.
 - `receive` hides the messages it returns for `visibility_timeout` seconds and counts receives.
   A message received more than `max_receives` times goes to the queue's dead-letter queue.
 - `ack` deletes; `release` makes a message visible again after `delay` seconds (backoff),
   keeping `reason` (why it failed) with it; `count=False` gives the receive back, for failures
   that are not the message's (its database is down): they must not bring it nearer the DLQ.
+- `extend_visibility` keeps a received message hidden for `seconds` more from now (SQS's
+  ChangeMessageVisibility): a worker still handling it heartbeats, so it is never handed out
+  twice however long the work takes.
 - `dead_letter` moves a received message to the dead-letter queue at once, with the reason.
 - `redrive` moves dead letters back to the source queue; `discard` deletes them.
 """
@@ -78,6 +84,12 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def dead_letter(self, receipt: str, reason: str) -> None:
         """Move a received message to the dead-letter queue now, keeping `reason`."""
+
+    @abc.abstractmethod
+    async def extend_visibility(self, receipt: str, seconds: float) -> bool:
+        """Hide the message of `receipt` until `seconds` from now; False if that receipt no
+        longer holds it (acked, released, or its visibility ran out and it was received
+        again)."""
 
     @abc.abstractmethod
     async def depth(self) -> dict[str, int]:

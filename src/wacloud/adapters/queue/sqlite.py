@@ -33,7 +33,7 @@ from wacloud.adapters.queue.base import (
     QueueSpec,
 )
 from wacloud.adapters.queue.doorbell import Doorbell
-from wacloud.adapters.queue.sqlite_queue import SqliteQueue
+from wacloud.adapters.queue.sqlite_queue import SqliteQueue, lane_of
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -69,29 +69,82 @@ CREATE TABLE IF NOT EXISTS messages (
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt TEXT,
     origin TEXT,
+    head INTEGER NOT NULL DEFAULT 1,
+    lane TEXT,
     reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at);
 CREATE INDEX IF NOT EXISTS messages_seq ON messages (queue);
-CREATE INDEX IF NOT EXISTS messages_group ON messages (queue, group_id, visible_at)
-    WHERE group_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (queue, dedup_id)
     WHERE dedup_id IS NOT NULL AND origin IS NULL;
 """
 
+# FIFO queues keep, per group, which message is its head (the oldest of the group in that
+# queue): only heads can be claimed, so a receive walks the heads that are visible now, per
+# lane, and never the messages queued behind an in-flight or backing-off head. `lane` is NULL
+# for messages of standard queues (they pay for none of this). Triggers keep `head` right
+# whatever moves a message: an ack or erasure, a dead-lettering or a redrive; a send of FIFO
+# messages marks the ones that joined a group as followers (`_MARK_FOLLOWERS`: no insert trigger,
+# which standard queues' sends would run too, row by row).
+_FIFO_SCHEMA = """
+DROP INDEX IF EXISTS messages_group;
+CREATE INDEX IF NOT EXISTS messages_group_seq ON messages (queue, group_id, id)
+    WHERE group_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_heads ON messages (queue, lane, visible_at, id)
+    WHERE head = 1 AND lane IS NOT NULL;
+DROP TRIGGER IF EXISTS messages_fifo_insert;
+CREATE TRIGGER IF NOT EXISTS messages_fifo_delete AFTER DELETE ON messages
+WHEN OLD.head = 1 AND OLD.group_id IS NOT NULL AND OLD.lane IS NOT NULL BEGIN
+    UPDATE messages SET head = 1 WHERE id = (SELECT MIN(id) FROM messages
+        WHERE queue = OLD.queue AND group_id = OLD.group_id);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fifo_move AFTER UPDATE OF queue ON messages
+WHEN OLD.group_id IS NOT NULL AND OLD.lane IS NOT NULL AND OLD.queue != NEW.queue BEGIN
+    UPDATE messages SET head = 1 WHERE OLD.head = 1 AND id = (SELECT MIN(id) FROM messages
+        WHERE queue = OLD.queue AND group_id = OLD.group_id);
+    UPDATE messages SET head = 0 WHERE queue = NEW.queue AND group_id = NEW.group_id
+        AND id > NEW.id AND head = 1;
+    UPDATE messages SET head = NOT EXISTS (SELECT 1 FROM messages p WHERE p.queue = NEW.queue
+        AND p.group_id = NEW.group_id AND p.id < NEW.id) WHERE id = NEW.id;
+END;
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """`script` cut into whole statements (trigger bodies hold semicolons of their own); not
+    `executescript`, which would commit the transaction the schema is written in."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
+
+
+def _add_fifo_columns(conn: sqlite3.Connection) -> None:
+    """Files written before lanes and heads existed: add them and work them out once."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "head" in columns:
+        return
+    conn.execute("ALTER TABLE messages ADD COLUMN head INTEGER NOT NULL DEFAULT 1")
+    conn.execute("ALTER TABLE messages ADD COLUMN lane TEXT")
+    # Which queues are FIFO is not written down: each FIFO queue adopts its messages without a
+    # lane at its first receive (`SqliteQueue._adopt`).
+
 
 # Rows of the `messages` table as `send` writes them: queue, body, group_id, dedup_id, sent_at,
-# visible_at.
-Row = tuple[str, bytes, str | None, str | None, float, float]
+# visible_at, lane (None outside FIFO queues).
+Row = tuple[str, bytes, str | None, str | None, float, float, str | None]
 _INSERT_COLUMNS = ("INSERT OR IGNORE INTO messages"
-                   " (queue, body, group_id, dedup_id, sent_at, visible_at)")
+                   " (queue, body, group_id, dedup_id, sent_at, visible_at, lane)")
 
 
 def _insert_sql(rows: int) -> str:
     # Sends waiting in one batch are written by as few multi-row INSERTs as possible: the writer
     # thread gives up the GIL at each statement step, and with one step per row it waited for
     # the busy event loop thread once per row, holding the write lock other processes wait for.
-    return f"{_INSERT_COLUMNS} VALUES {','.join(['(?,?,?,?,?,?)'] * rows)}"
+    return f"{_INSERT_COLUMNS} VALUES {','.join(['(?,?,?,?,?,?,?)'] * rows)}"
 
 
 @dataclass(slots=True)
@@ -138,6 +191,10 @@ class SqliteBroker(QueueBroker):
             if statement.strip():
                 self._conn.execute(statement)
         _add_missing_columns(self._conn)
+        _add_fifo_columns(self._conn)
+        self._conn.create_function("wacloud_lane", 1, lane_of, deterministic=True)
+        for statement in _statements(_FIFO_SCHEMA):
+            self._conn.execute(statement)
         self._doorbell.register(self._conn)
         self._conn.execute("COMMIT")
         # Within a write transaction nothing else waits for a lock in WAL mode; taking the
@@ -372,6 +429,17 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE messages ADD COLUMN reason TEXT")
 
 
+_MARK_FOLLOWERS = ("UPDATE messages SET head = 0 WHERE id > ? AND lane IS NOT NULL"
+                   " AND group_id IS NOT NULL AND EXISTS (SELECT 1 FROM messages p"
+                   " WHERE p.queue = messages.queue AND p.group_id = messages.group_id"
+                   " AND p.id < messages.id)")
+
+
 def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    fifo = any(row[6] is not None for row in rows)
+    if fifo:  # the writer holds the lock: every id above this one is a row inserted here
+        (before,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
     for chunk in power_of_two_chunks(rows):
         conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+    if fifo:
+        conn.execute(_MARK_FOLLOWERS, (before,))

@@ -7,9 +7,11 @@ Every operation is a function run by the broker's writer thread inside its next 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import sqlite3
 import time
+from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -40,22 +42,44 @@ _CLAIMED = ("SELECT id, body, group_id, sent_at, receive_count FROM messages"
             " WHERE queue = ? AND visible_at = ? AND receipt = ? ORDER BY id")
 _PICK_STANDARD = ("SELECT id FROM messages WHERE queue = :q AND visible_at <= :now{live}"
                   " ORDER BY visible_at, id LIMIT :n")
-# FIFO: a message is eligible when no message of its group is in flight and no earlier one of
-# its group is still hidden (delayed or backing off); ordering by id keeps each group in order.
-# Walking messages_seq (queue, id) stops at LIMIT instead of sorting the whole visible backlog;
-# the cost that remains is one probe per message queued behind an in-flight group.
-_PICK_FIFO = ("SELECT m.id FROM messages m INDEXED BY messages_seq"
-              " WHERE m.queue = :q AND m.visible_at <= :now{live}"
-              " AND (m.group_id IS NULL OR NOT EXISTS (SELECT 1 FROM messages p"
-              " WHERE p.queue = m.queue AND p.group_id = m.group_id AND p.visible_at > :now"
-              " AND p.id != m.id AND (p.receipt IS NOT NULL OR p.id < m.id)))"
-              " ORDER BY m.id LIMIT :n")
+# FIFO: only a group's head (its oldest message, kept by triggers: see `sqlite.py`) can be
+# claimed, when visible (a hidden head is in flight or backing off, and blocks its group);
+# behind a claimed head, the next ones of its group come along while visible. Heads are taken
+# lane by lane in turn, each lane's oldest-ready first: every step is an index seek, so neither
+# a lane's backlog nor a group's queue behind its head is walked under the write lock.
+_LANES = ("WITH RECURSIVE lanes(lane) AS ("
+          "SELECT MIN(lane) FROM messages INDEXED BY messages_heads"
+          " WHERE queue = :q AND head = 1 AND lane IS NOT NULL"
+          " UNION ALL SELECT (SELECT MIN(m.lane) FROM messages m INDEXED BY messages_heads"
+          " WHERE m.queue = :q AND m.head = 1 AND m.lane IS NOT NULL AND m.lane > lanes.lane)"
+          " FROM lanes WHERE lanes.lane IS NOT NULL)"
+          " SELECT lane FROM lanes WHERE lane IS NOT NULL")
+_HEADS = ("SELECT id, group_id, receive_count, group_id IS NOT NULL AND EXISTS (SELECT 1"
+          " FROM messages f INDEXED BY messages_group_seq WHERE f.queue = m.queue"
+          " AND f.group_id = m.group_id AND f.id > m.id) FROM messages m INDEXED BY messages_heads"
+          " WHERE m.queue = :q AND m.head = 1 AND m.lane IS NOT NULL AND m.lane = :lane"
+          " AND m.visible_at <= :now ORDER BY m.visible_at, m.id LIMIT :n")
+_FOLLOWERS = ("SELECT id, visible_at, receive_count FROM messages INDEXED BY messages_group_seq"
+              " WHERE queue = :q AND group_id = :g AND id > :id ORDER BY id LIMIT :n")
+_PICKED = "SELECT value FROM json_each(:ids)"
+# Messages that reached a FIFO queue without a lane (written before lanes existed, or redriven
+# from a dead-letter queue they were sent to directly) get one, and the queue's heads are worked
+# out again. A scan of the queue: only at a queue's first receive in a process and at redrives.
+_ADOPT = "UPDATE messages SET lane = wacloud_lane(group_id) WHERE queue = ? AND lane IS NULL"
+_REHEAD = ("UPDATE messages SET head = (group_id IS NULL OR NOT EXISTS (SELECT 1 FROM messages p"
+           " WHERE p.queue = messages.queue AND p.group_id = messages.group_id"
+           " AND p.id < messages.id)) WHERE queue = ?")
 _LIVE = " AND receive_count < :max"
 _DELETE = "DELETE FROM messages WHERE receipt = ? AND id IN ({ids})"
 _COLUMNS = ("id, body, group_id, sent_at, receive_count, queue, origin, receipt, visible_at,"
             " reason")
 # Messages are dead-lettered with this much of the reason (an exception's text can be long).
 REASON_MAX = 500
+
+
+def lane_of(group_id: str | None) -> str:
+    """A FIFO message's lane: what its group id has before the last "/" ("" if none)."""
+    return (group_id or "").rpartition("/")[0]
 
 
 def _parse_receipt(receipt: str) -> tuple[int, str] | None:
@@ -74,6 +98,8 @@ class SqliteQueue(Queue):
     def __init__(self, broker: SqliteBroker, spec: QueueSpec) -> None:
         self.broker = broker
         self.spec = spec
+        self._turn = 0  # which lane a FIFO receive serves first
+        self._adopted = False
 
     async def send(self, body: bytes, *, group_id: str | None = None,
                    dedup_id: str | None = None, delay: float = 0.0) -> None:
@@ -84,8 +110,10 @@ class SqliteQueue(Queue):
             return
         name = self.spec.name
         now = time.time()
+        fifo = self.spec.fifo
         await self.broker.insert([(name, m.body, m.group_id, m.dedup_id, now,
-                                   now + max(m.delay, 0.0)) for m in messages], wake=name)
+                                   now + max(m.delay, 0.0), lane_of(m.group_id) if fifo else None)
+                                  for m in messages], wake=name)
 
     async def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None,
                       wait_seconds: float = 0.0) -> list[ReceivedMessage]:
@@ -112,15 +140,79 @@ class SqliteQueue(Queue):
                conn: sqlite3.Connection) -> tuple[float, str] | None:
         """Claim up to `limit` messages; (visible_at, token) to find them by, None if none."""
         spec = self.spec
-        pick = _PICK_FIFO if spec.fifo else _PICK_STANDARD
         now = time.time()
-        args = {"q": spec.name, "now": now, "n": limit, "max": spec.max_receives}
-        conn.execute(_SWEEP.format(pick=pick.format(live="")),
-                     {**args, "dlq": spec.dead_letter_name})
+        args: dict[str, Any] = {"q": spec.name, "now": now, "n": limit, "max": spec.max_receives}
         until, token = now + timeout, secrets.token_hex(8)
-        claimed = conn.execute(_CLAIM.format(pick=pick.format(live=_LIVE)),
-                               {**args, "tok": token, "until": until}).rowcount
-        return (until, token) if claimed else None
+        if not spec.fifo:
+            pick = _PICK_STANDARD
+            conn.execute(_SWEEP.format(pick=pick.format(live="")),
+                         {**args, "dlq": spec.dead_letter_name})
+            claimed = conn.execute(_CLAIM.format(pick=pick.format(live=_LIVE)),
+                                   {**args, "tok": token, "until": until}).rowcount
+            return (until, token) if claimed else None
+        if not self._adopted:
+            self._adopt(conn)
+            self._adopted = True
+        live, dead = self._pick_fifo(conn, now, limit)
+        if dead:
+            conn.execute(_SWEEP.format(pick=_PICKED),
+                         {**args, "ids": json.dumps(dead), "dlq": spec.dead_letter_name})
+        if not live:
+            return None
+        conn.execute(_CLAIM.format(pick=_PICKED),
+                     {"ids": json.dumps(live), "tok": token, "until": until})
+        return until, token
+
+    def _adopt(self, conn: sqlite3.Connection) -> None:
+        if conn.execute(_ADOPT, (self.spec.name,)).rowcount:
+            conn.execute(_REHEAD, (self.spec.name,))
+
+    def _pick_fifo(self, conn: sqlite3.Connection, now: float,
+                   limit: int) -> tuple[list[int], list[int]]:
+        """Ids to claim (heads in lane turns, each followed by the visible rest of its group)
+        and heads to dead-letter (received `max_receives` times already)."""
+        name, most = self.spec.name, self.spec.max_receives
+        lanes = [row[0] for row in conn.execute(_LANES, {"q": name})]
+        if not lanes:
+            return [], []
+        # Each receive starts at the lane after the last one the previous receive served, so
+        # that receives smaller than the number of lanes serve every lane in turn too.
+        turn = self._turn % len(lanes)
+        order = lanes[turn:] + lanes[:turn]
+        heads: list[deque[Any] | None] = [None] * len(order)  # a lane's heads, read when due
+        live: list[int] = []
+        dead: list[int] = []
+        served = 0
+        active = True
+        while active and len(live) + len(dead) < limit:
+            active = False
+            for index, lane in enumerate(order):
+                if len(live) + len(dead) >= limit:
+                    break
+                waiting = heads[index]
+                if waiting is None:
+                    waiting = heads[index] = deque(conn.execute(_HEADS, {
+                        "q": name, "lane": lane, "now": now,
+                        "n": limit - len(live) - len(dead)}).fetchall())
+                if not waiting:
+                    continue
+                active = True
+                served = max(served, index)
+                row_id, group_id, count, more = waiting.popleft()
+                if count >= most:
+                    dead.append(row_id)
+                    continue
+                live.append(row_id)
+                room = limit - len(live) - len(dead)
+                if not more or room <= 0:
+                    continue
+                for follower, visible_at, received in conn.execute(_FOLLOWERS, {
+                        "q": name, "g": group_id, "id": row_id, "n": room}):
+                    if visible_at > now or received >= most:
+                        break
+                    live.append(follower)
+        self._turn = turn + served + 1
+        return live, dead
 
     def _read_claimed(self, conn: sqlite3.Connection,
                       claim: tuple[float, str] | None) -> list[ReceivedMessage]:
@@ -165,6 +257,21 @@ class SqliteQueue(Queue):
 
         await self.broker.call(release, wake=self.spec.name if delay <= 0 else None,
                                durable=False)
+
+    async def extend_visibility(self, receipt: str, seconds: float) -> bool:
+        key = _parse_receipt(receipt)
+        if key is None:
+            return False
+
+        def extend(conn: sqlite3.Connection) -> bool:
+            # The receipt's token changes at every receive: a stale one matches no row.
+            return conn.execute("UPDATE messages SET visible_at = ? WHERE id = ? AND receipt = ?"
+                                " AND queue = ?", (time.time() + max(seconds, 0.0), *key,
+                                                   self.spec.name)).rowcount > 0
+
+        extended: bool = await self.broker.call(
+            extend, wake=self.spec.name if seconds <= 0 else None, durable=False)
+        return extended
 
     async def dead_letter(self, receipt: str, reason: str) -> None:
         key = _parse_receipt(receipt)
@@ -234,8 +341,12 @@ class SqliteQueue(Queue):
         def move(conn: sqlite3.Connection) -> int:
             args = (self.spec.name, time.time(), self.spec.dead_letter_name)
             if message_ids is None:
-                return conn.execute(sql, args).rowcount
-            return sum(conn.execute(sql + " AND id = ?4", (*args, i)).rowcount for i in ids)
+                moved: int = conn.execute(sql, args).rowcount
+            else:
+                moved = sum(conn.execute(sql + " AND id = ?4", (*args, i)).rowcount for i in ids)
+            if self.spec.fifo and moved:
+                self._adopt(conn)
+            return moved
 
         if message_ids is not None and not ids:
             return 0
