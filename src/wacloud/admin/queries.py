@@ -24,6 +24,8 @@ from wacloud.adapters.queue.base import Queue
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import DELIVERY_RANK, Channel, OutboundStatus
 from wacloud.operations import dead_letter_summary
+from wacloud.stages.envelopes import RawWebhook
+from wacloud.stages.receive import envelope_bytes, envelope_text
 
 # Rows counted as sent in a channel's health: the provider took them.
 SENT_CODES = [c.value for c, r in DELIVERY_RANK.items()
@@ -190,4 +192,14 @@ def parked_detail(item: ParkedItem) -> dict[str, Any]:
     payload: Any = item.payload
     with contextlib.suppress(ValueError):
         payload = json.loads(item.payload)
+    if item.stage == "receive" and isinstance(payload, str):
+        # A raw webhook envelope (a header line, then the body): shown as its parts, the
+        # body parsed when it is JSON; the signature header stays out.
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            raw = RawWebhook.decode(envelope_bytes(item.payload))
+            body: Any = envelope_text(raw.body)
+            with contextlib.suppress(ValueError):
+                body = json.loads(raw.body)
+            payload = {"provider": raw.provider, "channel_key": raw.channel_key,
+                       "received_at": raw.received_at, "kind": raw.kind, "body": body}
     return {**item.summary(), "payload": payload}

@@ -480,6 +480,13 @@ def test_parked_items_are_inspected_replayed_and_discarded(admin: Admin) -> None
     first = admin.registry.park(stage="receive", reason="no tenant for meta channel '1'",
                                 payload=json.dumps({"entry": []}), provider="meta")
     second = admin.registry.park(stage="receive", reason="not JSON", payload="garbage")
+    envelope = RawWebhook("whapi", "MANTIS-1", 1.0, b'{"messages": []}',
+                          signature="sha256=abc").encode().decode()
+    third = admin.registry.park(stage="receive", reason="unknown channel", payload=envelope)
+    shown = admin.get(f"/admin/v1/parked/{third}", m.ParkedDetail)["payload"]
+    assert shown == {"provider": "whapi", "channel_key": "MANTIS-1", "received_at": 1.0,
+                     "kind": "webhook", "body": {"messages": []}}
+    admin.send("POST", "/admin/v1/parked/discard", {"ids": [str(third)], "reason": "test"})
     listed = admin.get("/admin/v1/parked", m.ParkedItem, many=True)
     assert [item["id"] for item in listed] == [first, second]
     detail = admin.get(f"/admin/v1/parked/{first}", m.ParkedDetail)
@@ -499,7 +506,7 @@ def test_parked_items_are_inspected_replayed_and_discarded(admin: Admin) -> None
                       m.Discarded)
     assert gone["discarded"] == [second]
     assert [i["id"] for i in admin.get("/admin/v1/parked", m.ParkedItem, many=True)] == []
-    record = json.loads((admin.data_dir / "parked-discards.jsonl").read_text())
+    record = json.loads((admin.data_dir / "parked-discards.jsonl").read_text().splitlines()[-1])
     assert record["reason"] == "junk from a scanner" and "garbage" not in json.dumps(record)
 
 
