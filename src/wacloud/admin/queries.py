@@ -42,19 +42,24 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def channel_view(channel: Channel, last_inbound_at: datetime | None = None
-                 ) -> dict[str, Any]:
-    """A channel without its secrets (what `wacloud channel list --json` shows) and the
-    webhook path providers are pointed at."""
-    webhook = ("/webhooks/meta" if channel.provider.value == "meta"
-               else f"/webhooks/{channel.provider.value}/{channel.key}")
+def channel_summary(channel: Channel) -> dict[str, Any]:
+    """A channel without its secrets (what `wacloud channel list --json` shows)."""
     return {"id": channel.id, "tenant": channel.tenant, "provider": channel.provider.value,
             "key": channel.key, "phone_number_id": channel.phone_number_id,
             "waba_id": channel.waba_id, "display_number": channel.display_number,
             "api_base_url": channel.base_url, "graph_version": channel.graph_version,
             "mps": channel.mps, "media_hosts": list(channel.media_hosts),
-            "paused": channel.paused, "pause_reason": channel.pause_reason,
-            "webhook_path": webhook, "last_inbound_at": _iso(last_inbound_at)}
+            "paused": channel.paused, "pause_reason": channel.pause_reason}
+
+
+def channel_view(channel: Channel, last_inbound_at: datetime | None = None
+                 ) -> dict[str, Any]:
+    """`channel_summary` with the webhook path providers are pointed at and when the
+    channel's webhooks last brought an event."""
+    webhook = ("/webhooks/meta" if channel.provider.value == "meta"
+               else f"/webhooks/{channel.provider.value}/{channel.key}")
+    return {**channel_summary(channel), "webhook_path": webhook,
+            "last_inbound_at": _iso(last_inbound_at)}
 
 
 def list_tenants(registry: Registry) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from wacloud.adapters.queue.sqlite import SqliteBroker
-from wacloud.model import Channel
+from wacloud.admin.queries import channel_summary as channel_summary  # shared with the admin API
 from wacloud.settings import Settings, load_settings
 
 app = typer.Typer(help="wacloud: multi-tenant WhatsApp messaging gateway.", no_args_is_help=True)
@@ -50,16 +50,6 @@ def fail(message: str) -> None:
 
 def emit(data: Any, as_json: bool, text: str) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, default=str) if as_json else text)
-
-
-def channel_summary(channel: Channel) -> dict[str, Any]:
-    """A channel without its secrets."""
-    return {"id": channel.id, "tenant": channel.tenant, "provider": channel.provider.value,
-            "key": channel.key, "phone_number_id": channel.phone_number_id,
-            "waba_id": channel.waba_id, "display_number": channel.display_number,
-            "api_base_url": channel.base_url, "graph_version": channel.graph_version,
-            "mps": channel.mps, "media_hosts": list(channel.media_hosts),
-            "paused": channel.paused, "pause_reason": channel.pause_reason}
 
 
 def queue_broker(settings: Settings) -> SqliteBroker:
