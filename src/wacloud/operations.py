@@ -8,27 +8,23 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
+from wacloud import validation
 from wacloud.adapters.db import outbox
-from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.reachability import SERVER_FIX, check_and_migrate
 from wacloud.adapters.db.registry import ParkedItem, Registry, RegistryError, Tenant
-from wacloud.adapters.db.tenant_store import TenantStore
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.logging_setup import mask
-from wacloud.model import Channel, MediaStatus
+from wacloud.model import Channel, MediaStatus, Provider
 from wacloud.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.providers.token_check import TokenCheck, check_request, read_answer
 from wacloud.stages.envelopes import INBOUND_RAW, OUTBOUND_SEND, RawWebhook, dumps
 from wacloud.stages.receive import envelope_bytes
-from wacloud.urlpolicy import normalize_media_hosts
 
 log = logging.getLogger("wacloud.operations")
 DLQ_DISCARDS = "dlq-discards.jsonl"
@@ -36,40 +32,49 @@ PARKED_DISCARDS = "parked-discards.jsonl"
 
 
 def add_tenant(registry: Registry, tenants_dir: Path, slug: str,
-               db_url: str | None = None) -> Tenant:
-    """Register a tenant whose database works: its schema is created first, so a database
-    that is down or a URL that is wrong leaves nothing registered (RegistryError says why,
-    without the URL: it may hold a password)."""
+               db_url: str | None = None, *, db_url_hint: str = "--db-url") -> Tenant:
+    """Register a tenant whose database works: the slug and URL are checked, then the
+    database is reached and migrated, and only then registered, so a database that is down
+    leaves nothing behind. Raises InvalidValue (a value refused), RegistryError (the slug is
+    taken) or DatabaseUnreachable (why, password masked). `db_url_hint` names the URL's
+    field in the advice (the CLI's flag, the API's field)."""
+    validation.slug(slug)
+    if db_url is not None:
+        db_url = validation.db_url(db_url)
     if any(t.slug == slug for t in registry.tenants()):
         raise RegistryError(f"tenant {slug!r} already exists")
-    if db_url is not None:
-        try:
-            make_url(db_url)
-        except (ArgumentError, ValueError):
-            raise RegistryError("the database URL is not a SQLAlchemy URL "
-                                "(like postgresql+psycopg://user:pass@host/db)") from None
-    url = db_url or f"sqlite:///{(tenants_dir / f'{slug}.db').resolve()}"
-    try:
+    if db_url is None:
         tenants_dir.mkdir(parents=True, exist_ok=True)
-        store = TenantStore(slug, create_engine(url))
-        try:
-            store.create_schema()
-        finally:
-            store.close()
-    except Exception as exc:
-        raise RegistryError(f"the tenant database cannot be used ({type(exc).__name__}); "
-                            "check that it is up and that the URL is right") from None
+        url = f"sqlite:///{(tenants_dir / f'{slug}.db').resolve()}"
+        fix = f"check that {tenants_dir} is writable"
+    else:
+        url, fix = db_url, SERVER_FIX + f", or leave out {db_url_hint} for a SQLite file"
+    check_and_migrate(url, "tenant", "the tenant database", fix)
     return registry.add_tenant(slug, db_url)
 
 
-def add_channel(registry: Registry, **values: Any) -> Channel:
-    """`Registry.add_channel` with the media hosts normalized (RegistryError when one is
-    not a host): what `wacloud channel add` and the admin API both do."""
-    try:
-        values["media_hosts"] = normalize_media_hosts(values.get("media_hosts") or ())
-    except ValueError as exc:
-        raise RegistryError(str(exc)) from None
-    return registry.add_channel(**values)
+def channel_values(values: dict[str, Any], *, allow_http: bool = False) -> dict[str, Any]:
+    """A new channel's values (`Registry.add_channel` arguments) as they are stored: ids,
+    display number, API base URL, Graph version, mps and media hosts checked (InvalidValue
+    names the field and its rule). What `wacloud channel add` and the admin API both do."""
+    provider: Provider = values["provider"]
+    out = dict(values)
+    out["key"] = validation.provider_key(provider, values["key"])
+    if provider is Provider.META:
+        out["phone_number_id"] = out["key"]
+        out["waba_id"] = validation.numeric_id(values["waba_id"], "WABA id")
+        out["display_number"] = validation.display_number(values["display_number"])
+    elif provider is Provider.CHAKRA:
+        out["phone_number_id"] = validation.numeric_id(values["phone_number_id"],
+                                                       "phone number id")
+    if values.get("api_base_url") is not None:
+        out["api_base_url"] = validation.api_base_url(values["api_base_url"],
+                                                      allow_http=allow_http)
+    if "graph_version" in values:
+        out["graph_version"] = validation.graph_version(values["graph_version"])
+    out["mps"] = validation.mps(values["mps"])
+    out["media_hosts"] = validation.media_hosts(values.get("media_hosts") or ())
+    return out
 
 
 async def check_channel_token(http: ProviderClient, channel: Channel,
@@ -110,13 +115,15 @@ def replay_envelope(item: ParkedItem) -> bytes:
                      "which has no replay path")
 
 
-async def replay_parked(registry: Registry, raw_queue: Queue, items: list[ParkedItem]
-                        ) -> list[int]:
+async def replay_parked(registry: Registry, raw_queue: Queue, items: list[ParkedItem],
+                        progress: Callable[[int], None] | None = None) -> list[int]:
     replayed: list[int] = []
     for item in items:
         await raw_queue.send(replay_envelope(item))
         await asyncio.to_thread(registry.mark_replayed, item.id)
         replayed.append(item.id)
+        if progress is not None:
+            progress(1)
     return replayed
 
 

@@ -25,7 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from wacloud import validation
 from wacloud.adapters.db.errors import is_database_unavailable
+from wacloud.adapters.db.reachability import DatabaseUnreachable
 from wacloud.adapters.db.registry import Registry, RegistryError
 from wacloud.adapters.db.views import MessageFilter
 from wacloud.adapters.queue.base import Queue
@@ -36,8 +38,8 @@ from wacloud.credentials import CredentialsBroker
 from wacloud.hosting.api import BodyError, authenticate, error, read_json_body
 from wacloud.model import Provider
 from wacloud.operations import (
-    add_channel,
     add_tenant,
+    channel_values,
     check_channel_token,
     discard_dead_letters,
     discard_parked,
@@ -65,6 +67,7 @@ class AdminContext:
     data_dir: Path
     tenants_dir: Path
     http: ProviderClient
+    allow_http: bool = False  # plain http API base URLs (WACLOUD_DEV_ALLOW_LOCAL_URLS)
     token_check_timeout: float = 10.0
 
 
@@ -154,9 +157,13 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         data = await body(request, m.TenantCreate)
         try:
             tenant = await run(add_tenant, ctx.registry, ctx.tenants_dir, data.slug,
-                               data.db_url)
+                               data.db_url, db_url_hint="db_url")
+        except validation.InvalidValue as exc:
+            raise Refused(422, str(exc)) from None
         except RegistryError as exc:
-            raise Refused(409 if "already exists" in str(exc) else 422, str(exc)) from None
+            raise Refused(409, str(exc)) from None
+        except DatabaseUnreachable as exc:
+            raise Refused(422, f"{exc}; tenant {data.slug} was not added") from None
         await changed()
         return {"id": tenant.id, "slug": tenant.slug, "own_db": tenant.db_url is not None,
                 "retention_days": tenant.retention_days, "channels": 0}
@@ -172,7 +179,11 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         values = data.registry_values()
         values["provider"] = Provider(data.provider)
         try:
-            channel = await run(add_channel, ctx.registry, **values)
+            values = channel_values(values, allow_http=ctx.allow_http)
+        except validation.InvalidValue as exc:
+            raise Refused(422, str(exc)) from None
+        try:
+            channel = await run(ctx.registry.add_channel, **values)
         except RegistryError as exc:
             text = str(exc)
             status = 404 if text.startswith("unknown tenant") else (

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from wacloud.outbound_api import MAX_IDEMPOTENCY_KEY, MAX_TTL_S, TYPES
-
-SLUG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+from wacloud.validation import SLUG_RULE
 
 
 class Request(BaseModel):
@@ -41,7 +39,7 @@ class Error(Answer):
 
 
 class TenantCreate(Request):
-    slug: str = Field(pattern=SLUG_PATTERN, description="Letters, digits, '-' and '_'.")
+    slug: str = Field(min_length=1, max_length=64, description=f"The tenant's slug: {SLUG_RULE}.")
     db_url: str | None = Field(None, description="SQLAlchemy URL of the tenant's own "
                                "database (default: a SQLite file in the data dir). Its schema "
                                "is created first: a database that cannot be used registers "
@@ -56,9 +54,9 @@ class Tenant(Answer):
     channels: int
 
 
-# Lengths are the registry's columns: a longer value would be refused by PostgreSQL or
-# MariaDB only when it is written.
-ProviderId = Annotated[str, Field(min_length=1, max_length=64)]
+# Field rules are `wacloud.validation`'s (the CLI's, with the same words); lengths here are the
+# registry's columns, which PostgreSQL or MariaDB would otherwise refuse only when written.
+ProviderId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class _ChannelCreate(Request):
@@ -66,24 +64,12 @@ class _ChannelCreate(Request):
     token: str = Field(min_length=1, description="The provider's API token (never shown "
                        "again).")
     api_base_url: str | None = Field(None, max_length=255, description=(
-        "Replace the provider's API base URL (http or https)."))
+        "Replace the provider's API origin (https; plain http only with "
+        "WACLOUD_DEV_ALLOW_LOCAL_URLS)."))
     mps: int = Field(80, ge=1, le=10_000, description="Messages per second allowed.")
     media_hosts: list[str] = Field(default_factory=list, max_length=50, description=(
         "Other hosts this channel may fetch media from (host, host:port or .domain)."))
 
-    @field_validator("api_base_url")
-    @classmethod
-    def _base_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not one
-        except ValueError:
-            raise ValueError("not a URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL with a host, like https://graph.example")
-        return value
 
 
 class MetaChannelCreate(_ChannelCreate):
@@ -93,10 +79,10 @@ class MetaChannelCreate(_ChannelCreate):
     display_number: str = Field(min_length=1, max_length=32)
     app_secret: str = Field(min_length=1)
     verify_token: str = Field(min_length=1)
-    graph_version: str = Field("v23.0", pattern=r"^v\d+\.\d+$")
+    graph_version: str = Field("v23.0", max_length=16, description="Like v23.0.")
 
     def registry_values(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"provider"}) | {"key": self.phone_number_id}
+        return self.model_dump() | {"key": self.phone_number_id}
 
 
 class WhapiChannelCreate(_ChannelCreate):
@@ -105,7 +91,7 @@ class WhapiChannelCreate(_ChannelCreate):
     webhook_secret: str = Field(min_length=1)
 
     def registry_values(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"provider", "channel_id"}) | {"key": self.channel_id}
+        return self.model_dump(exclude={"channel_id"}) | {"key": self.channel_id}
 
 
 class ChakraChannelCreate(_ChannelCreate):
@@ -113,10 +99,10 @@ class ChakraChannelCreate(_ChannelCreate):
     plugin_id: ProviderId
     phone_number_id: ProviderId
     webhook_secret: str = Field(min_length=1)
-    graph_version: str = Field("v23.0", pattern=r"^v\d+\.\d+$")
+    graph_version: str = Field("v23.0", max_length=16, description="Like v23.0.")
 
     def registry_values(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"provider", "plugin_id"}) | {"key": self.plugin_id}
+        return self.model_dump(exclude={"plugin_id"}) | {"key": self.plugin_id}
 
 
 class ChannelCreate(RootModel[Annotated[

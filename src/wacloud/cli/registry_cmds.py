@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from wacloud import validation
 from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
+from wacloud.adapters.db.reachability import DatabaseUnreachable
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.bootstrap import init_data_dir, open_registry
 from wacloud.cli.common import (
@@ -22,12 +24,14 @@ from wacloud.cli.common import (
     channel_app,
     channel_summary,
     emit,
+    emit_rows,
     fail,
     settings_for,
     tenant_app,
 )
 from wacloud.model import Provider
-from wacloud.operations import add_channel, add_tenant
+from wacloud.operations import add_tenant, channel_values
+from wacloud.settings import Settings
 
 MediaHosts = Annotated[list[str] | None, typer.Option(
     "--media-host", help="Another host this channel may fetch media from (host, host:port or "
@@ -48,15 +52,19 @@ def init(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
         "--db-url", help="SQLAlchemy URL of the tenant's DB (default: SQLite file).")] = None,
         data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Add a tenant."""
+    """Add a tenant (its database is reached and migrated first: if it cannot be, nothing is
+    registered)."""
     settings = settings_for(data_dir)
     init_data_dir(settings)
     registry = open_registry(settings)
     try:
-        # The tenant's schema is created first, so problems show at once and leave nothing.
         tenant = add_tenant(registry, settings.tenants_dir, slug, db_url)
-    except RegistryError as exc:
+    except (validation.InvalidValue, RegistryError) as exc:
         fail(str(exc))
+    except DatabaseUnreachable as exc:
+        fail(f"{exc}; tenant {slug} was not added")
+    finally:
+        registry.engine.dispose()
     emit({"id": tenant.id, "slug": slug}, as_json, f"tenant {slug} added")
 
 
@@ -64,16 +72,26 @@ def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
 def tenant_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List tenants."""
     registry = open_registry(settings_for(data_dir))
-    for tenant in registry.tenants():
-        emit({"id": tenant.id, "slug": tenant.slug, "own_db": tenant.db_url is not None},
-             as_json, tenant.slug)
+    found = registry.tenants()
+    emit_rows([{"id": t.id, "slug": t.slug, "own_db": t.db_url is not None} for t in found],
+              as_json, ["tenant"], [t.slug for t in found])
+
+
+def _validated(settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
+    """The channel's values as they are stored, or one line saying which is wrong and why."""
+    try:
+        values = channel_values(values, allow_http=settings.dev_allow_local_urls)
+    except validation.InvalidValue as exc:
+        fail(str(exc))
+    return values
 
 
 def _add_channel(data_dir: Path | None, as_json: bool, **values: Any) -> None:
     settings = settings_for(data_dir)
+    values = _validated(settings, values)
     registry = open_registry(settings)
     try:
-        channel = add_channel(registry, **values)
+        channel = registry.add_channel(**values)
     except RegistryError as exc:
         fail(str(exc))
     emit(channel_summary(channel), as_json,
@@ -138,10 +156,11 @@ def channel_list(tenant: Annotated[str | None, typer.Option("--tenant")] = None,
                  data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List channels (secrets are never shown)."""
     registry = open_registry(settings_for(data_dir))
-    for channel in registry.channels(tenant):
-        emit(channel_summary(channel), as_json,
-             f"{channel.id}\t{channel.tenant}\t{channel.provider.value}\t{channel.key}"
-             + (f"\tPAUSED: {channel.pause_reason}" if channel.paused else ""))
+    found = registry.channels(tenant)
+    emit_rows([channel_summary(c) for c in found], as_json,
+              ["id", "tenant", "provider", "channel", "state"],
+              [f"{c.id}\t{c.tenant}\t{c.provider.value}\t{c.key}"
+               + (f"\tPAUSED: {c.pause_reason}" if c.paused else "") for c in found])
 
 
 @channel_app.command("pause")
@@ -220,12 +239,12 @@ def apikey_create(tenant: Annotated[str | None, typer.Option("--tenant")] = None
 def apikey_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List API keys (prefixes only)."""
     registry = open_registry(settings_for(data_dir))
-    for record in list_api_keys(registry):
-        emit({"id": record.id, "tenant": record.tenant, "admin": record.is_admin,
-              "service": record.is_service, "prefix": record.prefix, "label": record.label,
-              "revoked": record.revoked}, as_json,
-             f"{record.id}\t{record.prefix}...\t{record.tenant or record.kind.upper()}"
-             + ("\trevoked" if record.revoked else ""))
+    records = list_api_keys(registry)
+    emit_rows([{"id": r.id, "tenant": r.tenant, "admin": r.is_admin, "service": r.is_service,
+                "prefix": r.prefix, "label": r.label, "revoked": r.revoked} for r in records],
+              as_json, ["id", "prefix", "tenant", "state"],
+              [f"{r.id}\t{r.prefix}...\t{r.tenant or r.kind.upper()}"
+               + ("\trevoked" if r.revoked else "") for r in records])
 
 
 @apikey_app.command("revoke")

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from wacloud import __version__
 from wacloud.admin.api import AdminContext, admin_routes
 from wacloud.bootstrap import Gateway
 from wacloud.hosting.api import api_routes
@@ -47,7 +48,7 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
         return PlainTextResponse(challenge)
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(_: Request) -> Response:
         # Ready means webhooks are accepted (they wait durably in the queue); whether the stage
@@ -69,7 +70,8 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
                     max_body_bytes=gateway.settings.api_max_body_bytes),
         *admin_routes(AdminContext(
             gateway.registry, broker, dict(gateway.queues), gateway.dead_letter_sources(),
-            gateway.settings.data_dir, gateway.settings.tenants_dir, gateway.send_http)),
+            gateway.settings.data_dir, gateway.settings.tenants_dir, gateway.send_http,
+            allow_http=gateway.settings.dev_allow_local_urls)),
     ]
     internal = [
         *health,

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from wacloud.adapters.db import claim
+from wacloud.adapters.db.errors import TroubleLog
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
@@ -38,6 +39,7 @@ from wacloud.model import OutboundMessage
 from wacloud.stages.envelopes import dumps
 
 log = logging.getLogger(__name__)
+_TROUBLE = TroubleLog(log)
 
 
 @dataclass(slots=True)
@@ -184,6 +186,9 @@ async def collect(ctx: CollectContext, *, reclaim: bool = False) -> int:
     for tenant in ctx.broker.tenant_slugs():
         try:
             total += await collect_tenant(tenant, ctx, reclaim=reclaim)
-        except Exception:  # one tenant's broken DB must not stop the others
-            log.exception("collect failed for tenant %s", tenant)
+        except Exception as exc:  # one tenant's broken DB must not stop the others
+            # A database that is down: a warning a minute, not a traceback per poll.
+            _TROUBLE.failed(f"tenant {tenant}", "collect", exc)
+        else:
+            _TROUBLE.succeeded(f"tenant {tenant}")
     return total

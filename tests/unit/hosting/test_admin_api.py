@@ -151,7 +151,7 @@ def admin(tmp_path: Path, fake_server: FakeProviderServer) -> Iterator[Admin]:
 
 def meta_channel(admin: Admin, key: str = PN, token: str = TOKEN, **extra: Any) -> Any:
     body = {"provider": "meta", "tenant": "acme", "phone_number_id": key,
-            "waba_id": "W-" + key, "display_number": "5511940001234", "token": token,
+            "waba_id": "102290129340398", "display_number": "5511940001234", "token": token,
             "app_secret": "app-secret-" + key, "verify_token": "verify-" + key,
             "api_base_url": admin.fake_url, **extra}
     return admin.send("POST", "/admin/v1/channels", body, 201, m.Channel)
@@ -199,6 +199,9 @@ def test_tenants_are_added_only_with_a_database_that_works(admin: Admin) -> None
     assert (admin.data_dir / "tenants" / "beta.db").exists()
     admin.send("POST", "/admin/v1/tenants", {"slug": "beta"}, 409)
     admin.send("POST", "/admin/v1/tenants", {"slug": "../etc"}, 422)
+    # The CLI's rules, in the CLI's words (wacloud.validation).
+    bad = admin.send("POST", "/admin/v1/tenants", {"slug": "Bad Slug!"}, 422)
+    assert bad["error"].startswith("invalid tenant slug 'Bad Slug!'")
     admin.send("POST", "/admin/v1/tenants", {"slug": "x", "db_url": "not a url"}, 422)
     down = admin.send("POST", "/admin/v1/tenants", {
         "slug": "down", "db_url": "postgresql+psycopg://u:s3cret@127.0.0.1:1/db"}, 422)
@@ -232,6 +235,10 @@ def test_channels_are_added_with_the_cli_validation_and_never_show_secrets(
         "provider": "whapi", "tenant": "acme", "channel_id": "M2", "token": "t",
         "webhook_secret": "s", "media_hosts": ["http://[::1"]})
     assert bad_host.status_code == 422, bad_host.text
+    bad_url = admin.client.post("/admin/v1/channels", headers=admin.headers(), json={
+        "provider": "whapi", "tenant": "acme", "channel_id": "M2", "token": "t",
+        "webhook_secret": "s", "api_base_url": "http://[::1"})
+    assert bad_url.json()["error"].startswith("invalid API base URL"), bad_url.text
     unknown = admin.client.post("/admin/v1/channels", headers=admin.headers(), json={
         "provider": "whapi", "tenant": "nobody", "channel_id": "M3", "token": "t",
         "webhook_secret": "s"})
@@ -572,7 +579,7 @@ def test_bad_input_is_a_4xx_never_a_500(admin: Admin) -> None:
             ("POST", "/admin/v1/channels/1/pause", {"reason": "a\x00b"}),
             ("POST", "/admin/v1/channels/1/pause", {"reason": "x" * 501}),
             ("POST", "/admin/v1/channels", {
-                "provider": "whapi", "tenant": "acme", "channel_id": "x" * 65, "token": "t",
+                "provider": "whapi", "tenant": "acme", "channel_id": "x" * 129, "token": "t",
                 "webhook_secret": "s"}),
             ("POST", "/admin/v1/channels", {
                 "provider": "whapi", "tenant": "acme", "channel_id": "C", "token": "t",
