@@ -449,6 +449,10 @@ def _endpoint(ctx: AdminContext, op: Operation) -> Callable[[Request], Awaitable
                             op.path, type(exc).__name__)
                 return error(503, "a database is unavailable; try again later")
             raise
+        if op.method != "GET":
+            # Who changed what: the key's id and prefix (shown in listings, not secret).
+            log.info("admin %s %s by key %d (%s...)", op.method, request.url.path, key.id,
+                     key.prefix)
         if isinstance(answer, Response):
             return answer
         return JSONResponse(answer, status_code=op.status)

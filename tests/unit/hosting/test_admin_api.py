@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
 import threading
 import time
@@ -253,7 +254,9 @@ def test_channels_are_added_with_the_cli_validation_and_never_show_secrets(
                             headers=admin.headers()).status_code == 404
 
 
-def test_pause_resume_and_replace_a_token(admin: Admin) -> None:
+def test_pause_resume_and_replace_a_token(admin: Admin,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="wacloud.admin.api")
     channel = meta_channel(admin)
     path = f"/admin/v1/channels/{channel['id']}"
     paused = admin.send("POST", path + "/pause", {"reason": "checking the number"}, 200,
@@ -269,6 +272,9 @@ def test_pause_resume_and_replace_a_token(admin: Admin) -> None:
                         "was_paused": True}
     assert admin.registry.channel_by_id(channel["id"]).token == "new-token"
     admin.send("PUT", path + "/token", {"token": ""}, 422)
+    changes = [r.getMessage() for r in caplog.records if r.name == "wacloud.admin.api"]
+    assert any(f"PUT {path}/token by key" in line for line in changes), changes
+    assert "new-token" not in caplog.text and admin.admin_key not in caplog.text
     admin.send("PUT", "/admin/v1/channels/999/token", {"token": "x"}, 404)
 
 
