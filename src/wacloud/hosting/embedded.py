@@ -25,11 +25,14 @@ from wacloud.hosting.worker import (
     use_stage_threads,
     worker_groups,
 )
+from wacloud.metrics import enable_multiprocess
 from wacloud.privacy import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
 
 log = logging.getLogger(__name__)
+
+METRICS_DIR = "metrics"  # under the data dir: the processes' metric files, emptied at start
 
 
 async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = True,
@@ -96,17 +99,24 @@ async def serve(settings: Settings, host: str, port: int,
     """Serve until stopped. `sockets`: (public, internal) already bound and listening (the
     CLI binds them before anything else); without them uvicorn binds host:port itself."""
     public_sockets, internal_sockets = ([sockets[0]], [sockets[1]]) if sockets else (None, None)
-    gateway = build_gateway(settings)
     on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
-    workers = [WorkerSupervisor(settings, group, index) for index, group
-               in enumerate(worker_groups(settings.stage_workers, on_server or ()))]
+    groups = worker_groups(settings.stage_workers, on_server or ())
+    if groups:
+        # Workers write their counters where this process's /metrics adds them up; they
+        # inherit the directory through the environment.
+        enable_multiprocess(settings.data_dir / METRICS_DIR)
+    gateway = build_gateway(settings)
+    workers = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
     app, internal_app = create_apps(gateway, lambda: [w.status() for w in workers])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
     # headers: each costs a measurable share of a webhook's CPU.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
-                            server_header=False, date_header=False, http=HttpProtocol)
+                            server_header=False, date_header=False,
+                            http=HttpProtocol.configured(settings.http_request_timeout_s))
+    # uvicorn declares an int; it only ever hands the value to `call_later`.
+    config.timeout_keep_alive = settings.http_keep_alive_s  # type: ignore[assignment]
     server = uvicorn.Server(config)
     internal = InternalServer(uvicorn.Config(
         internal_app, host=settings.internal_host, port=settings.internal_port,
