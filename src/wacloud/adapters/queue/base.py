@@ -95,11 +95,6 @@ class Queue(abc.ABC):
     async def depth(self) -> dict[str, int]:
         """Counts: `visible`, `in_flight`, `delayed`, `dead` (in the dead-letter queue)."""
 
-    async def oldest_age(self) -> float | None:
-        """Seconds since the oldest message of this queue (in any state but dead) was sent;
-        None when the queue is empty or the implementation cannot tell."""
-        return None
-
     async def has_waiting(self, longer_than: float = 0.0) -> bool:
         """Whether a message has been ready to be received for more than `longer_than` seconds
         (may be approximate; cheap to ask). This default ignores how long."""

@@ -306,13 +306,6 @@ class SqliteQueue(Queue):
                                         (self.spec.dead_letter_name,))
         return int(count)
 
-    async def oldest_age(self) -> float | None:
-        # A read connection, like `count_dead`: a dashboard polling it must not queue behind
-        # the writer. A redriven message counts from its redrive (its sent_at starts over).
-        (oldest,) = self.broker.read_one("SELECT MIN(sent_at) FROM messages WHERE queue = ?",
-                                         (self.spec.name,))
-        return None if oldest is None else max(time.time() - float(oldest), 0.0)
-
     async def depth(self) -> dict[str, int]:
         # Read-only, so on a read connection in a thread: a count over a large backlog (every
         # /metrics scrape, every /readyz) must hold neither the writer, whose commits webhook
