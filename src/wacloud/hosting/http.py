@@ -1,5 +1,6 @@
 """The HTTP apps. Public (the webhook port): provider webhooks (the plain-ASGI hot path in
-`webhooks.py`), the Meta verification handshake, the tenant API and health. Internal (its own
+`webhooks.py`), the Meta verification handshake, the tenant API, the admin API with
+`/openapi.json` (`wacloud.admin.api`) and health. Internal (its own
 listener, 127.0.0.1:8081 by default): metrics and the credentials endpoint, which must not be
 reachable where Meta and the tenants are; health answers there too. Thin: checks, queues,
 answers."""
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from wacloud import __version__
+from wacloud.admin.api import AdminContext, admin_routes
 from wacloud.bootstrap import Gateway
 from wacloud.hosting.api import api_routes
 from wacloud.hosting.internal import internal_routes
@@ -71,6 +73,10 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
         *health,
         *api_routes(broker, gateway.collect_wake.set,
                     max_body_bytes=gateway.settings.api_max_body_bytes),
+        *admin_routes(AdminContext(
+            gateway.registry, broker, dict(gateway.queues), gateway.dead_letter_sources(),
+            gateway.settings.data_dir, gateway.settings.tenants_dir, gateway.send_http,
+            allow_http=gateway.settings.dev_allow_local_urls)),
     ]
     internal = [
         *health,

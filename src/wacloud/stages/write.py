@@ -15,11 +15,12 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wacloud.adapters.db import outbox
 from wacloud.adapters.db.errors import failure_reason, is_refused_value
 from wacloud.adapters.db.tenant_store import StoreResult, TenantStore
+from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.metrics import INBOUND_LATENCY, MESSAGES_STORED, STATUSES_STORED
@@ -35,14 +36,20 @@ Origin = tuple[str, str]
 # An event's trace id and when its webhook was received (epoch seconds).
 Trail = tuple[str, float]
 
+# A channel's "last inbound at" (channel health) is written at most this often per channel
+# and process: one small registry write per busy channel every few seconds, not per webhook.
+INBOUND_NOTE_INTERVAL_S = 10.0
+
 
 @dataclass(slots=True)
 class WriteContext:
     broker: CredentialsBroker
     park: Park
+    # Channel id -> monotonic time its last inbound was noted in the registry (this process).
+    noted: dict[int, float] = field(default_factory=dict)
 
 
-def _route(events: list[Event], broker: CredentialsBroker
+def _route(events: list[Event], broker: CredentialsBroker, seen: set[int] | None = None
            ) -> tuple[dict[str, list[Event]], dict[str, list[Event]]]:
     by_tenant: dict[str, list[Event]] = defaultdict(list)
     unroutable: dict[str, list[Event]] = defaultdict(list)
@@ -53,7 +60,26 @@ def _route(events: list[Event], broker: CredentialsBroker
             continue
         event.channel_key = channel.key  # a WABA-id fallback stores under the channel's id
         by_tenant[channel.tenant].append(event)
+        if seen is not None:
+            seen.add(channel.id)
     return by_tenant, unroutable
+
+
+async def note_inbound(ctx: WriteContext, channel_ids: set[int]) -> None:
+    """Record in the registry that these channels' webhooks brought events (channel health),
+    at most every INBOUND_NOTE_INTERVAL_S per channel. Never fails the write: it is a hint."""
+    now = time.monotonic()
+    due = [i for i in channel_ids if now - ctx.noted.get(i, -INBOUND_NOTE_INTERVAL_S)
+           >= INBOUND_NOTE_INTERVAL_S]
+    if not due:
+        return
+    for channel_id in due:
+        ctx.noted[channel_id] = now
+    try:
+        await asyncio.to_thread(ctx.broker.registry.touch_inbound, due, utcnow())
+    except Exception as exc:
+        log.warning("last inbound time of %d channel(s) not recorded (%s)", len(due),
+                    type(exc).__name__)
 
 
 async def write(data: bytes, ctx: WriteContext) -> list[Output]:
@@ -71,13 +97,14 @@ async def write_events(events: list[Event], ctx: WriteContext,
     `origins`: by `id(event)`, the signed webhook (text) and signature the event came from,
     kept with an event parked here so that its replay is checked again. `trails`: by
     `id(event)`, its trace id and reception time, for the metrics and the log."""
-    by_tenant, unroutable = _route(events, ctx.broker)
+    seen: set[int] = set()
+    by_tenant, unroutable = _route(events, ctx.broker, seen)
     # A channel added a moment ago may be known to the process that took the webhook and not
     # yet to ours: look again with a fresh registry before parking anything.
     refreshed: bool = bool(unroutable) and await asyncio.to_thread(ctx.broker.refresh)
     if refreshed:
         more, unroutable = _route([e for group in unroutable.values() for e in group],
-                                  ctx.broker)
+                                  ctx.broker, seen)
         for tenant, routed in more.items():
             by_tenant.setdefault(tenant, []).extend(routed)
 
@@ -103,6 +130,7 @@ async def write_events(events: list[Event], ctx: WriteContext,
             fields["raw"] = {}
             job = {"tenant": tenant, "message": fields}
             outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
+    await note_inbound(ctx, seen)
     return outputs
 
 
