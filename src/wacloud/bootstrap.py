@@ -21,7 +21,7 @@ from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, w
 from wacloud.hosting.runner import StageRunner
 from wacloud.http_clients import ClientShards
 from wacloud.media_copier import MediaCopier
-from wacloud.metrics import PARKED, set_dead_letter_source
+from wacloud.metrics import PARKED, set_dead_letter_source, set_queue_lag_source
 from wacloud.provider_client import ProviderClient
 from wacloud.ratelimit import SendLimits
 from wacloud.settings import Settings
@@ -173,12 +173,14 @@ class Gateway:
         for runner in runners:
             runner.db_retry_period = s.db_retry_period_s
             runner.db_retry_max_delay = s.db_retry_max_delay_s
+            runner.shutdown_grace = s.shutdown_grace_s
         return runners
 
     def collect_context(self) -> CollectContext:
         s = self.settings
         return CollectContext(self.broker, self.queues[envelopes.OUTBOUND_SEND],
-                              s.collect_batch, s.reservation_lease_s, s.queued_stale_s)
+                              s.collect_batch, s.reservation_lease_s, s.queued_stale_s,
+                              stop=self.stop)
 
     def dead_letter_sources(self) -> dict[str, Queue]:
         """The queues whose dead letters an operator sees and replays (`wacloud dlq`), by name;
@@ -219,5 +221,7 @@ def build_gateway(settings: Settings) -> Gateway:
                         settings.send_rate_margin)
     set_dead_letter_source(lambda: {name: queue.count_dead() for name, queue in queues.items()
                                     if not name.endswith(".dlq")})
+    set_queue_lag_source(lambda: {name: queue.lag() for name, queue in queues.items()
+                                  if not name.endswith(".dlq")})
     return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
                    media_http, copier, limits)

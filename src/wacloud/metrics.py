@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -56,3 +56,38 @@ REGISTRY.register(DEAD_LETTERS)
 
 def set_dead_letter_source(source: Callable[[], Mapping[str, int]] | None) -> None:
     DEAD_LETTERS.source = source
+
+
+INGEST_BACKPRESSURE = Gauge(
+    "wacloud_ingest_backpressure",
+    "1 while webhooks are answered 503 + Retry-After (the inbound queue is at "
+    "WACLOUD_INBOUND_QUEUE_LIMIT or the data dir's disk under WACLOUD_MIN_FREE_DISK_MB)")
+
+
+class _QueueLag(Collector):
+    """`wacloud_queue_lag_seconds{queue}`: how long the oldest ready message of each queue has
+    waited (0 when none waits), read at every scrape from the source the gateway registers."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, float | None]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("wacloud_queue_lag_seconds",
+                                   "Seconds the oldest message ready to be received in each "
+                                   "queue has waited (0 when none waits)", labels=["queue"])
+        if self.source is not None:
+            try:
+                lags = self.source()
+            except Exception:  # a scrape must not fail because the queue file is busy
+                lags = {}
+            for queue, lag in sorted(lags.items()):
+                family.add_metric([queue], lag or 0.0)
+        yield family
+
+
+QUEUE_LAG = _QueueLag()
+REGISTRY.register(QUEUE_LAG)
+
+
+def set_queue_lag_source(source: Callable[[], Mapping[str, float | None]] | None) -> None:
+    QUEUE_LAG.source = source

@@ -15,8 +15,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from wacloud import __version__
+from wacloud.adapters.queue.sqlite_queue import SqliteQueue
 from wacloud.bootstrap import Gateway
 from wacloud.hosting.api import api_routes
+from wacloud.hosting.backpressure import IngestGate
 from wacloud.hosting.internal import internal_routes
 from wacloud.hosting.webhooks import ASGIApp, WebhookReceiver
 from wacloud.stages import envelopes
@@ -36,6 +38,10 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
     `/healthz` and `/readyz`, for the internal listener only."""
     broker = gateway.broker
     raw_queue = gateway.queues[envelopes.INBOUND_RAW]
+    settings = gateway.settings
+    gate = IngestGate(raw_queue.holds_at_least if isinstance(raw_queue, SqliteQueue)
+                      else lambda _limit: False, settings.data_dir,
+                      settings.inbound_queue_limit, settings.min_free_disk_mb)
 
     async def meta_verify(request: Request) -> Response:
         params = request.query_params
@@ -50,12 +56,21 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
 
     async def readyz(_: Request) -> Response:
         # Ready means webhooks are accepted (they wait durably in the queue); whether the stage
-        # workers run, and how often they were restarted, is reported beside it.
+        # workers run, and how often they were restarted, is reported beside it. While
+        # backpressure refuses webhooks it answers 503 (status "backpressure").
         depth = await raw_queue.depth()
         # Acknowledged work that stopped: messages waiting in each queue's dead-letter queue.
         dead = await gateway.dead_letter_counts()
-        return JSONResponse({"status": "ready", "inbound_raw": depth, "dead_letters": dead,
-                             "workers": workers()})
+        # How far behind each stage is: seconds its oldest ready message has waited.
+        lag = {name: await queue.oldest_age()
+               for name, queue in gateway.dead_letter_sources().items()}
+        accepting = await gate.admit_fresh()
+        return JSONResponse({"status": "ready" if accepting else "backpressure",
+                             "inbound_raw": depth, "dead_letters": dead,
+                             "lag_s": {name: None if age is None else round(age, 3)
+                                       for name, age in lag.items()},
+                             "ingest": gate.state(), "workers": workers()},
+                            status_code=200 if accepting else 503)
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -74,5 +89,5 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
     ]
     public = WebhookReceiver(Starlette(routes=routes), broker, raw_queue,
                              gateway.settings.max_webhook_bytes,
-                             gateway.settings.park_other_meta_objects)
+                             gateway.settings.park_other_meta_objects, gate)
     return public, Starlette(routes=internal)

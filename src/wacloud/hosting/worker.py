@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from wacloud.bootstrap import build_gateway
 from wacloud.hosting.process import tune_garbage_collector
+from wacloud.hosting.shutdown import install as install_stop_signals
 from wacloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class WorkerSupervisor:
         self.index = index
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self._terminated: subprocess.Popen[bytes] | None = None  # the process told to stop
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "wacloud.cli", "worker", "--no-collect",
@@ -120,10 +122,17 @@ class WorkerSupervisor:
                 self.start()
                 backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
 
+    def terminate(self) -> None:
+        """Ask the worker to stop (SIGTERM: it drains within its grace), once: a second
+        SIGTERM would make it exit at once."""
+        if self.alive and self.process is not None and self._terminated is not self.process:
+            self._terminated = self.process
+            self.process.terminate()
+
     def stop(self, timeout: float = 15.0) -> None:
         if not self.alive or self.process is None:
             return
-        self.process.terminate()
+        self.terminate()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -156,8 +165,7 @@ async def run_worker(settings: Settings, *, collect: bool,
     tune_garbage_collector()
     loop = asyncio.get_running_loop()
     use_stage_threads(loop)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, gateway.stop.set)
+    install_stop_signals(gateway.stop.set)
     started = time.monotonic()
     try:
         await run_stages(gateway, collect=collect, names=stages)
