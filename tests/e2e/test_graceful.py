@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -252,3 +253,25 @@ def test_ingest_answers_503_with_retry_after_past_the_queue_limit(limited: Harne
     assert len(harness.rows(tenant, "in")) == len(acked)
     wait_for(lambda: post().status_code == 200, 10, message="webhooks accepted again")
     assert harness.client.get("/readyz").status_code == 200
+
+
+def test_sigint_stops_like_sigterm_and_a_second_signal_exits_at_once(harness: Harness) -> None:
+    process = harness.gateway.process
+    assert process is not None
+    process.send_signal(signal.SIGINT)
+    assert process.wait(GRACE_S + 15) == 0
+
+    harness.gateway.start()
+    tenant = harness.tenant()
+    channel = harness.meta_channel(tenant)
+    harness.fake.script(channel.phone_number_id, times=1, status=200, delay=60)
+    row = harness.insert_outbox(tenant, channel.key, "5511987650000", "text", {"body": "x"})
+    harness.wait_outbox(tenant, lambda rows: rows[row]["attempts"] >= 1,
+                        message="the send in flight")
+    process = harness.gateway.process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(1)  # draining: the send has GRACE_S to finish
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(5) != 0

@@ -123,16 +123,20 @@ class WebhookReceiver:
         # reads the answer), within the request read deadline.
         await respond(send, status, json.dumps({"error": reason}).encode())
 
-    async def admitted(self, send: Send, provider: Provider) -> bool:
-        """False (after answering 503 + Retry-After) while backpressure refuses webhooks;
-        checked before the body is read, which then is not buffered."""
+    def admit(self) -> bool:
+        """The hot path's check: one cached reading (see `hosting.backpressure`)."""
+        return self.gate is None or self.gate.admit()
+
+    async def refused(self, send: Send, provider: Provider) -> bool:
+        """For a webhook `admit` refused: True after answering 503 + Retry-After if a fresh
+        reading still refuses it. Before the body is read, which then is not buffered."""
         gate = self.gate
-        if gate is None or gate.admit() or await gate.admit_fresh():
-            return True
+        if gate is None or await gate.admit_fresh():
+            return False
         WEBHOOKS.labels(provider.value, "503").inc()
         await respond(send, 503, json.dumps({"error": f"busy: {gate.reason}; retry later"})
                       .encode(), [(b"retry-after", str(RETRY_AFTER_S).encode())])
-        return False
+        return True
 
     async def accept(self, send: Send, provider: Provider, body: bytes,
                      channel_key: str | None, signature: str | None = None) -> None:
@@ -141,7 +145,7 @@ class WebhookReceiver:
         await respond(send, 200, OK_BODY)
 
     async def meta(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not await self.admitted(send, Provider.META):
+        if not self.admit() and await self.refused(send, Provider.META):
             return
         try:
             body = await read_body(scope, receive, self.max_bytes)
@@ -170,7 +174,7 @@ class WebhookReceiver:
         if not shared_secret_ok(channel.webhook_secret if channel else None, secret_from(scope)):
             return await self.refuse(send, provider, 401,
                                      "unknown channel or wrong webhook secret")
-        if not await self.admitted(send, provider):
+        if not self.admit() and await self.refused(send, provider):
             return
         try:
             body = await read_body(scope, receive, self.max_bytes)
