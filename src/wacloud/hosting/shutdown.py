@@ -42,7 +42,11 @@ def install(begin: Callable[[], None]) -> None:
         os._exit(FORCED_EXIT_CODE)
 
     for signum in SIGNALS:
-        loop.add_signal_handler(signum, handle, signum)
+        try:
+            loop.add_signal_handler(signum, handle, signum)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread's loop
+            log.debug("no handler for %s here: the embedding program stops us",
+                      signal.Signals(signum).name)
 
 
 async def wait_stopping(tasks: Sequence[asyncio.Future[Any]], stop: asyncio.Event,

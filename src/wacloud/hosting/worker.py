@@ -10,7 +10,8 @@ The send stage stays in one process: its per-number rate limits are counted ther
 Workers run at a lower CPU priority (`WACLOUD_WORKER_NICE`) because a webhook answer is what
 Meta times, while the stages catch up from the durable queue. A worker dies with its parent
 (PR_SET_PDEATHSIG, so a `kill -9` of `serve` behaves like a crash of one process), and the
-parent restarts a worker that dies.
+parent restarts a worker that dies. SIGTERM (which `serve` passes on when it stops) drains a
+worker within `WACLOUD_SHUTDOWN_GRACE_S` (`hosting.shutdown`), and it exits 0.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ other recipients of the same number are not held up. Rows whose channel is pause
 pending. Reservations older than the lease go back to pending (a collector that crashed
 between claim and queue would otherwise leave them stuck).
 
+At a stop a pass ends after the tenant it is on, and a tenant's claim, queue send and status
+write run to their end even if the stop's deadline cancels the pass: nothing is left reserved.
+
 A queue that refuses a batch (down, throttled) is a passing trouble: the rows go back to
 pending and a later pass queues them. Only a row that can never be queued (it cannot be made
 into an envelope) is marked -99. A row whose validity (`expires_at`) passed fails as `expired`
