@@ -241,6 +241,7 @@ def test_ingest_answers_503_with_retry_after_past_the_queue_limit(limited: Harne
         ready = harness.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "backpressure"
         assert ready.json()["lag_s"]["inbound.raw"] > 0
+        assert ready.json()["oldest_age_s"]["inbound.raw"] > 0
         assert ready.json()["ingest"]["accepting"] is False
         assert harness.metric("wacloud_ingest_backpressure") == 1
         assert harness.metric("wacloud_queue_lag_seconds", queue="inbound.raw") > 0

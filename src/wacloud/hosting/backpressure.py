@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from wacloud.metrics import INGEST_BACKPRESSURE
-
 log = logging.getLogger(__name__)
 
 REFRESH_S = 0.1
@@ -82,7 +80,6 @@ class IngestGate:
             else:
                 log.warning("ingest backpressure: answering webhooks 503 (%s)", reason)
         self.open, self.reason = reason is None, reason
-        INGEST_BACKPRESSURE.set(0 if self.open else 1)
 
     def _check(self) -> str | None:
         """Why ingest must refuse now, or None."""

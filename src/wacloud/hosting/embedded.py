@@ -27,6 +27,7 @@ from wacloud.hosting.worker import (
     use_stage_threads,
     worker_groups,
 )
+from wacloud.metrics import enable_multiprocess
 from wacloud.privacy import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # A worker's own stop takes its grace and margin; this much more for its flush and exit.
 WORKER_EXIT_S = 5.0
+METRICS_DIR = "metrics"  # under the data dir: the processes' metric files, emptied at start
 
 
 async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = True,
@@ -109,10 +111,14 @@ async def serve(settings: Settings, host: str, port: int,
     """Serve until stopped. `sockets`: (public, internal) already bound and listening (the
     CLI binds them before anything else); without them uvicorn binds host:port itself."""
     public_sockets, internal_sockets = ([sockets[0]], [sockets[1]]) if sockets else (None, None)
-    gateway = build_gateway(settings)
     on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
-    workers = [WorkerSupervisor(settings, group, index) for index, group
-               in enumerate(worker_groups(settings.stage_workers, on_server or ()))]
+    groups = worker_groups(settings.stage_workers, on_server or ())
+    if groups:
+        # Workers write their counters where this process's /metrics adds them up; they
+        # inherit the directory through the environment.
+        enable_multiprocess(settings.data_dir / METRICS_DIR)
+    gateway = build_gateway(settings)
+    workers = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
     app, internal_app = create_apps(gateway, lambda: [w.status() for w in workers])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
@@ -140,6 +146,7 @@ async def serve(settings: Settings, host: str, port: int,
         internal_task.result()  # uvicorn's bind error (SystemExit), or a clear exception
         raise RuntimeError(f"the internal listener {settings.internal_host}:"
                            f"{settings.internal_port} did not start")
+
     def begin_stop() -> None:
         # All at once: the listener stops accepting, the stages stop receiving, and the
         # workers drain theirs within the same grace.

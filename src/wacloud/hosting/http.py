@@ -6,9 +6,10 @@ answers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -21,6 +22,7 @@ from wacloud.hosting.api import api_routes
 from wacloud.hosting.backpressure import IngestGate
 from wacloud.hosting.internal import internal_routes
 from wacloud.hosting.webhooks import ASGIApp, WebhookReceiver
+from wacloud.metrics import render
 from wacloud.stages import envelopes
 from wacloud.stages.ingest import meta_verify_challenge
 
@@ -61,19 +63,24 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
         depth = await raw_queue.depth()
         # Acknowledged work that stopped: messages waiting in each queue's dead-letter queue.
         dead = await gateway.dead_letter_counts()
-        # How far behind each stage is: seconds its oldest ready message has waited.
-        lag = {name: await queue.oldest_age()
-               for name, queue in gateway.dead_letter_sources().items()}
+        # How far behind each stage is (seconds its oldest ready message has waited), and the
+        # age of each queue's oldest message in any state (a stuck one keeps ageing).
+        queues = gateway.dead_letter_sources()
+        lag = {name: await queue.lag_seconds() for name, queue in queues.items()}
+        oldest = {name: await queue.oldest_age() for name, queue in queues.items()}
         accepting = await gate.admit_fresh()
         return JSONResponse({"status": "ready" if accepting else "backpressure",
                              "inbound_raw": depth, "dead_letters": dead,
-                             "lag_s": {name: None if age is None else round(age, 3)
-                                       for name, age in lag.items()},
+                             "lag_s": _rounded(lag), "oldest_age_s": _rounded(oldest),
                              "ingest": gate.state(), "workers": workers()},
                             status_code=200 if accepting else 503)
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        gauges = await gateway.gauges(workers())
+        gauges.ingest_backpressure = 0 if gate.open else 1
+        # Reading the workers' files is off the loop: webhooks are answered on it.
+        body = await asyncio.to_thread(render, gauges)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     health = [Route("/healthz", healthz), Route("/readyz", readyz)]
     routes = [
@@ -91,3 +98,7 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
                              gateway.settings.max_webhook_bytes,
                              gateway.settings.park_other_meta_objects, gate)
     return public, Starlette(routes=internal)
+
+
+def _rounded(seconds: dict[str, float | None]) -> dict[str, float | None]:
+    return {name: None if value is None else round(value, 3) for name, value in seconds.items()}

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from wacloud.bootstrap import build_gateway
 from wacloud.hosting.process import tune_garbage_collector
 from wacloud.hosting.shutdown import install as install_stop_signals
+from wacloud.metrics import process_exited
 from wacloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class WorkerSupervisor:
                     backoff = 1.0
                 continue
             code = self.process.returncode if self.process else None
+            if self.process is not None:
+                process_exited(self.process.pid)
             log.error("stage worker %s exited with code %s; restarting in %.0f s",
                       ",".join(self.stages), code, backoff)
             with contextlib.suppress(TimeoutError):
@@ -131,15 +134,17 @@ class WorkerSupervisor:
             self.process.terminate()
 
     def stop(self, timeout: float = 15.0) -> None:
-        if not self.alive or self.process is None:
+        if self.process is None:
             return
-        self.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.error("stage worker did not stop within %.0f s; killing it", timeout)
-            self.process.kill()
-            self.process.wait()
+        if self.alive:  # else it stopped already (told to at the signal)
+            self.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.error("stage worker did not stop within %.0f s; killing it", timeout)
+                self.process.kill()
+                self.process.wait()
+        process_exited(self.process.pid)
 
 
 def die_with_parent(parent_pid: int) -> None:

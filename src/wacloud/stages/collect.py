@@ -41,6 +41,7 @@ from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import OutboundMessage
 from wacloud.stages.envelopes import dumps
+from wacloud.tracing import outbound_trace_id
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -203,6 +204,12 @@ async def claim_and_queue(tenant: str, ctx: CollectContext, engine: Engine,
                                 f"could not queue yet ({type(exc).__name__}); will retry")
         return 0
     await asyncio.to_thread(claim.mark_queued, engine, ids)
+    if log.isEnabledFor(logging.DEBUG):
+        for message in messages:
+            log.debug("queued for sending", extra={
+                "trace_id": outbound_trace_id(tenant, message.row_id), "tenant": tenant,
+                "channel": message.channel_key, "message_id": message.row_id,
+                "stage": "collect"})
     return len(ids)
 
 

@@ -1,6 +1,6 @@
 """Ingest backpressure over a real SQLite queue: the gate closes at the queue limit or under
 the free-disk minimum and opens again once the stage catches up; the queue's lag
-(`oldest_age`) and bounded count (`holds_at_least`) read without the writer."""
+(`lag_seconds`) and bounded count (`holds_at_least`) read without the writer."""
 
 from __future__ import annotations
 
@@ -74,17 +74,17 @@ async def test_holds_at_least_counts_only_its_own_queue(tmp_path: Path) -> None:
     await broker.close()
 
 
-async def test_oldest_age_is_the_wait_of_the_oldest_ready_message(tmp_path: Path) -> None:
+async def test_lag_is_the_wait_of_the_oldest_ready_message(tmp_path: Path) -> None:
     broker = SqliteBroker(tmp_path / "q.db")
     queue = broker.queue(QueueSpec("in", visibility_timeout=300))
-    assert await queue.oldest_age() is None
+    assert await queue.lag_seconds() is None
     await queue.send(b"later", delay=60)
-    assert await queue.oldest_age() is None  # backing off is not waiting
+    assert await queue.lag_seconds() is None  # backing off is not waiting
     await queue.send(b"ready")
     sent = time.time()
     [held] = await queue.receive(1)
-    assert await queue.oldest_age() is None  # in flight is not waiting either
+    assert await queue.lag_seconds() is None  # in flight is not waiting either
     await queue.release(held.receipt, 0.0)
-    age = await queue.oldest_age()
+    age = await queue.lag_seconds()
     assert age is not None and 0 <= age <= time.time() - sent + 0.01
     await broker.close()
