@@ -127,12 +127,17 @@ class StageRunner:
             grace = 0.0  # cancelled from outside: the deadline has passed already
             raise
         finally:
-            # The heartbeat keeps the messages of the handlers still running hidden meanwhile.
-            await self._finish(in_flight, grace)
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await self.release_held()
+            try:
+                # The heartbeat keeps the messages of the handlers still running hidden
+                # meanwhile.
+                await self._finish(in_flight, grace)
+            finally:  # also when cancelled while waiting: nothing may stay held
+                for task in in_flight:
+                    task.cancel()
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+                await self.release_held()
 
     async def _finish(self, in_flight: set[asyncio.Task[None]], grace: float) -> None:
         """Let the handlers in flight finish within `grace` seconds; cancel the others."""

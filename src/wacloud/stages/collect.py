@@ -173,6 +173,8 @@ async def uninterrupted(work: Coroutine[Any, Any, T]) -> T:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:  # retrieved: logged here
+            log.error("collect pass failed while stopping", exc_info=task.exception())
         raise
 
 

@@ -129,3 +129,28 @@ async def test_a_task_failing_before_the_stop_is_raised() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         await shutdown.wait_stopping([asyncio.create_task(broken()), polite_task], stop, 1)
     polite_task.cancel()
+
+
+async def test_a_runner_cancelled_past_the_deadline_still_releases_what_it_holds(
+        tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("in", visibility_timeout=300))
+    await queue.send(b"stuck")
+    started = asyncio.Event()
+
+    async def handler(message: ReceivedMessage) -> list[Output]:
+        started.set()
+        await asyncio.Event().wait()
+        return []
+
+    runner = StageRunner("t", queue, handler, {}, wait_seconds=0.05, shutdown_grace=300)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await asyncio.wait_for(started.wait(), 10)
+    stop.set()
+    await asyncio.sleep(0.2)  # the runner waits for its handler within its (long) grace
+    task.cancel()  # what `wait_stopping` does past the process's deadline
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await queue.depth() == {"visible": 1, "in_flight": 0, "delayed": 0, "dead": 0}
+    await broker.close()
