@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -200,3 +201,19 @@ def test_the_document_lists_every_status_an_operation_answers(admin: base.Admin)
                                json={"ids": ["1"] * 20_000, "reason": "x"})
     assert answer.status_code == 413
     assert "413" in paths["/admin/v1/parked/discard"]["post"]["responses"]
+
+
+def test_a_request_that_is_not_valid_http_gets_a_json_400(admin: base.Admin) -> None:
+    port = admin.client.base_url.port
+    assert port is not None
+    for head in (b"Content-Length: q\r\n", b"X-A: a\x01b\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET /admin/v1/channels HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+            received = b""
+            while chunk := conn.recv(4096):  # the server closes the connection
+                received += chunk
+        status, _, rest = received.partition(b"\r\n")
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert status == b"HTTP/1.1 400 Bad Request", received
+        assert b"content-type: application/json" in headers.lower(), received
+        assert json.loads(body)["error"].startswith("not a valid HTTP request"), received
