@@ -220,7 +220,11 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         number = await channel_id(request)
         data = await body(request, m.TokenReplace)
         try:
-            was_paused = await run(ctx.registry.set_channel_token, number, data.token)
+            token = validation.token(data.token)
+        except validation.InvalidValue as exc:
+            raise Refused(422, str(exc)) from None
+        try:
+            was_paused = await run(ctx.registry.set_channel_token, number, token)
         except RegistryError as exc:
             raise _registry_refusal(exc) from None
         await changed()
