@@ -313,3 +313,36 @@ def test_browser_finds_a_sent_message_its_timeline_and_replays_a_parked_item(
         raise
     finally:
         context.close()
+
+
+def test_a_parked_item_is_discarded_only_with_a_reason_and_text_is_escaped(
+        harness: Harness) -> None:
+    app_secret = f"ui-app-{uuid.uuid4().hex[:8]}"
+    tenant = harness.tenant()
+    channel = harness.meta_channel(tenant, app_secret=app_secret)
+    key = harness.api_key(tenant)
+    row_id = send_and_read(harness, channel, key, "5571900000003",
+                           "<script>alert(1)</script>")
+    number = f"1079{uuid.uuid4().int % 10**11:011d}"
+    orphan, contact = meta_text("5511987650001", "ninguém", f"wamid.ui-{uuid.uuid4().hex}")
+    payload = meta_envelope(number, "1097000001", "5511940009998", [orphan], None, [contact])
+    assert harness.post_meta(payload, app_secret).status_code == 200
+    parked = wait_for(lambda: [p for p in harness.parked() if p.channel_key == number],
+                      message="parked item")[0]
+    with ui_client(harness) as client:
+        token = log_in(client, admin_key(harness))
+        page = client.get(f"/ui/messages/{tenant}/outbound/{row_id}").text
+        assert "<script>alert(1)</script>" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        action = f"/ui/parked/{parked.id}/discard"
+        assert client.post(action, data={"csrf": token, "reason": " "}).status_code == 422
+        assert any(p.id == parked.id for p in harness.parked())
+        done = client.post(action, data={"csrf": token, "reason": "spam from a test"})
+        assert done.status_code == 303
+        assert all(p.id != parked.id for p in harness.parked())
+        record = (harness.gateway.data_dir / "parked-discards.jsonl").read_text()
+        assert "spam from a test" in record and str(parked.id) in record
+        assert f"Parked item {parked.id} discarded" in client.get("/ui/parked").text
+        assert client.get("/ui/dead-letters").status_code == 200
+    # Media and pages need a session: nothing is served to a stranger.
+    assert httpx.get(f"{harness.gateway.base_url}/ui/media/{tenant}/1").status_code == 303

@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -38,8 +39,8 @@ class Session:
     key_id: int
     tenant: str | None  # None: an admin key
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    created: float = field(default_factory=time.monotonic)
-    seen: float = field(default_factory=time.monotonic)
+    created: float = 0.0
+    seen: float = 0.0
     flash: list[tuple[str, str]] = field(default_factory=list)  # (kind, text) for the next page
 
     @property
@@ -49,14 +50,18 @@ class Session:
 
 class SessionStore:
     def __init__(self, idle_s: float = IDLE_S, max_age_s: float = MAX_AGE_S,
-                 max_sessions: int = MAX_SESSIONS) -> None:
+                 max_sessions: int = MAX_SESSIONS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.idle_s, self.max_age_s, self.max_sessions = idle_s, max_age_s, max_sessions
+        self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
     def create(self, key_hash: str, key_id: int, tenant: str | None) -> Session:
         # A new id at every login: an id planted before the login is worth nothing after it.
-        session = Session(secrets.token_urlsafe(32), key_hash, key_id, tenant)
+        now = self.clock()
+        session = Session(secrets.token_urlsafe(32), key_hash, key_id, tenant, created=now,
+                          seen=now)
         with self._lock:
             self._sessions[session.sid] = session
             while len(self._sessions) > self.max_sessions:
@@ -66,7 +71,7 @@ class SessionStore:
     def get(self, sid: str | None) -> Session | None:
         if not sid:
             return None
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             session = self._sessions.get(sid)
             if session is None:
