@@ -6,6 +6,7 @@ media, replays a parked item and adds a channel. Screenshots go to `test-artifac
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import re
@@ -15,6 +16,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,12 @@ import pytest
 from tests.e2e.conftest import Harness, fixture, wait_for
 from tests.e2e.payloads import meta_messages, retarget_meta
 from wacloud.adapters.db.api_keys import create_api_key, revoke_api_key
+from wacloud.adapters.queue.base import QueueSpec
+from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.model import Channel
+from wacloud.settings import load_settings
+from wacloud.stages import envelopes
+from wacloud.stages.collect import outbound_from_row, send_envelope
 from wacloud.testing.webhooks import meta_envelope, meta_text
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
@@ -222,6 +229,31 @@ def test_browser_finds_a_sent_message_its_timeline_and_replays_a_parked_item(
     to = f"55719{uuid.uuid4().int % 10**8:08d}"
     row_id = send_and_read(harness, channel, key, to, "Seu pedido saiu para entrega")
 
+    # One the provider refuses for good: its timeline ends in the failure, with the text.
+    refused_to = f"55718{uuid.uuid4().int % 10**8:08d}"
+    harness.fake.script(refused_to, times=1, status=400, error_code=131026,
+                        error_message="Message undeliverable")
+    answer = harness.submit(key, {"channel": channel.key, "to": refused_to, "type": "text",
+                                  "text": {"body": "não vai"}})
+    assert answer.status_code == 201, answer.text
+    failed_id = answer.json()["id"]
+    harness.wait_outbox(tenant, lambda rows: rows[failed_id]["status"] == -100,
+                        message="failed")
+
+    # What the send stage does when a row runs out of attempts: its message in the DLQ.
+    dead = send_envelope(outbound_from_row(tenant, harness.outbox(tenant)[failed_id]))
+
+    async def bury() -> None:
+        queues = SqliteBroker(load_settings(harness.gateway.data_dir).queue_path)
+        try:
+            await queues.queue(QueueSpec(envelopes.OUTBOUND_SEND_DEAD)).send(dead.body)
+        finally:
+            await queues.close()
+
+    # Playwright's sync API keeps an event loop running in this thread: another one for this.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, bury()).result(30)
+
     # An inbound image, copied from the fake provider into the media store.
     image = retarget_meta(fixture("meta", "image"), channel.key, channel.waba_id or "",
                           suffix=uuid.uuid4().hex[:6])
@@ -276,6 +308,11 @@ def test_browser_finds_a_sent_message_its_timeline_and_replays_a_parked_item(
         assert "Seu pedido saiu para entrega" in page.inner_text("dl.facts")
         page.screenshot(path=str(ARTIFACTS / "message-timeline.png"), full_page=True)
 
+        page.goto(f"{base}/ui/messages/{tenant}/outbound/{failed_id}")
+        failure = page.locator("ol.timeline li.failed")
+        assert "131026" in failure.inner_text() and "undeliverable" in failure.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "message-failed.png"), full_page=True)
+
         # The inbound image, shown inline through the authenticated media route.
         page.goto(f"{base}/ui/messages/{tenant}/messages/{inbound_id}")
         img = page.locator("img.media")
@@ -293,6 +330,17 @@ def test_browser_finds_a_sent_message_its_timeline_and_replays_a_parked_item(
         assert f"Parked item {parked.id} sent back" in page.inner_text("main")
         replayed = harness.wait_rows(late, 1)
         assert replayed[0]["text"] == "chegou depois"
+
+        # Replay the dead letter: the row is queued again and, this time, sent.
+        page.goto(f"{base}/ui/dead-letters")
+        letter = page.locator("tr", has_text=tenant)
+        assert "outbound.send" in letter.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "dead-letters.png"), full_page=True)
+        letter.get_by_role("button", name="Replay").click()
+        page.wait_for_url(f"{base}/ui/dead-letters")
+        assert "put back on outbound.send" in page.inner_text("main")
+        harness.wait_outbox(tenant, lambda rows: rows[failed_id]["provider_message_id"],
+                            message="the replayed dead letter sent")
 
         # Add a Whapi channel: the webhook URL and the secret to paste, shown once.
         page.goto(f"{base}/ui/channels/new?provider=whapi")

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from wacloud import validation
 from wacloud.adapters.db.api_keys import hash_key
+from wacloud.adapters.db.errors import is_database_unavailable
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.adapters.db.views import MessageFilter
 from wacloud.adapters.media.base import MediaStore
@@ -165,7 +166,8 @@ def ui_routes(ctx: UiContext) -> list[Route]:
         if key is None:  # revoked since the login (or the registry changed under it)
             await run(broker.refresh)
             key = broker.api_key_by_hash(session.key_hash)
-        if key is None or key.tenant != session.tenant:
+        if key is None or key.tenant != session.tenant or (session.is_admin
+                                                           and not key.is_admin):
             ctx.sessions.drop(session.sid)
             return None
         return session
@@ -193,6 +195,13 @@ def ui_routes(ctx: UiContext) -> list[Route]:
                 return await handler(request, session)
             except Denied as exc:
                 return render(request, "error.html", session, exc.status, message=str(exc))
+            except Exception as exc:
+                if not is_database_unavailable(exc):
+                    raise
+                log.warning("dashboard %s: a database is unavailable (%s)", request.url.path,
+                            type(exc).__name__)
+                return render(request, "error.html", session, 503,
+                              message="A database is unavailable; try again later.")
 
         return endpoint
 
@@ -227,7 +236,7 @@ def ui_routes(ctx: UiContext) -> list[Route]:
         found = broker.api_key(presented) if presented else None
         if found is None and presented and await run(broker.refresh_after_miss):
             found = broker.api_key(presented)
-        if found is None:
+        if found is None or not (found.is_admin or found.tenant):
             return render(request, "login.html", None, 401,
                           error="That key is not an active admin or tenant key.")
         session = ctx.sessions.create(hash_key(presented), found.id, found.tenant)
