@@ -189,6 +189,9 @@ class GaugeSnapshot:
 
     queue_depth: dict[tuple[str, str], int] = field(default_factory=dict)  # (queue, state)
     queue_oldest: dict[str, float] = field(default_factory=dict)
+    queue_lag: dict[str, float] = field(default_factory=dict)
+    # 1 while ingest answers webhooks 503 (backpressure); None where no ingest runs.
+    ingest_backpressure: int | None = None
     channels_paused: list[tuple[str, str, str, bool]] = field(default_factory=list)
     workers: list[tuple[str, bool, int]] = field(default_factory=list)  # stages, alive, restarts
 
@@ -213,6 +216,18 @@ class ScrapeGauges(Collector):
         for queue, age in sorted(snap.queue_oldest.items()):
             oldest.add_metric([queue], age)
         yield oldest
+        lag = GaugeMetricFamily(
+            "wacloud_queue_lag_seconds", "Seconds the oldest message ready to be received in "
+            "each queue has waited (0 when none waits): how far behind its stage is",
+            labels=["queue"])
+        for queue, seconds in sorted(snap.queue_lag.items()):
+            lag.add_metric([queue], seconds)
+        yield lag
+        if snap.ingest_backpressure is not None:
+            yield GaugeMetricFamily(
+                "wacloud_ingest_backpressure", "1 while webhooks are answered 503 + Retry-After "
+                "(the inbound queue at WACLOUD_INBOUND_QUEUE_LIMIT or the data dir's disk under "
+                "WACLOUD_MIN_FREE_DISK_MB), else 0", value=snap.ingest_backpressure)
         paused = GaugeMetricFamily(
             "wacloud_channel_paused", "1 while a channel is paused (token or account "
             "problem: its messages wait), else 0", labels=["tenant", "channel", "provider"])

@@ -43,7 +43,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -259,6 +259,13 @@ async def give_back(lease: Lease) -> None:
                     type(exc).__name__)
 
 
+def wait_for_slot(limits: SendLimits, slot_key: str, start: float, lead: float) -> NoReturn:
+    """Release the message until just before its far-off slot, keeping the slot for it."""
+    limits.hold(slot_key, start, limits.now())
+    raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
+                     max(0.0, start - limits.now() - lead))
+
+
 def lease_wait(state: outbox.OutboxState) -> float:
     if state.lease_until is None:
         return LEASE_RECHECK_S
@@ -301,9 +308,7 @@ async def send_once(message: OutboundMessage, data: bytes, ctx: SendContext, lea
     lead = min(RETURN_LEAD_S, ctx.max_inline_wait / 2)
     start = limits.start_for(slot_key, window, limits.now())
     if start - limits.now() > ctx.max_inline_wait:
-        limits.hold(slot_key, start, limits.now())
-        raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
-                         max(0.0, start - limits.now() - lead))
+        wait_for_slot(limits, slot_key, start, lead)
 
     store = await ctx.broker.tenant_store_async(message.tenant)
     owner = uuid.uuid4().hex
@@ -335,13 +340,15 @@ async def send_once(message: OutboundMessage, data: bytes, ctx: SendContext, lea
     if message.recipient and message.type != "read":
         limits.pairs.reserve(pair, limits.now())
     # Counted from its start, whatever the answer takes: other sends start meanwhile.
-    start = limits.confirm(window, start, limits.now())
-    if start - limits.now() > ctx.max_inline_wait:
-        limits.hold(slot_key, start, limits.now())
-        raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
-                         max(0.0, start - limits.now() - lead))
-    if start > limits.now():
-        await asyncio.sleep(start - limits.now())  # the number's rate, not synchronization
+    while True:
+        start = limits.confirm(window, start, limits.now())
+        if start - limits.now() > ctx.max_inline_wait:
+            wait_for_slot(limits, slot_key, start, lead)
+        if start > limits.now():
+            await asyncio.sleep(start - limits.now())  # the number's rate, not synchronization
+        if limits.now() - start <= window.late_tolerance:
+            break
+        # Woken too late for the slot (a busy loop): starting now could crowd the next send.
     lease.held = False  # from here on the provider may have it: the lease stays
     outcome = await call_provider(channel, message, ctx)
     excerpt = outcome.response_excerpt

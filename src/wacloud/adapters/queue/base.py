@@ -95,6 +95,12 @@ class Queue(abc.ABC):
     async def depth(self) -> dict[str, int]:
         """Counts: `visible`, `in_flight`, `delayed`, `dead` (in the dead-letter queue)."""
 
+    async def lag_seconds(self) -> float | None:
+        """Seconds since the oldest visible message (ready to be received) became visible: how
+        far behind the queue's stage is. None when nothing is visible, or when the
+        implementation cannot tell (this default)."""
+        return None
+
     async def has_waiting(self, longer_than: float = 0.0) -> bool:
         """Whether a message has been ready to be received for more than `longer_than` seconds
         (may be approximate; cheap to ask). This default ignores how long."""

@@ -299,6 +299,35 @@ class SqliteQueue(Queue):
             "SELECT sent_at FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (self.spec.name,))
         return None if row is None else max(time.time() - float(row[0]), 0.0)
 
+    async def lag_seconds(self) -> float | None:
+        return self.lag()
+
+    def lag(self) -> float | None:
+        """`lag_seconds` without the writer: one step down the (queue, visible_at) index on a
+        read connection. A message in flight or backing off is visible later than now, so the
+        lowest visible_at is the oldest ready message's when it is not in the future. In a
+        FIFO queue that includes messages waiting behind their group's head."""
+        (oldest,) = self.broker.read_one(
+            "SELECT MIN(visible_at) FROM messages WHERE queue = ?", (self.spec.name,))
+        now = time.time()
+        return None if oldest is None or oldest > now else now - float(oldest)
+
+    def holds_at_least(self, count: int) -> bool:
+        """Whether this queue holds `count` messages or more (any state, dead letters apart),
+        read without the writer. When its ids span fewer than `count` (two index steps) it
+        cannot; otherwise the messages are counted, stopping at `count`."""
+        if count <= 0:
+            return True
+        first, last = self.broker.read_one(
+            "SELECT (SELECT MIN(id) FROM messages WHERE queue = ?1),"
+            " (SELECT MAX(id) FROM messages WHERE queue = ?1)", (self.spec.name,))
+        if first is None or last - first + 1 < count:
+            return False
+        (held,) = self.broker.read_one(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE queue = ? LIMIT ?)",
+            (self.spec.name, count))
+        return int(held) >= count
+
     def count_dead(self) -> int:
         """`dead_count` without the writer: one indexed count on a read connection, cheap
         enough for every /readyz and /metrics request."""
