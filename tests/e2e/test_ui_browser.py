@@ -283,6 +283,7 @@ def test_browser_finds_a_sent_message_its_timeline_and_replays_a_parked_item(
     try:
         page.goto(f"{base}/ui")
         assert page.url.endswith("/ui/login")
+        page.screenshot(path=str(ARTIFACTS / "login.png"))
         page.fill("input[name=key]", admin_key(harness))
         page.click("button[type=submit]")
         page.wait_for_url(f"{base}/ui")
@@ -356,6 +357,20 @@ def test_browser_finds_a_sent_message_its_timeline_and_replays_a_parked_item(
         page.goto(f"{base}/ui/channels")
         assert whapi_id in page.inner_text("main") and secret not in page.content()
         page.screenshot(path=str(ARTIFACTS / "channels.png"), full_page=True)
+
+        # The tenant's own key: its overview only, no admin pages in the menu.
+        tenant_view = browser.new_context(viewport={"width": 1360, "height": 900})
+        try:
+            mine = tenant_view.new_page()
+            mine.goto(f"{base}/ui/login")
+            mine.fill("input[name=key]", key)
+            mine.click("button[type=submit]")
+            mine.wait_for_url(f"{base}/ui")
+            assert f"tenant {tenant}" in mine.inner_text("header")
+            assert mine.locator("a[href='/ui/parked']").count() == 0
+            mine.screenshot(path=str(ARTIFACTS / "tenant-overview.png"), full_page=True)
+        finally:
+            tenant_view.close()
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
         raise
