@@ -96,6 +96,23 @@ def send_and_read(harness: Harness, channel: Channel, key: str, to: str, text: s
     return row_id
 
 
+def bury(harness: Harness, tenant: str, row_id: int) -> None:
+    """Put an outbox row's send message in the send queue's DLQ, as the send stage does when
+    the row runs out of attempts."""
+    dead = send_envelope(outbound_from_row(tenant, harness.outbox(tenant)[row_id]))
+
+    async def send() -> None:
+        queues = SqliteBroker(load_settings(harness.gateway.data_dir).queue_path)
+        try:
+            await queues.queue(QueueSpec(envelopes.OUTBOUND_SEND_DEAD)).send(dead.body)
+        finally:
+            await queues.close()
+
+    # Playwright's sync API may keep an event loop running in this thread: another thread.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, send()).result(30)
+
+
 # -- plain HTTP: log-in, cookie, CSRF, scoping -------------------------------------------------
 
 
@@ -241,18 +258,7 @@ def test_browser_finds_a_sent_message_its_timeline_and_replays_a_parked_item(
                         message="failed")
 
     # What the send stage does when a row runs out of attempts: its message in the DLQ.
-    dead = send_envelope(outbound_from_row(tenant, harness.outbox(tenant)[failed_id]))
-
-    async def bury() -> None:
-        queues = SqliteBroker(load_settings(harness.gateway.data_dir).queue_path)
-        try:
-            await queues.queue(QueueSpec(envelopes.OUTBOUND_SEND_DEAD)).send(dead.body)
-        finally:
-            await queues.close()
-
-    # Playwright's sync API keeps an event loop running in this thread: another one for this.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, bury()).result(30)
+    bury(harness, tenant, failed_id)
 
     # An inbound image, copied from the fake provider into the media store.
     image = retarget_meta(fixture("meta", "image"), channel.key, channel.waba_id or "",
@@ -406,6 +412,49 @@ def test_a_parked_item_is_discarded_only_with_a_reason_and_text_is_escaped(
         record = (harness.gateway.data_dir / "parked-discards.jsonl").read_text()
         assert "spam from a test" in record and str(parked.id) in record
         assert f"Parked item {parked.id} discarded" in client.get("/ui/parked").text
-        assert client.get("/ui/dead-letters").status_code == 200
+        bury(harness, tenant, row_id)
+        letters = client.get("/ui/dead-letters").text
+        found = re.search(r'action="/ui/dead-letters/outbound\.send/([^/"]+)/discard"', letters)
+        assert found is not None, letters
+        action = f"/ui/dead-letters/outbound.send/{found.group(1)}/discard"
+        assert client.post(action, data={"csrf": token}).status_code == 422
+        assert client.post(action, data={"csrf": token, "reason": "duplicate"}
+                           ).status_code == 303
+        assert f"/{found.group(1)}/discard" not in client.get("/ui/dead-letters").text
+        record = (harness.gateway.data_dir / "dlq-discards.jsonl").read_text()
+        assert "duplicate" in record and found.group(1) in record
     # Media and pages need a session: nothing is served to a stranger.
     assert httpx.get(f"{harness.gateway.base_url}/ui/media/{tenant}/1").status_code == 303
+
+
+def test_a_meta_channel_added_in_the_form_answers_meta_with_the_token_shown(
+        harness: Harness) -> None:
+    tenant = harness.tenant()
+    with ui_client(harness) as client:
+        token = log_in(client, admin_key(harness))
+        number = f"1066{uuid.uuid4().int % 10**11:011d}"
+        form = {"csrf": token, "provider": "meta", "tenant": tenant, "phone_number_id": number,
+                "waba_id": "102290129340398", "display_number": "5511940001234",
+                "app_secret": "the-app-secret", "verify_token": "", "token": "tok-secret",
+                "api_base_url": harness.fake_url, "mps": "80"}
+        bad = client.post("/ui/channels", data={**form, "display_number": "not a number"})
+        assert bad.status_code == 422 and "display" in bad.text.lower()
+        assert "tok-secret" not in bad.text and "the-app-secret" not in bad.text
+        created = client.post("/ui/channels", data=form)
+        assert created.status_code == 200, created.text
+        assert created.headers["cache-control"] == "no-store"
+        url = re.search(r'id="webhook-url">([^<]+)<', created.text)
+        verify = re.search(r'id="secret">([^<]+)<', created.text)
+        assert url is not None and verify is not None
+        assert url.group(1) == f"{harness.gateway.base_url}/webhooks/meta"
+        assert "tok-secret" not in created.text and "the-app-secret" not in created.text
+        # Meta's handshake with the token shown succeeds: it is the channel's.
+        answer = harness.client.get("/webhooks/meta", params={
+            "hub.mode": "subscribe", "hub.verify_token": verify.group(1),
+            "hub.challenge": "4242"})
+        assert answer.status_code == 200 and answer.text == "4242"
+        # Shown once: the channel list has the URL, never the token.
+        listed = client.get("/ui/channels", params={"tenant": tenant}).text
+        assert number in listed and verify.group(1) not in listed
+        again = client.post("/ui/channels", data=form)
+        assert again.status_code == 422 and "already" in again.text
