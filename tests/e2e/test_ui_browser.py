@@ -207,8 +207,9 @@ def test_a_tenant_key_sees_only_its_tenant(harness: Harness) -> None:
 
 
 def chromium_path() -> str | None:
-    return os.environ.get("WACLOUD_CHROMIUM") or shutil.which("chromium") or shutil.which(
+    path = os.environ.get("WACLOUD_CHROMIUM") or shutil.which("chromium") or shutil.which(
         "chromium-browser")
+    return path if path and os.access(path, os.X_OK) else None
 
 
 @pytest.fixture(scope="module")
