@@ -19,6 +19,7 @@ from pathlib import Path
 
 from wacloud.adapters.db.api_keys import ApiKey, active_key_hashes, hash_key
 from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.errors import TroubleLog
 from wacloud.adapters.db.registry import Registry
 from wacloud.adapters.db.tenant_store import TenantStore
 from wacloud.crypto import SecretBox
@@ -97,11 +98,14 @@ class CredentialsBroker:
 
     async def watch(self, interval: float, stop: asyncio.Event) -> None:
         """Poll the registry's change counter until `stop` is set."""
+        trouble = TroubleLog(log)
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.refresh)
-            except Exception:  # a registry hiccup must not stop routing from the snapshot
-                log.exception("credentials refresh failed")
+            except Exception as exc:  # a registry hiccup must not stop routing from the snapshot
+                trouble.failed("the registry", "credentials refresh", exc)
+            else:
+                trouble.succeeded("the registry")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
@@ -163,6 +167,11 @@ class CredentialsBroker:
     def tenant_slugs(self) -> list[str]:
         self.ensure_fresh()
         return list(self._snapshot.tenant_urls)
+
+    def channels(self) -> list[Channel]:
+        """Every channel of the current snapshot (for the metrics' paused-channel gauge)."""
+        self.ensure_fresh()
+        return [c for channels in self._snapshot.by_tenant.values() for c in channels.values()]
 
     def paused_channel_keys(self, tenant: str) -> set[str]:
         self.ensure_fresh()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,13 +44,15 @@ def replay_envelope(item: ParkedItem) -> bytes:
                      "which has no replay path")
 
 
-async def replay_parked(registry: Registry, raw_queue: Queue, items: list[ParkedItem]
-                        ) -> list[int]:
+async def replay_parked(registry: Registry, raw_queue: Queue, items: list[ParkedItem],
+                        progress: Callable[[int], None] | None = None) -> list[int]:
     replayed: list[int] = []
     for item in items:
         await raw_queue.send(replay_envelope(item))
         await asyncio.to_thread(registry.mark_replayed, item.id)
         replayed.append(item.id)
+        if progress is not None:
+            progress(1)
     return replayed
 
 

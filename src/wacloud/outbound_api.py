@@ -71,6 +71,7 @@ def parse_submission(data: Any) -> Submission:
              "`recipient` names a person; a group goes in `to` with `recipient_type` 'group'")
     if kind == "read":
         _require(isinstance(content.get("message_id"), str), "`read.message_id` is required")
+        _require(to is None or isinstance(to, str), "`to` must be a string")
         to = to or ""
     else:
         if not to and isinstance(bsuid, str):
@@ -84,9 +85,15 @@ def parse_submission(data: Any) -> Submission:
     elif kind in MEDIA_TYPES:
         _require(("link" in content) != ("id" in content),
                  f"`{kind}` needs exactly one of `link` or `id`")
+        where = content.get("link", content.get("id"))
+        _require(isinstance(where, str) and bool(where.strip()),
+                 f"`{kind}.link` or `{kind}.id` must be a non-empty string")
     elif kind == "location":
-        _require(all(isinstance(content.get(k), int | float) for k in ("latitude", "longitude")),
-                 "`location.latitude` and `location.longitude` must be numbers")
+        latitude, longitude = _number(content.get("latitude")), _number(content.get("longitude"))
+        _require(latitude is not None and longitude is not None and abs(latitude) <= 90
+                 and abs(longitude) <= 180,
+                 "`location.latitude` (-90 to 90) and `location.longitude` (-180 to 180) "
+                 "must be numbers")
     elif kind == "template":
         _require(isinstance(content.get("name"), str), "`template.name` is required")
     elif kind == "reaction":
@@ -98,14 +105,30 @@ def parse_submission(data: Any) -> Submission:
     reference = data.get("client_reference")
     _require(reference is None or (isinstance(reference, str) and len(reference) <= 191),
              "`client_reference` must be a string of at most 191 characters")
+    _require(_storable(data), "the body holds a value no database stores (NaN, Infinity or "
+             "a lone surrogate like \\ud800)")
     return Submission(channel, str(to), kind, content, reply_to, reference,
                       "group" if recipient_type == "group" and kind != "read" else None)
+
+
+def _storable(data: Any) -> bool:
+    """Whether `data` goes into a JSON column and a text column as it is: callers other than
+    the API (the CLI, a script) may hand over what Python's json module let through."""
+    try:
+        json.dumps(data, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range: no time or place is that far
+        return None
+    return number if math.isfinite(number) else None
 
 
 def parse_validity(data: Any, now: datetime) -> datetime | None:
@@ -132,10 +155,9 @@ def parse_validity(data: Any, now: datetime) -> datetime | None:
     elif isinstance(at, str):
         try:
             parsed = datetime.fromisoformat(at.strip())
-        except ValueError:
-            parsed = None
-        if parsed is not None:
             expires = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):  # OverflowError: year 9999 with an offset
+            expires = None
     _require(expires is not None,
              "`expires_at` must be an ISO 8601 time (e.g. 2026-12-05T10:00:00Z) or unix seconds")
     assert expires is not None

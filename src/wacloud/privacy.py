@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from wacloud.adapters.db import privacy as db
+from wacloud.adapters.db.errors import TroubleLog
 from wacloud.adapters.db.registry import ParkedItem, Registry
 from wacloud.adapters.db.tenant_store import TenantStore
 from wacloud.adapters.db.types import utcnow
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from wacloud.bootstrap import Gateway
 
 log = logging.getLogger(__name__)
+_TROUBLE = TroubleLog(log)
 
 
 class PrivacyError(ValueError):
@@ -282,9 +284,10 @@ async def run_retention(registry: Registry, broker: CredentialsBroker, media_sto
         try:
             store = await asyncio.to_thread(broker.tenant_store, tenant.slug)
             counts = await purge_expired(store, tenant.retention_days, media_store, now)
-        except Exception:  # one tenant's unreachable DB must not stop the others' purge
-            log.exception("retention failed for tenant %s", tenant.slug)
+        except Exception as exc:  # one tenant's unreachable DB must not stop the others' purge
+            _TROUBLE.failed(f"tenant {tenant.slug}", "retention", exc)
             continue
+        _TROUBLE.succeeded(f"tenant {tenant.slug}")
         results[tenant.slug] = counts
         if any(counts.values()):
             log.info("retention: tenant %s, older than %d days: %s", tenant.slug,

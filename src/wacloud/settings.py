@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     dev_allow_local_urls: bool = False
 
     max_webhook_bytes: int = 3 * 1024 * 1024
+    # A connection that sends nothing, or nothing more after a request, is closed after this
+    # (uvicorn's keep-alive timeout, also applied before a connection's first request).
+    http_keep_alive_s: float = 5.0
+    # A request's headers and body must have arrived this long after its first byte, or the
+    # client gets 408 and the connection is closed: a client trickling bytes cannot hold a
+    # connection (and its buffers) for ever.
+    http_request_timeout_s: float = 30.0
     # Bodies of other Meta products sharing the callback URL (`object` "page", "instagram",
     # ...) are answered 200 and only counted; set this to park each of them instead.
     park_other_meta_objects: bool = False

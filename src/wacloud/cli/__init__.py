@@ -7,6 +7,8 @@ import logging
 from wacloud.cli import (
     dlq_cmds,
     inbound_cmds,
+    migrate_cmds,
+    ops_cmds,
     outbound_cmds,
     privacy_cmds,
     registry_cmds,
@@ -14,8 +16,8 @@ from wacloud.cli import (
 )
 from wacloud.cli.common import app
 
-__all__ = ["app", "dlq_cmds", "inbound_cmds", "main", "outbound_cmds", "privacy_cmds",
-           "registry_cmds", "security_cmds"]
+__all__ = ["app", "dlq_cmds", "inbound_cmds", "main", "migrate_cmds", "ops_cmds",
+           "outbound_cmds", "privacy_cmds", "registry_cmds", "security_cmds"]
 
 
 def main() -> None:

@@ -1,18 +1,73 @@
-"""Shared pieces of the command line: the Typer apps, common options, output helpers."""
+"""Shared pieces of the command line: the Typer apps, common options, output helpers, and
+the one place that turns an unexpected exception into one line on stderr.
+
+Every error a command reports is one line, `error: ...`, saying what to do, and exit code 1.
+An exception no command expected is reported the same way (a database that is down says so);
+its traceback is printed only with `--debug` (or WACLOUD_DEBUG=1).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
+from wacloud import __version__
+from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
+from wacloud.adapters.db.registry import RegistryError
 from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.crypto import SecretError
+from wacloud.logging_setup import mask
 from wacloud.model import Channel
 from wacloud.settings import Settings, load_settings
 
-app = typer.Typer(help="wacloud: multi-tenant WhatsApp messaging gateway.", no_args_is_help=True)
+DEBUG_KEY = "wacloud.debug"
+
+
+def debug_enabled(ctx: typer.Context | None = None) -> bool:
+    if os.environ.get("WACLOUD_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    return bool(ctx is not None and ctx.meta.get(DEBUG_KEY))
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    """One line for an exception no command expected; never a secret (masked, no SQL)."""
+    if isinstance(exc, (SecretError, RegistryError)):  # written for the operator already
+        return " ".join(mask(str(exc)).split())
+    reason = " ".join(failure_reason(exc).split())
+    if is_database_unavailable(exc):
+        return (f"a database could not be reached ({reason}); check that it is running and "
+                "reachable (`wacloud doctor` checks every database), or run again with --debug")
+    return f"{reason} (unexpected; run again with --debug for the traceback)"
+
+
+class WacloudGroup(TyperGroup):
+    """The top-level command group: the one handler for exceptions no command expected."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (TyperException, typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if debug_enabled(ctx):
+                raise
+            typer.echo(f"error: {describe_unexpected(exc)}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(help="wacloud: multi-tenant WhatsApp messaging gateway.", no_args_is_help=True,
+                  cls=WacloudGroup, pretty_exceptions_show_locals=False)
+
+
 tenant_app = typer.Typer(help="Tenants (client businesses), each with its own database.",
                          no_args_is_help=True)
 channel_app = typer.Typer(help="Channels: WhatsApp numbers at Meta, Whapi or Chakra.",
@@ -30,6 +85,24 @@ dlq_app = typer.Typer(help="Dead-letter queues: messages whose handling kept fai
                       no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(dlq_app, name="dlq")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"wacloud {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(ctx: typer.Context, debug: Annotated[bool, typer.Option(
+        "--debug", envvar="WACLOUD_DEBUG",
+        help="Print the traceback of an unexpected error.")] = False,
+        version: Annotated[bool, typer.Option(
+            "--version", callback=_print_version, is_eager=True,
+            help="Print the version and exit.")] = False) -> None:
+    """wacloud: multi-tenant WhatsApp messaging gateway."""
+    ctx.meta[DEBUG_KEY] = debug
+
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="WACLOUD_DATA_DIR",
                                               help="Data directory (default ./.wacloud).")]
@@ -52,6 +125,37 @@ def emit(data: Any, as_json: bool, text: str) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, default=str) if as_json else text)
 
 
+def is_tty(stream: Any = None) -> bool:
+    stream = sys.stdout if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def emit_rows(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str],
+              lines: Sequence[str], title: str | None = None,
+              cells: Sequence[Sequence[Any]] | None = None) -> None:
+    """A list: one JSON object per line with --json; a table on a terminal (`cells`, or the
+    lines split at tabs); otherwise the tab-separated lines scripts already read."""
+    if as_json:
+        for row in rows:
+            emit(row, True, "")
+        return
+    if not is_tty() or not rows:
+        for line in lines:
+            typer.echo(line)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title)
+    for cell_row in cells if cells is not None else [line.split("\t") for line in lines]:
+        shown = [str(cell) for cell in cell_row]
+        table.add_row(*(shown + [""] * (len(columns) - len(shown)))[:len(columns)])
+    Console().print(table)
+
+
 def channel_summary(channel: Channel) -> dict[str, Any]:
     """A channel without its secrets."""
     return {"id": channel.id, "tenant": channel.tenant, "provider": channel.provider.value,
@@ -66,3 +170,19 @@ def queue_broker(settings: Settings) -> SqliteBroker:
     return SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
 
 
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None, as_json: bool
+             ) -> Iterator[Callable[[int], None]]:
+    """A progress bar (a spinner when `total` is None) on stderr, only when stderr is a
+    terminal and the output is not --json; yields `advance(n)`."""
+    if as_json or not is_tty(sys.stderr):
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

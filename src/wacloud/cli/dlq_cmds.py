@@ -19,7 +19,16 @@ import typer
 
 from wacloud.adapters.queue.sqlite_queue import SqliteQueue
 from wacloud.bootstrap import open_registry, queue_specs
-from wacloud.cli.common import DataDir, JsonOut, dlq_app, emit, fail, queue_broker, settings_for
+from wacloud.cli.common import (
+    DataDir,
+    JsonOut,
+    dlq_app,
+    emit,
+    emit_rows,
+    fail,
+    queue_broker,
+    settings_for,
+)
 from wacloud.credentials import CredentialsBroker
 from wacloud.logging_setup import mask
 from wacloud.operations import dead_letter_summary, replay_dead_letters
@@ -62,11 +71,16 @@ def _with_queues(settings: Settings,
     return asyncio.run(run())
 
 
-def _text(item: dict[str, Any]) -> str:
-    who = f"\t{item['tenant']}" if item.get("tenant") else ""
+def _who(item: dict[str, Any]) -> list[str]:
+    who = [str(item["tenant"])] if item.get("tenant") else []
     if "row_id" in item and item["queue"] == envelopes.OUTBOUND_SEND:
-        who += (f"\trow {item['row_id']}\t{item.get('channel')} -> {item.get('to')}"
-                f"\t{item.get('type')}")
+        who += [f"row {item['row_id']}", f"{item.get('channel')} -> {item.get('to')}",
+                str(item.get("type"))]
+    return who
+
+
+def _text(item: dict[str, Any]) -> str:
+    who = "".join(f"\t{part}" for part in _who(item))
     return (f"{item['id']}\t{item['queue']}\t{item['size']} bytes\tsent {item['sent_at']}"
             f"\treceived {item['receive_count']}x{who}\t{item['reason'] or '-'}")
 
@@ -86,8 +100,12 @@ def dlq_list(queue: QueueOpt = None, data_dir: DataDir = None, as_json: JsonOut 
         return [dead_letter_summary(name, letter) for name in names
                 for letter in await queues[name].dead_letters(limit=10_000)]
 
-    for item in _with_queues(settings, work):
-        emit(item, as_json, _text(item))
+    items = _with_queues(settings, work)
+    emit_rows(items, as_json, ["id", "queue", "bytes", "sent", "receives", "tenant / row",
+                               "reason"], [_text(item) for item in items],
+              cells=[[item["id"], item["queue"], item["size"], item["sent_at"],
+                      item["receive_count"], " ".join(_who(item)), item["reason"] or "-"]
+                     for item in items])
 
 
 @dlq_app.command("replay")

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -21,9 +22,11 @@ from wacloud.cli.common import (
     JsonOut,
     app,
     emit,
+    emit_rows,
     fail,
     media_app,
     parked_app,
+    progress,
     settings_for,
 )
 from wacloud.credentials import CredentialsBroker
@@ -45,7 +48,7 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           internal_port: Annotated[int | None, typer.Option(
               "--internal-port", help="port of /metrics and /internal/credentials "
               "(default WACLOUD_INTERNAL_PORT or 8081)")] = None,
-          data_dir: DataDir = None) -> None:
+          data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Run the HTTP server and every stage (embedded mode)."""
     from wacloud.hosting.embedded import serve as run
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus, resolve_auto_cpus
@@ -67,11 +70,25 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     settings = settings.model_copy(update=update)
     if (settings.internal_host, settings.internal_port) == (host, port):
         fail("the internal listener needs its own port (--internal-port)")
-    typer.echo(f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
-               f"metrics and credentials on http://{settings.internal_host}:"
-               f"{settings.internal_port}")
+    # Both ports first: a busy one stops here, before a worker or the collector starts.
+    from wacloud.hosting.listen import ListenError, bind_listener
+
+    bound = []
+    try:
+        bound.append(bind_listener(host, port, "webhooks and API", "--port"))
+        bound.append(bind_listener(settings.internal_host, settings.internal_port,
+                                   "metrics and credentials", "--internal-port"))
+    except ListenError as exc:
+        for sock in bound:
+            sock.close()
+        fail(str(exc))
+    internal_url = f"http://{settings.internal_host}:{settings.internal_port}"
+    emit({"serving": f"http://{host}:{port}", "internal": internal_url,
+          "data_dir": str(settings.data_dir)}, as_json,
+         f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
+         f"metrics and credentials on {internal_url}")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(run(settings, host, port))
+        runner.run(run(settings, host, port, sockets=(bound[0], bound[1])))
 
 
 @app.command()
@@ -162,9 +179,9 @@ def parked(ctx: typer.Context, data_dir: DataDir = None, as_json: JsonOut = Fals
     if ctx.invoked_subcommand is not None:
         return
     registry = open_registry(settings_for(data_dir))
-    for item in registry.parked_items(include_replayed=all_items):
-        emit(item.summary(), as_json,
-             f"{item.id}\t{item.created_at:%Y-%m-%d %H:%M:%S}\t{item.stage}\t{item.reason}")
+    items = registry.parked_items(include_replayed=all_items)
+    emit_rows([item.summary() for item in items], as_json, ["id", "parked at", "stage", "reason"],
+              [f"{i.id}\t{i.created_at:%Y-%m-%d %H:%M:%S}\t{i.stage}\t{i.reason}" for i in items])
 
 
 @parked_app.command("replay")
@@ -181,15 +198,16 @@ def parked_replay(item_id: Annotated[int | None, typer.Argument()] = None,
     except RegistryError as exc:
         fail(str(exc))
 
-    async def run() -> list[int]:
+    async def run(advance: Callable[[int], None]) -> list[int]:
         broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
         try:
             raw = broker.queue(queue_specs(settings)[envelopes.INBOUND_RAW])
-            return await replay_parked(registry, raw, items)
+            return await replay_parked(registry, raw, items, advance)
         finally:
             await broker.close()
 
-    replayed = asyncio.run(run())
+    with progress("replaying parked items", len(items), as_json) as advance:
+        replayed = asyncio.run(run(advance))
     emit({"replayed": replayed}, as_json, f"replayed {len(replayed)} item(s): {replayed}")
 
 
@@ -212,7 +230,8 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
         finally:
             await queues.close()
 
-    count = asyncio.run(run())
+    with progress(f"queueing media downloads of {tenant}", None, as_json):
+        count = asyncio.run(run())
     emit({"queued": count}, as_json, f"queued {count} media download(s)")
 
 

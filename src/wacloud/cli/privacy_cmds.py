@@ -23,7 +23,9 @@ from wacloud.cli.common import (
     JsonOut,
     app,
     emit,
+    emit_rows,
     fail,
+    progress,
     queue_broker,
     settings_for,
     tenant_app,
@@ -90,8 +92,10 @@ def erase(tenant: Tenant, contact: ContactOpt,
               "--dry-run", help="Only count what would be removed.")] = False,
           data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Delete (or anonymize) all data of a contact in a tenant, queued and parked included."""
-    report = _run(data_dir, lambda ctx: erase_contact(ctx, tenant, contact,
-                                                      anonymize=anonymize, dry_run=dry_run))
+    with progress(f"{'counting' if dry_run else 'erasing'} the contact's data in every "
+                  "store", None, as_json):
+        report = _run(data_dir, lambda ctx: erase_contact(ctx, tenant, contact,
+                                                          anonymize=anonymize, dry_run=dry_run))
     if as_json:
         emit(report.to_dict(), True, "")
     else:
@@ -149,11 +153,12 @@ def purge(tenant: Annotated[str | None, typer.Option(
 def retention(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Each tenant's retention period."""
     registry = open_registry(settings_for(data_dir))
-    for tenant in registry.tenants():
-        days = tenant.retention_days
-        emit({"slug": tenant.slug, "retention_days": days}, as_json,
-             f"{tenant.slug}\t{f'{days} days' if days else 'kept forever'}")
+    found = registry.tenants()
     registry.engine.dispose()
+    emit_rows([{"slug": t.slug, "retention_days": t.retention_days} for t in found], as_json,
+              ["tenant", "retention"],
+              [f"{t.slug}\t{f'{t.retention_days} days' if t.retention_days else 'kept forever'}"
+               for t in found])
 
 
 @tenant_app.command("set-retention")

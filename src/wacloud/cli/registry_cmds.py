@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from wacloud import validation
 from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
+from wacloud.adapters.db.reachability import SERVER_FIX, DatabaseUnreachable, check_and_migrate
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.bootstrap import init_data_dir, open_registry
 from wacloud.cli.common import (
@@ -22,13 +24,13 @@ from wacloud.cli.common import (
     channel_app,
     channel_summary,
     emit,
+    emit_rows,
     fail,
     settings_for,
     tenant_app,
 )
-from wacloud.credentials import CredentialsBroker
 from wacloud.model import Provider
-from wacloud.urlpolicy import normalize_media_hosts
+from wacloud.settings import Settings
 
 MediaHosts = Annotated[list[str] | None, typer.Option(
     "--media-host", help="Another host this channel may fetch media from (host, host:port or "
@@ -49,17 +51,36 @@ def init(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
         "--db-url", help="SQLAlchemy URL of the tenant's DB (default: SQLite file).")] = None,
         data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Add a tenant."""
+    """Add a tenant (its database is reached and migrated first: if it cannot be, nothing is
+    registered)."""
+    try:
+        validation.slug(slug)
+        if db_url is not None:
+            db_url = validation.db_url(db_url)
+    except validation.InvalidValue as exc:
+        fail(str(exc))
     settings = settings_for(data_dir)
     init_data_dir(settings)
     registry = open_registry(settings)
     try:
-        tenant = registry.add_tenant(slug, db_url)
-    except RegistryError as exc:
-        fail(str(exc))
-    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
-    broker.tenant_store(slug)  # creates the tenant's schema now, so problems show at once
-    broker.close()
+        if any(t.slug == slug for t in registry.tenants()):
+            fail(f"tenant {slug!r} already exists")
+        if db_url is None:
+            settings.tenants_dir.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{(settings.tenants_dir / f'{slug}.db').resolve()}"
+            fix = f"check that {settings.tenants_dir} is writable"
+        else:
+            url, fix = db_url, SERVER_FIX + ", or leave out --db-url for a SQLite file"
+        try:
+            check_and_migrate(url, "tenant", "the tenant database", fix)
+        except DatabaseUnreachable as exc:
+            fail(f"{exc}; tenant {slug} was not added")
+        try:
+            tenant = registry.add_tenant(slug, db_url)
+        except RegistryError as exc:
+            fail(str(exc))
+    finally:
+        registry.engine.dispose()
     emit({"id": tenant.id, "slug": slug}, as_json, f"tenant {slug} added")
 
 
@@ -67,18 +88,40 @@ def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
 def tenant_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List tenants."""
     registry = open_registry(settings_for(data_dir))
-    for tenant in registry.tenants():
-        emit({"id": tenant.id, "slug": tenant.slug, "own_db": tenant.db_url is not None},
-             as_json, tenant.slug)
+    found = registry.tenants()
+    emit_rows([{"id": t.id, "slug": t.slug, "own_db": t.db_url is not None} for t in found],
+              as_json, ["tenant"], [t.slug for t in found])
+
+
+def _validated(settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
+    """The channel's values as they are stored, or one line saying which is wrong and why."""
+    provider: Provider = values["provider"]
+    out = dict(values)
+    try:
+        out["key"] = validation.provider_key(provider, values["key"])
+        if provider is Provider.META:
+            out["phone_number_id"] = out["key"]
+            out["waba_id"] = validation.numeric_id(values["waba_id"], "WABA id")
+            out["display_number"] = validation.display_number(values["display_number"])
+        elif provider is Provider.CHAKRA:
+            out["phone_number_id"] = validation.numeric_id(values["phone_number_id"],
+                                                           "phone number id")
+        if values.get("api_base_url") is not None:
+            out["api_base_url"] = validation.api_base_url(
+                values["api_base_url"], allow_http=settings.dev_allow_local_urls)
+        if "graph_version" in values:
+            out["graph_version"] = validation.graph_version(values["graph_version"])
+        out["mps"] = validation.mps(values["mps"])
+        out["media_hosts"] = validation.media_hosts(values.get("media_hosts") or ())
+    except validation.InvalidValue as exc:
+        fail(str(exc))
+    return out
 
 
 def _add_channel(data_dir: Path | None, as_json: bool, **values: Any) -> None:
     settings = settings_for(data_dir)
+    values = _validated(settings, values)
     registry = open_registry(settings)
-    try:
-        values["media_hosts"] = normalize_media_hosts(values.get("media_hosts") or ())
-    except ValueError as exc:
-        fail(str(exc))
     try:
         channel = registry.add_channel(**values)
     except RegistryError as exc:
@@ -145,10 +188,11 @@ def channel_list(tenant: Annotated[str | None, typer.Option("--tenant")] = None,
                  data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List channels (secrets are never shown)."""
     registry = open_registry(settings_for(data_dir))
-    for channel in registry.channels(tenant):
-        emit(channel_summary(channel), as_json,
-             f"{channel.id}\t{channel.tenant}\t{channel.provider.value}\t{channel.key}"
-             + (f"\tPAUSED: {channel.pause_reason}" if channel.paused else ""))
+    found = registry.channels(tenant)
+    emit_rows([channel_summary(c) for c in found], as_json,
+              ["id", "tenant", "provider", "channel", "state"],
+              [f"{c.id}\t{c.tenant}\t{c.provider.value}\t{c.key}"
+               + (f"\tPAUSED: {c.pause_reason}" if c.paused else "") for c in found])
 
 
 @channel_app.command("pause")
@@ -227,12 +271,12 @@ def apikey_create(tenant: Annotated[str | None, typer.Option("--tenant")] = None
 def apikey_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List API keys (prefixes only)."""
     registry = open_registry(settings_for(data_dir))
-    for record in list_api_keys(registry):
-        emit({"id": record.id, "tenant": record.tenant, "admin": record.is_admin,
-              "service": record.is_service, "prefix": record.prefix, "label": record.label,
-              "revoked": record.revoked}, as_json,
-             f"{record.id}\t{record.prefix}...\t{record.tenant or record.kind.upper()}"
-             + ("\trevoked" if record.revoked else ""))
+    records = list_api_keys(registry)
+    emit_rows([{"id": r.id, "tenant": r.tenant, "admin": r.is_admin, "service": r.is_service,
+                "prefix": r.prefix, "label": r.label, "revoked": r.revoked} for r in records],
+              as_json, ["id", "prefix", "tenant", "state"],
+              [f"{r.id}\t{r.prefix}...\t{r.tenant or r.kind.upper()}"
+               + ("\trevoked" if r.revoked else "") for r in records])
 
 
 @apikey_app.command("revoke")

@@ -15,7 +15,7 @@ from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_a
 from wacloud.adapters.db.audit import list_audit
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.bootstrap import open_registry
-from wacloud.cli.common import DataDir, JsonOut, app, emit, fail, settings_for
+from wacloud.cli.common import DataDir, JsonOut, app, emit, emit_rows, fail, settings_for
 from wacloud.crypto import SecretError, new_key
 from wacloud.key_rotation import KeyRotationError, prune, reencrypt, rotate, status
 
@@ -81,9 +81,10 @@ def keys_status(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 
 
 @keys_app.command("generate")
-def keys_generate() -> None:
+def keys_generate(as_json: JsonOut = False) -> None:
     """Print a new key (for WACLOUD_ENCRYPTION_KEY); nothing is stored."""
-    typer.echo(new_key())
+    key = new_key()
+    emit({"key": key}, as_json, key)
 
 
 @servicekey_app.command("create")
@@ -101,12 +102,11 @@ def servicekey_create(label: Annotated[str | None, typer.Option("--label")] = No
 def servicekey_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """List service keys (prefixes only)."""
     registry = open_registry(settings_for(data_dir))
-    for record in list_api_keys(registry):
-        if record.is_service:
-            emit({"id": record.id, "prefix": record.prefix, "label": record.label,
-                  "revoked": record.revoked}, as_json,
-                 f"{record.id}\t{record.prefix}...\t{record.label or ''}"
-                 + ("\trevoked" if record.revoked else ""))
+    records = [r for r in list_api_keys(registry) if r.is_service]
+    emit_rows([{"id": r.id, "prefix": r.prefix, "label": r.label, "revoked": r.revoked}
+               for r in records], as_json, ["id", "prefix", "label", "state"],
+              [f"{r.id}\t{r.prefix}...\t{r.label or ''}" + ("\trevoked" if r.revoked else "")
+               for r in records])
 
 
 @servicekey_app.command("revoke")
@@ -124,8 +124,9 @@ def audit(limit: Annotated[int, typer.Option("--limit")] = 1000,
           data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Calls of the credentials endpoint: who asked for which id, when, and the outcome."""
     registry = open_registry(settings_for(data_dir))
-    for row in list_audit(registry, limit):
-        emit(row, as_json, _audit_line(row))
+    rows = list_audit(registry, limit)
+    emit_rows(rows, as_json, ["at", "via", "source", "key", "asked", "outcome"],
+              [_audit_line(row) for row in rows])
 
 
 def _audit_line(row: dict[str, Any]) -> str:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Collection, Iterator
 
 import uvicorn
 
+from wacloud.adapters.db.errors import TroubleLog
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.http import create_apps
 from wacloud.hosting.http_protocol import HttpProtocol
@@ -23,11 +25,14 @@ from wacloud.hosting.worker import (
     use_stage_threads,
     worker_groups,
 )
+from wacloud.metrics import enable_multiprocess
 from wacloud.privacy import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
 
 log = logging.getLogger(__name__)
+
+METRICS_DIR = "metrics"  # under the data dir: the processes' metric files, emptied at start
 
 
 async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = True,
@@ -50,6 +55,7 @@ async def collect_loop(gateway: Gateway) -> None:
     settings = gateway.settings
     reclaim_every = max(min(settings.reservation_lease_s, settings.queued_stale_s) / 10, 1.0)
     last_reclaim = 0.0
+    trouble = TroubleLog(log)
     while not gateway.stop.is_set():
         gateway.collect_wake.clear()
         now = time.monotonic()
@@ -58,9 +64,11 @@ async def collect_loop(gateway: Gateway) -> None:
             last_reclaim = now
         try:
             queued = await collect(ctx, reclaim=reclaim)
-        except Exception:
-            log.exception("collect pass failed")
+        except Exception as exc:  # the registry (tenant list): a warning a minute if it is down
+            trouble.failed("the registry", "collect pass", exc)
             queued = 0
+        else:
+            trouble.succeeded("the registry")
         if queued >= ctx.batch:
             continue  # more are waiting
         with contextlib.suppress(TimeoutError):
@@ -86,25 +94,36 @@ class InternalServer(uvicorn.Server):
 
 
 async def serve(settings: Settings, host: str, port: int,
-                started: asyncio.Event | None = None) -> None:
-    gateway = build_gateway(settings)
+                started: asyncio.Event | None = None,
+                sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
+    """Serve until stopped. `sockets`: (public, internal) already bound and listening (the
+    CLI binds them before anything else); without them uvicorn binds host:port itself."""
+    public_sockets, internal_sockets = ([sockets[0]], [sockets[1]]) if sockets else (None, None)
     on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
-    workers = [WorkerSupervisor(settings, group, index) for index, group
-               in enumerate(worker_groups(settings.stage_workers, on_server or ()))]
+    groups = worker_groups(settings.stage_workers, on_server or ())
+    if groups:
+        # Workers write their counters where this process's /metrics adds them up; they
+        # inherit the directory through the environment.
+        enable_multiprocess(settings.data_dir / METRICS_DIR)
+    gateway = build_gateway(settings)
+    workers = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
     app, internal_app = create_apps(gateway, lambda: [w.status() for w in workers])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
     # headers: each costs a measurable share of a webhook's CPU.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
-                            server_header=False, date_header=False, http=HttpProtocol)
+                            server_header=False, date_header=False,
+                            http=HttpProtocol.configured(settings.http_request_timeout_s))
+    # uvicorn declares an int; it only ever hands the value to `call_later`.
+    config.timeout_keep_alive = settings.http_keep_alive_s  # type: ignore[assignment]
     server = uvicorn.Server(config)
     internal = InternalServer(uvicorn.Config(
         internal_app, host=settings.internal_host, port=settings.internal_port,
         log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
         proxy_headers=False, server_header=False))
     # Started first, so a busy internal port stops `serve` before it takes any webhook.
-    internal_task = asyncio.create_task(internal.serve())
+    internal_task = asyncio.create_task(internal.serve(sockets=internal_sockets))
     while not internal.started and not internal_task.done():
         await asyncio.sleep(0.02)
     if internal_task.done():
@@ -126,7 +145,7 @@ async def serve(settings: Settings, host: str, port: int,
             started.set()
         announcer = asyncio.create_task(announce())
     try:
-        await server.serve()
+        await server.serve(sockets=public_sockets)
     finally:
         if started is not None:
             announcer.cancel()

@@ -6,18 +6,21 @@ answers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from wacloud import __version__
 from wacloud.bootstrap import Gateway
 from wacloud.hosting.api import api_routes
 from wacloud.hosting.internal import internal_routes
 from wacloud.hosting.webhooks import ASGIApp, WebhookReceiver
+from wacloud.metrics import render
 from wacloud.stages import envelopes
 from wacloud.stages.ingest import meta_verify_challenge
 
@@ -45,7 +48,7 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
         return PlainTextResponse(challenge)
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(_: Request) -> Response:
         # Ready means webhooks are accepted (they wait durably in the queue); whether the stage
@@ -57,7 +60,10 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
                              "workers": workers()})
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        gauges = await gateway.gauges(workers())
+        # Reading the workers' files is off the loop: webhooks are answered on it.
+        body = await asyncio.to_thread(render, gauges)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     health = [Route("/healthz", healthz), Route("/readyz", readyz)]
     routes = [

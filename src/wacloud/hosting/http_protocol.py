@@ -1,14 +1,22 @@
-"""uvicorn's httptools protocol, with each response leaving in one write.
+"""uvicorn's httptools protocol, with each response leaving in one write and every request
+read within a deadline.
 
 uvicorn writes a response's head on `http.response.start` and its body on
 `http.response.body`: two sends, two TCP segments, per webhook answer. Writes made in one turn
 of the event loop are joined here and sent at the end of the turn (bench/ingest.py: the second
 send was ~5% of the event loop's time per webhook).
+
+uvicorn 0.3x-0.5x times out only an idle keep-alive connection: a connection that never sends
+a byte, or sends its headers or body one byte a second, is kept for ever. Here a new
+connection gets the keep-alive timeout until its first byte, and each request must be read
+whole (headers and body) within `request_timeout` of its first byte; a late one is answered
+408 and the connection closed (the app, if it was reading the body, sees a disconnect).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -51,5 +59,58 @@ class OneWriteTransport:
 
 
 class HttpProtocol(HttpToolsProtocol):
+    request_timeout: float = 30.0
+
+    @classmethod
+    def configured(cls, request_timeout: float) -> type[HttpProtocol]:
+        """This protocol with its read deadline: uvicorn builds protocols from a class."""
+        return type(cls.__name__, (cls,), {"request_timeout": request_timeout})
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._read_deadline: asyncio.TimerHandle | None = None
+        self._headers_read = False
         super().connection_made(OneWriteTransport(transport, self.loop))  # type: ignore[arg-type]
+        # Until the first byte: uvicorn only arms this timer after a response.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_read_deadline()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._headers_read = False
+        self._stop_read_deadline()
+        self._read_deadline = self.loop.call_later(self.request_timeout, self._read_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._headers_read = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._stop_read_deadline()
+        super().on_message_complete()
+
+    def _stop_read_deadline(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _read_too_slow(self) -> None:
+        self._read_deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle if self._headers_read else None
+        if cycle is None or not cycle.response_started:
+            body = json.dumps({"error": f"request not received within "
+                                        f"{self.request_timeout:g} s"}).encode()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\n"
+                                 b"content-type: application/json\r\n"
+                                 b"content-length: " + str(len(body)).encode() + b"\r\n"
+                                 b"connection: close\r\n\r\n" + body)
+        if cycle is not None and not cycle.response_complete:
+            # The app stops waiting for the rest of the body, and answers nothing more.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()

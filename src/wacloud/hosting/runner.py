@@ -25,6 +25,7 @@ from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
 from wacloud.metrics import STAGE_MESSAGES, STAGE_SECONDS
 from wacloud.stages.envelopes import Output, RetryLater
+from wacloud.tracing import set_stage
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class StageRunner:
             self._held.pop(message.receipt, None)
 
     async def run(self, stop: asyncio.Event) -> None:
+        set_stage(self.name)  # this task's log lines, and its handlers' (tasks copy it)
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.concurrency)
         heartbeat = asyncio.create_task(self.heartbeat())

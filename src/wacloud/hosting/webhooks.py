@@ -112,6 +112,9 @@ class WebhookReceiver:
 
     async def refuse(self, send: Send, provider: Provider, status: int, reason: str) -> None:
         WEBHOOKS.labels(provider.value, str(status)).inc()
+        # A 413 is sent as soon as the size is known; what else of that body comes is
+        # discarded unbuffered (closing instead would reset a client still sending, before it
+        # reads the answer), within the request read deadline.
         await respond(send, status, json.dumps({"error": reason}).encode())
 
     async def accept(self, send: Send, provider: Provider, body: bytes,
@@ -126,6 +129,8 @@ class WebhookReceiver:
         except BodyTooLarge:
             return await self.refuse(send, Provider.META, 413,
                                      f"body over {self.max_bytes} bytes")
+        except ConnectionError:  # gone, or cut off by the read deadline: nobody to answer
+            return
         signature = header(scope, b"x-hub-signature-256")
         # The worker checks each entry again, with the secret of the channel it routes to.
         if not meta_signature_ok(body, signature, self.broker):
@@ -150,4 +155,6 @@ class WebhookReceiver:
             body = await read_body(scope, receive, self.max_bytes)
         except BodyTooLarge:
             return await self.refuse(send, provider, 413, f"body over {self.max_bytes} bytes")
+        except ConnectionError:
+            return
         await self.accept(send, provider, body, key)

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from wacloud.bootstrap import build_gateway
 from wacloud.hosting.process import tune_garbage_collector
+from wacloud.metrics import process_exited
 from wacloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class WorkerSupervisor:
                     backoff = 1.0
                 continue
             code = self.process.returncode if self.process else None
+            if self.process is not None:
+                process_exited(self.process.pid)
             log.error("stage worker %s exited with code %s; restarting in %.0f s",
                       ",".join(self.stages), code, backoff)
             with contextlib.suppress(TimeoutError):
@@ -130,6 +133,7 @@ class WorkerSupervisor:
             log.error("stage worker did not stop within %.0f s; killing it", timeout)
             self.process.kill()
             self.process.wait()
+        process_exited(self.process.pid)
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -28,6 +28,7 @@ from wacloud.model import (
     StatusUpdate,
 )
 from wacloud.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
+from wacloud.providers.jsonload import load_json
 from wacloud.providers.media import MediaDownload, MediaResolveError, lenient_int
 
 # "voice" is the older name of a voice note (`type: "voice"` with a `voice` media object).
@@ -185,8 +186,8 @@ def _maybe_json(value: Any) -> Any:
     """Flow replies carry their answers as a JSON string; decode it when it is one."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return load_json(value)
+        except PayloadError:  # not JSON we can carry: kept as the text it came as
             return value
     return value
 

@@ -33,13 +33,16 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from wacloud.adapters.db import claim
+from wacloud.adapters.db.errors import TroubleLog
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import OutboundMessage
 from wacloud.stages.envelopes import dumps
+from wacloud.tracing import outbound_trace_id
 
 log = logging.getLogger(__name__)
+_TROUBLE = TroubleLog(log)
 
 
 @dataclass(slots=True)
@@ -177,6 +180,12 @@ async def collect_tenant(tenant: str, ctx: CollectContext, *, reclaim: bool = Fa
                                 f"could not queue yet ({type(exc).__name__}); will retry")
         return 0
     await asyncio.to_thread(claim.mark_queued, engine, ids)
+    if log.isEnabledFor(logging.DEBUG):
+        for message in messages:
+            log.debug("queued for sending", extra={
+                "trace_id": outbound_trace_id(tenant, message.row_id), "tenant": tenant,
+                "channel": message.channel_key, "message_id": message.row_id,
+                "stage": "collect"})
     return len(ids)
 
 
@@ -186,6 +195,9 @@ async def collect(ctx: CollectContext, *, reclaim: bool = False) -> int:
     for tenant in ctx.broker.tenant_slugs():
         try:
             total += await collect_tenant(tenant, ctx, reclaim=reclaim)
-        except Exception:  # one tenant's broken DB must not stop the others
-            log.exception("collect failed for tenant %s", tenant)
+        except Exception as exc:  # one tenant's broken DB must not stop the others
+            # A database that is down: a warning a minute, not a traceback per poll.
+            _TROUBLE.failed(f"tenant {tenant}", "collect", exc)
+        else:
+            _TROUBLE.succeeded(f"tenant {tenant}")
     return total

@@ -11,20 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
+import logging
+import time
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from wacloud.adapters.db import outbox
 from wacloud.adapters.db.errors import failure_reason, is_refused_value
 from wacloud.adapters.db.tenant_store import StoreResult, TenantStore
 from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
+from wacloud.metrics import INBOUND_LATENCY, MESSAGES_STORED, STATUSES_STORED
 from wacloud.model import Event, InboundMessage, ProviderNotice, StatusUpdate, event_from_dict
 from wacloud.stages.envelopes import INBOUND_MEDIA, Output, dumps
 from wacloud.stages.receive import Park, describe
+from wacloud.tracing import new_trace_id, outbound_trace_id
+
+log = logging.getLogger(__name__)
 
 # Where an event came from: the signed webhook as text and its signature header.
 Origin = tuple[str, str]
+# An event's trace id and when its webhook was received (epoch seconds).
+Trail = tuple[str, float]
 
 
 @dataclass(slots=True)
@@ -49,14 +58,19 @@ def _route(events: list[Event], broker: CredentialsBroker
 
 async def write(data: bytes, ctx: WriteContext) -> list[Output]:
     batch = json.loads(data)
-    return await write_events([event_from_dict(item) for item in batch["events"]], ctx)
+    events = [event_from_dict(item) for item in batch["events"]]
+    trail = (str(batch.get("trace") or new_trace_id()),
+             float(batch.get("received_at") or time.time()))
+    return await write_events(events, ctx, trails={id(e): trail for e in events})
 
 
 async def write_events(events: list[Event], ctx: WriteContext,
-                       origins: Mapping[int, Origin] | None = None) -> list[Output]:
+                       origins: Mapping[int, Origin] | None = None,
+                       trails: Mapping[int, Trail] | None = None) -> list[Output]:
     """Store `events` (of any tenants) with one transaction per tenant; park the unroutable.
     `origins`: by `id(event)`, the signed webhook (text) and signature the event came from,
-    kept with an event parked here so that its replay is checked again."""
+    kept with an event parked here so that its replay is checked again. `trails`: by
+    `id(event)`, its trace id and reception time, for the metrics and the log."""
     by_tenant, unroutable = _route(events, ctx.broker)
     # A channel added a moment ago may be known to the process that took the webhook and not
     # yet to ours: look again with a fresh registry before parking anything.
@@ -75,12 +89,15 @@ async def write_events(events: list[Event], ctx: WriteContext,
     outputs: list[Output] = []
     for tenant, events in by_tenant.items():
         store = await ctx.broker.tenant_store_async(tenant)
+        stored = events
         try:
             result = await asyncio.to_thread(_store, store, events)
         except Exception as exc:
             if not is_refused_value(exc):
                 raise  # the database's trouble, not the data's: the runner retries the lot
-            result = await _store_each(store, events, ctx, origins or {})
+            stored = []
+            result = await _store_each(store, events, ctx, origins or {}, stored)
+        await _account(tenant, store, stored, trails or {})
         for message in result.pending_media:
             fields = message.to_dict()
             fields["raw"] = {}
@@ -95,10 +112,64 @@ def _store(store: TenantStore, events: list[Event]) -> StoreResult:
                               [e for e in events if isinstance(e, ProviderNotice)])
 
 
+async def _account(tenant: str, store: TenantStore, events: list[Event],
+                   trails: Mapping[int, Trail]) -> None:
+    """Count what was stored and how long it took since its webhook came; with debug logging,
+    one line per event with its trace id (a receipt's line also names the trace of the
+    message it is about, `outbound_trace_id`)."""
+    now = time.time()
+    messages: Counter[tuple[str, str]] = Counter()
+    statuses: Counter[str] = Counter()
+    latency = INBOUND_LATENCY.labels(tenant)
+    for event in events:
+        if isinstance(event, InboundMessage):
+            messages[(event.channel_key, event.direction.value)] += 1
+        elif isinstance(event, StatusUpdate):
+            statuses[event.channel_key] += 1
+        trail = trails.get(id(event))
+        if trail is not None:
+            latency.observe(max(now - trail[1], 0.0))
+    for (channel, direction), count in messages.items():
+        MESSAGES_STORED.labels(tenant, channel, direction).inc(count)
+    for channel, count in statuses.items():
+        STATUSES_STORED.labels(tenant, channel).inc(count)
+    if log.isEnabledFor(logging.DEBUG):
+        await _log_stored(tenant, store, events, trails)
+
+
+async def _log_stored(tenant: str, store: TenantStore, events: list[Event],
+                      trails: Mapping[int, Trail]) -> None:
+    receipts: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        if isinstance(event, StatusUpdate):
+            receipts[event.channel_key].append(event.provider_message_id)
+    rows: dict[tuple[str, str], int] = {}
+    for channel, ids in receipts.items():
+        found = await asyncio.to_thread(outbox.row_ids_for, store.engine, channel, ids)
+        rows.update(((channel, pmid), row_id) for pmid, row_id in found.items())
+    for event in events:
+        trace = trails.get(id(event), ("", 0.0))[0] or None
+        fields: dict[str, object] = {"trace_id": trace, "tenant": tenant,
+                                     "channel": event.channel_key,
+                                     "provider": event.provider.value}
+        if isinstance(event, InboundMessage):
+            log.debug("message stored", extra={**fields, "direction": event.direction.value,
+                                               "message_id": event.provider_message_id})
+        elif isinstance(event, StatusUpdate):
+            row_id = rows.get((event.channel_key, event.provider_message_id))
+            log.debug("receipt stored", extra={
+                **fields, "status": event.status,
+                "provider_message_id": event.provider_message_id,
+                "message_id": row_id,
+                "outbound_trace_id": None if row_id is None else outbound_trace_id(
+                    tenant, row_id)})
+
+
 async def _store_each(store: TenantStore, events: list[Event], ctx: WriteContext,
-                      origins: Mapping[int, Origin]) -> StoreResult:
+                      origins: Mapping[int, Origin], stored: list[Event]) -> StoreResult:
     """One transaction per event (storing is idempotent, so those already stored are no-ops);
-    an event the database refuses is parked with the reason instead of failing the rest."""
+    an event the database refuses is parked with the reason instead of failing the rest.
+    The events stored are added to `stored`."""
     total = StoreResult()
     for event in events:
         try:
@@ -113,5 +184,6 @@ async def _store_each(store: TenantStore, events: list[Event], ctx: WriteContext
                            provider=event.provider.value, channel_key=event.channel_key,
                            raw_body=raw_body, signature=signature)
             continue
+        stored.append(event)
         total.pending_media.extend(result.pending_media)
     return total

@@ -9,8 +9,10 @@ parked with the reason instead of failing its neighbours.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import sqlalchemy.exc as sa_exc
 
@@ -61,3 +63,41 @@ def failure_reason(exc: BaseException) -> str:
         shown = exc.orig  # only the driver's message: SQLAlchemy appends SQL and parameters
     text = f"{type(shown).__name__}: {shown}".strip().rstrip(":")
     return mask(text)[:REASON_MAX]
+
+
+class TroubleLog:
+    """One warning per `interval` seconds per database (a key such as "tenant acme" or "the
+    registry") that is down, not a traceback at every poll of every loop; the first success
+    after trouble is logged once."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def failed(self, key: str, what: str, exc: BaseException) -> bool:
+        """Log `exc` for `key`: rate-limited when the database is unavailable (True), else a
+        full error with its traceback, as a bug deserves (False)."""
+        if not is_database_unavailable(exc):
+            self.logger.error("%s failed for %s", what, key, exc_info=exc)
+            return False
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return True
+        self._last[key] = now
+        repeats = self._suppressed.pop(key, 0)
+        self.logger.warning(
+            "%s: database unreachable (%s); %s waits and retries%s", key,
+            failure_reason(exc), what,
+            f" ({repeats} more failure(s) since the last warning)" if repeats else "")
+        return True
+
+    def succeeded(self, key: str) -> None:
+        if self._last.pop(key, None) is not None:
+            self._suppressed.pop(key, None)
+            self.logger.warning("%s: database reachable again", key)

@@ -109,6 +109,12 @@ class Queue(abc.ABC):
     async def redrive(self, message_ids: list[str] | None = None) -> int:
         """Move dead letters (all, or the given ids) back to this queue; returns how many."""
 
+    async def oldest_age(self) -> float | None:
+        """Seconds since the oldest message still in this queue was sent (any state, dead
+        letters apart), or None when it is empty: a queue whose oldest message keeps ageing is
+        stuck. This default does not know."""
+        return None
+
     async def dead_count(self) -> int:
         """How many messages wait in the dead-letter queue (for /readyz and /metrics)."""
         return (await self.depth())["dead"]

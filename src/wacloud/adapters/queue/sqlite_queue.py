@@ -292,6 +292,13 @@ class SqliteQueue(Queue):
     async def dead_count(self) -> int:
         return self.count_dead()
 
+    async def oldest_age(self) -> float | None:
+        # The lowest id is the first sent (a redriven dead letter keeps its id and sent_at);
+        # one step down the (queue) index on a read connection, without the writer.
+        row = self.broker.read_one(
+            "SELECT sent_at FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (self.spec.name,))
+        return None if row is None else max(time.time() - float(row[0]), 0.0)
+
     def count_dead(self) -> int:
         """`dead_count` without the writer: one indexed count on a read connection, cheap
         enough for every /readyz and /metrics request."""
@@ -300,17 +307,19 @@ class SqliteQueue(Queue):
         return int(count)
 
     async def depth(self) -> dict[str, int]:
-        def count(conn: sqlite3.Connection) -> dict[str, int]:
-            visible, in_flight, delayed = conn.execute(
-                "SELECT COALESCE(SUM(visible_at <= ?1), 0),"
-                " COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0),"
-                " COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0)"
-                " FROM messages WHERE queue = ?2", (time.time(), self.spec.name)).fetchone()
-            (dead,) = conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?",
-                                   (self.spec.dead_letter_name,)).fetchone()
-            return {"visible": visible, "in_flight": in_flight, "delayed": delayed, "dead": dead}
+        # Read-only, so on a read connection in a thread: a count over a large backlog (every
+        # /metrics scrape, every /readyz) must hold neither the writer, whose commits webhook
+        # answers wait for, nor the event loop that answers them.
+        return await asyncio.to_thread(self._count)
 
-        return await self.broker.call(count, durable=False)
+    def _count(self) -> dict[str, int]:
+        visible, in_flight, delayed = self.broker.read_one(
+            "SELECT COALESCE(SUM(visible_at <= ?1), 0),"
+            " COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0),"
+            " COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0)"
+            " FROM messages WHERE queue = ?2", (time.time(), self.spec.name))
+        return {"visible": visible, "in_flight": in_flight, "delayed": delayed,
+                "dead": self.count_dead()}
 
     async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
         def peek(conn: sqlite3.Connection) -> list[ReceivedMessage]:
