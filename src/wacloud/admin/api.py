@@ -39,8 +39,8 @@ from wacloud.credentials import CredentialsBroker
 from wacloud.hosting.api import MAX_ROW_ID, BodyError, authenticate, error, read_json_body
 from wacloud.model import Provider
 from wacloud.operations import (
+    add_channel,
     add_tenant,
-    channel_values,
     check_channel_token,
     discard_dead_letters,
     discard_parked,
@@ -179,11 +179,9 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         values = data.registry_values()
         values["provider"] = Provider(data.provider)
         try:
-            values = channel_values(values, allow_http=ctx.allow_http)
+            channel = await run(add_channel, ctx.registry, values, allow_http=ctx.allow_http)
         except validation.InvalidValue as exc:
             raise Refused(422, str(exc)) from None
-        try:
-            channel = await run(ctx.registry.add_channel, **values)
         except RegistryError as exc:
             text = str(exc)
             status = 404 if text.startswith("unknown tenant") else (
@@ -259,6 +257,12 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
                              wanted.cursor)
         except ValueError as exc:
             raise Refused(422, str(exc)) from None
+
+    async def notices(request: Request) -> Any:
+        slug = request.path_params["tenant"]
+        await tenant_known(slug)
+        wanted = query(request, m.NoticeQuery)
+        return await run(queries.tenant_notices, ctx.broker, slug, wanted.limit)
 
     async def message(request: Request) -> Any:
         slug, source = request.path_params["tenant"], request.path_params["source"]
@@ -397,6 +401,9 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         Operation("GET", "/tenants/{tenant}/messages", messages, "Search a tenant's "
                   "messages, newest first", "messages", m.MessagePage, query=m.MessageQuery,
                   path_docs=tenant_doc),
+        Operation("GET", "/tenants/{tenant}/notices", notices, "A tenant's notices: "
+                  "webhook-level errors, account and template updates, oldest first",
+                  "messages", m.Notice, many=True, query=m.NoticeQuery, path_docs=tenant_doc),
         Operation("GET", "/tenants/{tenant}/messages/{source}/{id:int}", message,
                   "One message with its status timeline, attempts and errors", "messages",
                   m.MessageDetail, path_docs={**tenant_doc, "source": (
