@@ -207,6 +207,7 @@ class Config:
     use_postgres: bool = True
     use_tmpfs: bool = True
     tmpfs_mb: int = 192
+    media_stall_s: float = 20.0  # how long a stalled download goes silent
     keep: bool = False
 
 
@@ -472,7 +473,7 @@ class Harness:
                                                  "status": 500})
         if "media_stall" in active:
             await fake.post("/_fake/stall", json={"media_id": media_id, "times": 1,
-                                                  "seconds": 20})
+                                                  "seconds": self.cfg.media_stall_s})
         if "media_damaged" in active:
             await fake.post("/_fake/damage", json={"media_id": media_id})
             self.damaged.append(media_id)
