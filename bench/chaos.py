@@ -966,7 +966,7 @@ def main() -> int:
                  outbound_rate=args.outbound_rate, use_postgres=not args.no_postgres,
                  use_tmpfs=not args.no_tmpfs, keep=args.keep)
     if args.short:
-        cfg.duration, cfg.kills, cfg.drain_timeout = 40.0, 6, 60.0
+        cfg.duration, cfg.kills, cfg.drain_timeout = 35.0, 6, 60.0
     cfg.duration = args.duration or cfg.duration
     cfg.kills = args.kills if args.kills is not None else cfg.kills
     try:
