@@ -86,7 +86,7 @@ SEND_TIMEOUT_S = 2.0
 FINAL_STATUSES = {3, 4, 5, 6, 7, -99, -100, -101}
 OPEN_STATUSES = {0, 1, 2}
 INSTANT_WINDOW_S = 3.0  # messages posted this long after a kill count as "under" that kill
-PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
 KILL_KINDS = ("kill_serve", "kill_worker")
 FAULT_KINDS = ("send_500", "send_429", "send_130429", "send_slow", "send_drop", "media_fail",
@@ -289,8 +289,7 @@ class Harness:
         init_data_dir(settings)
         if self.pg_db is not None:
             registry = open_registry(settings)
-            url = (f"postgresql+psycopg://{PG_ADMIN['user']}@{PG_ADMIN['host']}:"
-                   f"{PG_ADMIN['port']}/{self.pg_db}")
+            url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{self.pg_db}"
             registry.add_tenant("chaospg", url)
             registry.engine.dispose()
             self.db_urls["chaospg"] = url
@@ -315,9 +314,8 @@ class Harness:
 
     def _create_pg_db(self) -> str | None:
         try:
-            import psycopg
 
-            with psycopg.connect(**PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
+            with pg_admin() as admin:
                 self.pg_db = f"wacloud_chaos_{uuid.uuid4().hex[:12]}"
                 admin.execute(f'CREATE DATABASE "{self.pg_db}"')
         except Exception as exc:
@@ -327,12 +325,9 @@ class Harness:
 
     def cleanup(self) -> None:
         if self.pg_db is not None:
-            with contextlib.suppress(Exception):
-                import psycopg
-
-                with psycopg.connect(**PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
-                    admin.execute(f'ALTER DATABASE "{self.pg_db}" ALLOW_CONNECTIONS true')
-                    admin.execute(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
+            with contextlib.suppress(Exception), pg_admin() as admin:
+                admin.execute(f'ALTER DATABASE "{self.pg_db}" ALLOW_CONNECTIONS true')
+                admin.execute(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.data_dir)], check=False)
 
@@ -438,10 +433,9 @@ class Harness:
             await asyncio.to_thread(fill_disk, self.data_dir, fault.duration)
 
     def pg_refuse(self, seconds: float) -> None:
-        import psycopg
 
         assert self.pg_db is not None
-        with psycopg.connect(**PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
+        with pg_admin() as admin:
             admin.execute(f'ALTER DATABASE "{self.pg_db}" ALLOW_CONNECTIONS false')
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                           " WHERE datname = %s AND pid <> pg_backend_pid()", (self.pg_db,))
@@ -632,6 +626,14 @@ class Harness:
 
 # ---------------------------------------------------------------------------- faults' tools
 
+def pg_admin() -> Any:
+    """An autocommit connection to the PostgreSQL server's `postgres` database."""
+    import psycopg
+
+    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres",
+                           autocommit=True, connect_timeout=3)
+
+
 def group_alive(pgid: int) -> bool:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -809,29 +811,29 @@ def check(h: Harness, drain_s: float) -> Result:
     unexplained_list: list[str] = []
     final_statuses: Counter[int] = Counter()
     for item in book.outbound:
-        rows = rows_by_tag.get(item.tag, [])
+        found = rows_by_tag.get(item.tag, [])
         accepted = sends.get(item.tag, [])
         # In flight at a kill: the fake took a send of this row up to one send timeout before
         # a SIGKILL of `serve` (which runs the send stage) and the acceptance was not on the
         # row yet when the kill came.
-        committed = [parse_db_time(r[3]) for r in rows if r[3]]
+        committed = [parse_db_time(r[3]) for r in found if r[3]]
         flight = any(k - SEND_TIMEOUT_S <= s["time"] <= k and not any(c < k for c in committed)
                      for s in accepted for k in serve_kills)
         faults = per_kind(with_kills(item.faults, item.posted_at))
         for kind in faults:
             stats[kind]["created"] += item.row_id is not None
-            stats[kind]["final"] += any(r[1] in FINAL_STATUSES for r in rows)
+            stats[kind]["final"] += any(r[1] in FINAL_STATUSES for r in found)
             stats[kind]["sent_once"] += len(accepted) == 1
             stats[kind]["dup_sends"] += len(accepted) > 1
-        final_statuses.update(r[1] for r in rows)
-        if item.row_id is not None and not rows:
+        final_statuses.update(r[1] for r in found)
+        if item.row_id is not None and not found:
             lost += 1
             lost_ids.append(item.tag)
-        if len(rows) > 1:
+        if len(found) > 1:
             dup_rows += 1
-        if item.row_id is not None and not any(r[1] in FINAL_STATUSES for r in rows):
+        if item.row_id is not None and not any(r[1] in FINAL_STATUSES for r in found):
             stuck += 1
-            stuck_list.append(f"{item.tenant} {item.tag} {[r[:2] for r in rows]}")
+            stuck_list.append(f"{item.tenant} {item.tag} {[r[:2] for r in found]}")
         if flight:
             in_flight.append(item.tag)
         if len(accepted) > 1:
@@ -886,8 +888,8 @@ def check(h: Harness, drain_s: float) -> Result:
         f"ending as read: {receipts_wrong}")
     say(f"  queue: live {live}, dead letters {dead}; `wacloud dlq list --json`: {len(dlq)} "
         f"items, {len(no_reason)} without a reason")
-    for item in dlq[:10]:
-        say(f"    {item.get('queue')} {item.get('tenant', '')} reason: {item.get('reason')}")
+    for letter in dlq[:10]:
+        say(f"    {letter.get('queue')} {letter.get('tenant', '')} reason: {letter.get('reason')}")
     for error in book.errors[:10]:
         say(f"  harness note: {error}")
     return Result(
