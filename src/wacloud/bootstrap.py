@@ -21,7 +21,12 @@ from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, w
 from wacloud.hosting.runner import StageRunner
 from wacloud.http_clients import ClientShards
 from wacloud.media_copier import MediaCopier
-from wacloud.metrics import PARKED, set_dead_letter_source
+from wacloud.metrics import (
+    PARKED,
+    GaugeSnapshot,
+    reason_kind,
+    set_dead_letter_source,
+)
 from wacloud.provider_client import ProviderClient
 from wacloud.ratelimit import SendLimits
 from wacloud.settings import Settings
@@ -113,7 +118,7 @@ class Gateway:
                                        payload=payload, provider=provider,
                                        channel_key=channel_key, raw_body=raw_body,
                                        signature=signature)
-        PARKED.labels(stage).inc()
+        PARKED.labels(stage, reason_kind(reason)).inc()
         log.warning("parked item %d from stage %s: %s", item, stage, reason)
         return item
 
@@ -173,18 +178,38 @@ class Gateway:
         for runner in runners:
             runner.db_retry_period = s.db_retry_period_s
             runner.db_retry_max_delay = s.db_retry_max_delay_s
+            runner.shutdown_grace = s.shutdown_grace_s
         return runners
 
     def collect_context(self) -> CollectContext:
         s = self.settings
         return CollectContext(self.broker, self.queues[envelopes.OUTBOUND_SEND],
-                              s.collect_batch, s.reservation_lease_s, s.queued_stale_s)
+                              s.collect_batch, s.reservation_lease_s, s.queued_stale_s,
+                              stop=self.stop)
 
     def dead_letter_sources(self) -> dict[str, Queue]:
         """The queues whose dead letters an operator sees and replays (`wacloud dlq`), by name;
         `outbound.send.dlq` is the send queue's own dead-letter queue, not one of them."""
         return {name: queue for name, queue in self.queues.items()
                 if not name.endswith(".dlq")}
+
+    async def gauges(self, workers: list[dict[str, object]]) -> GaugeSnapshot:
+        """What `/metrics` reads at each scrape: queue depths and ages, paused channels and
+        the stage workers' state (`WorkerSupervisor.status`)."""
+        snapshot = GaugeSnapshot()
+        for name, queue in self.queues.items():
+            if name.endswith(".dlq"):
+                continue  # its messages are counted as the source queue's dead letters
+            depth = await queue.depth()
+            for state in ("visible", "in_flight", "delayed"):
+                snapshot.queue_depth[(name, state)] = depth.get(state, 0)
+            snapshot.queue_oldest[name] = await queue.oldest_age() or 0.0
+            snapshot.queue_lag[name] = await queue.lag_seconds() or 0.0
+        snapshot.channels_paused = sorted(
+            (c.tenant, c.key, c.provider.value, c.paused) for c in self.broker.channels())
+        snapshot.workers = [(str(w["stages"]), bool(w["alive"]), int(str(w["restarts"])))
+                            for w in workers]
+        return snapshot
 
     async def dead_letter_counts(self) -> dict[str, int]:
         return {name: await queue.dead_count()

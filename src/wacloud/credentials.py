@@ -168,6 +168,11 @@ class CredentialsBroker:
         self.ensure_fresh()
         return list(self._snapshot.tenant_urls)
 
+    def channels(self) -> list[Channel]:
+        """Every channel of the current snapshot (for the metrics' paused-channel gauge)."""
+        self.ensure_fresh()
+        return [c for channels in self._snapshot.by_tenant.values() for c in channels.values()]
+
     def paused_channel_keys(self, tenant: str) -> set[str]:
         self.ensure_fresh()
         return {k for k, c in self._snapshot.by_tenant.get(tenant, {}).items() if c.paused}

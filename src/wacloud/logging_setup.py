@@ -1,7 +1,10 @@
 """Logging: JSON or plain lines, with a filter that masks secrets and phone numbers.
 
 Tokens, `Authorization` headers and secrets never reach a log line, whatever code logs them;
-long digit runs (phone numbers) are masked to their last four digits.
+long digit runs (phone numbers) are masked to their last four digits. A JSON line
+(`WACLOUD_LOG_JSON=1`) is one object per event: time, level, logger, message, and the
+`trace_id`, `tenant`, `channel`, `stage` and `message_id` of the message being handled (from
+the log context of `wacloud.tracing`, or given as `extra=`), each masked like the message.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from wacloud.settings import Settings
+from wacloud.tracing import FIELDS, LOG_CONTEXT
 
 PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     # Any scheme (Bearer, Basic, ...): the credential after it is what must go.
@@ -43,13 +47,29 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
+TRACE_FIELDS = ("trace_id", "outbound_trace_id")
+# Further `extra=` fields a JSON line carries when a log call gives them.
+EXTRA_FIELDS = ("provider", "direction", "status", "provider_message_id", "error_code",
+                "outbound_trace_id")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data = {"time": self.formatTime(record), "level": record.levelname,
-                "logger": record.name, "message": record.getMessage()}
-        for extra in ("tenant", "channel", "message_id", "stage"):
-            if hasattr(record, extra):
-                data[extra] = getattr(record, extra)
+        data: dict[str, object] = {"time": self.formatTime(record), "level": record.levelname,
+                                   "logger": record.name, "message": record.getMessage()}
+        context = LOG_CONTEXT.get() or {}
+        for name in (*FIELDS, *EXTRA_FIELDS):
+            value = getattr(record, name, None)
+            if value is None:
+                value = context.get(name)
+            if value is None:
+                continue
+            if name in FIELDS:
+                value = str(value)  # the same type whether from the context or `extra=`
+            # Extras escape the masking filter (it sees the message only): mask them here;
+            # trace ids are ours (random hex), and masked they would no longer match.
+            data[name] = (mask(value) if isinstance(value, str) and name not in TRACE_FIELDS
+                          else value)
         if record.exc_text:
             data["exception"] = record.exc_text
         return json.dumps(data, ensure_ascii=False)

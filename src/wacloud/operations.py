@@ -1,22 +1,93 @@
-"""Operator actions shared by the CLI and the admin API: replay parked items, re-fetch media."""
+"""Operator actions shared by the CLI and the admin API: add tenants and channels, test a
+channel's token, replay or discard parked items and dead letters, re-fetch media."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from wacloud import validation
 from wacloud.adapters.db import outbox
-from wacloud.adapters.db.registry import ParkedItem, Registry
+from wacloud.adapters.db.reachability import SERVER_FIX, check_and_migrate
+from wacloud.adapters.db.registry import ParkedItem, Registry, RegistryError, Tenant
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
 from wacloud.credentials import CredentialsBroker
-from wacloud.model import MediaStatus
+from wacloud.logging_setup import mask
+from wacloud.model import Channel, MediaStatus, Provider
+from wacloud.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
+from wacloud.providers.token_check import TokenCheck, check_request, read_answer
 from wacloud.stages.envelopes import INBOUND_RAW, OUTBOUND_SEND, RawWebhook, dumps
 from wacloud.stages.receive import envelope_bytes
+
+log = logging.getLogger("wacloud.operations")
+DLQ_DISCARDS = "dlq-discards.jsonl"
+PARKED_DISCARDS = "parked-discards.jsonl"
+
+
+def add_tenant(registry: Registry, tenants_dir: Path, slug: str,
+               db_url: str | None = None, *, db_url_hint: str = "--db-url") -> Tenant:
+    """Register a tenant whose database works: the slug and URL are checked, then the
+    database is reached and migrated, and only then registered, so a database that is down
+    leaves nothing behind. Raises InvalidValue (a value refused), RegistryError (the slug is
+    taken) or DatabaseUnreachable (why, password masked). `db_url_hint` names the URL's
+    field in the advice (the CLI's flag, the API's field)."""
+    validation.slug(slug)
+    if db_url is not None:
+        db_url = validation.db_url(db_url)
+    if any(t.slug == slug for t in registry.tenants()):
+        raise RegistryError(f"tenant {slug!r} already exists")
+    if db_url is None:
+        tenants_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(tenants_dir / f'{slug}.db').resolve()}"
+        fix = f"check that {tenants_dir} is writable"
+    else:
+        url, fix = db_url, SERVER_FIX + f", or leave out {db_url_hint} for a SQLite file"
+    check_and_migrate(url, "tenant", "the tenant database", fix)
+    return registry.add_tenant(slug, db_url)
+
+
+def channel_values(values: dict[str, Any], *, allow_http: bool = False) -> dict[str, Any]:
+    """A new channel's values (`Registry.add_channel` arguments) as they are stored: ids,
+    display number, API base URL, Graph version, mps and media hosts checked (InvalidValue
+    names the field and its rule). What `wacloud channel add` and the admin API both do."""
+    provider: Provider = values["provider"]
+    out = dict(values)
+    out["key"] = validation.provider_key(provider, values["key"])
+    if provider is Provider.META:
+        out["phone_number_id"] = out["key"]
+        out["waba_id"] = validation.numeric_id(values["waba_id"], "WABA id")
+        out["display_number"] = validation.display_number(values["display_number"])
+    elif provider is Provider.CHAKRA:
+        out["phone_number_id"] = validation.numeric_id(values["phone_number_id"],
+                                                       "phone number id")
+    if values.get("api_base_url") is not None:
+        out["api_base_url"] = validation.api_base_url(values["api_base_url"],
+                                                      allow_http=allow_http)
+    if "graph_version" in values:
+        out["graph_version"] = validation.graph_version(values["graph_version"])
+    out["mps"] = validation.mps(values["mps"])
+    out["media_hosts"] = validation.media_hosts(values.get("media_hosts") or ())
+    return out
+
+
+async def check_channel_token(http: ProviderClient, channel: Channel,
+                              timeout: float = 10.0) -> TokenCheck:
+    """Ask the provider, with one cheap read-only call, whether the channel's token works."""
+    try:
+        answer = await http.perform(check_request(channel), timeout)
+    except ProviderTimeout:
+        return TokenCheck(False, None, "timeout", "the provider did not answer in time")
+    except ProviderCallError as exc:
+        return TokenCheck(False, None, "network", f"the provider could not be reached "
+                          f"({exc.kind})")
+    return read_answer(channel, answer.status_code, answer.content)
 
 
 def replay_envelope(item: ParkedItem) -> bytes:
@@ -102,6 +173,62 @@ def dead_letter_summary(queue: str, message: ReceivedMessage) -> dict[str, Any]:
         if "row_id" in data:
             summary["row_id"] = data["row_id"]
     return summary
+
+
+async def replay_queue_dead_letters(broker: CredentialsBroker, name: str, queue: Queue,
+                                    ids: list[str] | None) -> list[str]:
+    """Put dead letters of queue `name` back on it (all, or `ids`): outbound rows go back to
+    queued first. Returns the ids moved."""
+    if name == OUTBOUND_SEND:
+        return await replay_dead_letters(broker, queue, ids)
+    letters = [m.message_id for m in await queue.dead_letters(limit=100_000)
+               if ids is None or m.message_id in ids]
+    if letters:
+        await queue.redrive(letters)
+    return letters
+
+
+async def discard_dead_letters(data_dir: Path, name: str, queue: Queue, ids: list[str] | None,
+                               reason: str) -> dict[str, Any]:
+    """Delete dead letters of queue `name` for good (all, or `ids`); the reason and what was
+    discarded (ids, sizes, times, tenants; never bodies) go to `dlq-discards.jsonl` in the
+    data dir and the log. Returns that record."""
+    letters = [dead_letter_summary(name, m) for m in await queue.dead_letters(limit=100_000)
+               if ids is None or m.message_id in ids]
+    if letters:
+        await queue.discard([item["id"] for item in letters])
+    done = [item["id"] for item in letters]
+    record = {"at": time.time(), "queue": name, "ids": done, "reason": mask(reason.strip()),
+              "letters": [{k: item.get(k) for k in ("id", "size", "sent_at", "receive_count",
+                                                     "reason", "tenant")} for item in letters]}
+    _append_record(data_dir / DLQ_DISCARDS, record)
+    logging.getLogger("wacloud.dlq").warning(
+        "discarded %d dead letter(s) of %s (%s): %s", len(done), name,
+        ", ".join(done) or "none", record["reason"])
+    return record
+
+
+def discard_parked(registry: Registry, data_dir: Path, ids: Sequence[int],
+                   reason: str) -> dict[str, Any]:
+    """Delete parked items for good; their summaries (never payloads) and the reason go to
+    `parked-discards.jsonl` in the data dir and the log. Returns that record."""
+    items = []
+    for item_id in ids:
+        with contextlib.suppress(RegistryError):
+            items.append(registry.parked_item(item_id).summary())
+    done = registry.delete_parked([item["id"] for item in items])
+    record = {"at": time.time(), "ids": done, "reason": mask(reason.strip()),
+              "items": [item for item in items if item["id"] in done]}
+    _append_record(data_dir / PARKED_DISCARDS, record)
+    log.warning("discarded %d parked item(s) (%s): %s", len(done),
+                ", ".join(map(str, done)) or "none", record["reason"])
+    return record
+
+
+def _append_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
 async def replay_dead_letters(broker: CredentialsBroker, send_queue: Queue,

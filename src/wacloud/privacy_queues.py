@@ -137,7 +137,8 @@ def _events_envelope(raw: RawWebhook, events: list[Event], scope: Scope) -> byte
         events = [e for e in events if id(e) in keep]
     body = dumps([e.to_dict() for e in events])
     return RawWebhook(provider=raw.provider, channel_key=raw.channel_key,
-                      received_at=raw.received_at, body=body, kind="events").encode()
+                      received_at=raw.received_at, body=body, kind="events",
+                      trace=raw.trace).encode()
 
 
 def _raw_events(data: bytes) -> tuple[RawWebhook, list[Event] | None]:

@@ -28,6 +28,10 @@ class SlidingWindow:
     def __init__(self, limit: int, window: float = 1.0, margin: float = 0.05) -> None:
         self.limit = max(1, limit)
         self.window = window * (1 + margin)
+        # A send that wakes later than this after its start time takes a new slot: starting
+        # late would crowd the send after it into less than the window (a busy event loop
+        # wakes sleepers late).
+        self.late_tolerance = window * margin / 2
         # Start times handed out, ascending; some may lie in the future (reserved slots).
         self.starts: deque[float] = deque()
         self.blocked_until = 0.0

@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     pair_burst: int = 45  # Meta's pair rate limit: a burst, then one message per interval
     pair_interval_s: float = 6.0
 
+    # Graceful stop (SIGTERM or SIGINT; a second one exits at once): the listeners stop
+    # accepting and the stages stop receiving; what is in flight gets this long to finish, and
+    # what has not finished by then goes back to its queue at once (for another process), then
+    # pending writes are flushed and the process exits 0.
+    shutdown_grace_s: float = 20.0
+    # Backpressure: webhooks are answered 503 with Retry-After (providers retry them) while
+    # `inbound.raw` holds this many messages, or while the data dir's disk has less than this
+    # many MB free, instead of filling the disk while the stages are far behind.
+    inbound_queue_limit: int = 1_000_000
+    min_free_disk_mb: int = 512
+
     # Largest tenant API request body (POST /v1/messages); larger ones are answered 413.
     api_max_body_bytes: int = 64 * 1024
 

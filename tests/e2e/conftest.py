@@ -306,6 +306,8 @@ def gateway_env(data_dir: Path) -> dict[str, str]:
         "WACLOUD_SEND_MAX_ATTEMPTS": "4",
         "WACLOUD_SEND_TIMEOUT_S": "5",
         "WACLOUD_PAIR_BURST": "1000",
+        # A test's teardown stops the gateway with SIGTERM: its drain stays short.
+        "WACLOUD_SHUTDOWN_GRACE_S": "5",
     })
     return env
 

@@ -24,9 +24,9 @@ from wacloud import __version__
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.admin.queries import channel_summary as channel_summary  # shared with the admin API
 from wacloud.crypto import SecretError
 from wacloud.logging_setup import mask
-from wacloud.model import Channel
 from wacloud.settings import Settings, load_settings
 
 DEBUG_KEY = "wacloud.debug"
@@ -154,16 +154,6 @@ def emit_rows(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[s
         shown = [str(cell) for cell in cell_row]
         table.add_row(*(shown + [""] * (len(columns) - len(shown)))[:len(columns)])
     Console().print(table)
-
-
-def channel_summary(channel: Channel) -> dict[str, Any]:
-    """A channel without its secrets."""
-    return {"id": channel.id, "tenant": channel.tenant, "provider": channel.provider.value,
-            "key": channel.key, "phone_number_id": channel.phone_number_id,
-            "waba_id": channel.waba_id, "display_number": channel.display_number,
-            "api_base_url": channel.base_url, "graph_version": channel.graph_version,
-            "mps": channel.mps, "media_hosts": list(channel.media_hosts),
-            "paused": channel.paused, "pause_reason": channel.pause_reason}
 
 
 def queue_broker(settings: Settings) -> SqliteBroker:

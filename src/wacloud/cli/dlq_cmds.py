@@ -9,9 +9,7 @@ with the operator's reason, to `<data dir>/dlq-discards.jsonl` and the log.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -30,8 +28,11 @@ from wacloud.cli.common import (
     settings_for,
 )
 from wacloud.credentials import CredentialsBroker
-from wacloud.logging_setup import mask
-from wacloud.operations import dead_letter_summary, replay_dead_letters
+from wacloud.operations import (
+    dead_letter_summary,
+    discard_dead_letters,
+    replay_queue_dead_letters,
+)
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 
@@ -119,17 +120,11 @@ def dlq_replay(ids: Ids = None, all_items: All = False, queue: QueueOpt = None,
     chosen = None if all_items else list(ids or [])
 
     async def work(queues: dict[str, SqliteQueue]) -> list[str]:
-        if name == envelopes.OUTBOUND_SEND:
-            broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
-            try:
-                return await replay_dead_letters(broker, queues[name], chosen)
-            finally:
-                broker.close()
-        letters = [m.message_id for m in await queues[name].dead_letters(limit=100_000)
-                   if chosen is None or m.message_id in chosen]
-        if letters:
-            await queues[name].redrive(letters)
-        return letters
+        broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+        try:
+            return await replay_queue_dead_letters(broker, name, queues[name], chosen)
+        finally:
+            broker.close()
 
     replayed = _with_queues(settings, work)
     emit({"queue": name, "replayed": replayed}, as_json,
@@ -149,24 +144,9 @@ def dlq_discard(reason: Annotated[str, typer.Option("--reason", help="Why (kept 
     name = _source_name(settings, queue)
     chosen = None if all_items else list(ids or [])
 
-    async def work(queues: dict[str, SqliteQueue]) -> list[dict[str, Any]]:
-        letters = [dead_letter_summary(name, m)
-                   for m in await queues[name].dead_letters(limit=100_000)
-                   if chosen is None or m.message_id in chosen]
-        if letters:
-            await queues[name].discard([item["id"] for item in letters])
-        return letters
+    async def work(queues: dict[str, SqliteQueue]) -> dict[str, Any]:
+        return await discard_dead_letters(settings.data_dir, name, queues[name], chosen, reason)
 
-    discarded = _with_queues(settings, work)
-    ids_done = [item["id"] for item in discarded]
-    record = {"at": time.time(), "queue": name, "ids": ids_done, "reason": mask(reason.strip()),
-              "letters": [{k: item.get(k) for k in ("id", "size", "sent_at", "receive_count",
-                                                     "reason", "tenant")}
-                          for item in discarded]}
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.data_dir / "dlq-discards.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    log.warning("discarded %d dead letter(s) of %s (%s): %s", len(ids_done), name,
-                ", ".join(ids_done) or "none", record["reason"])
-    emit({"queue": name, "discarded": ids_done, "reason": record["reason"]}, as_json,
-         f"discarded {len(ids_done)} message(s) of {name}")
+    record = _with_queues(settings, work)
+    emit({"queue": name, "discarded": record["ids"], "reason": record["reason"]}, as_json,
+         f"discarded {len(record['ids'])} message(s) of {name}")

@@ -10,7 +10,7 @@ import typer
 
 from wacloud import validation
 from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
-from wacloud.adapters.db.reachability import SERVER_FIX, DatabaseUnreachable, check_and_migrate
+from wacloud.adapters.db.reachability import DatabaseUnreachable
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.bootstrap import init_data_dir, open_registry
 from wacloud.cli.common import (
@@ -30,6 +30,7 @@ from wacloud.cli.common import (
     tenant_app,
 )
 from wacloud.model import Provider
+from wacloud.operations import add_tenant, channel_values
 from wacloud.settings import Settings
 
 MediaHosts = Annotated[list[str] | None, typer.Option(
@@ -53,32 +54,15 @@ def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
         data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Add a tenant (its database is reached and migrated first: if it cannot be, nothing is
     registered)."""
-    try:
-        validation.slug(slug)
-        if db_url is not None:
-            db_url = validation.db_url(db_url)
-    except validation.InvalidValue as exc:
-        fail(str(exc))
     settings = settings_for(data_dir)
     init_data_dir(settings)
     registry = open_registry(settings)
     try:
-        if any(t.slug == slug for t in registry.tenants()):
-            fail(f"tenant {slug!r} already exists")
-        if db_url is None:
-            settings.tenants_dir.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{(settings.tenants_dir / f'{slug}.db').resolve()}"
-            fix = f"check that {settings.tenants_dir} is writable"
-        else:
-            url, fix = db_url, SERVER_FIX + ", or leave out --db-url for a SQLite file"
-        try:
-            check_and_migrate(url, "tenant", "the tenant database", fix)
-        except DatabaseUnreachable as exc:
-            fail(f"{exc}; tenant {slug} was not added")
-        try:
-            tenant = registry.add_tenant(slug, db_url)
-        except RegistryError as exc:
-            fail(str(exc))
+        tenant = add_tenant(registry, settings.tenants_dir, slug, db_url)
+    except (validation.InvalidValue, RegistryError) as exc:
+        fail(str(exc))
+    except DatabaseUnreachable as exc:
+        fail(f"{exc}; tenant {slug} was not added")
     finally:
         registry.engine.dispose()
     emit({"id": tenant.id, "slug": slug}, as_json, f"tenant {slug} added")
@@ -95,27 +79,11 @@ def tenant_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 
 def _validated(settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
     """The channel's values as they are stored, or one line saying which is wrong and why."""
-    provider: Provider = values["provider"]
-    out = dict(values)
     try:
-        out["key"] = validation.provider_key(provider, values["key"])
-        if provider is Provider.META:
-            out["phone_number_id"] = out["key"]
-            out["waba_id"] = validation.numeric_id(values["waba_id"], "WABA id")
-            out["display_number"] = validation.display_number(values["display_number"])
-        elif provider is Provider.CHAKRA:
-            out["phone_number_id"] = validation.numeric_id(values["phone_number_id"],
-                                                           "phone number id")
-        if values.get("api_base_url") is not None:
-            out["api_base_url"] = validation.api_base_url(
-                values["api_base_url"], allow_http=settings.dev_allow_local_urls)
-        if "graph_version" in values:
-            out["graph_version"] = validation.graph_version(values["graph_version"])
-        out["mps"] = validation.mps(values["mps"])
-        out["media_hosts"] = validation.media_hosts(values.get("media_hosts") or ())
+        values = channel_values(values, allow_http=settings.dev_allow_local_urls)
     except validation.InvalidValue as exc:
         fail(str(exc))
-    return out
+    return values
 
 
 def _add_channel(data_dir: Path | None, as_json: bool, **values: Any) -> None:

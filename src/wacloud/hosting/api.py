@@ -8,12 +8,15 @@ A POST may carry an `Idempotency-Key` header: a retry with the same key and body
 row the first one made (200, header `Idempotent-Replayed: true`; the first answer is 201),
 never a second row; the same key with another body is 409. Bodies are at most
 `max_body_bytes` (413), UTF-8 JSON (400 otherwise): every refusal is a JSON `{"error": ...}`.
+A created or replayed row's answer carries `X-Trace-Id`, the trace id its log lines carry
+(`wacloud.tracing.outbound_trace_id`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +38,11 @@ from wacloud.outbound_api import (
     parse_validity,
     request_hash,
 )
+from wacloud.tracing import outbound_trace_id
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class BodyError(Exception):
@@ -133,11 +139,15 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None], *,
                 request_hash=request_hash(data) if idempotency_key is not None else None)
         except IdempotencyConflict as exc:
             return JSONResponse({"error": str(exc), "id": exc.row_id}, status_code=409)
+        trace = outbound_trace_id(key.tenant, int(row["id"]))
         if not created:
             return JSONResponse(submission_view(row), status_code=200,
-                                headers={"Idempotent-Replayed": "true"})
+                                headers={"Idempotent-Replayed": "true", "X-Trace-Id": trace})
         wake_collector()
-        return JSONResponse(submission_view(row), status_code=201)
+        log.debug("message submitted", extra={
+            "trace_id": trace, "tenant": key.tenant, "channel": submission.channel,
+            "message_id": row["id"], "stage": "api"})
+        return JSONResponse(submission_view(row), status_code=201, headers={"X-Trace-Id": trace})
 
     async def read(request: Request) -> Response:
         key = await authenticate(request, broker)

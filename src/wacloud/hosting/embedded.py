@@ -16,20 +16,27 @@ import uvicorn
 
 from wacloud.adapters.db.errors import TroubleLog
 from wacloud.bootstrap import Gateway, build_gateway
+from wacloud.hosting import shutdown
 from wacloud.hosting.http import create_apps
 from wacloud.hosting.http_protocol import HttpProtocol
 from wacloud.hosting.process import tune_garbage_collector
+from wacloud.hosting.shutdown import wait_stopping
 from wacloud.hosting.worker import (
     WorkerSupervisor,
     server_stage_names,
     use_stage_threads,
     worker_groups,
 )
+from wacloud.metrics import enable_multiprocess
 from wacloud.privacy import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
 
 log = logging.getLogger(__name__)
+
+# A worker's own stop takes its grace and margin; this much more for its flush and exit.
+WORKER_EXIT_S = 5.0
+METRICS_DIR = "metrics"  # under the data dir: the processes' metric files, emptied at start
 
 
 async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = True,
@@ -43,7 +50,9 @@ async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = T
     if collect:
         tasks.append(asyncio.create_task(collect_loop(gateway)))
         tasks.append(asyncio.create_task(retention_loop(gateway)))
-    await asyncio.gather(*tasks)
+    # Runners finish or release their work within the grace themselves; this only bounds
+    # whatever else hangs (a retention pass, a collect pass on a locked database).
+    await wait_stopping(tasks, gateway.stop, gateway.settings.shutdown_grace_s)
 
 
 async def collect_loop(gateway: Gateway) -> None:
@@ -90,27 +99,40 @@ class InternalServer(uvicorn.Server):
         yield
 
 
+class PublicServer(InternalServer):
+    """The public listener. `serve` handles SIGTERM/SIGINT itself (`hosting.shutdown`):
+    uvicorn's own handling raises the signal again once the server is down, which killed the
+    process before the stages had stopped and the queue had been flushed."""
+
+
 async def serve(settings: Settings, host: str, port: int,
                 started: asyncio.Event | None = None,
                 sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
     """Serve until stopped. `sockets`: (public, internal) already bound and listening (the
     CLI binds them before anything else); without them uvicorn binds host:port itself."""
     public_sockets, internal_sockets = ([sockets[0]], [sockets[1]]) if sockets else (None, None)
-    gateway = build_gateway(settings)
     on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
-    workers = [WorkerSupervisor(settings, group, index) for index, group
-               in enumerate(worker_groups(settings.stage_workers, on_server or ()))]
+    groups = worker_groups(settings.stage_workers, on_server or ())
+    if groups:
+        # Workers write their counters where this process's /metrics adds them up; they
+        # inherit the directory through the environment.
+        enable_multiprocess(settings.data_dir / METRICS_DIR)
+    gateway = build_gateway(settings)
+    workers = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
     app, internal_app = create_apps(gateway, lambda: [w.status() for w in workers])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
     # headers: each costs a measurable share of a webhook's CPU.
+    # Requests in flight at a stop (a webhook being queued, an API call) get the grace too.
+    grace = settings.shutdown_grace_s
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
+                            lifespan="off", timeout_graceful_shutdown=max(int(grace), 1),
+                            proxy_headers=False,
                             server_header=False, date_header=False,
                             http=HttpProtocol.configured(settings.http_request_timeout_s))
     # uvicorn declares an int; it only ever hands the value to `call_later`.
     config.timeout_keep_alive = settings.http_keep_alive_s  # type: ignore[assignment]
-    server = uvicorn.Server(config)
+    server = PublicServer(config)
     internal = InternalServer(uvicorn.Config(
         internal_app, host=settings.internal_host, port=settings.internal_port,
         log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
@@ -124,6 +146,16 @@ async def serve(settings: Settings, host: str, port: int,
         internal_task.result()  # uvicorn's bind error (SystemExit), or a clear exception
         raise RuntimeError(f"the internal listener {settings.internal_host}:"
                            f"{settings.internal_port} did not start")
+
+    def begin_stop() -> None:
+        # All at once: the listener stops accepting, the stages stop receiving, and the
+        # workers drain theirs within the same grace.
+        server.should_exit = True
+        gateway.stop.set()
+        for worker in workers:
+            worker.terminate()
+
+    shutdown.install(begin_stop)
     for worker in workers:
         worker.start()
     supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in workers]
@@ -147,7 +179,13 @@ async def serve(settings: Settings, host: str, port: int,
             await internal_task
         gateway.stop.set()
         await asyncio.gather(*supervisors)
-        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
-        with contextlib.suppress(asyncio.CancelledError):
-            await stages
+
+        async def stages_done() -> None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await stages
+
+        # Our stages and the workers drain side by side; then every pending write is flushed.
+        await asyncio.gather(stages_done(), *(asyncio.to_thread(
+            w.stop, grace + shutdown.MARGIN_S + WORKER_EXIT_S) for w in workers))
         await gateway.close()
+        log.info("stopped")

@@ -9,6 +9,12 @@ of one FIFO group are handled one after another, in order; different groups run 
 While messages are held (being handled, or waiting behind an earlier one of their group), a
 heartbeat extends their visibility every third of the queue's visibility timeout: however long
 a handler takes, its message is not handed out a second time, nor overtaken in its group.
+
+Stopping (the `stop` event): no further receive starts, and what a receive returns after the
+stop goes back at once. Handlers in flight get `shutdown_grace` seconds to finish; those still
+running then are cancelled and every message still held is released with no delay and its
+receive given back, so that another process takes it at once instead of after its visibility
+timeout.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
 from wacloud.metrics import STAGE_MESSAGES, STAGE_SECONDS
 from wacloud.stages.envelopes import Output, RetryLater
+from wacloud.tracing import set_stage
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,7 @@ class StageRunner:
                  error_backoff: float = 1.0, batch_handler: BatchHandler | None = None,
                  defer_to: Queue | None = None, deferred_concurrency: int = 1,
                  defer_after: float = 0.5, db_retry_period: float = 24 * 3600.0,
-                 db_retry_max_delay: float = 60.0) -> None:
+                 db_retry_max_delay: float = 60.0, shutdown_grace: float = 20.0) -> None:
         self.name = name
         self.queue = queue
         self.handler = handler
@@ -64,6 +71,7 @@ class StageRunner:
         self._held: dict[str, ReceivedMessage] = {}  # receipt -> message, until ack or release
         self.db_retry_period = db_retry_period
         self.db_retry_max_delay = db_retry_max_delay
+        self.shutdown_grace = shutdown_grace
 
     async def _limit(self) -> int:
         if self.defer_to is None:
@@ -108,17 +116,54 @@ class StageRunner:
             self._held.pop(message.receipt, None)
 
     async def run(self, stop: asyncio.Event) -> None:
+        set_stage(self.name)  # this task's log lines, and its handlers' (tasks copy it)
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.concurrency)
         heartbeat = asyncio.create_task(self.heartbeat())
+        grace = self.shutdown_grace
         try:
             await self._run(stop, in_flight, slots)
+        except asyncio.CancelledError:
+            grace = 0.0  # cancelled from outside: the deadline has passed already
+            raise
         finally:
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            try:
+                # The heartbeat keeps the messages of the handlers still running hidden
+                # meanwhile.
+                await self._finish(in_flight, grace)
+            finally:  # also when cancelled while waiting: nothing may stay held
+                for task in in_flight:
+                    task.cancel()
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+                await self.release_held()
+
+    async def _finish(self, in_flight: set[asyncio.Task[None]], grace: float) -> None:
+        """Let the handlers in flight finish within `grace` seconds; cancel the others."""
+        if not in_flight:
+            return
+        _, late = await asyncio.wait(set(in_flight), timeout=max(grace, 0.0))
+        if late:
+            log.warning("stage %s: %d handlers still running %.0f s after the stop; their "
+                        "messages go back to the queue", self.name, len(late), grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def release_held(self) -> None:
+        """Give every message still held back to the queue now, its receive not counted:
+        the stop is not the message's failure."""
+        held = list(self._held.values())
+        self._let_go(held)
+        # Together, so that the queue writes them in one transaction.
+        results = await asyncio.gather(
+            *(self.queue.release(m.receipt, 0.0, count=False) for m in held),
+            return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:  # the queue's visibility timeout brings those back instead
+            log.warning("stage %s: could not release %d messages at the stop (%s)",
+                        self.name, len(failed), type(failed[0]).__name__)
 
     async def _run(self, stop: asyncio.Event, in_flight: set[asyncio.Task[None]],
                    slots: asyncio.Semaphore) -> None:
@@ -141,6 +186,8 @@ class StageRunner:
                 await asyncio.sleep(self.error_backoff)  # back off a broken queue, not a sync
                 continue
             self._held.update((m.receipt, m) for m in messages)
+            if stop.is_set():  # stopped during the long poll: `run` gives these back
+                return
             if self.batch_handler is not None and messages:
                 task = asyncio.create_task(self._run_batch(messages, slots))
                 in_flight.add(task)

@@ -3,8 +3,9 @@
 `POST /webhooks/meta`, `/webhooks/whapi/{channel_id}` and `/webhooks/chakra/{plugin_id}` are
 answered here; every other request goes to the Starlette app. A webhook is answered 200 only
 after its raw body is durably queued (the SQLite queue's group commit makes that cheap under
-concurrency), so a crash right after the answer loses nothing. A signed Meta body of another
-product (`object` "page", "instagram", ...) is answered 200 and only counted, unless
+concurrency), so a crash right after the answer loses nothing; while the queue is full or
+the disk nearly so (`hosting.backpressure`) it is answered 503 with Retry-After. A signed Meta
+body of another product (`object` "page", "instagram", ...) is answered 200 and only counted, unless
 `WACLOUD_PARK_OTHER_META_OBJECTS` asks to queue (and so park) it. Measured with `bench/ingest.py`:
 routing through Starlette cost about a fifth of the CPU of each webhook.
 """
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs
 
 from wacloud.adapters.queue.base import Queue
 from wacloud.credentials import CredentialsBroker
+from wacloud.hosting.backpressure import RETRY_AFTER_S, IngestGate
 from wacloud.metrics import META_OTHER_OBJECTS, WEBHOOKS
 from wacloud.model import Provider
 from wacloud.stages.ingest import (
@@ -68,9 +70,11 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def respond(send: Send, status: int, body: bytes) -> None:
+async def respond(send: Send, status: int, body: bytes,
+                  extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     # With a length uvicorn sends the body as is, not as chunked transfer encoding.
-    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()),
+               *(extra_headers or ())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -91,8 +95,10 @@ class WebhookReceiver:
     """Wraps the rest of the HTTP app; answers provider webhooks itself."""
 
     def __init__(self, fallback: ASGIApp, broker: CredentialsBroker, raw_queue: Queue,
-                 max_bytes: int, park_other_objects: bool = False) -> None:
+                 max_bytes: int, park_other_objects: bool = False,
+                 gate: IngestGate | None = None) -> None:
         self.fallback = fallback
+        self.gate = gate
         self.park_other_objects = park_other_objects
         self.broker = broker
         self.raw_queue = raw_queue
@@ -117,6 +123,21 @@ class WebhookReceiver:
         # reads the answer), within the request read deadline.
         await respond(send, status, json.dumps({"error": reason}).encode())
 
+    def admit(self) -> bool:
+        """The hot path's check: one cached reading (see `hosting.backpressure`)."""
+        return self.gate is None or self.gate.admit()
+
+    async def refused(self, send: Send, provider: Provider) -> bool:
+        """For a webhook `admit` refused: True after answering 503 + Retry-After if a fresh
+        reading still refuses it. Before the body is read, which then is not buffered."""
+        gate = self.gate
+        if gate is None or await gate.admit_fresh():
+            return False
+        WEBHOOKS.labels(provider.value, "503").inc()
+        await respond(send, 503, json.dumps({"error": f"busy: {gate.reason}; retry later"})
+                      .encode(), [(b"retry-after", str(RETRY_AFTER_S).encode())])
+        return True
+
     async def accept(self, send: Send, provider: Provider, body: bytes,
                      channel_key: str | None, signature: str | None = None) -> None:
         await self.raw_queue.send(raw_output(provider, body, channel_key, signature).message.body)
@@ -124,6 +145,8 @@ class WebhookReceiver:
         await respond(send, 200, OK_BODY)
 
     async def meta(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.admit() and await self.refused(send, Provider.META):
+            return
         try:
             body = await read_body(scope, receive, self.max_bytes)
         except BodyTooLarge:
@@ -151,6 +174,8 @@ class WebhookReceiver:
         if not shared_secret_ok(channel.webhook_secret if channel else None, secret_from(scope)):
             return await self.refuse(send, provider, 401,
                                      "unknown channel or wrong webhook secret")
+        if not self.admit() and await self.refused(send, provider):
+            return
         try:
             body = await read_body(scope, receive, self.max_bytes)
         except BodyTooLarge:

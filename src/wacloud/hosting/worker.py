@@ -10,7 +10,8 @@ The send stage stays in one process: its per-number rate limits are counted ther
 Workers run at a lower CPU priority (`WACLOUD_WORKER_NICE`) because a webhook answer is what
 Meta times, while the stages catch up from the durable queue. A worker dies with its parent
 (PR_SET_PDEATHSIG, so a `kill -9` of `serve` behaves like a crash of one process), and the
-parent restarts a worker that dies.
+parent restarts a worker that dies. SIGTERM (which `serve` passes on when it stops) drains a
+worker within `WACLOUD_SHUTDOWN_GRACE_S` (`hosting.shutdown`), and it exits 0.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from wacloud.bootstrap import build_gateway
 from wacloud.hosting.process import tune_garbage_collector
+from wacloud.hosting.shutdown import install as install_stop_signals
+from wacloud.metrics import process_exited
 from wacloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class WorkerSupervisor:
         self.index = index
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self._terminated: subprocess.Popen[bytes] | None = None  # the process told to stop
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "wacloud.cli", "worker", "--no-collect",
@@ -111,6 +115,8 @@ class WorkerSupervisor:
                     backoff = 1.0
                 continue
             code = self.process.returncode if self.process else None
+            if self.process is not None:
+                process_exited(self.process.pid)
             log.error("stage worker %s exited with code %s; restarting in %.0f s",
                       ",".join(self.stages), code, backoff)
             with contextlib.suppress(TimeoutError):
@@ -120,16 +126,25 @@ class WorkerSupervisor:
                 self.start()
                 backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
 
+    def terminate(self) -> None:
+        """Ask the worker to stop (SIGTERM: it drains within its grace), once: a second
+        SIGTERM would make it exit at once."""
+        if self.alive and self.process is not None and self._terminated is not self.process:
+            self._terminated = self.process
+            self.process.terminate()
+
     def stop(self, timeout: float = 15.0) -> None:
-        if not self.alive or self.process is None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.error("stage worker did not stop within %.0f s; killing it", timeout)
-            self.process.kill()
-            self.process.wait()
+        if self.alive:  # else it stopped already (told to at the signal)
+            self.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.error("stage worker did not stop within %.0f s; killing it", timeout)
+                self.process.kill()
+                self.process.wait()
+        process_exited(self.process.pid)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -156,8 +171,7 @@ async def run_worker(settings: Settings, *, collect: bool,
     tune_garbage_collector()
     loop = asyncio.get_running_loop()
     use_stage_threads(loop)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, gateway.stop.set)
+    install_stop_signals(gateway.stop.set)
     started = time.monotonic()
     try:
         await run_stages(gateway, collect=collect, names=stages)

@@ -6,6 +6,9 @@ other recipients of the same number are not held up. Rows whose channel is pause
 pending. Reservations older than the lease go back to pending (a collector that crashed
 between claim and queue would otherwise leave them stuck).
 
+At a stop a pass ends after the tenant it is on, and a tenant's claim, queue send and status
+write run to their end even if the stop's deadline cancels the pass: nothing is left reserved.
+
 A queue that refuses a batch (down, throttled) is a passing trouble: the rows go back to
 pending and a later pass queues them. Only a row that can never be queued (it cannot be made
 into an envelope) is marked -99. A row whose validity (`expires_at`) passed fails as `expired`
@@ -24,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -37,7 +41,9 @@ from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import OutboundMessage
 from wacloud.stages.envelopes import dumps
+from wacloud.tracing import outbound_trace_id
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 _TROUBLE = TroubleLog(log)
 
@@ -50,6 +56,8 @@ class CollectContext:
     lease_seconds: float = 300.0
     # Queued rows untouched this long are queued again (see the module docstring).
     queued_stale_seconds: float = 900.0
+    # Set at a stop: a pass ends after the tenant it is on.
+    stop: asyncio.Event | None = None
 
 
 def outbound_from_row(tenant: str, row: Any) -> OutboundMessage:
@@ -152,6 +160,27 @@ async def collect_tenant(tenant: str, ctx: CollectContext, *, reclaim: bool = Fa
             log.warning("tenant %s: %d stale reservations returned to pending", tenant, stale)
         await requeue_stale(tenant, ctx, engine)
     paused = ctx.broker.paused_channel_keys(tenant)
+    return await uninterrupted(claim_and_queue(tenant, ctx, engine, paused))
+
+
+async def uninterrupted(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end even when the caller is cancelled meanwhile (a stop past its
+    deadline), then pass the cancellation on. From the claim to the status write a pass must
+    not stop half-way: its thread would reserve rows that nobody then queues or gives back,
+    and they would wait for their lease to run out."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:  # retrieved: logged here
+            log.error("collect pass failed while stopping", exc_info=task.exception())
+        raise
+
+
+async def claim_and_queue(tenant: str, ctx: CollectContext, engine: Engine,
+                          paused: Collection[str]) -> int:
+    """Claim pending rows, queue them and mark them queued (or give them back)."""
     rows = await asyncio.to_thread(claim.claim_pending, engine, ctx.batch,
                                    exclude_channels=paused)
     if not rows:
@@ -177,6 +206,12 @@ async def collect_tenant(tenant: str, ctx: CollectContext, *, reclaim: bool = Fa
                                 f"could not queue yet ({type(exc).__name__}); will retry")
         return 0
     await asyncio.to_thread(claim.mark_queued, engine, ids)
+    if log.isEnabledFor(logging.DEBUG):
+        for message in messages:
+            log.debug("queued for sending", extra={
+                "trace_id": outbound_trace_id(tenant, message.row_id), "tenant": tenant,
+                "channel": message.channel_key, "message_id": message.row_id,
+                "stage": "collect"})
     return len(ids)
 
 
@@ -184,6 +219,8 @@ async def collect(ctx: CollectContext, *, reclaim: bool = False) -> int:
     """One pass over every tenant (a Lambda schedule calls this; embedded mode loops it)."""
     total = 0
     for tenant in ctx.broker.tenant_slugs():
+        if ctx.stop is not None and ctx.stop.is_set():
+            break  # stopping: the other tenants' rows wait, pending, for the next start
         try:
             total += await collect_tenant(tenant, ctx, reclaim=reclaim)
         except Exception as exc:  # one tenant's broken DB must not stop the others

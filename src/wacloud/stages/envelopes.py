@@ -2,8 +2,9 @@
 
 `inbound.raw` carries a one-line JSON header, a newline, then the webhook body byte for byte
 (the bytes the signature was checked over). The header keeps Meta's `X-Hub-Signature-256`, so
-the worker can check each entry against the app secret of the channel it routes to. The other
-queues carry JSON.
+the worker can check each entry against the app secret of the channel it routes to, and the
+webhook's trace id (`trace`, absent from headers written before it existed). The other queues
+carry JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class RawWebhook:
     replay: bool = False
     # Header v1 (before signatures were kept): a Meta webhook checked whole at ingest.
     legacy: bool = False
+    # Follows the webhook's events into the log (see `wacloud.tracing`); hex digits only.
+    trace: str | None = None
 
     def encode(self) -> bytes:
         # The same bytes as json.dumps of the header dict, built without it: this runs for
@@ -62,9 +65,13 @@ class RawWebhook:
         key = "null" if self.channel_key is None else _quoted(self.channel_key)
         signature = "null" if self.signature is None else json.dumps(self.signature)
         replay = ',"replay":true' if self.replay else ""
+        trace = ""
+        if self.trace is not None:  # ours are hex: no escaping, and no cache entry each
+            quoted = f'"{self.trace}"' if self.trace.isalnum() else json.dumps(self.trace)
+            trace = f',"trace":{quoted}'
         header = (f'{{"v":2,"provider":{_quoted(self.provider)},"channel_key":{key},'
                   f'"received_at":{self.received_at!r},"kind":{_quoted(self.kind)},'
-                  f'"signature":{signature}{replay}}}')
+                  f'"signature":{signature}{replay}{trace}}}')
         return header.encode() + b"\n" + self.body
 
     @classmethod
@@ -72,11 +79,13 @@ class RawWebhook:
         header_bytes, _, body = data.partition(b"\n")
         header = json.loads(header_bytes)
         signature = header.get("signature")
+        trace = header.get("trace")
         return cls(provider=header["provider"], channel_key=header.get("channel_key"),
                    received_at=float(header.get("received_at") or time.time()), body=body,
                    kind=header.get("kind", "webhook"),
                    signature=signature if isinstance(signature, str) else None,
-                   replay=header.get("replay") is True, legacy="signature" not in header)
+                   replay=header.get("replay") is True, legacy="signature" not in header,
+                   trace=trace if isinstance(trace, str) else None)
 
 
 @functools.lru_cache(maxsize=4096)

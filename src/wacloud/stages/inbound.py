@@ -14,8 +14,15 @@ from dataclasses import dataclass
 
 from wacloud.model import Event
 from wacloud.stages.envelopes import Output, RawWebhook
-from wacloud.stages.receive import ReceiveContext, envelope_text, receive_events, signed_webhook
-from wacloud.stages.write import Origin, WriteContext, write_events
+from wacloud.stages.receive import (
+    ReceiveContext,
+    envelope_text,
+    receive_events,
+    signed_webhook,
+    taken,
+)
+from wacloud.stages.write import Origin, Trail, WriteContext, write_events
+from wacloud.tracing import log_context
 
 
 @dataclass(slots=True)
@@ -29,12 +36,16 @@ async def receive_and_write(bodies: list[bytes], ctx: InboundContext) -> list[Ou
     # The signed webhook each event came from: an event the database refuses is parked with
     # it, so that `parked replay` can check its signature again.
     origins: dict[int, Origin] = {}
+    trails: dict[int, Trail] = {}
     for body in bodies:
         raw = RawWebhook.decode(body)
-        received = await receive_events(body, ctx.receive, first_media=False, raw=raw)
+        trace = taken(raw)
+        with log_context(trace_id=trace):  # a webhook parked here is logged with its trace
+            received = await receive_events(body, ctx.receive, first_media=False, raw=raw)
+        trails.update((id(event), (trace, raw.received_at)) for event in received)
         webhook = signed_webhook(raw) if received and raw.signature else None
         if webhook is not None and raw.signature:
             origin = (envelope_text(webhook), raw.signature)
             origins.update((id(event), origin) for event in received)
         events.extend(received)
-    return await write_events(events, ctx.write, origins) if events else []
+    return await write_events(events, ctx.write, origins, trails) if events else []

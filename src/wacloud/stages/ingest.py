@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 
 from wacloud.adapters.queue.base import OutgoingMessage
@@ -15,6 +16,9 @@ from wacloud.credentials import CredentialsBroker
 from wacloud.model import Provider
 from wacloud.providers import meta
 from wacloud.stages.envelopes import INBOUND_RAW, Output, RawWebhook
+from wacloud.tracing import new_trace_id
+
+log = logging.getLogger(__name__)
 
 
 def meta_signature_ok(body: bytes, signature: str | None, broker: CredentialsBroker) -> bool:
@@ -79,6 +83,10 @@ def other_meta_object(body: bytes) -> str | None:
 
 def raw_output(provider: Provider, body: bytes, channel_key: str | None = None,
                signature: str | None = None) -> Output:
+    trace = new_trace_id()
     envelope = RawWebhook(provider=provider.value, channel_key=channel_key,
-                          received_at=time.time(), body=body, signature=signature)
+                          received_at=time.time(), body=body, signature=signature, trace=trace)
+    if log.isEnabledFor(logging.DEBUG):  # the webhook's hot path: one check when disabled
+        log.debug("webhook received", extra={"trace_id": trace, "provider": provider.value,
+                                             "channel": channel_key, "stage": "ingest"})
     return Output(INBOUND_RAW, OutgoingMessage(envelope.encode()))

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
 from wacloud.media_copier import MediaCopier, MediaCopyError
-from wacloud.metrics import INBOUND_REFUSED
+from wacloud.metrics import INBOUND_REFUSED, INGEST_LAG
 from wacloud.model import (
     Event,
     InboundMessage,
@@ -38,6 +39,7 @@ from wacloud.model import (
 from wacloud.providers import chakra, meta, whapi
 from wacloud.providers.jsonload import load_json
 from wacloud.stages.envelopes import INBOUND_EVENTS, Output, RawWebhook, dumps
+from wacloud.tracing import log_context, new_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +222,21 @@ async def receive_events(data: bytes, ctx: ReceiveContext, *, first_media: bool 
     return events
 
 
+def taken(raw: RawWebhook) -> str:
+    """The receive stage took `raw`: count how long it waited; its trace id (one made now for
+    a header written before trace ids were)."""
+    if raw.kind == "webhook" and not raw.replay:
+        INGEST_LAG.labels(raw.provider).observe(max(time.time() - raw.received_at, 0.0))
+    return raw.trace or new_trace_id()
+
+
 async def receive(data: bytes, ctx: ReceiveContext) -> list[Output]:
     raw = RawWebhook.decode(data)
-    events = await receive_events(data, ctx, raw=raw)
+    trace = taken(raw)
+    with log_context(trace_id=trace):
+        events = await receive_events(data, ctx, raw=raw)
     if not events:
         return []
-    body = dumps({"received_at": raw.received_at, "events": [e.to_dict() for e in events]})
+    body = dumps({"received_at": raw.received_at, "trace": trace,
+                  "events": [e.to_dict() for e in events]})
     return [Output(INBOUND_EVENTS, OutgoingMessage(body))]

@@ -11,12 +11,16 @@ waiting for the provider message id are applied as soon as it is known.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import partial
 
 from wacloud.adapters.db import outbox
 from wacloud.credentials import CredentialsBroker
 from wacloud.stages.envelopes import Output
+from wacloud.tracing import log_context, outbound_trace_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -26,12 +30,17 @@ class SaveContext:
 
 async def save(data: bytes, ctx: SaveContext) -> list[Output]:
     item = json.loads(data)
-    store = await ctx.broker.tenant_store_async(item["tenant"])
-    # Grouped with the other results being saved right now: one commit for many rows.
-    await store.writes.run(partial(
-        outbox.save_result_in, store=store, row_id=int(item["row_id"]),
-        status=int(item["status"]), provider_message_id=item.get("provider_message_id"),
-        error_code=item.get("error_code"), error_reason=item.get("error_reason"),
-        response_excerpt=item.get("response_excerpt"), channel=item.get("channel"),
-        owner=item.get("owner")))
+    tenant, row_id = item["tenant"], int(item["row_id"])
+    with log_context(trace_id=outbound_trace_id(tenant, row_id), tenant=tenant,
+                     channel=item.get("channel"), message_id=row_id):
+        store = await ctx.broker.tenant_store_async(tenant)
+        # Grouped with the other results being saved right now: one commit for many rows.
+        await store.writes.run(partial(
+            outbox.save_result_in, store=store, row_id=row_id,
+            status=int(item["status"]), provider_message_id=item.get("provider_message_id"),
+            error_code=item.get("error_code"), error_reason=item.get("error_reason"),
+            response_excerpt=item.get("response_excerpt"), channel=item.get("channel"),
+            owner=item.get("owner")))
+        log.debug("send result saved", extra={"status": item["status"],
+                                              "error_code": item.get("error_code")})
     return []

@@ -43,7 +43,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -53,6 +53,7 @@ from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
 from wacloud.credentials import CredentialsBroker
 from wacloud.media_copier import MediaCopier, MediaCopyError
+from wacloud.metrics import OUTBOUND_LATENCY, SENDS, error_label
 from wacloud.model import (
     Channel,
     OutboundMessage,
@@ -67,6 +68,7 @@ from wacloud.providers import chakra_send, meta_send, whapi_send
 from wacloud.providers.errors import UnsupportedMessage
 from wacloud.ratelimit import SendLimits
 from wacloud.stages.envelopes import OUTBOUND_RESULTS, Output, RetryLater, dumps
+from wacloud.tracing import log_context, outbound_trace_id
 from wacloud.urlpolicy import UrlRefused, check_public_url
 
 log = logging.getLogger(__name__)
@@ -219,14 +221,31 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
     return classified
 
 
+def count(ctx: SendContext, message: OutboundMessage, result: str,
+          error: ProviderError | None = None, channel: Channel | None = None) -> None:
+    """One send outcome in `wacloud_sends_total` (and the end-to-end latency of an
+    acceptance)."""
+    channel = channel or ctx.broker.tenant_channel(message.tenant, message.channel_key)
+    provider = channel.provider.value if channel is not None else ""
+    SENDS.labels(message.tenant, message.channel_key, provider, result,
+                 error_label(error.code if error else None)).inc()
+    if result == "accepted" and message.created_at:
+        OUTBOUND_LATENCY.labels(message.tenant, provider).observe(
+            max(time.time() - message.created_at, 0.0))
+
+
 async def send(data: bytes, ctx: SendContext) -> list[Output]:
+    message = OutboundMessage.from_dict(json.loads(data)["message"])
     lease = Lease()
-    try:
-        return await send_once(data, ctx, lease)
-    except Exception:
-        if lease.held:
-            await give_back(lease)
-        raise
+    with log_context(trace_id=outbound_trace_id(message.tenant, message.row_id),
+                     tenant=message.tenant, channel=message.channel_key,
+                     message_id=message.row_id):
+        try:
+            return await send_once(message, data, ctx, lease)
+        except Exception:
+            if lease.held:
+                await give_back(lease)
+            raise
 
 
 async def give_back(lease: Lease) -> None:
@@ -240,20 +259,29 @@ async def give_back(lease: Lease) -> None:
                     type(exc).__name__)
 
 
+def wait_for_slot(limits: SendLimits, slot_key: str, start: float, lead: float) -> NoReturn:
+    """Release the message until just before its far-off slot, keeping the slot for it."""
+    limits.hold(slot_key, start, limits.now())
+    raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
+                     max(0.0, start - limits.now() - lead))
+
+
 def lease_wait(state: outbox.OutboxState) -> float:
     if state.lease_until is None:
         return LEASE_RECHECK_S
     return max((state.lease_until - utcnow()).total_seconds(), 0.0) + 0.1
 
 
-async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]:
-    message = OutboundMessage.from_dict(json.loads(data)["message"])
+async def send_once(message: OutboundMessage, data: bytes, ctx: SendContext, lease: Lease
+                    ) -> list[Output]:
     if message.expires_at is not None and time.time() >= message.expires_at:
         # Its validity passed while it waited (queue, backoff): a late one-time password is
         # worse than none. Only a row still open and not being sent by another copy fails.
         ends = datetime.fromtimestamp(message.expires_at, UTC).isoformat()
-        return await settle(ctx, message, OutboundStatus.FAILED, error=ProviderError(
-            "expired", f"expired: its validity ended at {ends} before it could be sent"))
+        expired = ProviderError(
+            "expired", f"expired: its validity ended at {ends} before it could be sent")
+        count(ctx, message, "expired", expired)
+        return await settle(ctx, message, OutboundStatus.FAILED, error=expired)
     channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
     if (channel is None or channel.paused) and await asyncio.to_thread(ctx.broker.refresh):
         # Our registry snapshot may be older than the collector's: a channel added, or
@@ -262,11 +290,15 @@ async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]
         # sent: out of order.
         channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
     if channel is None:
-        return await settle(ctx, message, OutboundStatus.FAILED, error=ProviderError(
-            "channel", f"tenant {message.tenant!r} has no channel {message.channel_key!r}"))
+        missing = ProviderError(
+            "channel", f"tenant {message.tenant!r} has no channel {message.channel_key!r}")
+        count(ctx, message, "failed", missing)
+        return await settle(ctx, message, OutboundStatus.FAILED, error=missing)
     if channel.paused:
-        return await settle(ctx, message, OutboundStatus.PENDING, error=ProviderError(
-            "paused", f"channel paused: {channel.pause_reason or 'no reason given'}"))
+        paused = ProviderError(
+            "paused", f"channel paused: {channel.pause_reason or 'no reason given'}")
+        count(ctx, message, "paused", paused, channel)
+        return await settle(ctx, message, OutboundStatus.PENDING, error=paused)
 
     # The number's rate: a message whose slot is far off goes back to the queue until just
     # before it (keeping the slot) instead of holding a worker and its claim meanwhile.
@@ -276,9 +308,7 @@ async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]
     lead = min(RETURN_LEAD_S, ctx.max_inline_wait / 2)
     start = limits.start_for(slot_key, window, limits.now())
     if start - limits.now() > ctx.max_inline_wait:
-        limits.hold(slot_key, start, limits.now())
-        raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
-                         max(0.0, start - limits.now() - lead))
+        wait_for_slot(limits, slot_key, start, lead)
 
     store = await ctx.broker.tenant_store_async(message.tenant)
     owner = uuid.uuid4().hex
@@ -298,6 +328,7 @@ async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]
         raise RetryLater("another attempt is sending this row", lease_wait(state))
     lease.store, lease.row_id, lease.owner, lease.held = store, message.row_id, owner, True
     if state.attempts > ctx.max_attempts:
+        count(ctx, message, "gave_up", None, channel)
         return await give_up(message, data, ctx, store, owner, state, None)
 
     pair = f"{channel.key}/{message.recipient}"
@@ -309,26 +340,35 @@ async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]
     if message.recipient and message.type != "read":
         limits.pairs.reserve(pair, limits.now())
     # Counted from its start, whatever the answer takes: other sends start meanwhile.
-    start = limits.confirm(window, start, limits.now())
-    if start - limits.now() > ctx.max_inline_wait:
-        limits.hold(slot_key, start, limits.now())
-        raise RetryLater(f"number's rate limit: starts in {start - limits.now():.1f}s",
-                         max(0.0, start - limits.now() - lead))
-    if start > limits.now():
-        await asyncio.sleep(start - limits.now())  # the number's rate, not synchronization
+    while True:
+        start = limits.confirm(window, start, limits.now())
+        if start - limits.now() > ctx.max_inline_wait:
+            wait_for_slot(limits, slot_key, start, lead)
+        if start > limits.now():
+            await asyncio.sleep(start - limits.now())  # the number's rate, not synchronization
+        if limits.now() - start <= window.late_tolerance:
+            break
+        # Woken too late for the slot (a busy loop): starting now could crowd the next send.
     lease.held = False  # from here on the provider may have it: the lease stays
     outcome = await call_provider(channel, message, ctx)
     excerpt = outcome.response_excerpt
     if outcome.outcome is SendOutcome.ACCEPTED:
         limits.pairs.confirm(pair)
+        count(ctx, message, "accepted", None, channel)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("send accepted", extra={"provider": channel.provider.value,
+                                              "provider_message_id":
+                                                  outcome.provider_message_id})
         return await settle(ctx, message, OutboundStatus.ACCEPTED, store=store, owner=owner,
                             provider_message_id=outcome.provider_message_id, excerpt=excerpt)
     if outcome.outcome is SendOutcome.FAILED:
+        count(ctx, message, "failed", outcome.error, channel)
         return await settle(ctx, message, OutboundStatus.FAILED, store=store, owner=owner,
                             error=outcome.error, excerpt=excerpt)
     if outcome.outcome is SendOutcome.PAUSE:
         reason = (f"provider error {outcome.error.code}: {outcome.error.reason}"
                   if outcome.error else "provider refused the channel's credentials")
+        count(ctx, message, "paused", outcome.error, channel)
         await asyncio.to_thread(ctx.broker.pause_channel, channel, reason)
         log.error("channel %s of tenant %s paused: %s", channel.key, channel.tenant, reason)
         return await settle(ctx, message, OutboundStatus.PENDING, store=store, owner=owner,
@@ -337,7 +377,9 @@ async def send_once(data: bytes, ctx: SendContext, lease: Lease) -> list[Output]
     # Temporary: back off and try again, until the retry period (or the safety cap) is used up.
     elapsed = retrying_for(state)
     if state.attempts >= ctx.max_attempts or elapsed >= ctx.retry_period:
+        count(ctx, message, "gave_up", outcome.error, channel)
         return await give_up(message, data, ctx, store, owner, state, outcome.error)
+    count(ctx, message, "retry", outcome.error, channel)
     now = limits.now()
     delay = max(outcome.retry_after or 0.0,
                 backoff(state.attempts, ctx.backoff_base, ctx.backoff_max))

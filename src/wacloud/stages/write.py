@@ -11,29 +11,45 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
+import logging
+import time
+from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from wacloud.adapters.db import outbox
 from wacloud.adapters.db.errors import failure_reason, is_refused_value
 from wacloud.adapters.db.tenant_store import StoreResult, TenantStore
+from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials import CredentialsBroker
+from wacloud.metrics import INBOUND_LATENCY, MESSAGES_STORED, STATUSES_STORED
 from wacloud.model import Event, InboundMessage, ProviderNotice, StatusUpdate, event_from_dict
 from wacloud.stages.envelopes import INBOUND_MEDIA, Output, dumps
 from wacloud.stages.receive import Park, describe
+from wacloud.tracing import new_trace_id, outbound_trace_id
+
+log = logging.getLogger(__name__)
 
 # Where an event came from: the signed webhook as text and its signature header.
 Origin = tuple[str, str]
+# An event's trace id and when its webhook was received (epoch seconds).
+Trail = tuple[str, float]
+
+# A channel's "last inbound at" (channel health) is written at most this often per channel
+# and process: one small registry write per busy channel every few seconds, not per webhook.
+INBOUND_NOTE_INTERVAL_S = 10.0
 
 
 @dataclass(slots=True)
 class WriteContext:
     broker: CredentialsBroker
     park: Park
+    # Channel id -> monotonic time its last inbound was noted in the registry (this process).
+    noted: dict[int, float] = field(default_factory=dict)
 
 
-def _route(events: list[Event], broker: CredentialsBroker
+def _route(events: list[Event], broker: CredentialsBroker, seen: set[int] | None = None
            ) -> tuple[dict[str, list[Event]], dict[str, list[Event]]]:
     by_tenant: dict[str, list[Event]] = defaultdict(list)
     unroutable: dict[str, list[Event]] = defaultdict(list)
@@ -44,26 +60,51 @@ def _route(events: list[Event], broker: CredentialsBroker
             continue
         event.channel_key = channel.key  # a WABA-id fallback stores under the channel's id
         by_tenant[channel.tenant].append(event)
+        if seen is not None:
+            seen.add(channel.id)
     return by_tenant, unroutable
+
+
+async def note_inbound(ctx: WriteContext, channel_ids: set[int]) -> None:
+    """Record in the registry that these channels' webhooks brought events (channel health),
+    at most every INBOUND_NOTE_INTERVAL_S per channel. Never fails the write: it is a hint."""
+    now = time.monotonic()
+    due = [i for i in channel_ids if now - ctx.noted.get(i, -INBOUND_NOTE_INTERVAL_S)
+           >= INBOUND_NOTE_INTERVAL_S]
+    if not due:
+        return
+    for channel_id in due:
+        ctx.noted[channel_id] = now
+    try:
+        await asyncio.to_thread(ctx.broker.registry.touch_inbound, due, utcnow())
+    except Exception as exc:
+        log.warning("last inbound time of %d channel(s) not recorded (%s)", len(due),
+                    type(exc).__name__)
 
 
 async def write(data: bytes, ctx: WriteContext) -> list[Output]:
     batch = json.loads(data)
-    return await write_events([event_from_dict(item) for item in batch["events"]], ctx)
+    events = [event_from_dict(item) for item in batch["events"]]
+    trail = (str(batch.get("trace") or new_trace_id()),
+             float(batch.get("received_at") or time.time()))
+    return await write_events(events, ctx, trails={id(e): trail for e in events})
 
 
 async def write_events(events: list[Event], ctx: WriteContext,
-                       origins: Mapping[int, Origin] | None = None) -> list[Output]:
+                       origins: Mapping[int, Origin] | None = None,
+                       trails: Mapping[int, Trail] | None = None) -> list[Output]:
     """Store `events` (of any tenants) with one transaction per tenant; park the unroutable.
     `origins`: by `id(event)`, the signed webhook (text) and signature the event came from,
-    kept with an event parked here so that its replay is checked again."""
-    by_tenant, unroutable = _route(events, ctx.broker)
+    kept with an event parked here so that its replay is checked again. `trails`: by
+    `id(event)`, its trace id and reception time, for the metrics and the log."""
+    seen: set[int] = set()
+    by_tenant, unroutable = _route(events, ctx.broker, seen)
     # A channel added a moment ago may be known to the process that took the webhook and not
     # yet to ours: look again with a fresh registry before parking anything.
     refreshed: bool = bool(unroutable) and await asyncio.to_thread(ctx.broker.refresh)
     if refreshed:
         more, unroutable = _route([e for group in unroutable.values() for e in group],
-                                  ctx.broker)
+                                  ctx.broker, seen)
         for tenant, routed in more.items():
             by_tenant.setdefault(tenant, []).extend(routed)
 
@@ -75,17 +116,21 @@ async def write_events(events: list[Event], ctx: WriteContext,
     outputs: list[Output] = []
     for tenant, events in by_tenant.items():
         store = await ctx.broker.tenant_store_async(tenant)
+        stored = events
         try:
             result = await asyncio.to_thread(_store, store, events)
         except Exception as exc:
             if not is_refused_value(exc):
                 raise  # the database's trouble, not the data's: the runner retries the lot
-            result = await _store_each(store, events, ctx, origins or {})
+            stored = []
+            result = await _store_each(store, events, ctx, origins or {}, stored)
+        await _account(tenant, store, stored, trails or {})
         for message in result.pending_media:
             fields = message.to_dict()
             fields["raw"] = {}
             job = {"tenant": tenant, "message": fields}
             outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
+    await note_inbound(ctx, seen)
     return outputs
 
 
@@ -95,10 +140,64 @@ def _store(store: TenantStore, events: list[Event]) -> StoreResult:
                               [e for e in events if isinstance(e, ProviderNotice)])
 
 
+async def _account(tenant: str, store: TenantStore, events: list[Event],
+                   trails: Mapping[int, Trail]) -> None:
+    """Count what was stored and how long it took since its webhook came; with debug logging,
+    one line per event with its trace id (a receipt's line also names the trace of the
+    message it is about, `outbound_trace_id`)."""
+    now = time.time()
+    messages: Counter[tuple[str, str]] = Counter()
+    statuses: Counter[str] = Counter()
+    latency = INBOUND_LATENCY.labels(tenant)
+    for event in events:
+        if isinstance(event, InboundMessage):
+            messages[(event.channel_key, event.direction.value)] += 1
+        elif isinstance(event, StatusUpdate):
+            statuses[event.channel_key] += 1
+        trail = trails.get(id(event))
+        if trail is not None:
+            latency.observe(max(now - trail[1], 0.0))
+    for (channel, direction), count in messages.items():
+        MESSAGES_STORED.labels(tenant, channel, direction).inc(count)
+    for channel, count in statuses.items():
+        STATUSES_STORED.labels(tenant, channel).inc(count)
+    if log.isEnabledFor(logging.DEBUG):
+        await _log_stored(tenant, store, events, trails)
+
+
+async def _log_stored(tenant: str, store: TenantStore, events: list[Event],
+                      trails: Mapping[int, Trail]) -> None:
+    receipts: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        if isinstance(event, StatusUpdate):
+            receipts[event.channel_key].append(event.provider_message_id)
+    rows: dict[tuple[str, str], int] = {}
+    for channel, ids in receipts.items():
+        found = await asyncio.to_thread(outbox.row_ids_for, store.engine, channel, ids)
+        rows.update(((channel, pmid), row_id) for pmid, row_id in found.items())
+    for event in events:
+        trace = trails.get(id(event), ("", 0.0))[0] or None
+        fields: dict[str, object] = {"trace_id": trace, "tenant": tenant,
+                                     "channel": event.channel_key,
+                                     "provider": event.provider.value}
+        if isinstance(event, InboundMessage):
+            log.debug("message stored", extra={**fields, "direction": event.direction.value,
+                                               "message_id": event.provider_message_id})
+        elif isinstance(event, StatusUpdate):
+            row_id = rows.get((event.channel_key, event.provider_message_id))
+            log.debug("receipt stored", extra={
+                **fields, "status": event.status,
+                "provider_message_id": event.provider_message_id,
+                "message_id": row_id,
+                "outbound_trace_id": None if row_id is None else outbound_trace_id(
+                    tenant, row_id)})
+
+
 async def _store_each(store: TenantStore, events: list[Event], ctx: WriteContext,
-                      origins: Mapping[int, Origin]) -> StoreResult:
+                      origins: Mapping[int, Origin], stored: list[Event]) -> StoreResult:
     """One transaction per event (storing is idempotent, so those already stored are no-ops);
-    an event the database refuses is parked with the reason instead of failing the rest."""
+    an event the database refuses is parked with the reason instead of failing the rest.
+    The events stored are added to `stored`."""
     total = StoreResult()
     for event in events:
         try:
@@ -113,5 +212,6 @@ async def _store_each(store: TenantStore, events: list[Event], ctx: WriteContext
                            provider=event.provider.value, channel_key=event.channel_key,
                            raw_body=raw_body, signature=signature)
             continue
+        stored.append(event)
         total.pending_media.extend(result.pending_media)
     return total

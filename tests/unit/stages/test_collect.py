@@ -4,6 +4,7 @@ again, expired rows fail as `expired`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from wacloud.credentials import CredentialsBroker
 from wacloud.crypto import SecretBox, new_key
 from wacloud.model import OutboundStatus, Provider
 from wacloud.stages import envelopes
-from wacloud.stages.collect import CollectContext, collect_tenant
+from wacloud.stages.collect import CollectContext, collect, collect_tenant
 
 PN = "106540352242922"
 om = t.outbound_messages
@@ -184,3 +185,44 @@ async def test_a_row_that_can_never_be_queued_is_marked_not_queued(
     assert row["status"] == OutboundStatus.NOT_QUEUED.value
     assert row["error_reason"].startswith("invalid row: UnicodeEncodeError")
     assert [m["row_id"] for _, _, m in world.queued()] == [good]
+
+
+class HeldQueue(FailingQueue):
+    """The real queue, whose sends wait until the test lets them go."""
+
+    def __init__(self, broker: SqliteBroker, spec: QueueSpec) -> None:
+        super().__init__(broker, spec, 0)
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def send_batch(self, messages: list[OutgoingMessage]) -> None:
+        self.entered.set()
+        await self.go.wait()
+        await super().send_batch(messages)
+
+
+async def test_a_pass_cancelled_at_a_stop_still_queues_the_rows_it_claimed(
+        world: World) -> None:
+    ids = [world.insert(), world.insert("5521912345678")]
+    held = HeldQueue(world.queue.broker, world.queue.spec)
+    ctx = CollectContext(world.broker, held, batch=100)
+    task = asyncio.create_task(collect_tenant("acme", ctx))
+    await asyncio.wait_for(held.entered.wait(), 10)
+    task.cancel()  # the stop's deadline, between the claim and the queue send
+    await asyncio.sleep(0.05)  # lets the cancellation reach the pass before the send goes on
+    held.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Nothing left reserved for its lease: the pass queued what it had claimed.
+    assert [world.row(i)["status"] for i in ids] == [OutboundStatus.QUEUED.value] * 2
+    assert len(world.queued()) == 2
+
+
+async def test_a_stopped_collector_leaves_the_other_tenants_for_the_next_start(
+        world: World) -> None:
+    world.insert()
+    stop = asyncio.Event()
+    stop.set()
+    ctx = CollectContext(world.broker, world.queue, batch=100, stop=stop)
+    assert await collect(ctx) == 0
+    assert world.queued() == []

@@ -73,6 +73,20 @@ def insert_outbound(engine: Engine, *, channel: str, recipient: str, type: str,
         return int(key[0])
 
 
+def row_ids_for(engine: Engine, channel: str, provider_message_ids: list[str]
+                ) -> dict[str, int]:
+    """{provider message id: outbox row id} of the rows sent through `channel` with those ids
+    (for the log: a receipt names the trace of the message it is about)."""
+    if not provider_message_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(t.outbound_messages.c.provider_message_id,
+                                      t.outbound_messages.c.id).where(
+            t.outbound_messages.c.channel == channel,
+            t.outbound_messages.c.provider_message_id.in_(provider_message_ids))).all()
+    return {str(pmid): int(row_id) for pmid, row_id in rows}
+
+
 def get_outbound(engine: Engine, row_id: int) -> Any | None:
     with engine.connect() as conn:
         return conn.execute(sa.select(t.outbound_messages).where(

@@ -66,6 +66,9 @@ channels = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     # Extra media hosts (SSRF allow list), comma separated; NULL: the provider's hosts only.
     sa.Column("media_hosts", sa.String(1000), nullable=True),
+    # When an event of this channel's webhooks was last stored (channel health); written by
+    # the write stage at most every few seconds per channel, never bumping the version.
+    sa.Column("last_inbound_at", UtcDateTime, nullable=True),
     sa.UniqueConstraint("provider", "key", name="uq_channels_provider_key"),
 )
 
@@ -310,6 +313,23 @@ class Registry:
             media_hosts=tuple(filter(None, (row["media_hosts"] or "").split(","))),
         )
 
+    def touch_inbound(self, channel_ids: Sequence[int], at: datetime) -> None:
+        """Record that events of these channels were stored at `at`. Not a configuration
+        change: the version is not bumped (no process reloads its snapshot for this)."""
+        if not channel_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(channels.update().where(
+                channels.c.id.in_(list(channel_ids)),
+                sa.or_(channels.c.last_inbound_at.is_(None),
+                       channels.c.last_inbound_at < at)).values(last_inbound_at=at))
+
+    def last_inbound(self) -> dict[int, datetime | None]:
+        """Channel id -> when an event of its webhooks was last stored (None: never)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(channels.c.id, channels.c.last_inbound_at)).all()
+        return {int(row[0]): row[1] for row in rows}
+
     # -- parked payloads -------------------------------------------------------------------
 
     def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
@@ -338,6 +358,17 @@ class Registry:
         if row is None:
             raise RegistryError(f"no parked item {item_id}")
         return ParkedItem(**row)
+
+    def delete_parked(self, item_ids: Sequence[int]) -> list[int]:
+        """Delete parked items for good; returns the ids that were there."""
+        if not item_ids:
+            return []
+        with self.engine.begin() as conn:
+            found = [int(r[0]) for r in conn.execute(sa.select(parked.c.id).where(
+                parked.c.id.in_(list(item_ids))))]
+            if found:
+                conn.execute(parked.delete().where(parked.c.id.in_(found)))
+        return found
 
     def mark_replayed(self, item_id: int) -> None:
         with self.engine.begin() as conn:

@@ -95,6 +95,12 @@ class Queue(abc.ABC):
     async def depth(self) -> dict[str, int]:
         """Counts: `visible`, `in_flight`, `delayed`, `dead` (in the dead-letter queue)."""
 
+    async def lag_seconds(self) -> float | None:
+        """Seconds since the oldest visible message (ready to be received) became visible: how
+        far behind the queue's stage is. None when nothing is visible, or when the
+        implementation cannot tell (this default)."""
+        return None
+
     async def has_waiting(self, longer_than: float = 0.0) -> bool:
         """Whether a message has been ready to be received for more than `longer_than` seconds
         (may be approximate; cheap to ask). This default ignores how long."""
@@ -108,6 +114,12 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def redrive(self, message_ids: list[str] | None = None) -> int:
         """Move dead letters (all, or the given ids) back to this queue; returns how many."""
+
+    async def oldest_age(self) -> float | None:
+        """Seconds since the oldest message still in this queue was sent (any state, dead
+        letters apart), or None when it is empty: a queue whose oldest message keeps ageing is
+        stuck. This default does not know."""
+        return None
 
     async def dead_count(self) -> int:
         """How many messages wait in the dead-letter queue (for /readyz and /metrics)."""

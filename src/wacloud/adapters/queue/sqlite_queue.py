@@ -292,6 +292,42 @@ class SqliteQueue(Queue):
     async def dead_count(self) -> int:
         return self.count_dead()
 
+    async def oldest_age(self) -> float | None:
+        # The lowest id is the first sent (a redriven dead letter keeps its id and sent_at);
+        # one step down the (queue) index on a read connection, without the writer.
+        row = self.broker.read_one(
+            "SELECT sent_at FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (self.spec.name,))
+        return None if row is None else max(time.time() - float(row[0]), 0.0)
+
+    async def lag_seconds(self) -> float | None:
+        return self.lag()
+
+    def lag(self) -> float | None:
+        """`lag_seconds` without the writer: one step down the (queue, visible_at) index on a
+        read connection. A message in flight or backing off is visible later than now, so the
+        lowest visible_at is the oldest ready message's when it is not in the future. In a
+        FIFO queue that includes messages waiting behind their group's head."""
+        (oldest,) = self.broker.read_one(
+            "SELECT MIN(visible_at) FROM messages WHERE queue = ?", (self.spec.name,))
+        now = time.time()
+        return None if oldest is None or oldest > now else now - float(oldest)
+
+    def holds_at_least(self, count: int) -> bool:
+        """Whether this queue holds `count` messages or more (any state, dead letters apart),
+        read without the writer. When its ids span fewer than `count` (two index steps) it
+        cannot; otherwise the messages are counted, stopping at `count`."""
+        if count <= 0:
+            return True
+        first, last = self.broker.read_one(
+            "SELECT (SELECT MIN(id) FROM messages WHERE queue = ?1),"
+            " (SELECT MAX(id) FROM messages WHERE queue = ?1)", (self.spec.name,))
+        if first is None or last - first + 1 < count:
+            return False
+        (held,) = self.broker.read_one(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE queue = ? LIMIT ?)",
+            (self.spec.name, count))
+        return int(held) >= count
+
     def count_dead(self) -> int:
         """`dead_count` without the writer: one indexed count on a read connection, cheap
         enough for every /readyz and /metrics request."""
@@ -300,17 +336,19 @@ class SqliteQueue(Queue):
         return int(count)
 
     async def depth(self) -> dict[str, int]:
-        def count(conn: sqlite3.Connection) -> dict[str, int]:
-            visible, in_flight, delayed = conn.execute(
-                "SELECT COALESCE(SUM(visible_at <= ?1), 0),"
-                " COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0),"
-                " COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0)"
-                " FROM messages WHERE queue = ?2", (time.time(), self.spec.name)).fetchone()
-            (dead,) = conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?",
-                                   (self.spec.dead_letter_name,)).fetchone()
-            return {"visible": visible, "in_flight": in_flight, "delayed": delayed, "dead": dead}
+        # Read-only, so on a read connection in a thread: a count over a large backlog (every
+        # /metrics scrape, every /readyz) must hold neither the writer, whose commits webhook
+        # answers wait for, nor the event loop that answers them.
+        return await asyncio.to_thread(self._count)
 
-        return await self.broker.call(count, durable=False)
+    def _count(self) -> dict[str, int]:
+        visible, in_flight, delayed = self.broker.read_one(
+            "SELECT COALESCE(SUM(visible_at <= ?1), 0),"
+            " COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0),"
+            " COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0)"
+            " FROM messages WHERE queue = ?2", (time.time(), self.spec.name))
+        return {"visible": visible, "in_flight": in_flight, "delayed": delayed,
+                "dead": self.count_dead()}
 
     async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
         def peek(conn: sqlite3.Connection) -> list[ReceivedMessage]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -79,8 +79,12 @@ def stalled_media(media: FakeMedia, seconds: float) -> StreamingResponse:
     return StreamingResponse(body(), headers=headers, media_type=media.mime_type)
 
 
-def media_routes(state: ProviderState) -> list[BaseRoute]:
-    """Routes for the download endpoints; the Meta resolve route must stay last (catch-all)."""
+def media_routes(state: ProviderState,
+                 phone_number: Callable[[Request], Awaitable[Response]] | None = None
+                 ) -> list[BaseRoute]:
+    """Routes for the download endpoints; the Meta resolve route must stay last (catch-all).
+    `phone_number` answers `GET /{version}/{id}?fields=...` for an id that is no media: a
+    phone number's object shares the pattern."""
 
     async def meta_resolve(request: Request) -> Response:
         version = request.path_params["version"]
@@ -88,6 +92,8 @@ def media_routes(state: ProviderState) -> list[BaseRoute]:
         if not _GRAPH_VERSION_RE.fullmatch(version):
             return plain_not_found()
         media = state.get_media(media_id, "meta")
+        if media is None and phone_number is not None and "fields" in request.query_params:
+            return await phone_number(request)
         if media is None:
             if not state.token_allowed(None, bearer_token(request)):
                 return meta_unauthorized()

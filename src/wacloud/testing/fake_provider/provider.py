@@ -8,7 +8,11 @@ from wacloud.testing.fake_provider.control_routes import control_routes
 from wacloud.testing.fake_provider.media_routes import media_routes
 from wacloud.testing.fake_provider.recording import RecordingMiddleware
 from wacloud.testing.fake_provider.send_control_routes import send_control_routes
-from wacloud.testing.fake_provider.send_routes import send_routes
+from wacloud.testing.fake_provider.send_routes import (
+    health_routes,
+    meta_phone_number,
+    send_routes,
+)
 from wacloud.testing.fake_provider.send_state import SendState
 from wacloud.testing.fake_provider.state import DEFAULT_TOKEN, DEFAULT_URL_TTL, ProviderState
 from wacloud.testing.fake_provider.state import token_fingerprint as _fingerprint
@@ -25,7 +29,9 @@ class FakeProvider(ProviderState, SendState):
     - outbound: `sent` (recorded `SentMessage`s), `sent_to`, `sent_ids`,
       `max_rate_per_sender`, `max_rate_per_recipient`, `duplicates`, `script` (scripted
       errors / delays), `add_file` (served at `/files/{name}`), `set_whapi_channel`,
-      `set_sender_token`;
+      `set_sender_token`, `set_whapi_status`;
+    - token checks: Meta `GET /{version}/{phone_number_id}?fields=...`, Whapi `GET /health`,
+      Chakra `GET /v1/health`;
     - `reset()` clears both sides.
 
     `app` is the ASGI app, usable through `FakeProviderServer` or in-process with
@@ -42,7 +48,8 @@ class FakeProvider(ProviderState, SendState):
                 *send_control_routes(self),
                 *send_routes(self, self),
                 *whapi_routes(self, self),
-                *media_routes(self),
+                *health_routes(self, self),
+                *media_routes(self, meta_phone_number(self, self)),
             ],
         )
         app.add_middleware(RecordingMiddleware, state=self)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -80,6 +81,42 @@ def _serve(file: HostedFile | None) -> Response:
     response = Response(file.data, headers={"Cache-Control": "no-store"})
     response.headers["content-type"] = file.mime_type  # no "; charset" appended
     return response
+
+
+def meta_phone_number(state: ProviderState, sends: SendState
+                      ) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /{version}/{phone_number_id}?fields=...`: the number's object, for a token the
+    number accepts (what a token check asks). Served through the media resolve route, whose
+    pattern it shares (see `media_routes`)."""
+
+    async def answer(request: Request) -> Response:
+        number = request.path_params["media_id"]
+        if not authorized(state, sends, number, bearer_token(request)):
+            return unauthorized("meta")
+        return JSONResponse({"id": number, "display_phone_number": "15550001234",
+                             "verified_name": "Fake Business", "quality_rating": "GREEN"})
+
+    return answer
+
+
+def health_routes(state: ProviderState, sends: SendState) -> list[BaseRoute]:
+    """Whapi `GET /health` (the token's channel and session state) and Chakra
+    `GET /v1/health`, both refusing unknown tokens."""
+
+    async def whapi_health(request: Request) -> Response:
+        token = bearer_token(request, allow_query=True)
+        if token is None or not authorized(state, sends, "", token, whapi=True):
+            return unauthorized("whapi")
+        return JSONResponse({"channel_id": sends.whapi_sender(token), "uptime": 1,
+                             "status": {"code": 4, "text": sends.whapi_status(token)}})
+
+    async def chakra_health(request: Request) -> Response:
+        if not authorized(state, sends, "", bearer_token(request)):
+            return unauthorized("chakra")
+        return JSONResponse(_chakra_ok({"status": "ok"}))
+
+    return [Route("/health", whapi_health, methods=["GET"]),
+            Route("/v1/health", chakra_health, methods=["GET"])]
 
 
 def send_routes(state: ProviderState, sends: SendState) -> list[BaseRoute]:

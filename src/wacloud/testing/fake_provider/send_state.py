@@ -123,6 +123,7 @@ class SendState:
         self.sent: list[SentMessage] = []
         self._scripts: list[Script] = []
         self._whapi_channels: dict[str, str] = {}  # token -> channel id
+        self._whapi_status: dict[str, str] = {}  # token -> session state other than AUTH
         self._sender_tokens: dict[str, str] = {}  # sender id -> the only token it accepts
         self._files: dict[str, HostedFile] = {}
         self._public_media: dict[str, HostedFile] = {}  # "<uuid>/<filename>" -> file
@@ -142,6 +143,15 @@ class SendState:
         with self._send_lock:
             channel = self._whapi_channels.get(token)
         return channel if channel is not None else token_fingerprint(token)
+
+    def set_whapi_status(self, token: str, status: str) -> None:
+        """The session state `GET /health` reports for `token` ("AUTH", "QR", "STOP", ...)."""
+        with self._send_lock:
+            self._whapi_status[token] = status
+
+    def whapi_status(self, token: str) -> str:
+        with self._send_lock:
+            return self._whapi_status.get(token, "AUTH")
 
     def set_sender_token(self, sender: str, token: str) -> None:
         """Make `sender` (phone_number_id / plugin id) accept exactly `token` for sends."""
@@ -282,6 +292,7 @@ class SendState:
             self.sent.clear()
             self._scripts.clear()
             self._whapi_channels.clear()
+            self._whapi_status.clear()
             self._sender_tokens.clear()
             self._files.clear()
             self._public_media.clear()

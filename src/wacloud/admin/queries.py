@@ -1,0 +1,210 @@
+"""What an operator asks of the gateway, as plain dicts: tenants, channels and their health,
+messages and their timelines, queues, parked items and dead letters.
+
+Apart from the HTTP handlers (`wacloud.admin.api`) so that other front ends (the dashboard)
+call the same functions. Synchronous functions touch databases: call them in a thread from
+async code. Secrets are never part of an answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from wacloud.adapters.db import tenant as t
+from wacloud.adapters.db.registry import ParkedItem, Registry
+from wacloud.adapters.db.types import utcnow
+from wacloud.adapters.db.views import MessageFilter, message_detail, search_messages
+from wacloud.adapters.queue.base import Queue
+from wacloud.credentials import CredentialsBroker
+from wacloud.model import DELIVERY_RANK, Channel, OutboundStatus
+from wacloud.operations import dead_letter_summary
+from wacloud.stages.envelopes import RawWebhook
+from wacloud.stages.receive import envelope_bytes, envelope_text
+
+# Rows counted as sent in a channel's health: the provider took them.
+SENT_CODES = [c.value for c, r in DELIVERY_RANK.items()
+              if r >= DELIVERY_RANK[OutboundStatus.ACCEPTED]
+              and c not in (OutboundStatus.FAILED, OutboundStatus.FAILED_AFTER_ACCEPT)]
+RATE_LIMIT_CODE = "130429"
+HEALTH_WINDOW = timedelta(hours=1)
+# Rows updated in the window are looked for among those created this long before it: the
+# created_at index bounds the scan (receipts rarely come days after a send).
+HEALTH_LOOKBACK = timedelta(days=1)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def channel_summary(channel: Channel) -> dict[str, Any]:
+    """A channel without its secrets (what `wacloud channel list --json` shows)."""
+    return {"id": channel.id, "tenant": channel.tenant, "provider": channel.provider.value,
+            "key": channel.key, "phone_number_id": channel.phone_number_id,
+            "waba_id": channel.waba_id, "display_number": channel.display_number,
+            "api_base_url": channel.base_url, "graph_version": channel.graph_version,
+            "mps": channel.mps, "media_hosts": list(channel.media_hosts),
+            "paused": channel.paused, "pause_reason": channel.pause_reason}
+
+
+def channel_view(channel: Channel, last_inbound_at: datetime | None = None
+                 ) -> dict[str, Any]:
+    """`channel_summary` with the webhook path providers are pointed at and when the
+    channel's webhooks last brought an event."""
+    webhook = ("/webhooks/meta" if channel.provider.value == "meta"
+               else f"/webhooks/{channel.provider.value}/{channel.key}")
+    return {**channel_summary(channel), "webhook_path": webhook,
+            "last_inbound_at": _iso(last_inbound_at)}
+
+
+def list_tenants(registry: Registry) -> list[dict[str, Any]]:
+    counts: dict[str, int] = defaultdict(int)
+    for channel in registry.channels():
+        counts[channel.tenant] += 1
+    return [{"id": tenant.id, "slug": tenant.slug, "own_db": tenant.db_url is not None,
+             "retention_days": tenant.retention_days, "channels": counts[tenant.slug]}
+            for tenant in registry.tenants()]
+
+
+def list_channels(registry: Registry, tenant: str | None = None) -> list[dict[str, Any]]:
+    last = registry.last_inbound()
+    return [channel_view(c, last.get(c.id)) for c in registry.channels(tenant)]
+
+
+def get_channel(registry: Registry, channel_id: int) -> dict[str, Any]:
+    """RegistryError when there is no such channel."""
+    channel = registry.channel_by_id(channel_id)
+    return channel_view(channel, registry.last_inbound().get(channel_id))
+
+
+def channel_health(registry: Registry, broker: CredentialsBroker,
+                   tenant: str | None = None, now: datetime | None = None
+                   ) -> list[dict[str, Any]]:
+    """Per channel: the last webhook event stored, sends and errors of the last hour (by
+    error code, from the outbox rows updated in it), rate-limit hits (130429) and whether
+    and why it is paused. A tenant database that cannot be read gives `error` for its
+    channels instead of failing the rest."""
+    now = now or utcnow()
+    since = now - HEALTH_WINDOW
+    last = registry.last_inbound()
+    channels = registry.channels(tenant)
+    by_tenant: dict[str, list[Channel]] = defaultdict(list)
+    for channel in channels:
+        by_tenant[channel.tenant].append(channel)
+    out = []
+    for slug, group in by_tenant.items():
+        stats: dict[str, dict[str, Any]] = {}
+        problem = None
+        try:
+            stats = _outbox_stats(broker, slug, since)
+        except Exception as exc:  # one tenant's database down must not hide the others
+            problem = f"the tenant database could not be read ({type(exc).__name__})"
+        for channel in group:
+            mine = stats.get(channel.key, {"sent": 0, "errors": {}})
+            errors: dict[str, int] = mine["errors"]
+            out.append({
+                "id": channel.id, "tenant": slug, "provider": channel.provider.value,
+                "key": channel.key, "paused": channel.paused,
+                "pause_reason": channel.pause_reason,
+                "last_inbound_at": _iso(last.get(channel.id)),
+                "window_s": int(HEALTH_WINDOW.total_seconds()),
+                "sent": mine["sent"], "errors": sum(errors.values()),
+                "errors_by_code": dict(sorted(errors.items())),
+                "rate_limit_hits": errors.get(RATE_LIMIT_CODE, 0), "error": problem})
+    out.sort(key=lambda item: item["id"])
+    return out
+
+
+def _outbox_stats(broker: CredentialsBroker, tenant: str, since: datetime
+                  ) -> dict[str, dict[str, Any]]:
+    o = t.outbound_messages
+    engine = broker.tenant_store(tenant).engine
+    query = sa.select(o.c.channel, o.c.status, o.c.error_code, sa.func.count()).where(
+        o.c.created_at >= since - HEALTH_LOOKBACK, o.c.updated_at >= since).group_by(
+        o.c.channel, o.c.status, o.c.error_code)
+    stats: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for channel, status, code, count in conn.execute(query):
+            entry = stats.setdefault(channel, {"sent": 0, "errors": defaultdict(int)})
+            if status in SENT_CODES:
+                entry["sent"] += count
+            if code:
+                entry["errors"][str(code)] += count
+    return stats
+
+
+def find_messages(broker: CredentialsBroker, tenant: str, filters: MessageFilter,
+                  limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+    """A page of a tenant's messages, newest first: `{"messages": [...], "next_cursor"}`.
+    KeyError for an unknown tenant, ValueError for a bad cursor."""
+    engine = broker.tenant_store(tenant).engine
+    messages, next_cursor = search_messages(engine, filters, limit, cursor)
+    return {"tenant": tenant, "messages": messages, "next_cursor": next_cursor}
+
+
+def get_message(broker: CredentialsBroker, tenant: str, source: str, row_id: int
+                ) -> dict[str, Any] | None:
+    """One message with its timeline (see `views.message_detail`); None if there is none."""
+    detail = message_detail(broker.tenant_store(tenant).engine, source, row_id)
+    if detail is not None:
+        detail["tenant"] = tenant
+    return detail
+
+
+async def queue_stats(queues: dict[str, Queue]) -> list[dict[str, Any]]:
+    """Per queue: visible, in flight, delayed, dead (its DLQ), age of the oldest message."""
+    out = []
+    for name, queue in queues.items():
+        depth = await queue.depth()
+        age = await queue.oldest_age()
+        out.append({"name": name, "fifo": queue.spec.fifo, "visible": depth["visible"],
+                    "in_flight": depth["in_flight"], "delayed": depth["delayed"],
+                    "dead": depth["dead"],
+                    "oldest_age_s": round(age, 3) if age is not None else None})
+    return out
+
+
+async def list_dead_letters(queues: dict[str, Queue], name: str | None = None,
+                            limit: int = 1000) -> list[dict[str, Any]]:
+    """Dead letters (ids, sizes, times, reasons, whom they concern; never bodies)."""
+    names = [name] if name is not None else list(queues)
+    return [dead_letter_summary(n, letter) for n in names
+            for letter in await queues[n].dead_letters(limit=limit)]
+
+
+async def get_dead_letter(queues: dict[str, Queue], name: str, letter_id: str
+                          ) -> dict[str, Any] | None:
+    for letter in await queues[name].dead_letters(limit=100_000):
+        if letter.message_id == letter_id:
+            return dead_letter_summary(name, letter)
+    return None
+
+
+def list_parked(registry: Registry, include_replayed: bool = False, limit: int = 1000
+                ) -> list[dict[str, Any]]:
+    return [item.summary() for item in
+            registry.parked_items(include_replayed=include_replayed, limit=limit)]
+
+
+def parked_detail(item: ParkedItem) -> dict[str, Any]:
+    """A parked item with its payload (parsed when it is JSON): what an operator reads to
+    decide between a replay and a discard. The signed body and signature are not shown."""
+    payload: Any = item.payload
+    with contextlib.suppress(ValueError):
+        payload = json.loads(item.payload)
+    if item.stage == "receive" and isinstance(payload, str):
+        # A raw webhook envelope (a header line, then the body): shown as its parts, the
+        # body parsed when it is JSON; the signature header stays out.
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            raw = RawWebhook.decode(envelope_bytes(item.payload))
+            body: Any = envelope_text(raw.body)
+            with contextlib.suppress(ValueError):
+                body = json.loads(raw.body)
+            payload = {"provider": raw.provider, "channel_key": raw.channel_key,
+                       "received_at": raw.received_at, "kind": raw.kind, "body": body}
+    return {**item.summary(), "payload": payload}
