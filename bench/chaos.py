@@ -105,6 +105,9 @@ GATEWAY_ENV = {
     "WACLOUD_QUEUE_VISIBILITY_TIMEOUT_S": "5",
     "WACLOUD_DB_RETRY_MAX_DELAY_S": "1",
     "WACLOUD_COLLECT_POLL_S": "0.5",
+    # A row the collector reserved when `serve` was killed goes back to pending after this
+    # (default 300 s, longer than a run's drain).
+    "WACLOUD_RESERVATION_LEASE_S": "10",
     "WACLOUD_REGISTRY_POLL_S": "0.5",
     "WACLOUD_PAIR_BURST": "1000000",
     # The data dir is a 192 MB tmpfs: keep ingest's free-space floor (503 below it) under
@@ -360,9 +363,12 @@ class Harness:
 
     def kill_worker(self) -> bool:
         assert self.gateway is not None
-        children = process_tree(self.gateway.pid)[1:]
-        if not children:
-            return False
+        # Right after a restart of `serve` its worker may not be started yet.
+        deadline = time.monotonic() + 10
+        while not (children := process_tree(self.gateway.pid)[1:]):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
         self.book.kills.append(("kill_worker", time.time()))
         with contextlib.suppress(ProcessLookupError):
             os.kill(children[0], signal.SIGKILL)
@@ -711,12 +717,14 @@ class Tables:
     media_pending: int
     media_status: Counter[str]
     outbound: dict[str, list[tuple[int, int, str, str | None, str | None]]]
+    notes: dict[tuple[str, int], str]  # (tenant, row id) -> attempts and last error
 
 
 def read_tables(h: Harness) -> Tables:
     inbound: dict[str, Counter[str]] = {}
     outbound: dict[str, list[tuple[int, int, str, str | None, str | None]]] = {}
     media: Counter[str] = Counter()
+    notes: dict[tuple[str, int], str] = {}
     for spec in h.tenants:
         url = h.db_urls[spec.tenant]
         rows = read_rows(url, "SELECT provider_message_id, media_status FROM messages")
@@ -726,7 +734,10 @@ def read_tables(h: Harness) -> Tables:
             (int(r[0]), int(r[1]), text_of(r[2]), r[3], None if r[4] is None else str(r[4]))
             for r in read_rows(url, "SELECT id, status, content, provider_message_id,"
                                     " accepted_at FROM outbound_messages")]
-    return Tables(inbound, media["pending"], media, outbound)
+        notes.update({(spec.tenant, int(r[0])): f"attempts {r[1]}, last error {r[2]}: {r[3]}"
+                      for r in read_rows(url, "SELECT id, attempts, error_code, error_reason"
+                                              " FROM outbound_messages")})
+    return Tables(inbound, media["pending"], media, outbound, notes)
 
 
 def drained(h: Harness) -> tuple[bool, str]:
@@ -843,9 +854,10 @@ def check(h: Harness, drain_s: float) -> Result:
             duplicate_sends += 1
             if not flight:
                 unexplained += 1
+                notes = "; ".join(tables.notes.get((item.tenant, r[0]), "") for r in found)
                 unexplained_list.append(
                     f"{item.tenant} {item.tag} rows (id, status, provider id, accepted_at) "
-                    f"{found}: {len(accepted)} accepted sends "
+                    f"{found} ({notes}): {len(accepted)} accepted sends "
                     + ", ".join(f"at {s['time']:.3f} -> {s['message_id']}" for s in accepted))
 
     dlq = dlq_items(h)
@@ -949,6 +961,13 @@ def run(cfg: Config, report: Callable[[str], None] = say) -> Result:
             ok = result.ok
             return result
     finally:
+        if harness is not None and not ok:
+            # The evidence outlives the tmpfs and the PostgreSQL database.
+            with contextlib.suppress(OSError):
+                shutil.copytree(harness.data_dir, tmp / "data-kept", dirs_exist_ok=True)
+            if harness.pg_db is not None:
+                report(f"(kept PostgreSQL database {harness.pg_db} for inspection)")
+                harness.pg_db = None
         if harness is not None:
             harness.cleanup()
         if cfg.keep or not ok:
