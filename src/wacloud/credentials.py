@@ -186,6 +186,11 @@ class CredentialsBroker:
         self.ensure_fresh()
         return self._snapshot.api_keys.get(hash_key(key))
 
+    def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The active key with this hash (a dashboard session keeps the hash, never the key)."""
+        self.ensure_fresh()
+        return self._snapshot.api_keys.get(key_hash)
+
     def refresh_after_miss(self, min_interval: float = 1.0) -> bool:
         """An unknown key or channel may be a minute old: look again, at most once per
         `min_interval` so a flood of bad keys cannot hammer the registry."""

@@ -77,6 +77,14 @@ def channel_values(values: dict[str, Any], *, allow_http: bool = False) -> dict[
     return out
 
 
+def add_channel(registry: Registry, values: dict[str, Any], *, allow_http: bool = False
+                ) -> Channel:
+    """Check a new channel's values (`channel_values`) and register it: what the admin API and
+    the dashboard do. InvalidValue for a value refused, RegistryError for an unknown tenant or a
+    channel that already exists."""
+    return registry.add_channel(**channel_values(values, allow_http=allow_http))
+
+
 async def check_channel_token(http: ProviderClient, channel: Channel,
                               timeout: float = 10.0) -> TokenCheck:
     """Ask the provider, with one cheap read-only call, whether the channel's token works."""

@@ -316,14 +316,18 @@ def test_mark_queued_notes_the_attempts_so_far(engine: Engine) -> None:
 
 
 def test_stale_queued_finds_only_queued_rows_nothing_touched(engine: Engine) -> None:
-    ids = insert_minimal(engine, 5)
-    claim_pending(engine, 5)
+    ids = insert_minimal(engine, 6)
+    claim_pending(engine, 6)
     mark_queued(engine, ids)
     old = utcnow() - timedelta(hours=1)
-    stale, stale_later, fresh, reserved, accepted = ids
+    stale, stale_later, fresh, reserved, accepted, leased = ids
     set_rows(engine, [stale, stale_later], updated_at=old, queued_at=old)
     set_rows(engine, [reserved], status=RESERVED, updated_at=old)
     set_rows(engine, [accepted], status=ACCEPTED, updated_at=old)
+    # An attempt that may have reached the provider, its outcome not written yet (waiting
+    # for the database in outbound.results): a copy would send it twice.
+    set_rows(engine, [leased], updated_at=old, queued_at=old, attempts=1, send_owner="a1",
+             send_lease_until=old)
 
     found = stale_queued(engine, 600, 10)
     assert [r["id"] for r in found] == [stale, stale_later]

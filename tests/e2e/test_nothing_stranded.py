@@ -1,5 +1,6 @@
-"""Acknowledged webhooks are never stranded: a tenant database that is down for longer than the
-usual retry budget loses nothing, and a value the database refuses parks only its own event."""
+"""Acknowledged webhooks are never stranded: a tenant database that is down or locked for longer
+than the usual retry budget loses nothing, and a value the database refuses parks only its own
+event."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import re
 import shutil
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -131,6 +133,125 @@ def test_a_tenant_database_down_longer_than_the_retry_budget_loses_nothing(
     assert set(flaky.client.get("/readyz").json()["dead_letters"].values()) == {0}
     metrics = flaky.internal.get("/metrics").text
     assert 'wacloud_dead_letters{queue="inbound.raw"} 0.0' in metrics
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory,
+           fake_server: FakeProviderServer) -> Iterator[Harness]:
+    # Today's budget: two receives of 2 s. A write waits for a locked SQLite file up to its busy
+    # timeout (30 s, adapters/db/engines.py), fifteen times the visibility: only the runner's
+    # heartbeat keeps the message from being handed out again meanwhile. The lock also
+    # outlasts the send lease (~47 s here) and the collector's stale period (900 s by
+    # default; production's outages can be that long): no stale copy may send a row again.
+    yield from make_harness(tmp_path_factory.mktemp("locked"), fake_server, {
+        "WACLOUD_QUEUE_MAX_RECEIVES": "2", "WACLOUD_DB_RETRY_MAX_DELAY_S": "1",
+        "WACLOUD_QUEUE_VISIBILITY_TIMEOUT_S": "2", "WACLOUD_QUEUED_STALE_S": "10"})
+
+
+def log_since(harness: Harness, start: int) -> bytes:
+    with harness.gateway.log_path.open("rb") as handle:
+        handle.seek(start)
+        return handle.read()
+
+
+def tries_by_message(harness: Harness, start: int, stage: str) -> Counter[bytes]:
+    """How often each message of `stage` found the database unavailable, from the log."""
+    return Counter(re.findall(rb"stage " + stage.encode() +
+                              rb": database unavailable .*; message (\d+) waits",
+                              log_since(harness, start)))
+
+
+def lock_tenant_database(harness: Harness, tenant: str) -> sqlite3.Connection:
+    """What a tenant's own long job or backup does: hold the write lock of its SQLite file
+    (`BEGIN EXCLUSIVE` on a connection of its own) until the caller rolls it back."""
+    harness.broker.tenant_store(tenant)  # the file exists, migrated
+    holder = sqlite3.connect(harness.gateway.data_dir / "tenants" / f"{tenant}.db",
+                             isolation_level=None, timeout=30)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def assert_nothing_dead_or_redelivered(harness: Harness, log_start: int) -> None:
+    assert not dead_letters(harness)
+    ready = harness.internal.get("/readyz").json()
+    assert set(ready["dead_letters"].values()) == {0}, ready
+    # The heartbeat kept every held message held: none was handed out a second time.
+    assert b"no longer held" not in log_since(harness, log_start)
+
+
+def test_a_tenant_database_locked_longer_than_the_retry_budget_loses_nothing(
+        locked: Harness) -> None:
+    tenant = locked.tenant()
+    channel = locked.meta_channel(tenant)
+    log_start = locked.gateway.log_path.stat().st_size
+    holder = lock_tenant_database(locked, tenant)
+    try:
+        tag = uuid.uuid4().hex[:8]
+        expected = set()
+        for n in range(4):
+            messages = []
+            for k in range(2):
+                message, contact = meta_text(f"55119877{n}{k:04d}", f"msg {n}/{k}",
+                                             f"wamid.locked-{tag}-{n}-{k}")
+                messages.append(message)
+                expected.add(message["id"])
+            payload = meta_envelope(channel.key, channel.waba_id or "", "5511940001234",
+                                    messages=messages, contacts=[contact])
+            assert locked.post_meta(payload, channel.app_secret).status_code == 200
+
+        def fewest_tries() -> int:
+            tries = tries_by_message(locked, log_start, "receive")
+            return min(tries.values()) if len(tries) == 4 else 0
+
+        # The fault lasts until every webhook has waited out the lock twice: each wait alone
+        # is longer than today's whole budget (two receives of 2 s).
+        wait_for(lambda: fewest_tries() >= 2, timeout=300,
+                 message="webhooks waited out the lock twice")
+        assert locked.rows(tenant, "in") == []
+        assert_nothing_dead_or_redelivered(locked, log_start)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    rows = locked.wait_rows(tenant, len(expected), timeout=60)
+    ids = [r["provider_message_id"] for r in rows]
+    assert sorted(ids) == sorted(expected), "a webhook stored twice or not at all"
+    assert_nothing_dead_or_redelivered(locked, log_start)
+
+
+def test_send_results_written_while_the_tenant_database_is_locked_end_final(
+        locked: Harness) -> None:
+    tenant = locked.tenant()
+    channel = locked.meta_channel(tenant)
+    sends = 3
+    # Slow answers: the lock is taken while every send is at the provider.
+    script = locked.fake.script(channel.key, times=sends, status=200, delay=3)
+    row_ids = [locked.insert_outbox(tenant, channel.key, f"55619877{n:04d}", "text",
+                                    {"body": f"locked {n}"}) for n in range(sends)]
+    wait_for(lambda: script not in locked.fake.pending_scripts(), timeout=30,
+             message="every send at the provider")
+    log_start = locked.gateway.log_path.stat().st_size
+    holder = lock_tenant_database(locked, tenant)
+    try:
+        def fewest_tries() -> int:
+            tries = tries_by_message(locked, log_start, "save")
+            return min(tries.values()) if len(tries) == sends else 0
+
+        # The acceptances cannot be written by the send stage (its outcome waits out the
+        # lock, then goes to the save stage), nor by the save stage: twice each.
+        wait_for(lambda: fewest_tries() >= 2, timeout=300,
+                 message="results waited out the lock twice")
+        assert_nothing_dead_or_redelivered(locked, log_start)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    rows = locked.wait_outbox(tenant, lambda rows: all(rows[i]["status"] == 3 for i in row_ids),
+                              timeout=60, message="every row accepted")
+    sent = [s for s in locked.fake.sent_snapshot() if s.sender == channel.key]
+    assert len(sent) == sends, "a row sent twice"
+    assert {rows[i]["provider_message_id"] for i in row_ids} == {s.message_id for s in sent}
+    assert_nothing_dead_or_redelivered(locked, log_start)
 
 
 def test_dead_letters_are_counted_in_readyz_and_metrics(flaky: Harness) -> None:

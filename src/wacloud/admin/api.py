@@ -38,8 +38,8 @@ from wacloud.credentials import CredentialsBroker
 from wacloud.hosting.api import BodyError, authenticate, error, read_json_body
 from wacloud.model import Provider
 from wacloud.operations import (
+    add_channel,
     add_tenant,
-    channel_values,
     check_channel_token,
     discard_dead_letters,
     discard_parked,
@@ -179,11 +179,9 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         values = data.registry_values()
         values["provider"] = Provider(data.provider)
         try:
-            values = channel_values(values, allow_http=ctx.allow_http)
+            channel = await run(add_channel, ctx.registry, values, allow_http=ctx.allow_http)
         except validation.InvalidValue as exc:
             raise Refused(422, str(exc)) from None
-        try:
-            channel = await run(ctx.registry.add_channel, **values)
         except RegistryError as exc:
             text = str(exc)
             status = 404 if text.startswith("unknown tenant") else (

@@ -208,3 +208,62 @@ def parked_detail(item: ParkedItem) -> dict[str, Any]:
             payload = {"provider": raw.provider, "channel_key": raw.channel_key,
                        "received_at": raw.received_at, "kind": raw.kind, "body": body}
     return {**item.summary(), "payload": payload}
+
+
+def _minute_bucket(column: Any, since: datetime, minutes: int) -> Any:
+    """The minute of the window (0 = oldest) a time falls in, as a portable CASE: SQLite,
+    PostgreSQL, MariaDB and SQL Server have no common date-truncation function."""
+    whens = [(column >= since + timedelta(minutes=i), i) for i in range(minutes - 1, 0, -1)]
+    return sa.case(*whens, else_=0)
+
+
+def traffic(broker: CredentialsBroker, tenants: list[str], now: datetime | None = None,
+            minutes: int = 60) -> dict[str, Any]:
+    """Messages in and out per minute over the last `minutes` (inbound rows by `received_at`,
+    outbox rows by `accepted_at`: when the provider took them), in total and per tenant and
+    channel; failures of outbox rows updated in the window. A tenant database that cannot be
+    read is named in `errors` instead of failing the rest.
+
+    `{"since", "minutes", "in": [per minute], "out": [...], "channels": [{"tenant",
+    "channel", "in", "out", "failed"}], "errors": {tenant: reason}}`."""
+    now = now or utcnow()
+    since = now - timedelta(minutes=minutes)
+    per_in, per_out = [0] * minutes, [0] * minutes
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+
+    def entry(tenant: str, channel: str) -> dict[str, Any]:
+        return rows.setdefault((tenant, channel), {"tenant": tenant, "channel": channel,
+                                                   "in": 0, "out": 0, "failed": 0})
+
+    m, o = t.messages, t.outbound_messages
+    failed = [OutboundStatus.FAILED.value, OutboundStatus.FAILED_AFTER_ACCEPT.value]
+    for slug in tenants:
+        try:
+            engine = broker.tenant_store(slug).engine
+            with engine.connect() as conn:
+                bucket = _minute_bucket(m.c.received_at, since, minutes)
+                inbound = conn.execute(sa.select(m.c.channel, bucket, sa.func.count()).where(
+                    m.c.received_at >= since, m.c.direction == "in").group_by(
+                    m.c.channel, bucket)).all()
+                bucket = _minute_bucket(o.c.accepted_at, since, minutes)
+                outbound = conn.execute(sa.select(o.c.channel, bucket, sa.func.count()).where(
+                    o.c.created_at >= since - HEALTH_LOOKBACK, o.c.accepted_at >= since
+                ).group_by(o.c.channel, bucket)).all()
+                failures = conn.execute(sa.select(o.c.channel, sa.func.count()).where(
+                    o.c.created_at >= since - HEALTH_LOOKBACK, o.c.updated_at >= since,
+                    o.c.status.in_(failed)).group_by(o.c.channel)).all()
+        except Exception as exc:  # one tenant's database down must not hide the others
+            problems[slug] = f"the tenant database could not be read ({type(exc).__name__})"
+            continue
+        for channel, minute, count in inbound:
+            per_in[int(minute)] += count
+            entry(slug, channel)["in"] += count
+        for channel, minute, count in outbound:
+            per_out[int(minute)] += count
+            entry(slug, channel)["out"] += count
+        for channel, count in failures:
+            entry(slug, channel)["failed"] += count
+    return {"since": _iso(since), "minutes": minutes, "in": per_in, "out": per_out,
+            "channels": sorted(rows.values(), key=lambda r: (r["tenant"], r["channel"])),
+            "errors": problems}

@@ -1,9 +1,9 @@
 """The HTTP apps. Public (the webhook port): provider webhooks (the plain-ASGI hot path in
 `webhooks.py`), the Meta verification handshake, the tenant API, the admin API with
-`/openapi.json` (`wacloud.admin.api`) and health. Internal (its own
-listener, 127.0.0.1:8081 by default): metrics and the credentials endpoint, which must not be
-reachable where Meta and the tenants are; health answers there too. Thin: checks, queues,
-answers."""
+`/openapi.json` (`wacloud.admin.api`), the dashboard at `/ui` (`wacloud.ui`) and health.
+Internal (its own listener, 127.0.0.1:8081 by default): metrics and the credentials
+endpoint, which must not be reachable where Meta and the tenants are; health answers there
+too. Thin: checks, queues, answers."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from wacloud.hosting.webhooks import ASGIApp, WebhookReceiver
 from wacloud.metrics import render
 from wacloud.stages import envelopes
 from wacloud.stages.ingest import meta_verify_challenge
+from wacloud.ui.app import UiContext, ui_routes
+from wacloud.ui.sessions import SessionStore
 
 
 def create_app(gateway: Gateway,
@@ -85,15 +87,17 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     health = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    admin = AdminContext(
+        gateway.registry, broker, dict(gateway.queues), gateway.dead_letter_sources(),
+        gateway.settings.data_dir, gateway.settings.tenants_dir, gateway.send_http,
+        allow_http=gateway.settings.dev_allow_local_urls)
     routes = [
         Route("/webhooks/meta", meta_verify, methods=["GET"]),
         *health,
         *api_routes(broker, gateway.collect_wake.set,
                     max_body_bytes=gateway.settings.api_max_body_bytes),
-        *admin_routes(AdminContext(
-            gateway.registry, broker, dict(gateway.queues), gateway.dead_letter_sources(),
-            gateway.settings.data_dir, gateway.settings.tenants_dir, gateway.send_http,
-            allow_http=gateway.settings.dev_allow_local_urls)),
+        *admin_routes(admin),
+        *ui_routes(UiContext(admin, gateway.media_store, SessionStore())),
     ]
     internal = [
         *health,

@@ -20,7 +20,9 @@ group and de-duplication id. This is safe whatever actually happened: if the fir
 still exists the queue drops the copy (SQLite queue; SQS within its 5-minute window), and
 otherwise the copy waits behind it in the recipient's FIFO group, and the send stage checks
 the row (a row already accepted or being sent is not sent again). A row in a long retry
-backoff is also `queued` and may look stale: it gets such a harmless copy.
+backoff is also `queued` and may look stale: it gets such a harmless copy. A row whose send
+lease is still set gets none: its attempt may have reached the provider, and its outcome waits
+for the tenant database in `outbound.results` (see `claim.stale_queued`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """GroupCommit over a real SQLite file: concurrent writes share transactions, one bad write
-fails alone."""
+fails alone, a locked database fails the batch at once."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,39 @@ async def test_a_failing_write_fails_alone(engine: sa.Engine) -> None:
     assert isinstance(results[0], int) and isinstance(results[2], int)
     with engine.connect() as conn:
         assert sorted(conn.execute(sa.text("SELECT v FROM t")).scalars()) == ["a", "b"]
+
+
+async def test_a_locked_database_fails_the_whole_batch_at_once(tmp_path: Path,
+                                                               engine: sa.Engine) -> None:
+    # A short busy timeout stands for SQLite's 30 s: each wait for the lock costs one.
+    quick = sa.create_engine(f"sqlite:///{tmp_path / 't.db'}", connect_args={"timeout": 0.2})
+    writes = GroupCommit(quick)
+    tried: list[str] = []
+    busy, go = threading.Event(), threading.Event()
+
+    def hold_the_writer(conn: Connection) -> None:
+        busy.set()
+        assert go.wait(10)  # keeps the writer busy until the batch below is all queued
+
+    def counted(value: str):  # type: ignore[no-untyped-def]
+        def write(conn: Connection) -> int:
+            tried.append(value)
+            result: int = insert(value)(conn)
+            return result
+        return write
+
+    first = asyncio.ensure_future(writes.run(hold_the_writer))
+    assert await asyncio.to_thread(busy.wait, 10)
+    holder = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's long write transaction
+    batch = [asyncio.ensure_future(writes.run(counted(f"v{i}"))) for i in range(5)]
+    await asyncio.sleep(0)  # a scheduling point, not synchronization: the writes are submitted
+    go.set()
+    await first
+    results = await asyncio.gather(*batch, return_exceptions=True)
+    holder.execute("ROLLBACK")
+    holder.close()
+    writes.close()
+    assert all(isinstance(r, sa.exc.OperationalError) for r in results), results
+    assert tried == ["v0"]  # one wait for the lock, not one more per write
+    quick.dispose()

@@ -26,7 +26,12 @@ claimed again is not moved by a late collector.
 
 Queued rows nobody touched for a long time (`stale_queued`: no attempt, no result) may have
 lost their queue message or their result; the collector queues their envelope again with the
-same de-duplication id and `mark_requeued` notes it (see `wacloud.stages.collect`).
+same de-duplication id and `mark_requeued` notes it (see `wacloud.stages.collect`). Not a row
+whose send lease is still set, expired or not: an attempt took it and may have reached the
+provider, and its outcome was not written yet. Either that attempt's queue message is still
+there (it is redelivered, and waits for the lease), or the outcome waits in `outbound.results`
+for the tenant database (down or locked for longer than the lease and this period): a copy
+would send the message a second time.
 """
 
 from __future__ import annotations
@@ -209,11 +214,13 @@ def mark_expired(engine: Engine, ids: Sequence[int], reason: str) -> None:
 
 def stale_queued(engine: Engine, stale_seconds: float, limit: int) -> list[dict[str, Any]]:
     """Up to `limit` queued rows, oldest id first, that nothing touched (no attempt, no result,
-    no re-queue) for `stale_seconds`: their queue message or their result may be lost."""
+    no re-queue) for `stale_seconds` and that hold no send lease: their queue message or their
+    result may be lost."""
     cutoff = utcnow() - timedelta(seconds=stale_seconds)
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(
-            sa.select(_om).where(_c.status == QUEUED, _c.updated_at < cutoff)
+            sa.select(_om).where(_c.status == QUEUED, _c.updated_at < cutoff,
+                                 _c.send_lease_until.is_(None))
             .order_by(_c.id).limit(limit)).mappings()]
 
 

@@ -5,7 +5,11 @@ the result). With dozens of sends in flight, one transaction and one fsync per w
 database's commit rate the ceiling of the whole outbound pipeline. Here a writer thread takes
 every write waiting at that moment and runs them in ONE transaction, then wakes the callers
 (the SQLite queue's writer runs on the same `BatchingThread`). A write that fails does not
-fail its neighbours: the batch is rolled back and each write is redone on its own.
+fail its neighbours: the batch is rolled back and each write is redone on its own. Unless the
+failure is the database's (down, locked): then the whole batch fails at once, for its callers
+to retry later; redone one by one, each write would wait out the same lock again (SQLite's
+busy timeout, 30 s), so a hundred sends in flight took fifty minutes to hear of a lock, and
+held the tenant's only connection all that while.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Connection, Engine
 
 from wacloud.adapters.batching import BatchingThread, settle_threadsafe
+from wacloud.adapters.db.errors import is_database_unavailable
 
 T = TypeVar("T")
 
@@ -50,8 +55,8 @@ class GroupCommit:
                 results = [(write.fut, write.fn(conn), None) for write in batch]
             self.transactions += 1
         except BaseException as exc:
-            if len(batch) == 1:
-                settle_threadsafe([(batch[0].fut, None, exc)])
+            if len(batch) == 1 or is_database_unavailable(exc):
+                settle_threadsafe([(write.fut, None, exc) for write in batch])
                 return
             for write in batch:  # find the one that fails; the others still commit
                 self._commit([write])
