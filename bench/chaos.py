@@ -608,6 +608,7 @@ class Harness:
                         continue
                     statuses = [meta_status(record["message_id"], s, record["recipient"])
                                 for s in ("read", "delivered", "sent")]
+                    acked = 0
                     for status in statuses:
                         payload = meta_envelope(channel.phone_number_id, channel.waba_id,
                                                 channel.display_number, None, [status], None)
@@ -615,9 +616,11 @@ class Harness:
                         hook = Inbound(channel.tenant, body, signature, [], frozenset())
                         for _ in range(20):
                             if await self.post_hook(gw, hook):
+                                acked += 1
                                 break
                             await asyncio.sleep(0.5)
-                    self.book.statuses_posted[record["message_id"]] = channel.tenant
+                    if acked == len(statuses):  # only acknowledged receipts can be checked
+                        self.book.statuses_posted[record["message_id"]] = channel.tenant
 
     async def run_load(self) -> None:
         stop = asyncio.Event()
