@@ -192,6 +192,9 @@ class Book:
     load_start: float = 0.0
     last_fault_end: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # `serve` found dead without a kill of ours: (wall time, exit status); restarted like a
+    # supervisor would, and reported (a crash is a finding, whatever was lost or not).
+    crashes: list[tuple[float, int | None]] = field(default_factory=list)
 
     def active(self, schedule: list[Fault]) -> frozenset[str]:
         now = time.time() - self.load_start
@@ -228,6 +231,7 @@ class Result:
     duplicate_sends: int
     in_flight_at_kill: int
     unexplained_duplicate_sends: int
+    crashes: int
     stuck: int
     dlq_without_reason: int
     drain_s: float
@@ -235,7 +239,8 @@ class Result:
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicate_rows or self.stuck or self.dlq_without_reason
-                    or self.unexplained_duplicate_sends) and self.drain_s == self.drain_s
+                    or self.unexplained_duplicate_sends or self.crashes) \
+            and self.drain_s == self.drain_s
 
     def line(self) -> str:
         return (f"RESULT chaos kills={self.kills} faults={self.faults} "
@@ -344,8 +349,32 @@ class Harness:
             f"wacloud-{len(self.book.kills)}", gateway_argv(self.data_dir, self.port),
             port=self.port, env=gateway_env(GATEWAY_ENV), ready_timeout=60)
 
+    def restart_if_dead(self) -> None:
+        """A supervisor's job: start `serve` again if it exited by itself."""
+        assert self.gateway is not None
+        code = self.gateway.popen.poll()
+        if code is None:
+            return
+        self.book.crashes.append((time.time(), code))
+        say(f"  t={time.time() - self.book.load_start:6.1f}s  serve EXITED BY ITSELF with "
+            f"status {code}; restarting it\n{self.gateway.log_tail(15)}")
+        self.procs.stop(self.gateway)
+        self.start_gateway()
+
+    async def watchdog(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.5)
+            if not self.restarting.is_set():
+                self.restarting.set()
+                try:
+                    await asyncio.to_thread(self.restart_if_dead)
+                finally:
+                    self.restarting.clear()
+
     def kill_serve(self) -> None:
         assert self.gateway is not None
+        if self.gateway.popen.poll() is not None:
+            self.restart_if_dead()
         gateway = self.gateway
         self.book.kills.append(("kill_serve", time.time()))
         with contextlib.suppress(ProcessLookupError):
@@ -410,6 +439,8 @@ class Harness:
             "send_drop": {"status": 200, "drop": True},
         }
         if kind == "kill_serve":
+            while self.restarting.is_set():  # the watchdog is restarting a crashed serve
+                await asyncio.sleep(0.1)
             self.restarting.set()
             try:
                 await asyncio.to_thread(self.kill_serve)
@@ -630,10 +661,11 @@ class Harness:
                      asyncio.create_task(self.outbound_loop(stop)),
                      asyncio.create_task(self.receipts_loop(fake, stop))]
             faults = asyncio.create_task(self.run_schedule(fake))
+            watchdog = asyncio.create_task(self.watchdog(stop))
             await asyncio.sleep(self.cfg.duration)
             await faults  # the schedule ends before the load does (last tenth is quiet)
             stop.set()
-            await asyncio.gather(*loads)
+            await asyncio.gather(*loads, watchdog)
 
 
 # ---------------------------------------------------------------------------- faults' tools
@@ -912,11 +944,14 @@ def check(h: Harness, drain_s: float) -> Result:
         say(f"    {letter.get('queue')} {letter.get('tenant', '')} reason: {letter.get('reason')}")
     for error in book.errors[:10]:
         say(f"  harness note: {error}")
+    for at, code in book.crashes:
+        say(f"  CRASH: serve exited by itself with status {code} at "
+            f"t={at - book.load_start:.1f}s (restarted by the harness)")
     return Result(
         kills=len(book.kills), faults=sum(book.injected.values()), inbound_acked=acked,
         inbound_stored=stored, lost=lost, duplicate_rows=dup_rows,
         duplicate_sends=duplicate_sends, in_flight_at_kill=len(in_flight),
-        unexplained_duplicate_sends=unexplained, stuck=stuck,
+        unexplained_duplicate_sends=unexplained, crashes=len(book.crashes), stuck=stuck,
         dlq_without_reason=len(no_reason) + receipts_wrong, drain_s=drain_s)
 
 

@@ -26,4 +26,5 @@ def test_short_chaos_loses_nothing() -> None:
     assert result.dlq_without_reason == 0
     assert result.duplicate_sends <= result.in_flight_at_kill
     assert result.unexplained_duplicate_sends == 0
+    assert result.crashes == 0, "serve exited by itself"
     assert result.drain_s == result.drain_s, "did not drain within 30 s of the last fault"
