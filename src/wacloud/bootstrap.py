@@ -229,7 +229,8 @@ def build_gateway(settings: Settings) -> Gateway:
     broker = CredentialsBroker(
         registry, tenants_dir=settings.tenants_dir, cache_seconds=settings.credentials_cache_s,
         global_meta_app_secret=settings.meta_app_secret,
-        key_loader=lambda: secret_box(settings))
+        key_loader=lambda: secret_box(settings),
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s)
     broker.refresh(force=True)
     queue_broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
     queues = {name: queue_broker.queue(spec) for name, spec in queue_specs(settings).items()}

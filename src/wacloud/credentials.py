@@ -46,8 +46,11 @@ class Snapshot:
 class CredentialsBroker:
     def __init__(self, registry: Registry, *, tenants_dir: Path, cache_seconds: float = 30.0,
                  global_meta_app_secret: str | None = None,
-                 key_loader: Callable[[], SecretBox] | None = None) -> None:
+                 key_loader: Callable[[], SecretBox] | None = None,
+                 sqlite_busy_timeout_s: float = 30.0) -> None:
         self.registry = registry
+        # How long a write to a tenant's SQLite file waits for a lock another process holds.
+        self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
         self.tenants_dir = tenants_dir
         self.cache_seconds = cache_seconds
         self.global_meta_app_secret = global_meta_app_secret
@@ -228,7 +231,8 @@ class CredentialsBroker:
                 return cached[1]
             engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
             self.tenants_dir.mkdir(parents=True, exist_ok=True)
-            store = TenantStore(slug, create_engine(engine_url))
+            store = TenantStore(slug, create_engine(
+                engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s))
             store.create_schema()
             if cached is not None:
                 cached[1].close()

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # exponential backoff for this long after the message was queued, then dead-lettered.
     db_retry_period_s: float = 24 * 3600.0
     db_retry_max_delay_s: float = 60.0
+    # How long a write to a tenant's SQLite file waits for a lock another process holds
+    # before it counts as database trouble (and is retried as above).
+    sqlite_busy_timeout_s: float = 30.0
     # Outbound
     collect_poll_s: float = 1.0  # rows inserted directly by tenants are found this fast
     collect_batch: int = 500

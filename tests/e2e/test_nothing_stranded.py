@@ -139,13 +139,15 @@ def test_a_tenant_database_down_longer_than_the_retry_budget_loses_nothing(
 def locked(tmp_path_factory: pytest.TempPathFactory,
            fake_server: FakeProviderServer) -> Iterator[Harness]:
     # Today's budget: two receives of 2 s. A write waits for a locked SQLite file up to its busy
-    # timeout (30 s, adapters/db/engines.py), fifteen times the visibility: only the runner's
+    # timeout (WACLOUD_SQLITE_BUSY_TIMEOUT_S, 30 s by default; 6 s here to keep the test short),
+    # three times the visibility: only the runner's
     # heartbeat keeps the message from being handed out again meanwhile. The lock also
     # outlasts the send lease (~47 s here) and the collector's stale period (900 s by
     # default; production's outages can be that long): no stale copy may send a row again.
     yield from make_harness(tmp_path_factory.mktemp("locked"), fake_server, {
         "WACLOUD_QUEUE_MAX_RECEIVES": "2", "WACLOUD_DB_RETRY_MAX_DELAY_S": "1",
-        "WACLOUD_QUEUE_VISIBILITY_TIMEOUT_S": "2", "WACLOUD_QUEUED_STALE_S": "10"})
+        "WACLOUD_QUEUE_VISIBILITY_TIMEOUT_S": "2", "WACLOUD_QUEUED_STALE_S": "10",
+        "WACLOUD_SQLITE_BUSY_TIMEOUT_S": "6"})
 
 
 def log_since(harness: Harness, start: int) -> bytes:

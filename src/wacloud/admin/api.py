@@ -254,6 +254,12 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         except ValueError as exc:
             raise Refused(422, str(exc)) from None
 
+    async def notices(request: Request) -> Any:
+        slug = request.path_params["tenant"]
+        await tenant_known(slug)
+        wanted = query(request, m.NoticeQuery)
+        return await run(queries.tenant_notices, ctx.broker, slug, wanted.limit)
+
     async def message(request: Request) -> Any:
         slug, source = request.path_params["tenant"], request.path_params["source"]
         await tenant_known(slug)
@@ -391,6 +397,9 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         Operation("GET", "/tenants/{tenant}/messages", messages, "Search a tenant's "
                   "messages, newest first", "messages", m.MessagePage, query=m.MessageQuery,
                   path_docs=tenant_doc),
+        Operation("GET", "/tenants/{tenant}/notices", notices, "A tenant's notices: "
+                  "webhook-level errors, account and template updates, oldest first",
+                  "messages", m.Notice, many=True, query=m.NoticeQuery, path_docs=tenant_doc),
         Operation("GET", "/tenants/{tenant}/messages/{source}/{id:int}", message,
                   "One message with its status timeline, attempts and errors", "messages",
                   m.MessageDetail, path_docs={**tenant_doc, "source": (

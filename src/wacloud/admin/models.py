@@ -193,6 +193,23 @@ class MessageQuery(Request):
         "`next_cursor` of the previous page."))
 
 
+class NoticeQuery(Request):
+    limit: int = Field(100, ge=1, le=1000, description="The latest this many, oldest first.")
+
+
+class Notice(Answer):
+    """A webhook-level event that named a channel: Meta `value.errors[]`, account or template
+    updates, Whapi channel health."""
+
+    id: int
+    provider: str
+    channel: str
+    field: str
+    errors: list[dict[str, Any]]
+    raw: dict[str, Any]
+    received_at: str | None
+
+
 class ProviderErrorOut(Answer):
     code: str | None
     reason: str | None

@@ -19,7 +19,12 @@ import sqlalchemy as sa
 from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.registry import ParkedItem, Registry
 from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.db.views import MessageFilter, message_detail, search_messages
+from wacloud.adapters.db.views import (
+    MessageFilter,
+    list_notices,
+    message_detail,
+    search_messages,
+)
 from wacloud.adapters.queue.base import Queue
 from wacloud.credentials import CredentialsBroker
 from wacloud.model import DELIVERY_RANK, Channel, OutboundStatus
@@ -145,6 +150,12 @@ def find_messages(broker: CredentialsBroker, tenant: str, filters: MessageFilter
     engine = broker.tenant_store(tenant).engine
     messages, next_cursor = search_messages(engine, filters, limit, cursor)
     return {"tenant": tenant, "messages": messages, "next_cursor": next_cursor}
+
+
+def tenant_notices(broker: CredentialsBroker, tenant: str, limit: int = 100
+                   ) -> list[dict[str, Any]]:
+    """The tenant's latest notices (webhook-level errors, account updates), oldest first."""
+    return list_notices(broker.tenant_store(tenant).engine, limit)
 
 
 def get_message(broker: CredentialsBroker, tenant: str, source: str, row_id: int

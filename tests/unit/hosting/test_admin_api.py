@@ -41,6 +41,8 @@ from wacloud.model import (
     MediaStatus,
     OutboundStatus,
     Provider,
+    ProviderError,
+    ProviderNotice,
     StatusUpdate,
 )
 from wacloud.settings import load_settings
@@ -357,6 +359,25 @@ def seed_messages(admin: Admin) -> dict[str, int]:
     with store.engine.connect() as conn:
         ids["in"] = int(conn.execute(sa.select(t.messages.c.id)).scalar_one())
     return ids
+
+
+def test_a_tenants_notices_are_listed_oldest_first(admin: Admin) -> None:
+    meta_channel(admin)
+    store = admin.broker.tenant_store("acme")
+    for n in range(3):
+        store.store_events([], [], [ProviderNotice(
+            Provider.META, PN, "messages",
+            errors=[ProviderError(str(131000 + n), f"webhook-level error {n}")],
+            raw={"errors": [{"code": 131000 + n}]})])
+    path = "/admin/v1/tenants/acme/notices"
+    listed = admin.get(path, m.Notice, many=True)
+    assert [x["errors"][0]["code"] for x in listed] == ["131000", "131001", "131002"]
+    assert {x["channel"] for x in listed} == {PN}
+    latest = admin.get(path, m.Notice, many=True, limit=2)
+    assert [x["errors"][0]["reason"] for x in latest] == [
+        "webhook-level error 1", "webhook-level error 2"]
+    admin.send("GET", "/admin/v1/tenants/nobody/notices", status=404)
+    admin.send("GET", path + "?limit=0", status=422)
 
 
 def test_messages_are_searched_and_paged_with_a_cursor(admin: Admin) -> None:

@@ -9,7 +9,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 
-def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+def create_engine(url: str, *, sqlite_synchronous: str = "FULL",
+                  sqlite_busy_timeout_s: float = 30.0) -> Engine:
     """An engine with settings that suit many short transactions from several threads."""
     if url.startswith("sqlite"):
         # One connection per process and file: SQLite runs one writer at a time anyway, and
@@ -17,7 +18,8 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
         # would sleep in SQLite's busy handler (1, 2, 5, 10 ... ms steps) and stall the stages.
         # A small statement cache: each batch size of a multi-row INSERT is a statement of its
         # own, and 128 of them (the default) held ~15 MB per process (bench/inbound.py RSS).
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False,
+        engine = sa.create_engine(url, connect_args={"timeout": sqlite_busy_timeout_s,
+                                                     "check_same_thread": False,
                                                      "cached_statements": 16},
                                   pool_size=1, max_overflow=0, pool_timeout=60)
 
@@ -27,7 +29,7 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout_s * 1000)}")
             cursor.close()
 
         return engine
