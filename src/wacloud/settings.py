@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     worker_cpus: str = ""
     # Stage metrics live in the workers: worker N serves /metrics on this port + N (0 = off).
     worker_metrics_port: int = 0
+    # Where `serve` and its workers keep their metric files (memory-mapped): default a
+    # directory under /dev/shm (else `<data dir>/metrics`), never on a disk that can fill up.
+    metrics_dir: Path | None = None
 
     log_level: str = "INFO"
     log_json: bool = False

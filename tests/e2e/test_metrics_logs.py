@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import TOKEN, Harness, make_harness, wait_for
+from wacloud.hosting.embedded import metrics_directory
 from wacloud.logging_setup import mask
+from wacloud.settings import load_settings
 from wacloud.testing.fake_provider import FakeProviderServer
 from wacloud.testing.webhooks import meta_envelope, meta_status, meta_text
 
@@ -78,8 +80,9 @@ def test_server_metrics_count_what_the_worker_stored(harness: Harness) -> None:
     assert (f'wacloud_channel_paused{{channel="{channel.key}",provider="meta",'
             f'tenant="{tenant}"}} 0.0') in text
     assert SENDER not in text
-    # Both processes write their files under the data dir.
-    files = {p.name.rsplit("_", 1)[-1] for p in (harness.gateway.data_dir / "metrics").iterdir()}
+    # Both processes write their files in the gateway's metrics directory.
+    directory = metrics_directory(load_settings(harness.gateway.data_dir))
+    files = {p.name.rsplit("_", 1)[-1] for p in directory.iterdir()}
     assert len(files) >= 2
 
 

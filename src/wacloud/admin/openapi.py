@@ -113,8 +113,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     codes = set(op.errors)
     if op.body is not None:
         codes |= {400, 413}  # any body may be too large, not UTF-8 or not JSON
-    if op.prefix == ADMIN_PREFIX:
-        codes.add(503)  # every admin operation: a database that cannot be reached
+    codes.add(503)  # every operation: a database that cannot be reached (retry later)
     for code in sorted(codes):
         responses[str(code)] = error
     words = re.sub(r"[^a-z0-9]+", "_", op.openapi_path.lower()).strip("_")

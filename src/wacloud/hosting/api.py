@@ -9,7 +9,8 @@ row the first one made (200, header `Idempotent-Replayed: true`; the first answe
 never a second row; the same key with another body is 409. Bodies are at most
 `max_body_bytes` (413), UTF-8 JSON (400 otherwise): every refusal is a JSON `{"error": ...}`.
 A created or replayed row's answer carries `X-Trace-Id`, the trace id its log lines carry
-(`wacloud.tracing.outbound_trace_id`).
+(`wacloud.tracing.outbound_trace_id`). While the tenant's database is down, locked or full the
+answer is 503 with `Retry-After` (a JSON error, no traceback).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.routing import Route
 
 from wacloud.adapters.db import outbox
 from wacloud.adapters.db.api_keys import ApiKey
+from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
 from wacloud.adapters.db.submissions import IdempotencyConflict, submit_outbound
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.db.views import outbound_view
@@ -56,6 +58,18 @@ class BodyError(Exception):
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+# A tenant database that is down, locked or full answers this: the client retries (the row was
+# not written, or an Idempotency-Key retry finds it), instead of a 500 with a traceback.
+DB_RETRY_AFTER_S = 1
+
+
+def database_unavailable(tenant: str, exc: Exception) -> JSONResponse:
+    log.warning("tenant %s: database unavailable for the API (%s); answered 503", tenant,
+                failure_reason(exc))
+    return JSONResponse({"error": "the tenant database is unavailable; retry later"},
+                        status_code=503, headers={"Retry-After": str(DB_RETRY_AFTER_S)})
 
 
 async def authenticate(request: Request, broker: CredentialsBroker) -> ApiKey | None:
@@ -129,8 +143,8 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None], *,
             return error(422, str(exc))
         if broker.tenant_channel(key.tenant, submission.channel) is None:
             return error(404, f"channel {submission.channel!r} not found for this tenant")
-        store = await broker.tenant_store_async(key.tenant)
         try:
+            store = await broker.tenant_store_async(key.tenant)
             row, created = await asyncio.to_thread(
                 submit_outbound, store.engine, channel=submission.channel,
                 recipient=submission.to, type=submission.type, content=submission.content,
@@ -140,6 +154,10 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None], *,
                 request_hash=request_hash(data) if idempotency_key is not None else None)
         except IdempotencyConflict as exc:
             return JSONResponse({"error": str(exc), "id": exc.row_id}, status_code=409)
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                return database_unavailable(key.tenant, exc)
+            raise
         trace = outbound_trace_id(key.tenant, int(row["id"]))
         if not created:
             return JSONResponse(submission_view(row), status_code=200,
@@ -160,8 +178,13 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None], *,
             return error(404, "no such message")
         if not 0 < row_id <= MAX_ROW_ID:  # no database holds it (the driver would overflow)
             return error(404, "no such message")
-        store = await broker.tenant_store_async(key.tenant)
-        row = await asyncio.to_thread(outbox.get_outbound, store.engine, row_id)
+        try:
+            store = await broker.tenant_store_async(key.tenant)
+            row = await asyncio.to_thread(outbox.get_outbound, store.engine, row_id)
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                return database_unavailable(key.tenant, exc)
+            raise
         if row is None:
             return error(404, "no such message")
         return JSONResponse(outbound_view(row))

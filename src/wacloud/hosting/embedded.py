@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Collection, Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -36,7 +39,23 @@ log = logging.getLogger(__name__)
 
 # A worker's own stop takes its grace and margin; this much more for its flush and exit.
 WORKER_EXIT_S = 5.0
-METRICS_DIR = "metrics"  # under the data dir: the processes' metric files, emptied at start
+METRICS_DIR = "metrics"  # the processes' metric files, emptied at start
+# RAM-backed: prometheus_client grows its memory-mapped files by extending them (sparse) and
+# writing through the mapping; on a full disk that write is a SIGBUS, which killed `serve`
+# when the data dir's disk filled up (bench/chaos.py, disk_full). /dev/shm has no blocks to run
+# out of (its pages are memory, and the files are a few kB).
+SHM_DIR = Path("/dev/shm")
+
+
+def metrics_directory(settings: Settings, shm: Path = SHM_DIR) -> Path:
+    """Where the processes of this gateway write their metric files: under /dev/shm (one
+    directory per data dir) when it exists, else under the data dir."""
+    if settings.metrics_dir is not None:
+        return settings.metrics_dir
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        tag = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
+        return shm / f"wacloud-metrics-{tag}"
+    return settings.data_dir / METRICS_DIR
 
 
 async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = True,
@@ -116,7 +135,7 @@ async def serve(settings: Settings, host: str, port: int,
     if groups:
         # Workers write their counters where this process's /metrics adds them up; they
         # inherit the directory through the environment.
-        enable_multiprocess(settings.data_dir / METRICS_DIR)
+        enable_multiprocess(metrics_directory(settings))
     gateway = build_gateway(settings)
     workers = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
     app, internal_app = create_apps(gateway, lambda: [w.status() for w in workers])

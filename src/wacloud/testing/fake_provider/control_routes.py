@@ -1,7 +1,9 @@
 """HTTP control plane (`/_fake/*`) so a fake running in another process can be driven.
 
-Mirrors the Python helpers of `FakeProvider`: add media, inject failures, change the token or
-URL lifetime, read the recorded requests, reset.
+Mirrors the Python helpers of `FakeProvider`: add media, inject failures (`/_fake/fail`),
+damaged downloads (`/_fake/damage` `{media_id, damaged}`), stalled downloads (`/_fake/stall`
+`{media_id, times, seconds}`), change the token or URL lifetime, read the recorded requests,
+reset.
 """
 
 from __future__ import annotations
@@ -81,6 +83,34 @@ def control_routes(state: ProviderState) -> list[BaseRoute]:
             return _bad_request(str(exc))
         return JSONResponse({"media_id": media_id, "times": times, "status": status})
 
+    async def damage(request: Request) -> Response:
+        payload = await _json_object(request)
+        media_id = None if payload is None else payload.get("media_id")
+        damaged = True if payload is None else payload.get("damaged", True)
+        if not isinstance(media_id, str) or not isinstance(damaged, bool):
+            return _bad_request("media_id (str) is required; damaged must be a boolean")
+        if state.get_media_any(media_id) is None:
+            return JSONResponse({"error": f"unknown media {media_id!r}"}, status_code=404)
+        state.damage_media(media_id, damaged)
+        return JSONResponse({"media_id": media_id, "damaged": damaged})
+
+    async def stall(request: Request) -> Response:
+        payload = await _json_object(request)
+        if payload is None:
+            return _bad_request("body must be a JSON object")
+        media_id, times = payload.get("media_id"), payload.get("times")
+        seconds = payload.get("seconds")
+        if not isinstance(media_id, str) or not isinstance(times, int) \
+                or not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            return _bad_request("media_id (str), times (int) and seconds (number) are required")
+        try:
+            state.stall_media(media_id, times, float(seconds))
+        except KeyError:
+            return JSONResponse({"error": f"unknown media {media_id!r}"}, status_code=404)
+        except ValueError as exc:
+            return _bad_request(str(exc))
+        return JSONResponse({"media_id": media_id, "times": times, "seconds": seconds})
+
     async def config(request: Request) -> Response:
         payload = await _json_object(request)
         if payload is None:
@@ -114,6 +144,8 @@ def control_routes(state: ProviderState) -> list[BaseRoute]:
         Route("/_fake/health", health, methods=["GET"]),
         Route("/_fake/media", add_media, methods=["POST"]),
         Route("/_fake/fail", fail, methods=["POST"]),
+        Route("/_fake/damage", damage, methods=["POST"]),
+        Route("/_fake/stall", stall, methods=["POST"]),
         Route("/_fake/config", config, methods=["POST"]),
         Route("/_fake/requests", requests, methods=["GET"]),
         Route("/_fake/reset", reset, methods=["POST"]),

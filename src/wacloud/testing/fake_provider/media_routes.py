@@ -12,8 +12,9 @@ A media object is only served by the provider it was added for. An injected fail
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -61,6 +62,21 @@ def damaged_media(media: FakeMedia) -> Response:
         data[0] ^= 0xFF
     return Response(bytes(data), media_type=media.mime_type,
                     headers={"Cache-Control": "no-store"})
+
+
+def stalled_media(media: FakeMedia, seconds: float) -> StreamingResponse:
+    """The first chunk of the media, then `seconds` of silence, then the rest."""
+
+    async def body() -> AsyncIterator[bytes]:
+        first = True
+        async for chunk in media.content.aiter_chunks():
+            yield chunk
+            if first:
+                first = False
+                await asyncio.sleep(seconds)
+
+    headers = {"Content-Length": str(media.size), "Cache-Control": "no-store"}
+    return StreamingResponse(body(), headers=headers, media_type=media.mime_type)
 
 
 def media_routes(state: ProviderState,
@@ -116,6 +132,9 @@ def media_routes(state: ProviderState,
             return plain_not_found()
         if state.is_damaged(media_id):
             return damaged_media(media)
+        stall = state.take_stall(media_id)
+        if stall is not None:
+            return stalled_media(media, stall)
         return stream_media(media)
 
     async def whapi_auto_download(request: Request) -> Response:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from wacloud.testing.fake_provider.form_data import parse_form
 from wacloud.testing.fake_provider.send_errors import scripted_error
@@ -95,7 +95,9 @@ async def answer_send(
         await asyncio.sleep(script.delay)
     message_id: str | None = None
     response: Response
-    if script is not None and not 200 <= script.status < 300:
+    if script is not None and script.drop:
+        response = dropped_connection()
+    elif script is not None and not 200 <= script.status < 300:
         response = scripted_error(target.provider, script)
     else:
         payload, message_id = success(sends.new_send_number())
@@ -114,9 +116,26 @@ async def answer_send(
             body=target.body,
             time=wall,
             monotonic=mono,
-            status=response.status_code,
+            status=0 if script is not None and script.drop else response.status_code,
             message_id=message_id,
             path=request.url.path,
+            delay=script.delay if script is not None else 0.0,
         )
     )
     return response
+
+
+class DroppedConnection(Exception):
+    """Raised inside a started response so that the server closes the connection."""
+
+
+def dropped_connection() -> Response:
+    """A response that sends its status line and headers, then breaks off: the server closes
+    the connection with the chunked body unfinished, which the client sees as a network error
+    (an ASGI app has no socket to close before answering)."""
+
+    async def body() -> Any:
+        raise DroppedConnection("scripted dropped connection")
+        yield b""  # pragma: no cover - makes this an async generator
+
+    return StreamingResponse(body(), media_type="application/json")

@@ -1,7 +1,8 @@
 """HTTP control plane for the outbound side, mirroring the `SendState` helpers.
 
 - `POST /_fake/script`: JSON `{match?, times, status, error_code?, error_message?, delay?,
-  retry_after?, provider?}` -> the script as stored (201).
+  retry_after?, provider?, drop?}` -> the script as stored (201); `drop: true` breaks the
+  connection off instead of answering.
 - `GET /_fake/sent?limit=&window=`: `{count, sent (last `limit`), max_rate_per_sender,
   max_rate_per_recipient, window, duplicates (count of duplicate groups), pending_scripts}`.
 - `POST /_fake/files?name=&mime_type=` (raw body) -> `{"path": "/files/<name>", "url": ...}`.
@@ -49,6 +50,8 @@ def send_control_routes(sends: SendState) -> list[BaseRoute]:
         for key, kinds in checks.items():
             if not _optional(payload, key, kinds):
                 return _bad_request(f"{key} has the wrong type")
+        if not isinstance(payload.get("drop", False), bool):
+            return _bad_request("drop has the wrong type")
         retry_after = payload.get("retry_after")
         try:
             entry = sends.script(
@@ -60,6 +63,7 @@ def send_control_routes(sends: SendState) -> list[BaseRoute]:
                 delay=float(payload.get("delay") or 0.0),
                 retry_after=None if retry_after is None else float(retry_after),
                 provider=payload.get("provider"),
+                drop=bool(payload.get("drop", False)),
             )
         except ValueError as exc:
             return _bad_request(str(exc))

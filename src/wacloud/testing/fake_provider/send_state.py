@@ -42,6 +42,8 @@ class SentMessage:
     status: int
     message_id: str | None = None
     path: str = ""
+    # Seconds a script held the answer back: a client whose timeout is shorter never saw it.
+    delay: float = 0.0
 
     @property
     def accepted(self) -> bool:
@@ -64,6 +66,7 @@ class SentMessage:
             "status": self.status,
             "message_id": self.message_id,
             "path": self.path,
+            "delay": self.delay,
         }
 
 
@@ -81,6 +84,9 @@ class Script:
     provider: str | None = None
     # For a 2xx script: answer with this message id, so a test can send its receipt early.
     message_id: str | None = None
+    # Close the connection after the status line instead of answering (a dropped connection;
+    # recorded with status 0, the message not taken).
+    drop: bool = False
 
     def matches(self, provider: str, sender: str, recipient: str | None) -> bool:
         if self.provider is not None and self.provider != provider:
@@ -98,6 +104,7 @@ class Script:
             "retry_after": self.retry_after,
             "provider": self.provider,
             "message_id": self.message_id,
+            "drop": self.drop,
         }
 
 
@@ -176,12 +183,14 @@ class SendState:
         retry_after: float | None = None,
         provider: str | None = None,
         message_id: str | None = None,
+        drop: bool = False,
     ) -> Script:
         """Answer the next `times` send requests matching `match` (a sender id or
         recipient; None = any) and `provider` with `status` after `delay` seconds.
 
         A 2xx status is a normal (possibly slow) success; any other status answers with the
-        provider's error body. Scripts are consumed in the order they were added.
+        provider's error body; `drop` closes the connection mid-answer instead (status is
+        then ignored). Scripts are consumed in the order they were added.
         """
         if times < 1:
             raise ValueError("times must be >= 1")
@@ -193,7 +202,7 @@ class SendState:
             raise ValueError(f"provider must be one of {PROVIDERS}, not {provider!r}")
         entry = Script(
             match, times, status, error_code, error_message, delay, retry_after, provider,
-            message_id,
+            message_id, drop,
         )
         with self._send_lock:
             self._scripts.append(entry)

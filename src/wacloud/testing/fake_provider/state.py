@@ -131,6 +131,8 @@ class ProviderState:
         self._failures: dict[str, tuple[int, int]] = {}
         # Media whose download serves damaged bytes (one byte changed) under the same hash.
         self._damaged: set[str] = set()
+        # media id -> (downloads left to stall, seconds each stalls after its first bytes)
+        self._stalls: dict[str, tuple[int, float]] = {}
         # Never reset, so an id from before reset() cannot alias a newer media object.
         self._ids = itertools.count(1)
         self.requests: list[RecordedRequest] = []
@@ -199,6 +201,10 @@ class ProviderState:
             return None
         return media
 
+    def get_media_any(self, media_id: str) -> FakeMedia | None:
+        with self._lock:
+            return self._media.get(media_id)
+
     def media(self) -> list[FakeMedia]:
         with self._lock:
             return list(self._media.values())
@@ -226,6 +232,32 @@ class ProviderState:
                 self._damaged.add(media_id)
             else:
                 self._damaged.discard(media_id)
+
+    def stall_media(self, media_id: str, times: int, seconds: float) -> None:
+        """The next `times` downloads of `media_id` send their first bytes, then nothing for
+        `seconds` (a stalled CDN): a client without a read deadline would hang."""
+        if times < 0 or seconds < 0:
+            raise ValueError("times and seconds must be >= 0")
+        with self._lock:
+            if media_id not in self._media:
+                raise KeyError(media_id)
+            if times == 0:
+                self._stalls.pop(media_id, None)
+            else:
+                self._stalls[media_id] = (times, seconds)
+
+    def take_stall(self, media_id: str) -> float | None:
+        """Consume one injected stall for `media_id`; its seconds, or None."""
+        with self._lock:
+            pending = self._stalls.get(media_id)
+            if pending is None:
+                return None
+            remaining, seconds = pending
+            if remaining <= 1:
+                del self._stalls[media_id]
+            else:
+                self._stalls[media_id] = (remaining - 1, seconds)
+            return seconds
 
     def is_damaged(self, media_id: str) -> bool:
         with self._lock:
@@ -297,6 +329,7 @@ class ProviderState:
             self._media.clear()
             self._failures.clear()
             self._damaged.clear()
+            self._stalls.clear()
             # clear() rather than rebinding: callers may hold a reference to the list.
             self.requests.clear()
             self.token = self._initial_token
