@@ -55,11 +55,13 @@ def add_tenant(registry: Registry, tenants_dir: Path, slug: str,
 
 def channel_values(values: dict[str, Any], *, allow_http: bool = False) -> dict[str, Any]:
     """A new channel's values (`Registry.add_channel` arguments) as they are stored: ids,
-    display number, API base URL, Graph version, mps and media hosts checked (InvalidValue
+    token, display number, API base URL, Graph version, mps and media hosts checked (InvalidValue
     names the field and its rule). What `wacloud channel add` and the admin API both do."""
     provider: Provider = values["provider"]
     out = dict(values)
     out["key"] = validation.provider_key(provider, values["key"])
+    if "token" in values:
+        out["token"] = validation.token(values["token"])
     if provider is Provider.META:
         out["phone_number_id"] = out["key"]
         out["waba_id"] = validation.numeric_id(values["waba_id"], "WABA id")

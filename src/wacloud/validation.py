@@ -27,6 +27,7 @@ _DIGITS = re.compile(r"^[0-9]{1,32}$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _GRAPH_VERSION = re.compile(r"^v[0-9]{1,3}\.[0-9]{1,3}$")
 _DISPLAY_NUMBER = re.compile(r"^\+?[0-9]{5,20}$")
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a header value can carry
 # Database backends the tenant and registry schemas are migrated and tested on.
 DB_BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb", "mssql")
 
@@ -48,6 +49,17 @@ def numeric_id(value: str, name: str) -> str:
     if not _DIGITS.fullmatch(stripped):
         raise InvalidValue(f"invalid {name} {value!r}: Meta ids are digits only "
                            "(as in the WhatsApp Manager, e.g. 106540352242922)")
+    return stripped
+
+
+def token(value: str) -> str:
+    """A provider token: it is sent in an `Authorization: Bearer` header, where a space, a
+    line break or a non-ASCII character cannot go (every send would fail). Never quoted back:
+    it is a secret."""
+    stripped = value.strip()
+    if not _TOKEN.fullmatch(stripped):
+        raise InvalidValue("invalid token: a provider token is visible ASCII characters only "
+                           "(no spaces, line breaks or accented letters)")
     return stripped
 
 

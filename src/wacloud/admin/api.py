@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from wacloud.admin import models as m
 from wacloud.admin import queries
 from wacloud.admin.openapi import ADMIN_PREFIX, Operation, build_document
 from wacloud.credentials import CredentialsBroker
-from wacloud.hosting.api import BodyError, authenticate, error, read_json_body
+from wacloud.hosting.api import MAX_ROW_ID, BodyError, authenticate, error, read_json_body
 from wacloud.model import Provider
 from wacloud.operations import (
     add_channel,
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 64 * 1024
 SOURCES = ("messages", "outbound")
-MAX_ROW_ID = 2**63 - 1  # the largest id any of the databases stores
 
 
 @dataclass
@@ -218,7 +218,11 @@ def admin_operations(ctx: AdminContext) -> list[Operation]:
         number = await channel_id(request)
         data = await body(request, m.TokenReplace)
         try:
-            was_paused = await run(ctx.registry.set_channel_token, number, data.token)
+            token = validation.token(data.token)
+        except validation.InvalidValue as exc:
+            raise Refused(422, str(exc)) from None
+        try:
+            was_paused = await run(ctx.registry.set_channel_token, number, token)
         except RegistryError as exc:
             raise _registry_refusal(exc) from None
         await changed()
@@ -503,4 +507,9 @@ def admin_routes(ctx: AdminContext) -> list[BaseRoute]:
     async def openapi(_: Request) -> Response:
         return JSONResponse(document)
 
-    return [Route("/openapi.json", openapi, methods=["GET"]), Mount(ADMIN_PREFIX, app=admin)]
+    mount = Mount(ADMIN_PREFIX, app=admin)
+    # Starlette's mount pattern (`.*`) stops at a newline: a path with an encoded one (%0A)
+    # fell through to the outer app's plain-text 404. Every path under the prefix is the
+    # admin API's, answered in JSON.
+    mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
+    return [Route("/openapi.json", openapi, methods=["GET"]), mount]

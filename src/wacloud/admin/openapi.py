@@ -110,7 +110,11 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
             responses["200"] = {"description": "A retry with the same Idempotency-Key and "
                                 "body: the row the first request made (header "
                                 "`Idempotent-Replayed: true`)", "content": content}
-    for code in op.errors:
+    codes = set(op.errors)
+    if op.body is not None:
+        codes |= {400, 413}  # any body may be too large, not UTF-8 or not JSON
+    codes.add(503)  # every operation: a database that cannot be reached (retry later)
+    for code in sorted(codes):
         responses[str(code)] = error
     words = re.sub(r"[^a-z0-9]+", "_", op.openapi_path.lower()).strip("_")
     doc: dict[str, Any] = {

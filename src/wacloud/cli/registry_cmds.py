@@ -203,6 +203,10 @@ def channel_set_token(
         token = sys.stdin.readline().strip()
     if not token:
         fail("the token must not be empty")
+    try:
+        token = validation.token(token)
+    except validation.InvalidValue as exc:
+        fail(str(exc))
     registry = open_registry(settings_for(data_dir))
     try:
         if provider is not None:

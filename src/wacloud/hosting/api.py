@@ -43,6 +43,7 @@ from wacloud.outbound_api import (
 from wacloud.tracing import outbound_trace_id
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+MAX_ROW_ID = 2**63 - 1  # the largest id any of the databases stores
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,8 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None], *,
         try:
             row_id = int(request.path_params["id"])
         except ValueError:
+            return error(404, "no such message")
+        if not 0 < row_id <= MAX_ROW_ID:  # no database holds it (the driver would overflow)
             return error(404, "no such message")
         try:
             store = await broker.tenant_store_async(key.tenant)

@@ -11,6 +11,7 @@ a byte, or sends its headers or body one byte a second, is kept for ever. Here a
 connection gets the keep-alive timeout until its first byte, and each request must be read
 whole (headers and body) within `request_timeout` of its first byte; a late one is answered
 408 and the connection closed (the app, if it was reading the body, sees a disconnect).
+A request that is not valid HTTP gets a JSON 400, like every other refusal.
 """
 
 from __future__ import annotations
@@ -91,6 +92,19 @@ class HttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._stop_read_deadline()
         super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # A request the parser refuses (a Content-Length that is not a number, a control
+        # character in a header) never reaches the app: uvicorn answers it in plain text.
+        # Every refusal of the gateway is JSON.
+        body = json.dumps({"error": f"not a valid HTTP request ({msg.rstrip('.')})"}).encode()
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        self.transport.write(b"".join(head) + b"content-type: application/json\r\n"
+                             b"content-length: " + str(len(body)).encode() + b"\r\n"
+                             b"connection: close\r\n\r\n" + body)
+        self.transport.close()
 
     def _stop_read_deadline(self) -> None:
         if self._read_deadline is not None:

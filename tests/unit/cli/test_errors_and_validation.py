@@ -102,6 +102,9 @@ def test_channel_add_validates_urls_and_ids(tmp_path: Path) -> None:
     assert "media host" in one_error_line(invoke(tmp_path, *meta, "--media-host",
                                                  "https://cdn.example/x"))
     assert "between 1 and 10000" in one_error_line(invoke(tmp_path, *meta, "--mps", "0"))
+    bad_token = [*meta[:11], "--token", "tok\nX-Injected: 1", *meta[13:]]
+    line = one_error_line(invoke(tmp_path, *bad_token))
+    assert "invalid token" in line and "Injected" not in line
     registry = open_registry(load_settings(tmp_path))
     try:
         assert registry.channels() == []  # nothing of the refused ones was stored
@@ -116,6 +119,9 @@ def test_channel_add_validates_urls_and_ids(tmp_path: Path) -> None:
     added = invoke(tmp_path, *meta, "--api-base-url", "https://graph.example.net/", "--json")
     assert added.exit_code == 0, added.output
     assert json.loads(added.stdout)["key"] == "106540352242922"
+    # A token no HTTP header can carry would fail every send: refused when it is replaced too.
+    line = one_error_line(invoke(tmp_path, "channel", "set-token", "1", "--token", "tök"))
+    assert "invalid token" in line and "tök" not in line
 
 
 @pytest.mark.parametrize("debug", [["--debug"], []])

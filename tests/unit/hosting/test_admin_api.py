@@ -33,6 +33,7 @@ from wacloud.admin import models as m
 from wacloud.bootstrap import build_gateway, init_data_dir, open_registry
 from wacloud.credentials import CredentialsBroker
 from wacloud.hosting.http import create_apps
+from wacloud.hosting.http_protocol import HttpProtocol
 from wacloud.hosting.webhooks import WebhookReceiver
 from wacloud.model import (
     Contact,
@@ -121,7 +122,8 @@ def admin(tmp_path: Path, fake_server: FakeProviderServer) -> Iterator[Admin]:
     async def main() -> None:
         gateway = build_gateway(settings)
         app = create_apps(gateway)[0]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                               http=HttpProtocol))  # as `serve` has it
         holder.update(gateway=gateway, server=server, loop=asyncio.get_running_loop())
         ready.set()
         try:
