@@ -251,12 +251,12 @@ def durability(setup_db: Path, queue_db: Path, result: WrkResult, sizes: list[in
              f"message rows; {partial} bodies with missing messages; {strays} never sent); "
              f"queued {live}, dead letters {dead}"]
     if wrapped:
-        # Bodies were re-sent: every body was sent at least once; with no failures every one
-        # of them must be stored.
+        # Bodies were re-sent: with no failures every body issued must be stored.
         clean = result.non_2xx == 0 and result.socket_errors == 0
-        ok = clean and stored == set(range(len(sizes))) and not partial and not live
-        lines.append(f"wrk cycled through all {len(sizes)} bodies; all stored: "
-                     f"{stored == set(range(len(sizes)))}")
+        # Per thread: a slow run can leave one thread short of its share while another wraps.
+        ok = clean and sent <= stored and not partial and not live
+        lines.append(f"wrk re-sent bodies; every one of the {len(sent)} bodies it issued is "
+                     f"stored: {sent <= stored}")
     else:
         # Each body went out once: at least one stored body per 2xx (in-flight requests at
         # the stop may add a few more, hence >=), none partial, nothing stuck or dead.
