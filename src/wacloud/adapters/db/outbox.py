@@ -200,28 +200,15 @@ def save_result_in(conn: Connection, store: TenantStore, row_id: int, *, status:
     the caller knows it, saves looking it up. A result of attempt `owner` other than an
     acceptance only applies while the row is still that attempt's (see `record_outcome_in`);
     results without one (queued by an older version) only while no attempt holds a lease."""
-    params: dict[str, Any] = {
-        "row_id": row_id, "now": utcnow(), "owner": owner,
-        "excerpt": response_excerpt[:2000] if response_excerpt is not None else None}
-    code = OutboundStatus(status)
-    if code is OutboundStatus.ACCEPTED:
-        result = conn.execute(_ACCEPT, {**params, "pmid": provider_message_id})
-        if provider_message_id:
-            if result.rowcount == 0:
-                # Fill the id even when a receipt already moved the row past accepted.
-                conn.execute(_FILL_PROVIDER_ID, {**params, "pmid": provider_message_id})
-            if channel is None:
-                channel = conn.execute(_CHANNEL_OF, params).scalar()
-            if channel is not None:
-                store.apply_known_receipts(conn, str(channel), [provider_message_id])
-        return result.rowcount > 0
-    statement = (_SET_OWNED if owner is not None else _SET_OUTCOME).get(code)
-    if statement is None:
-        raise ValueError(f"send results do not set status {code.name}")
-    result = conn.execute(statement, {**params, "error_code": error_code,
-                                      "error_reason": error_reason[:1000] if error_reason
-                                      else None})
-    return result.rowcount > 0
+    changed = record_outcome_in(conn, row_id, owner=owner, status=status,
+                                provider_message_id=provider_message_id, error_code=error_code,
+                                error_reason=error_reason, response_excerpt=response_excerpt)
+    if OutboundStatus(status) is OutboundStatus.ACCEPTED and provider_message_id:
+        if channel is None:
+            channel = conn.execute(_CHANNEL_OF, {"row_id": row_id}).scalar()
+        if channel is not None:
+            store.apply_known_receipts(conn, str(channel), [provider_message_id])
+    return changed
 
 
 # The statements above, built once: building them per call (SQLAlchemy's expression objects and

@@ -165,6 +165,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, int, int]:
     return when, rank, row_id
 
 
+def _window(at: Any, row_id: Any, source: int, filters: MessageFilter,
+            after: tuple[datetime, int, int] | None) -> list[Any]:
+    """The search's time range on one source's time column, and the page after the cursor."""
+    conditions: list[Any] = []
+    if filters.since:
+        conditions.append(at >= filters.since)
+    if filters.until:
+        conditions.append(at < filters.until)
+    if after:
+        conditions.append(_after_cursor(at, row_id, source, after))
+    return conditions
+
+
 def _after_cursor(time_col: Any, id_col: Any, rank: int,
                   cursor: tuple[datetime, int, int]) -> Any:
     """Rows of a source ranked `rank` that come after the cursor in (time, rank, id)
@@ -206,12 +219,7 @@ def search_messages(engine: Engine, filters: MessageFilter, limit: int = 50,
                                      m.c.sender == filters.contact,
                                      m.c.recipient == filters.contact,
                                      m.c.group_id == filters.contact))
-        if filters.since:
-            conditions.append(m.c.received_at >= filters.since)
-        if filters.until:
-            conditions.append(m.c.received_at < filters.until)
-        if after:
-            conditions.append(_after_cursor(m.c.received_at, m.c.id, 0, after))
+        conditions += _window(m.c.received_at, m.c.id, 0, filters, after)
         query = sa.select(m).where(*conditions).order_by(
             m.c.received_at.desc(), m.c.id.desc()).limit(limit + 1)
         found += [(row["received_at"], 0, row["id"], message_view(row))
@@ -225,12 +233,7 @@ def search_messages(engine: Engine, filters: MessageFilter, limit: int = 50,
                 conditions.append(o.c.status == code)
             if filters.contact:
                 conditions.append(o.c.recipient == filters.contact)
-            if filters.since:
-                conditions.append(o.c.created_at >= filters.since)
-            if filters.until:
-                conditions.append(o.c.created_at < filters.until)
-            if after:
-                conditions.append(_after_cursor(o.c.created_at, o.c.id, 1, after))
+            conditions += _window(o.c.created_at, o.c.id, 1, filters, after)
             query = sa.select(o).where(*conditions).order_by(
                 o.c.created_at.desc(), o.c.id.desc()).limit(limit + 1)
             found += [(row["created_at"], 1, row["id"], outbound_view(row))
