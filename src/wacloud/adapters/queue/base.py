@@ -135,11 +135,29 @@ class Queue(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot delete by message id")
 
 
+class QueueMissing(RuntimeError):
+    """A queue the process needs does not exist on the broker; the message says which and how
+    to create it (`wacloud queues create`)."""
+
+    def __init__(self, name: str, where: str) -> None:
+        super().__init__(f"queue {name!r} does not exist on {where}: "
+                         "create the queues with `wacloud queues create`")
+        self.name = name
+
+
 class QueueBroker(abc.ABC):
     """Creates queues and closes their connections."""
 
     @abc.abstractmethod
-    def queue(self, spec: QueueSpec) -> Queue: ...
+    def queue(self, spec: QueueSpec) -> Queue:
+        """The queue of `spec`. A broker whose queues are provisioned beforehand (SQS,
+        RabbitMQ) raises `QueueMissing` here or at the queue's first use when it is absent."""
+
+    async def create_queues(self, specs: list[QueueSpec]) -> list[str]:
+        """Provision every queue of `specs` and its dead-letter queue, idempotently (a queue
+        that exists with the same settings is left alone); returns the names provisioned.
+        This default is for brokers that create queues on first use (SQLite)."""
+        return [name for spec in specs for name in (spec.name, spec.dead_letter_name)]
 
     @abc.abstractmethod
     async def close(self) -> None: ...
