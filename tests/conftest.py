@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder: fresh databases on the real database servers."""
+"""Fixtures shared by every test folder: fresh databases on the real database servers, a fresh
+RabbitMQ virtual host, moto's server for SQS and S3."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import fresh_mariadb_db, fresh_postgres_db
+from tests.services import (
+    aws_environment,
+    fresh_mariadb_db,
+    fresh_postgres_db,
+    fresh_rabbitmq_vhost,
+    moto_server,
+)
 
 TENANT_BACKENDS = ["sqlite", "postgresql", "mariadb"]
 
@@ -34,3 +41,27 @@ def tenant_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     fixture = "postgres_url" if request.param == "postgresql" else "mariadb_url"
     url: str = request.getfixturevalue(fixture)
     return url
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server for the whole session (SQS and S3 over HTTP): its endpoint URL."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The boto3 environment (endpoint, fake credentials, region) pointing at moto's server,
+    set for this test and returned for child processes."""
+    env = aws_environment(moto_endpoint)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """amqp URL of a fresh RabbitMQ virtual host, deleted after the test."""
+    with fresh_rabbitmq_vhost() as url:
+        yield url

@@ -1,4 +1,5 @@
-"""Real database servers for tests: a fresh, empty database per test on PostgreSQL and MariaDB.
+"""Real servers for tests: a fresh, empty database per test on PostgreSQL and MariaDB, a fresh
+RabbitMQ virtual host, and moto's server for SQS and S3.
 
 Each helper creates a uniquely named database, yields its SQLAlchemy URL and drops it
 afterwards. When a server cannot be reached the test is skipped, unless the environment sets
@@ -40,6 +41,8 @@ def unreachable(what: str, exc: BaseException) -> NoReturn:
 def _address(what: str) -> str:
     if what == "PostgreSQL":
         return f"{PG_HOST}:{PG_PORT}"
+    if what == "RabbitMQ":
+        return "127.0.0.1:5672"
     return f"{MARIADB_HOST}:{MARIADB_PORT}"
 
 
@@ -96,3 +99,72 @@ def fresh_mariadb_db() -> Iterator[str]:
                 cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
     finally:
         admin.close()
+
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server (SQS and S3 over HTTP) on a free 127.0.0.1 port; yields its endpoint URL.
+    One process serves a whole test session: tests keep apart by their own queue prefixes and
+    bucket names."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{endpoint}/moto-api/", timeout=1.0)
+                break
+            except httpx.HTTPError as exc:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start on {endpoint}") from exc
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def aws_environment(endpoint: str) -> dict[str, str]:
+    """The standard boto3 variables that point every client at moto's server."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def fresh_rabbitmq_vhost() -> Iterator[str]:
+    """A new RabbitMQ virtual host (created and deleted with rabbitmqctl); yields its amqp URL.
+    Skips (or fails in CI) when RabbitMQ is not reachable."""
+    import shutil
+    import socket
+    import subprocess
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        unreachable("RabbitMQ", exc)
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        unreachable("RabbitMQ", FileNotFoundError("rabbitmqctl is not installed"))
+    name = fresh_name("wacloud")
+    subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True)
+    try:
+        subprocess.run([ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                       check=True, capture_output=True)
+        yield f"{RABBITMQ_URL}{name}"
+    finally:
+        subprocess.run([ctl, "delete_vhost", name], capture_output=True)
