@@ -12,10 +12,10 @@ import httpx
 
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.media import open_media_store
 from wacloud.adapters.media.base import MediaStore
-from wacloud.adapters.media.local import LocalMediaStore
+from wacloud.adapters.queue import open_queue_broker
 from wacloud.adapters.queue.base import Queue, QueueBroker, QueueSpec, ReceivedMessage
-from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.credentials import CredentialsBroker
 from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, write_key_file
 from wacloud.hosting.runner import StageRunner
@@ -232,9 +232,9 @@ def build_gateway(settings: Settings) -> Gateway:
         key_loader=lambda: secret_box(settings),
         sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s)
     broker.refresh(force=True)
-    queue_broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+    media_store = open_media_store(settings.media, settings)
+    queue_broker = open_queue_broker(settings.queues, settings, media_store)
     queues = {name: queue_broker.queue(spec) for name, spec in queue_specs(settings).items()}
-    media_store = LocalMediaStore(settings.media_dir)
     media_http = ClientShards(8, timeout=httpx.Timeout(30.0, connect=10.0),
                               limits=httpx.Limits(max_connections=64))
     send_http = ProviderClient(connections_per_host=max(settings.send_concurrency, 1))
@@ -243,7 +243,8 @@ def build_gateway(settings: Settings) -> Gateway:
                          allow_local=settings.dev_allow_local_urls, api=send_http)
     limits = SendLimits(settings.pair_burst, settings.pair_interval_s,
                         settings.send_rate_margin)
-    set_dead_letter_source(lambda: {name: queue.count_dead() for name, queue in queues.items()
-                                    if not name.endswith(".dlq")})
+    set_dead_letter_source(lambda: {name: count for name, queue in queues.items()
+                                    if not name.endswith(".dlq")
+                                    and (count := queue.count_dead()) is not None})
     return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
                    media_http, copier, limits)

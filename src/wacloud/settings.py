@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WACLOUD_", extra="ignore")
 
     data_dir: Path = Path(".wacloud")
+    # Where the queues live: `sqlite:///PATH` (default: `<data dir>/queues.db`), `sqs://?prefix=NAME`
+    # or `amqp://USER:PW@HOST:PORT/VHOST?prefix=NAME`.
+    queue_url: str | None = Field(default=None, repr=False)
+    # Where media files go: `file:///PATH` (default: `<data dir>/media`) or `s3://BUCKET/PREFIX`.
+    media_url: str | None = None
     # Registry URL; default: a SQLite file in the data dir.
     registry_url: str | None = None
     # Fernet keys (comma separated, newest first); default: the key file in the data dir.
@@ -141,6 +146,16 @@ class Settings(BaseSettings):
     @property
     def media_dir(self) -> Path:
         return self.data_dir / "media"
+
+    @property
+    def queues(self) -> str:
+        """The queue URL in effect (`queue_url`, else the embedded SQLite file)."""
+        return self.queue_url or f"sqlite:///{self.queue_path.resolve()}"
+
+    @property
+    def media(self) -> str:
+        """The media store URL in effect (`media_url`, else the local folder)."""
+        return self.media_url or f"file://{self.media_dir.resolve()}"
 
     @property
     def tenants_dir(self) -> Path:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from wacloud.adapters.media.base import MediaStore
 from wacloud.durable import fsync_dir, replace_durably
+
+if TYPE_CHECKING:
+    from wacloud.settings import Settings
 
 CHUNK = 256 * 1024
 
@@ -51,3 +56,9 @@ class LocalMediaStore(MediaStore):
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path_for(key).unlink, True)
+
+
+def open_store(url: str, settings: Settings) -> LocalMediaStore:
+    """`file:///PATH` (absolute) or `file:PATH` (relative to the working directory)."""
+    parts = urlsplit(url)
+    return LocalMediaStore(Path(unquote(parts.netloc + parts.path)))

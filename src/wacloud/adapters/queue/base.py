@@ -125,6 +125,11 @@ class Queue(abc.ABC):
         """How many messages wait in the dead-letter queue (for /readyz and /metrics)."""
         return (await self.depth())["dead"]
 
+    def count_dead(self) -> int | None:
+        """The dead-letter count without awaiting, cheap enough for every /metrics scrape, or
+        None when the backend cannot tell that way (this default; /metrics then omits it)."""
+        return None
+
     @abc.abstractmethod
     async def discard(self, message_ids: list[str] | None = None) -> int:
         """Delete dead letters (all, or the given ids); returns how many."""

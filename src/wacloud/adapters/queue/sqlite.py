@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from wacloud.adapters.batching import (
     BatchingThread,
@@ -34,6 +35,10 @@ from wacloud.adapters.queue.base import (
 )
 from wacloud.adapters.queue.doorbell import Doorbell
 from wacloud.adapters.queue.sqlite_queue import SqliteQueue, lane_of
+
+if TYPE_CHECKING:
+    from wacloud.adapters.media.base import MediaStore
+    from wacloud.settings import Settings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -443,3 +448,11 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
         conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
     if fifo:
         conn.execute(_MARK_FOLLOWERS, (before,))
+
+
+def open_broker(url: str, settings: Settings, media_store: MediaStore | None = None
+                ) -> SqliteBroker:
+    """`sqlite:///PATH` (absolute) or `sqlite:PATH`; every body fits, so no media store."""
+    parts = urlsplit(url)
+    return SqliteBroker(Path(unquote(parts.netloc + parts.path)),
+                        synchronous=settings.queue_synchronous)
