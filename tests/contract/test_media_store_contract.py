@@ -154,20 +154,20 @@ ESCAPING_KEYS = ["../outside.jpg", "acme/../../outside.jpg", "/etc/passwd", ".."
                  "acme//x.jpg", "acme/", "", "acme/x\x00.jpg"]
 
 
-@pytest.mark.parametrize("key", ESCAPING_KEYS)
 async def test_keys_that_try_to_escape_are_refused_by_every_operation(
-        store: MediaStore, tmp_path: Path, key: str) -> None:
+        store: MediaStore, tmp_path: Path) -> None:
     source = a_file(tmp_path, b"evil")
-    with pytest.raises(ValueError):
-        await store.put_file(key, source)
-    with pytest.raises(ValueError):
-        await store.exists(key)
-    with pytest.raises(ValueError):
-        await read_all(store, key)
-    with pytest.raises(ValueError):
-        await store.delete(key)
-    with pytest.raises(ValueError):
-        await store.presigned_url(key, 60)
+    for key in ESCAPING_KEYS:
+        with pytest.raises(ValueError):
+            await store.put_file(key, source)
+        with pytest.raises(ValueError):
+            await store.exists(key)
+        with pytest.raises(ValueError):
+            await read_all(store, key)
+        with pytest.raises(ValueError):
+            await store.delete(key)
+        with pytest.raises(ValueError):
+            await store.presigned_url(key, 60)
     assert source.read_bytes() == b"evil"  # refused before anything was done with it
     assert not (tmp_path / "outside.jpg").exists()
 

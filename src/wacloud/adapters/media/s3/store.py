@@ -24,6 +24,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from s3transfer.subscribers import BaseSubscriber
 
 from wacloud.adapters.media.base import MediaNotFound, MediaStore, MediaStoreMissing, check_key
 
@@ -33,9 +34,10 @@ CHUNK = 256 * 1024
 # S3 refuses parts under 5 MiB (except the last); 8 MiB is boto3's default.
 MIN_PART_SIZE = 5 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
-# Parts in flight across all uploads of one store: bounds memory and connections.
-UPLOAD_CONCURRENCY = 4
-# Threads for single requests (HEAD, GET body reads, DELETE) and for waiting on uploads.
+# Requests in flight across all uploads of one store (a small file is one request, a big one
+# a part each): bounds connections; parts are read from the file as they are sent.
+UPLOAD_CONCURRENCY = 10
+# Threads for single requests (HEAD, GET, body reads, DELETE, presigning).
 THREADS = 8
 MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4's limit
 
@@ -46,6 +48,23 @@ def _code(exc: ClientError) -> str:
 
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+class _Done(BaseSubscriber):  # type: ignore[misc]
+    """Settles an asyncio future when an s3transfer upload ends (done, failed or cancelled),
+    so that no thread sits blocked waiting for it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> None:
+        self.loop = loop
+        self.waiter = waiter
+
+    def on_done(self, future: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class S3MediaStore(MediaStore):
@@ -117,9 +136,13 @@ class S3MediaStore(MediaStore):
         await self._require_bucket()
         if await self._head(s3_key) is None:
             extra = {"ContentType": content_type} if content_type else {}
-            future = self._transfers.upload(str(path), self.bucket, s3_key, extra_args=extra)
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[None] = loop.create_future()
+            future = self._transfers.upload(str(path), self.bucket, s3_key, extra_args=extra,
+                                            subscribers=[_Done(loop, done)])
             try:
-                await self._run(future.result)
+                await done
+                future.result()  # done: raises the upload's error, if any, without waiting
             except ClientError as exc:
                 if _code(exc) == "NoSuchBucket":
                     raise self.missing() from None
