@@ -1,6 +1,7 @@
 """Inbound media lands in S3: a real `wacloud serve` with `WACLOUD_MEDIA_URL=s3://...` against
 moto's server over HTTP copies a Meta image and voice note into the bucket under the prefix,
-and `wacloud media url` gives a presigned URL that serves the bytes."""
+`wacloud media url` gives a presigned URL that serves the bytes, and the dashboard streams them
+from the bucket."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import boto3
 import httpx
 import pytest
 
-from tests.e2e.conftest import fixture, make_harness
+from tests.e2e.conftest import fixture, make_harness, wait_for
 from tests.e2e.payloads import attach_meta_media, retarget_meta
+from wacloud.adapters.db.api_keys import create_api_key
 from wacloud.testing.fake_provider import FakeProviderServer
 
 pytestmark = pytest.mark.slow
@@ -58,5 +60,16 @@ def test_inbound_media_is_stored_in_the_s3_bucket(
         assert done.returncode == 0, done.stderr
         url = json.loads(done.stdout)["url"]
         assert httpx.get(url).content == sent[rows[0]["provider_message_id"]].read_bytes()
+
+        # The dashboard streams the object from S3 through its session-checked route.
+        key = create_api_key(harness.registry, tenant=None, admin=True)[1]
+        with httpx.Client(base_url=harness.gateway.base_url, timeout=10,
+                          headers={"Origin": harness.gateway.base_url}) as browser:
+            wait_for(lambda: browser.post("/ui/login", data={"key": key}).status_code == 303,
+                     message="admin key visible to the dashboard")
+            for row in rows:
+                page = browser.get(f"/ui/media/{tenant}/{row['id']}")
+                assert page.status_code == 200
+                assert page.content == sent[row["provider_message_id"]].read_bytes()
     finally:
         harness_iter.close()
