@@ -1,13 +1,14 @@
 """S3MediaStore: the media store port on S3 with boto3, whose blocking calls run in the store's
 own small thread pool so that the event loop never waits on the network.
 
-- Uploads stream the file from disk in parts (a multipart upload above `part_size`, through one
-  s3transfer manager shared by every upload of the store): memory holds a few parts at most,
-  never a whole file, whatever its size.
+- Uploads stream the file from disk (a multipart upload above `part_size`, through one
+  s3transfer manager shared by every upload of the store, which reads each part from the file
+  as it sends it): never a whole file in memory, whatever its size.
 - Keys name their content (see `wacloud.adapters.media.base`): a key already in the bucket is
   not uploaded again (one HEAD first), so a retried copy overwrites nothing.
 - Reads stream the object's body in bounded chunks.
-- A missing bucket is reported once, as `MediaStoreMissing`, saying how to create it.
+- A missing bucket is `MediaStoreMissing`, whose message says which and how to create it (one
+  HEAD of the bucket per process tells it apart from a missing object).
 """
 
 from __future__ import annotations
