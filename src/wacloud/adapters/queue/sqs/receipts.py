@@ -1,0 +1,92 @@
+"""What this process knows of the receipts it was handed: which message each one holds, and
+whether it still does.
+
+SQS does not say reliably whether a receipt handle is the latest of its message: AWS may accept
+an older handle (its documentation: the delete "succeeds, but the message might not be
+deleted"), and moto accepts any handle a message ever had. The port promises that a stale
+receipt changes nothing, so each broker remembers, per message, the receipt of its last
+receive: an older receipt of a message received again here, or one already acked, released or
+dead-lettered, is ignored without asking SQS. Receipts from other processes cannot be known
+here; for those SQS's own checks are all there is.
+
+It also keeps the SQS message each receipt came with (body, attributes, group), which copying
+or dead-lettering a message needs: SQS cannot change a message, only send a new one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+# A receipt whose visibility ran out this long ago is forgotten (it is stale by then or its
+# message was received again elsewhere); forgotten ones are passed to SQS as they are.
+FORGET_AFTER_S = 600.0
+PRUNE_EVERY_S = 30.0
+
+
+@dataclass(slots=True)
+class Held:
+    queue_url: str
+    message: dict[str, Any]  # the SQS message as received (raw body and attributes)
+    receive_count: int  # as reported to the caller (receives before a copy included)
+    sent_at: float
+    group_id: str | None
+    until: float  # time.monotonic() when its visibility runs out
+    live: bool = True  # False once acked, released, dead-lettered or received again
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message["MessageId"])
+
+
+class Receipts:
+    """Receipts handed out by one broker (used from its event loop only)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, Held] = {}
+        self._latest: dict[tuple[str, str], str] = {}  # (queue url, message id) -> receipt
+        self._pruned = time.monotonic()
+
+    def add(self, receipt: str, held: Held) -> None:
+        key = (held.queue_url, held.message_id)
+        previous = self._latest.get(key)
+        if previous is not None and previous in self._held:
+            self._held[previous].live = False
+        self._latest[key] = receipt
+        self._held[receipt] = held
+        self._prune()
+
+    def lookup(self, receipt: str) -> Held | None:
+        """The receipt's message, or None when this process does not know the receipt."""
+        return self._held.get(receipt)
+
+    def is_stale(self, receipt: str) -> bool:
+        held = self._held.get(receipt)
+        return held is not None and not held.live
+
+    def done(self, receipt: str) -> None:
+        """The receipt no longer holds its message (acked, released, moved)."""
+        held = self._held.get(receipt)
+        if held is not None:
+            held.live = False
+
+    def extend(self, receipt: str, seconds: float) -> None:
+        held = self._held.get(receipt)
+        if held is not None:
+            held.until = max(held.until, time.monotonic() + seconds)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        if now - self._pruned < PRUNE_EVERY_S:
+            return
+        self._pruned = now
+        for receipt, held in list(self._held.items()):
+            if held.until < now - FORGET_AFTER_S:
+                del self._held[receipt]
+                key = (held.queue_url, held.message_id)
+                if self._latest.get(key) == receipt:
+                    del self._latest[key]
