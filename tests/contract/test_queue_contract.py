@@ -89,6 +89,9 @@ SQS_CANNOT = {
     "redrive_to_head": "a redrive re-sends the letter (SQS has no way to put a message before "
                        "others): it joins the back of its message group",
     "standard_dedup": "SQS standard queues have no de-duplication",
+    "exclusive_receives": "SQS standard queues deliver at least once: now and then a message "
+                          "is handed out twice (moto's server does so under concurrent "
+                          "receives), which is why every stage is idempotent",
 }
 
 
@@ -321,8 +324,10 @@ async def test_concurrent_receivers_never_share(backend: Backend, qname: str) ->
 
         results = await asyncio.gather(*(worker(q) for q in queues for _ in range(2)))
         everything = [i for r in results for i in r]
-        assert len(everything) == len(set(everything)) == total
+        assert len(set(everything)) == total  # every message reached a receiver
         assert sum(1 for r in results if r) >= 2  # the receivers really did compete
+        backend.require("exclusive_receives")
+        assert len(everything) == total  # and none reached two
     finally:
         for b in brokers:
             await b.close()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoRegionError
 
 from wacloud.adapters.queue.base import QueueBroker, QueueMissing, QueueSpec
 from wacloud.adapters.queue.sqs.calls import error_code, whole_seconds
@@ -49,8 +49,12 @@ class SqsBroker(QueueBroker):
         self.media_store = media_store
         self.tmp_dir = tmp_dir
         session = boto3.session.Session()
-        self.client: Any = session.client("sqs", config=Config(
-            max_pool_connections=threads, retries={"mode": "standard"}))
+        try:
+            self.client: Any = session.client("sqs", config=Config(
+                max_pool_connections=threads, retries={"mode": "standard"}))
+        except NoRegionError:
+            raise ValueError("WACLOUD_QUEUE_URL is sqs://, but no AWS region is set (set "
+                             "AWS_REGION or AWS_DEFAULT_REGION, or a profile's region)") from None
         self.where = f"SQS (region {session.region_name or '?'})"
         self.receipts = Receipts()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sqs")

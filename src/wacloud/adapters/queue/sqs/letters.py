@@ -19,26 +19,31 @@ from typing import Any
 from wacloud.adapters.queue.sqs.calls import BATCH, counts, receive, release_all
 
 HOLD_S = 30  # how long a scanned message stays hidden while the scan goes on
-LAST_WAIT_S = 1  # one long poll before concluding: a short poll may miss messages on AWS
+# Each page is a short long poll: it answers as soon as messages are there, and an empty answer
+# means the queue had none visible (a short poll on AWS asks only some of its servers).
+PAGE_WAIT_S = 1
 
 
 def scan(client: Any, url: str, *, wanted: set[str] | None = None, limit: int | None = None,
          take: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """The visible messages of `url` that are chosen (all, or those whose MessageId is in
     `wanted`), at most `limit`; `take` gets them page by page and must delete or move them
-    (without it the scan is a peek: every message is given back)."""
+    (without it the scan is a peek: every message is given back).
+
+    The scan ends at an empty page, or once it has seen as many messages as SQS counted
+    visible when it began and a page came back short (SQS's count may lag behind sends by up
+    to a minute, so a count of 0 is not believed: an empty page has the last word)."""
     expected = counts(client, url)["visible"]
     chosen: list[dict[str, Any]] = []
     held: list[str] = []  # receipts to give back at the end
     seen: set[str] = set()
     found: set[str] = set()
     try:
-        while len(seen) < expected and (wanted is None or found != wanted):
+        while wanted is None or found != wanted:
             room = BATCH if limit is None else min(BATCH, limit - len(chosen))
             if room <= 0:
                 break
-            page = receive(client, url, room, HOLD_S, 0) or receive(
-                client, url, room, HOLD_S, LAST_WAIT_S)
+            page = receive(client, url, room, HOLD_S, PAGE_WAIT_S)
             fresh = [m for m in page if m["MessageId"] not in seen]
             # A message seen already came back (its hold ran out): give it back again.
             held.extend(m["ReceiptHandle"] for m in page if m["MessageId"] in seen)
@@ -52,6 +57,8 @@ def scan(client: Any, url: str, *, wanted: set[str] | None = None, limit: int | 
             chosen.extend(picked)
             if take is not None and picked:
                 take(picked)
+            if 0 < expected <= len(seen) and len(page) < room:
+                break
     finally:
         if held:
             release_all(client, url, held)

@@ -50,6 +50,7 @@ from wacloud.adapters.queue.sqs.bodies import (
     RECEIVES,
     SENT_AT,
     SOURCE,
+    BodyTooLarge,
     attributes_of,
     body_key,
     clip_reason,
@@ -201,15 +202,32 @@ class SqsQueue(Queue):
                 continue
             try:
                 body = await decode(message, self.broker.media_store)
+            except BodyTooLarge:  # no media store here: a configuration error, not the message's
+                raise
             except Exception as exc:
-                log.warning("queue %s: message %s has no readable body (%s)", self.spec.name,
-                            message["MessageId"], type(exc).__name__)
-                await self.dead_letter(receipt, f"body unreadable: {type(exc).__name__}: {exc}")
+                await self._unreadable(receipt, message, exc)
                 continue
             out.append(ReceivedMessage(body=body, receipt=receipt, receive_count=count,
                                        message_id=str(message["MessageId"]),
                                        group_id=held.group_id, sent_at=held.sent_at))
         return out
+
+    async def _unreadable(self, receipt: str, message: dict[str, Any], exc: Exception) -> None:
+        """A body in the media store could not be read. Gone (its message was acked already,
+        and SQS delivered this one twice, or it was deleted): dead-lettered with the reason.
+        Otherwise (the store is unreachable) the message comes back when its visibility runs
+        out, like any failure."""
+        key = body_key(message) or ""
+        store = self.broker.media_store
+        try:
+            gone = store is not None and not await store.exists(key)
+        except Exception:
+            gone = False
+        log.warning("queue %s: the body of message %s is %s (%s)", self.spec.name,
+                    message["MessageId"], "missing" if gone else "unreadable for now",
+                    type(exc).__name__)
+        if gone:
+            await self.dead_letter(receipt, f"its body {key} is missing from the media store")
 
     # -- receipts ---------------------------------------------------------------------------
 
