@@ -5,6 +5,7 @@ SQS decides (the port's contract suite covers the rest)."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from wacloud.adapters.queue.sqs.bodies import BodyTooLarge, entry_size
 from wacloud.adapters.queue.sqs.calls import SqsBatchError, batches
 from wacloud.adapters.queue.sqs.entries import new_entry
 from wacloud.adapters.queue.sqs.names import parse_prefix, sqs_name
+from wacloud.adapters.queue.sqs.receipts import DONE_KEPT, Held, Receipts
 from wacloud.bootstrap import queue_specs
 from wacloud.settings import load_settings
 from wacloud.stages import envelopes
@@ -290,3 +292,35 @@ async def test_a_stale_receipt_from_this_process_changes_nothing(broker: SqsBrok
     assert (await queue.depth())["dead"] == 0
     await queue.ack([second.receipt])
     assert not await queue.extend_visibility(second.receipt, 60)
+
+
+async def test_delete_by_id_reaches_visible_messages_and_dead_letters(broker: SqsBroker,
+                                                                       tmp_path: Path) -> None:
+    spec = QueueSpec("erase")
+    await broker.create_queues([spec])
+    queue = broker.queue(spec)
+    await queue.send_batch([OutgoingMessage(b"a"), OutgoingMessage(b"b" * (300 * 1024)),
+                            OutgoingMessage(b"keep")])
+    got = {m.body[:1]: m for m in await queue.receive(10, wait_seconds=1)}
+    await queue.dead_letter(got[b"a"].receipt, "x")
+    [letter] = await queue.dead_letters()
+    await queue.release(got[b"b"].receipt)
+    await queue.release(got[b"k"].receipt)
+    assert await queue.delete([letter.message_id, got[b"b"].message_id, "no-such-id"]) == 2
+    assert stored(tmp_path) == []  # the large body's object went too
+    assert await queue.dead_letters() == []
+    [kept] = await queue.receive(10, wait_seconds=1)
+    assert kept.body == b"keep"
+
+
+def test_receipts_hold_only_what_is_in_flight() -> None:
+    receipts = Receipts()
+    receipts.add("r1", Held("url", {"MessageId": "m"}, 1, 0.0, None, time.monotonic() + 30))
+    receipts.add("r2", Held("url", {"MessageId": "m"}, 2, 0.0, None, time.monotonic() + 30))
+    assert receipts.is_stale("r1") and receipts.lookup("r1") is None  # received again
+    assert receipts.lookup("r2") is not None
+    receipts.done("r2")
+    assert len(receipts) == 0 and receipts.is_stale("r2")  # acked: body and message dropped
+    for i in range(DONE_KEPT):
+        receipts.done(f"other{i}")
+    assert not receipts.is_stale("r2")  # only the most recent are remembered

@@ -16,6 +16,7 @@ dead letters, ids SQS refuses); `wacloud.sent-at` the first send's time, kept by
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -105,15 +106,19 @@ async def encode(body: bytes, queue_name: str, media_store: MediaStore | None,
             f"a message of {len(body)} bytes is over SQS's 256 KB limit and the queue broker "
             "has no media store to keep it in (set WACLOUD_MEDIA_URL)")
     key = f"{BODIES_PREFIX}/{queue_name}/{uuid.uuid4().hex}"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     path = tmp_dir / f"queue-body-{uuid.uuid4().hex}"
-    path.write_bytes(body)
+    await asyncio.to_thread(_write, path, body)
     try:
         await media_store.put_file(key, path, "application/octet-stream")
     finally:
         with contextlib.suppress(FileNotFoundError):  # consumed by put_file when it succeeded
             path.unlink()
     return f"wacloud queue body in the media store: {key}", {KEY: key}
+
+
+def _write(path: Path, body: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
 
 
 async def decode(message: dict[str, Any], media_store: MediaStore | None) -> bytes:

@@ -55,7 +55,7 @@ class SqsBroker(QueueBroker):
         except NoRegionError:
             raise ValueError("WACLOUD_QUEUE_URL is sqs://, but no AWS region is set (set "
                              "AWS_REGION or AWS_DEFAULT_REGION, or a profile's region)") from None
-        self.where = f"SQS (region {session.region_name or '?'})"
+        self.where = f"SQS at {self.client.meta.endpoint_url}"
         self.receipts = Receipts()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sqs")
         self._urls: dict[str, str] = {}  # SQS name -> queue URL

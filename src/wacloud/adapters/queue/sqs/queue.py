@@ -295,8 +295,8 @@ class SqsQueue(Queue):
                           ) -> None:
         receipts = self.broker.receipts
         held = receipts.lookup(receipt)
-        if held is None or not held.live:
-            # Unknown here (a receipt long expired): without the message it cannot be moved.
+        if held is None:
+            # Stale, or unknown here (long expired): without the message it cannot be moved.
             return
         url, fifo = await self.target()
         dead = await self.dead_url()
@@ -312,12 +312,12 @@ class SqsQueue(Queue):
 
     async def depth(self) -> dict[str, int]:
         url, _ = await self.target()
-        live = self._call(url, partial(calls.counts, self._client, url))
         if self.is_dead_letter_queue:
-            return {**await live, "dead": 0}
+            return {**await self._call(url, partial(calls.counts, self._client, url)), "dead": 0}
         dead_url = await self.dead_url()
         mine, dead = await asyncio.gather(
-            live, self._call(dead_url, partial(calls.counts, self._client, dead_url)))
+            self._call(url, partial(calls.counts, self._client, url)),
+            self._call(dead_url, partial(calls.counts, self._client, dead_url)))
         return {**mine, "dead": sum(dead.values())}
 
     async def has_waiting(self, longer_than: float = 0.0) -> bool:

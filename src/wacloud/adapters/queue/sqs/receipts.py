@@ -16,6 +16,7 @@ or dead-lettering a message needs: SQS cannot change a message, only send a new 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ from typing import Any
 # message was received again elsewhere); forgotten ones are passed to SQS as they are.
 FORGET_AFTER_S = 600.0
 PRUNE_EVERY_S = 30.0
+# Receipts acked, released or moved, remembered so that a second use changes nothing: the most
+# recent ones only (a receipt handle is up to 1 KB; a worker uses one right after its message).
+DONE_KEPT = 10_000
 
 
 @dataclass(slots=True)
@@ -33,7 +37,6 @@ class Held:
     sent_at: float
     group_id: str | None
     until: float  # time.monotonic() when its visibility runs out
-    live: bool = True  # False once acked, released, dead-lettered or received again
 
     @property
     def message_id(self) -> str:
@@ -44,32 +47,40 @@ class Receipts:
     """Receipts handed out by one broker (used from its event loop only)."""
 
     def __init__(self) -> None:
-        self._held: dict[str, Held] = {}
+        self._held: dict[str, Held] = {}  # receipts that hold their message, as far as known
         self._latest: dict[tuple[str, str], str] = {}  # (queue url, message id) -> receipt
+        self._stale: dict[str, float] = {}  # superseded receipt -> its former `until`
+        self._done: OrderedDict[str, None] = OrderedDict()
         self._pruned = time.monotonic()
 
     def add(self, receipt: str, held: Held) -> None:
         key = (held.queue_url, held.message_id)
         previous = self._latest.get(key)
-        if previous is not None and previous in self._held:
-            self._held[previous].live = False
+        if previous is not None:
+            superseded = self._held.pop(previous, None)
+            if superseded is not None:
+                self._stale[previous] = superseded.until
         self._latest[key] = receipt
         self._held[receipt] = held
         self._prune()
 
     def lookup(self, receipt: str) -> Held | None:
-        """The receipt's message, or None when this process does not know the receipt."""
+        """The message `receipt` holds, or None when this process does not know the receipt
+        or knows it no longer holds it."""
         return self._held.get(receipt)
 
     def is_stale(self, receipt: str) -> bool:
-        held = self._held.get(receipt)
-        return held is not None and not held.live
+        """Whether this process knows `receipt` no longer holds its message."""
+        return receipt in self._stale or receipt in self._done
 
     def done(self, receipt: str) -> None:
         """The receipt no longer holds its message (acked, released, moved)."""
-        held = self._held.get(receipt)
-        if held is not None:
-            held.live = False
+        held = self._held.pop(receipt, None)
+        if held is not None and self._latest.get((held.queue_url, held.message_id)) == receipt:
+            del self._latest[(held.queue_url, held.message_id)]
+        self._done[receipt] = None
+        if len(self._done) > DONE_KEPT:
+            self._done.popitem(last=False)
 
     def extend(self, receipt: str, seconds: float) -> None:
         held = self._held.get(receipt)
@@ -84,9 +95,13 @@ class Receipts:
         if now - self._pruned < PRUNE_EVERY_S:
             return
         self._pruned = now
+        horizon = now - FORGET_AFTER_S
         for receipt, held in list(self._held.items()):
-            if held.until < now - FORGET_AFTER_S:
+            if held.until < horizon:
                 del self._held[receipt]
                 key = (held.queue_url, held.message_id)
                 if self._latest.get(key) == receipt:
                     del self._latest[key]
+        for receipt, until in list(self._stale.items()):
+            if until < horizon:
+                del self._stale[receipt]
