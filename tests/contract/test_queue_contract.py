@@ -36,8 +36,6 @@ import asyncio, sys
 from pathlib import Path
 from wacloud.adapters.queue.base import QueueSpec
 from wacloud.adapters.queue.sqlite import SqliteBroker
-from wacloud.adapters.queue.sqs import SqsBroker
-from wacloud.adapters.queue.sqs.names import source_of
 
 async def main() -> None:
     queue = SqliteBroker(Path(sys.argv[1])).queue(QueueSpec(sys.argv[2]))
