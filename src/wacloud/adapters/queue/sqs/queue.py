@@ -3,7 +3,10 @@
 What SQS decides, and how each port operation maps to it:
 - `send`/`send_batch`: SendMessageBatch, 10 entries and 256 KiB per call, entries SQS failed on
   its side sent again. FIFO queues: MessageGroupId = group id, MessageDeduplicationId = dedup
-  id (a fresh uuid without one), no per-message delay (SQS refuses it: ValueError). Standard
+  id (a fresh uuid without one), no per-message delay (SQS refuses it: ValueError). SQS drops
+  a repeated de-duplication id for 5 minutes after the first send, queued or not, and (queues
+  are high-throughput FIFO) per message group: a row's id always comes with the same group, and
+  the collector re-queues a stale row only after WACLOUD_QUEUED_STALE_S (900 s). Standard
   queues: no de-duplication (a dedup id is ignored); delays above 900 s (SQS's longest) are cut
   to 900 s.
 - `receive`: long polling, WaitTimeSeconds up to 20 (longer waits poll again); visibility
