@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 ADAPTERS: dict[str, str] = {
     "sqlite": "wacloud.adapters.queue.sqlite.broker",
+    "sqs": "wacloud.adapters.queue.sqs",
 }
 
 
