@@ -24,8 +24,7 @@ from wacloud.adapters.db.reachability import SERVER_FIX, ping, probe_engine, sho
 from wacloud.adapters.db.registry.store import Registry, Tenant
 from wacloud.adapters.db.tenant.tables import messages, outbound_messages
 from wacloud.adapters.http.provider_client import ProviderClient
-from wacloud.adapters.queue.sqlite.broker import SqliteBroker
-from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.bootstrap import open_registry, opened_queues, queue_specs
 from wacloud.credentials.channel_check import check_token
 from wacloud.domain.model import Channel
 from wacloud.domain.validation import masked_db_url
@@ -110,8 +109,7 @@ def outbox_counts(settings: Settings, tenant: Tenant) -> dict[str, Any]:
 
 
 async def queue_depths(settings: Settings) -> list[dict[str, Any]]:
-    broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
-    try:
+    async with opened_queues(settings) as broker:
         out = []
         for name, spec in queue_specs(settings).items():
             if name.endswith(".dlq"):
@@ -120,8 +118,6 @@ async def queue_depths(settings: Settings) -> list[dict[str, Any]]:
             out.append({"name": name, "depth": depth["visible"], "in_flight": depth["in_flight"],
                         "delayed": depth["delayed"], "dead_letters": depth["dead"]})
         return out
-    finally:
-        await broker.close()
 
 
 def readyz(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
