@@ -127,11 +127,11 @@ class MemoryQueue(Queue):
         out: list[Stored] = []
         while turns:
             for turn in list(turns):
-                message = next(turn, None)
-                if message is None:
+                taken = next(turn, None)
+                if taken is None:
                     turns.remove(turn)
                 else:
-                    out.append(message)
+                    out.append(taken)
         return out
 
     async def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None,
