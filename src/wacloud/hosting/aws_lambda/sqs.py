@@ -1,0 +1,195 @@
+"""SQS-triggered functions: Lambda's batch of records through a stage's `StageRunner`, and the
+records that failed back to Lambda (`batchItemFailures`).
+
+Lambda's event source mapping receives from SQS and deletes what the function does not report
+failed. The batch is handed to the stage's runner as the runner's own receive would be: the
+batch handler (writer), or each FIFO group in order with groups side by side (sender). The
+runner's input queue is, for this batch, an `EventSourceQueue`: what the runner acks is left
+for Lambda to delete; what it releases (a retry later, with backoff) goes through the real
+queue's `release` (on SQS: ChangeMessageVisibility on the record's receipt handle, so the
+delay holds) and is reported failed; what it dead-letters is moved by the real queue and not
+reported. In a FIFO group, what follows a failed record is released too, so it is reported
+failed as well and the group's order holds. aws-lambda-powertools' `BatchProcessor` turns the
+outcomes into Lambda's partial batch response; a batch that failed entirely is answered the
+same way (not raised), so that the delays set above stand and the invocation does not count as
+an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from wacloud.adapters.db.errors import failure_reason
+from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
+from wacloud.hosting.aws_lambda.runtime import Container, container
+
+log = logging.getLogger(__name__)
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+class RecordFailed(Exception):
+    """A record the stage did not finish: Lambda leaves it in its queue."""
+
+
+def received_message(record: Mapping[str, Any]) -> ReceivedMessage:
+    """An SQS event record as the queue port's `ReceivedMessage`."""
+    attributes = record.get("attributes") or {}
+    sent_ms = attributes.get("SentTimestamp")
+    return ReceivedMessage(
+        body=str(record.get("body") or "").encode(),
+        receipt=str(record["receiptHandle"]),
+        receive_count=int(attributes.get("ApproximateReceiveCount") or 1),
+        message_id=str(record["messageId"]),
+        group_id=attributes.get("MessageGroupId"),
+        sent_at=int(sent_ms) / 1000.0 if sent_ms else 0.0,
+        attributes=message_attributes(record.get("messageAttributes") or {}))
+
+
+def message_attributes(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """SQS message attributes (`{"name": {"stringValue": ..., "dataType": ...}}`) as text;
+    binary ones stay base64, as the event carries them."""
+    found: dict[str, str] = {}
+    for name, value in attributes.items():
+        if not isinstance(value, Mapping):
+            continue
+        text = value.get("stringValue")
+        if text is None:
+            binary = value.get("binaryValue")
+            text = (base64.b64encode(binary).decode() if isinstance(binary, bytes)
+                    else binary)
+        if isinstance(text, str):
+            found[str(name)] = text
+    return found
+
+
+def _folded(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def queue_of(arn: str | None, names: Iterable[str]) -> str | None:
+    """Which of `names` (port queue names, `inbound.raw`) the SQS queue of `arn` is, whatever
+    prefix and spelling the queue adapter gave it (`wacloud-inbound-raw`,
+    `prod_outbound_send.fifo`): the longest name its own name ends with, letters and digits
+    only."""
+    if not arn:
+        return None
+    sqs_name = _folded(arn.rsplit(":", 1)[-1].removesuffix(".fifo"))
+    matches = [name for name in names if sqs_name.endswith(_folded(name))]
+    return max(matches, key=len) if matches else None
+
+
+class EventSourceQueue(Queue):
+    """One Lambda batch of `source`, through the queue port (see the module docstring)."""
+
+    def __init__(self, source: Queue) -> None:
+        self.source = source
+        self.spec = source.spec
+        self.settled: set[str] = set()  # receipts Lambda may delete
+        self.reasons: dict[str, str] = {}  # receipt -> why it was released
+
+    async def ack(self, receipts: list[str]) -> None:
+        self.settled.update(receipts)
+
+    async def release(self, receipt: str, delay: float = 0.0, *, reason: str | None = None,
+                      count: bool = True) -> None:
+        self.settled.discard(receipt)
+        self.reasons[receipt] = reason or "released by its stage"
+        await self.source.release(receipt, delay, reason=reason, count=count)
+
+    async def dead_letter(self, receipt: str, reason: str) -> None:
+        await self.source.dead_letter(receipt, reason)
+        self.settled.add(receipt)
+
+    async def extend_visibility(self, receipt: str, seconds: float) -> bool:
+        return await self.source.extend_visibility(receipt, seconds)
+
+    async def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None,
+                      wait_seconds: float = 0.0) -> list[ReceivedMessage]:
+        raise NotImplementedError("in Lambda the event source mapping receives")
+
+    async def send(self, body: bytes, *, group_id: str | None = None,
+                   dedup_id: str | None = None, delay: float = 0.0) -> None:
+        await self.source.send(body, group_id=group_id, dedup_id=dedup_id, delay=delay)
+
+    async def send_batch(self, messages: list[OutgoingMessage]) -> None:
+        await self.source.send_batch(messages)
+
+    async def depth(self) -> dict[str, int]:
+        return await self.source.depth()
+
+    async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
+        return await self.source.dead_letters(limit)
+
+    async def redrive(self, message_ids: list[str] | None = None) -> int:
+        return await self.source.redrive(message_ids)
+
+    async def discard(self, message_ids: list[str] | None = None) -> int:
+        return await self.source.discard(message_ids)
+
+
+class SqsStageHandler:
+    """A Lambda handler for the SQS queues `stages` names (port queue name -> stage name of
+    `Gateway.runners`)."""
+
+    def __init__(self, stages: Mapping[str, str]) -> None:
+        self.stages = dict(stages)
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        app = container()
+        failed = app.run(self.handle(app, list(event.get("Records") or [])))
+        processor = BatchProcessor(event_type=EventType.SQS,
+                                   raise_on_entire_batch_failure=False)
+
+        def report(record: SQSRecord) -> None:
+            reason = failed.get(record.message_id)
+            if reason is not None:
+                raise RecordFailed(reason)
+
+        response: dict[str, Any] = dict(process_partial_response(
+            event=event, record_handler=report, processor=processor, context=context))
+        return response
+
+    async def handle(self, app: Container, records: list[dict[str, Any]]) -> dict[str, str]:
+        """Run the batch; returns {message id: why it failed} for the records to report."""
+        await app.fresh()
+        failed: dict[str, str] = {}
+        by_queue: dict[str, list[ReceivedMessage]] = defaultdict(list)
+        for record in records:
+            message_id = str(record.get("messageId"))
+            name = queue_of(record.get("eventSourceARN"), self.stages)
+            if name is None:
+                log.error("record %s comes from %s, which this function does not consume",
+                          message_id, record.get("eventSourceARN"))
+                failed[message_id] = "from a queue this function does not consume"
+                continue
+            try:
+                by_queue[name].append(received_message(record))
+            except (KeyError, TypeError, ValueError) as exc:
+                failed[message_id] = f"not an SQS record: {failure_reason(exc)}"
+        for name, messages in by_queue.items():
+            runner = app.runner(self.stages[name])
+            source = app.gateway.queues[name]
+            batch = EventSourceQueue(source)
+            runner.queue = batch
+            try:
+                await runner.handle_received(messages)
+            finally:
+                runner.queue = source
+            for message in messages:
+                if message.receipt not in batch.settled:
+                    failed[message.message_id] = batch.reasons.get(message.receipt,
+                                                                   "not finished")
+        return failed

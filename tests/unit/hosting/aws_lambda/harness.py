@@ -1,0 +1,256 @@
+"""Driving the Lambda handlers as AWS would: real event shapes (`tests/fixtures/aws_lambda/`),
+the queues played by the SQLite adapter, real SQLite tenant databases and the fake provider
+over real HTTP.
+
+`LambdaWorld.deliver` is Lambda's SQS poller: it receives a batch from the queue the function
+consumes, hands it over as an SQS event and, like the event source mapping, deletes the
+records the function did not report failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from wacloud.adapters.db import tenant as t
+from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.media.base import MediaStore
+from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
+from wacloud.credentials import CredentialsBroker
+from wacloud.hosting.aws_lambda import runtime
+from wacloud.model import Channel
+from wacloud.testing.fake_provider import FakeProvider
+from wacloud.testing.webhooks import dumps, sign
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "aws_lambda"
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def fixture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text("utf-8"))
+    return data
+
+
+def sqs_name(queue: str, fifo: bool) -> str:
+    """An SQS spelling of a port queue name, as a queue adapter with prefix `wacloud` might
+    give it (the handlers must not depend on the spelling)."""
+    return "wacloud-" + queue.replace(".", "-") + (".fifo" if fifo else "")
+
+
+@dataclass
+class LambdaContext:
+    """The few fields of Lambda's context object the handlers and powertools read."""
+
+    function_name: str = "wacloud-test"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    remaining_ms: int = 60_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+def sqs_event(queue: Queue, messages: list[ReceivedMessage]) -> dict[str, Any]:
+    """The SQS event Lambda would hand over for `messages` of `queue`."""
+    fifo = queue.spec.fifo
+    template = fixture("sqs_fifo_event" if fifo else "sqs_event")["Records"][0]
+    records = []
+    for message in messages:
+        record = copy.deepcopy(template)
+        record["messageId"] = message.message_id
+        record["receiptHandle"] = message.receipt
+        record["body"] = message.body.decode("utf-8")
+        record["messageAttributes"] = {}
+        attributes = record["attributes"]
+        attributes["ApproximateReceiveCount"] = str(message.receive_count)
+        attributes["SentTimestamp"] = str(int(message.sent_at * 1000))
+        if fifo:
+            attributes["MessageGroupId"] = message.group_id
+            attributes["MessageDeduplicationId"] = message.message_id
+        arn = record["eventSourceARN"].rsplit(":", 1)[0]
+        record["eventSourceARN"] = f"{arn}:{sqs_name(queue.spec.name, fifo)}"
+        records.append(record)
+    return {"Records": records}
+
+
+def http_event(path: str, body: bytes, headers: dict[str, str], *, function_url: bool = False,
+               method: str = "POST", query: str = "") -> dict[str, Any]:
+    """An HTTP API (or function URL) payload 2.0 event for one request."""
+    event = fixture("function_url_event" if function_url else "http_api_event")
+    event["rawPath"] = path
+    event["requestContext"]["http"]["path"] = path
+    event["requestContext"]["http"]["method"] = method
+    event["rawQueryString"] = query
+    event["headers"] = {**{k: v for k, v in event["headers"].items()
+                           if k not in ("content-length", "content-type")},
+                        "content-type": "application/json",
+                        **{k.lower(): v for k, v in headers.items()}}
+    if function_url:  # function URLs hand bodies over base64-encoded unless they are text
+        event["body"] = base64.b64encode(body).decode()
+        event["isBase64Encoded"] = True
+    else:
+        event["body"] = body.decode("utf-8")
+        event["isBase64Encoded"] = False
+    return event
+
+
+def meta_event(payload: dict[str, Any], app_secret: str | None) -> dict[str, Any]:
+    body = dumps(payload)
+    headers = {} if app_secret is None else {"X-Hub-Signature-256": sign(body, app_secret)}
+    return http_event("/webhooks/meta", body, headers)
+
+
+class CountingQueue(Queue):
+    """A queue that counts the SQS requests its calls would be (SendMessage; one
+    SendMessageBatch per 10; ChangeMessageVisibility; a dead letter's send and delete)."""
+
+    def __init__(self, queue: Queue, requests: Counter[str]) -> None:
+        self.queue = queue
+        self.spec = queue.spec
+        self.requests = requests
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.requests[f"{self.spec.name} {what}"] += n
+
+    async def send(self, body: bytes, *, group_id: str | None = None,
+                   dedup_id: str | None = None, delay: float = 0.0) -> None:
+        self.count("SendMessage")
+        await self.queue.send(body, group_id=group_id, dedup_id=dedup_id, delay=delay)
+
+    async def send_batch(self, messages: list[OutgoingMessage]) -> None:
+        self.count("SendMessageBatch", math.ceil(len(messages) / 10))
+        await self.queue.send_batch(messages)
+
+    async def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None,
+                      wait_seconds: float = 0.0) -> list[ReceivedMessage]:
+        return await self.queue.receive(max_messages, visibility_timeout=visibility_timeout,
+                                        wait_seconds=wait_seconds)
+
+    async def ack(self, receipts: list[str]) -> None:
+        await self.queue.ack(receipts)
+
+    async def release(self, receipt: str, delay: float = 0.0, *, reason: str | None = None,
+                      count: bool = True) -> None:
+        self.count("ChangeMessageVisibility")
+        await self.queue.release(receipt, delay, reason=reason, count=count)
+
+    async def dead_letter(self, receipt: str, reason: str) -> None:
+        self.count("SendMessage+DeleteMessage", 2)
+        await self.queue.dead_letter(receipt, reason)
+
+    async def extend_visibility(self, receipt: str, seconds: float) -> bool:
+        self.count("ChangeMessageVisibility")
+        return await self.queue.extend_visibility(receipt, seconds)
+
+    async def depth(self) -> dict[str, int]:
+        return await self.queue.depth()
+
+    async def dead_letters(self, limit: int = 100) -> list[ReceivedMessage]:
+        return await self.queue.dead_letters(limit)
+
+    async def redrive(self, message_ids: list[str] | None = None) -> int:
+        return await self.queue.redrive(message_ids)
+
+    async def discard(self, message_ids: list[str] | None = None) -> int:
+        return await self.queue.discard(message_ids)
+
+
+class CountingStore(MediaStore):
+    """A media store that counts its writes (one S3 PutObject each under the multipart
+    threshold) and reads."""
+
+    def __init__(self, store: MediaStore, requests: Counter[str]) -> None:
+        self.store = store
+        self.requests = requests
+
+    async def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        self.requests["s3 PutObject"] += 1
+        await self.store.put_file(key, path, content_type)
+
+    async def exists(self, key: str) -> bool:
+        self.requests["s3 HeadObject"] += 1
+        return await self.store.exists(key)
+
+    def open(self, key: str) -> Any:
+        self.requests["s3 GetObject"] += 1
+        return self.store.open(key)
+
+    async def delete(self, key: str) -> None:
+        self.requests["s3 DeleteObject"] += 1
+        await self.store.delete(key)
+
+
+@dataclass
+class LambdaWorld:
+    registry: Registry
+    broker: CredentialsBroker
+    fake: FakeProvider
+    fake_url: str
+    channel: Channel
+    invocations: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def app(self) -> runtime.Container:
+        return runtime.container()
+
+    def queue(self, name: str) -> Queue:
+        return self.app.gateway.queues[name]
+
+    def count_calls(self) -> None:
+        """From now on count the SQS and S3 requests the handlers make (before any handler
+        has built its runner or app, which keep the queues they were given)."""
+        gateway = self.app.gateway
+        assert not self.app.runners, "count_calls must come before the first invocation"
+        for name, queue in list(gateway.queues.items()):
+            gateway.queues[name] = CountingQueue(queue, self.requests)  # type: ignore[index]
+        gateway.copier.store = CountingStore(gateway.copier.store, self.requests)
+
+    def invoke(self, name: str, handler: Handler, event: dict[str, Any],
+               context: LambdaContext | None = None) -> dict[str, Any]:
+        self.invocations[name] += 1
+        return handler(event, context or LambdaContext())
+
+    def receive(self, name: str, max_messages: int = 10) -> list[ReceivedMessage]:
+        return self.app.run(self.queue(name).receive(max_messages))
+
+    def deliver(self, name: str, function: str, handler: Handler, max_messages: int = 10
+                ) -> tuple[list[ReceivedMessage], list[str]]:
+        """One batch of `name` through `handler`, as Lambda's event source mapping does it:
+        (the messages handed over, the message ids reported failed); nothing if the queue
+        had nothing to receive (Lambda invokes no function then)."""
+        queue = self.queue(name)
+        messages = self.receive(name, max_messages)
+        if not messages:
+            return [], []
+        self.requests[f"{name} ReceiveMessage (Lambda)"] += 1
+        response = self.invoke(function, handler, sqs_event(queue, messages))
+        failed = [item["itemIdentifier"] for item in response["batchItemFailures"]]
+        done = [m.receipt for m in messages if m.message_id not in failed]
+        if done:
+            self.requests[f"{name} DeleteMessageBatch (Lambda)"] += 1
+            self.app.run(queue.ack(done))
+        return messages, failed
+
+    def depth(self, name: str) -> dict[str, int]:
+        return self.app.run(self.queue(name).depth())
+
+    def inbound_rows(self, tenant: str) -> list[dict[str, Any]]:
+        engine = self.broker.tenant_store(tenant).engine
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(t.messages)).mappings()]
+
+    def outbox(self, tenant: str) -> dict[int, dict[str, Any]]:
+        engine = self.broker.tenant_store(tenant).engine
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(t.outbound_messages)).mappings().all()
+        return {int(r["id"]): dict(r) for r in rows}
