@@ -215,7 +215,8 @@ def test_fifo_order_holds_after_a_failed_send(world: LambdaWorld) -> None:
         return bool(handed) and not again
 
     wait_for(retried, 10, message="the group sent after its backoff")
-    sent_to_a = [s.body["text"]["body"] for s in fake.sent_snapshot() if s.accepted and s.recipient == a]
+    sent_to_a = [s.body["text"]["body"] for s in fake.sent_snapshot()
+                 if s.accepted and s.recipient == a]
     assert sent_to_a == [f"msg {i} to {a}" for i in range(3)]
     _, failed = world.deliver(OUTBOUND_RESULTS, "saver", saver.handler)
     assert failed == []
