@@ -9,7 +9,14 @@ for Lambda to delete; what it releases (a retry later, with backoff) goes throug
 queue's `release` (on SQS: ChangeMessageVisibility on the record's receipt handle, so the
 delay holds) and is reported failed; what it dead-letters is moved by the real queue and not
 reported. In a FIFO group, what follows a failed record is released too, so it is reported
-failed as well and the group's order holds. aws-lambda-powertools' `BatchProcessor` turns the
+failed as well and the group's order holds.
+
+Records are read by the queue adapter when it can adopt messages it did not receive itself
+(an `adopt(messages)` coroutine taking them in the shape of SQS's ReceiveMessage answer): it
+knows its own wire format (encoded bodies, bodies kept in the media store, carried receive
+counts) and learns the receipts, which it needs to dead-letter a message. Without it a record's
+body is read as it stands, and a dead-letter is left to the queue's redrive policy: the record
+is reported failed, never deleted unmoved. aws-lambda-powertools' `BatchProcessor` turns the
 outcomes into Lambda's partial batch response; a batch that failed entirely is answered the
 same way (not raised), so that the delays set above stand and the invocation does not count as
 an error.
@@ -58,6 +65,24 @@ def received_message(record: Mapping[str, Any]) -> ReceivedMessage:
         attributes=message_attributes(record.get("messageAttributes") or {}))
 
 
+def sqs_message(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An SQS event record in the shape of an SQS ReceiveMessage answer's message."""
+    attributes: dict[str, dict[str, Any]] = {}
+    for name, value in (record.get("messageAttributes") or {}).items():
+        if not isinstance(value, Mapping):
+            continue
+        converted: dict[str, Any] = {"DataType": value.get("dataType", "String")}
+        if value.get("stringValue") is not None:
+            converted["StringValue"] = value["stringValue"]
+        if value.get("binaryValue") is not None:
+            converted["BinaryValue"] = base64.b64decode(value["binaryValue"])
+        attributes[str(name)] = converted
+    return {"MessageId": record["messageId"], "ReceiptHandle": record["receiptHandle"],
+            "Body": record.get("body") or "", "MD5OfBody": record.get("md5OfBody"),
+            "Attributes": dict(record.get("attributes") or {}),
+            "MessageAttributes": attributes}
+
+
 def message_attributes(attributes: Mapping[str, Any]) -> dict[str, str]:
     """SQS message attributes (`{"name": {"stringValue": ..., "dataType": ...}}`) as text;
     binary ones stay base64, as the event carries them."""
@@ -94,9 +119,10 @@ def queue_of(arn: str | None, names: Iterable[str]) -> str | None:
 class EventSourceQueue(Queue):
     """One Lambda batch of `source`, through the queue port (see the module docstring)."""
 
-    def __init__(self, source: Queue) -> None:
+    def __init__(self, source: Queue, *, adopted: bool) -> None:
         self.source = source
         self.spec = source.spec
+        self.adopted = adopted  # whether `source` knows the batch's receipts
         self.settled: set[str] = set()  # receipts Lambda may delete
         self.reasons: dict[str, str] = {}  # receipt -> why it was released
 
@@ -110,6 +136,12 @@ class EventSourceQueue(Queue):
         await self.source.release(receipt, delay, reason=reason, count=count)
 
     async def dead_letter(self, receipt: str, reason: str) -> None:
+        if not self.adopted:  # it could not move it: the redrive policy will
+            log.error("a message to dead-letter (%s) goes back to its queue instead: the "
+                      "queue adapter cannot adopt Lambda's records", reason)
+            self.settled.discard(receipt)
+            self.reasons[receipt] = reason
+            return
         await self.source.dead_letter(receipt, reason)
         self.settled.add(receipt)
 
@@ -166,7 +198,7 @@ class SqsStageHandler:
         """Run the batch; returns {message id: why it failed} for the records to report."""
         await app.fresh()
         failed: dict[str, str] = {}
-        by_queue: dict[str, list[ReceivedMessage]] = defaultdict(list)
+        by_queue: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in records:
             message_id = str(record.get("messageId"))
             name = queue_of(record.get("eventSourceARN"), self.stages)
@@ -175,14 +207,18 @@ class SqsStageHandler:
                           message_id, record.get("eventSourceARN"))
                 failed[message_id] = "from a queue this function does not consume"
                 continue
-            try:
-                by_queue[name].append(received_message(record))
-            except (KeyError, TypeError, ValueError) as exc:
-                failed[message_id] = f"not an SQS record: {failure_reason(exc)}"
-        for name, messages in by_queue.items():
-            runner = app.runner(self.stages[name])
+            by_queue[name].append(record)
+        for name, batch_records in by_queue.items():
             source = app.gateway.queues[name]
-            batch = EventSourceQueue(source)
+            try:
+                messages, adopted = await received(source, batch_records)
+            except Exception as exc:  # the adapter could not read them: all back, all failed
+                log.exception("queue %s: could not read %d records", name, len(batch_records))
+                failed.update((str(r.get("messageId")), failure_reason(exc))
+                              for r in batch_records)
+                continue
+            runner = app.runner(self.stages[name])
+            batch = EventSourceQueue(source, adopted=adopted)
             runner.queue = batch
             try:
                 await runner.handle_received(messages)
@@ -193,3 +229,15 @@ class SqsStageHandler:
                     failed[message.message_id] = batch.reasons.get(message.receipt,
                                                                    "not finished")
         return failed
+
+
+async def received(source: Queue, records: list[dict[str, Any]]
+                   ) -> tuple[list[ReceivedMessage], bool]:
+    """The records as the port's messages, and whether `source` adopted them (see the module
+    docstring). A record the adapter took care of itself (it dead-lettered an unreadable one)
+    is not among them: Lambda may delete it."""
+    adopt = getattr(source, "adopt", None)
+    if adopt is None:
+        return [received_message(record) for record in records], False
+    messages: list[ReceivedMessage] = await adopt([sqs_message(r) for r in records])
+    return messages, True
