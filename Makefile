@@ -19,7 +19,8 @@ SAM_REQUIREMENTS := deploy/aws/sam-requirements.txt
 # The Lambda functions' code and dependencies, for `sam deploy` (deploy/aws/README.md).
 AWS_BUILD := deploy/aws/build
 LAMBDA_PYTHON := 3.12
-LAMBDA_PLATFORM := manylinux2014_aarch64
+# Lambda's python3.12 runs on Amazon Linux 2023 (glibc 2.34): manylinux_2_28 wheels and older.
+LAMBDA_PLATFORMS := --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -75,7 +76,7 @@ aws-build: $(STAMP)
 	rm -rf $(AWS_BUILD)
 	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(AWS_BUILD)/wheels .
 	$(BIN)/python -m pip install --quiet --target $(AWS_BUILD)/code -c $(CONSTRAINTS) \
-	  --platform $(LAMBDA_PLATFORM) --implementation cp --python-version $(LAMBDA_PYTHON) \
+	  $(LAMBDA_PLATFORMS) --implementation cp --python-version $(LAMBDA_PYTHON) \
 	  --only-binary=:all: "$$(ls $(AWS_BUILD)/wheels/wacloud-*.whl)[aws]" \
 	  'psycopg[binary]' pymysql
 	rm -rf $(AWS_BUILD)/wheels
