@@ -254,3 +254,21 @@ class LambdaWorld:
         with engine.connect() as conn:
             rows = conn.execute(sa.select(t.outbound_messages)).mappings().all()
         return {int(r["id"]): dict(r) for r in rows}
+
+
+class AdoptingQueue(CountingQueue):
+    """The SQLite queue with the hook an adapter offers when it can adopt Lambda's records
+    (`adopt`, SQS ReceiveMessage-shaped messages in): SQLite knows its own receipts, so it can
+    then dead-letter them as an adopting adapter would."""
+
+    def __init__(self, queue: Queue) -> None:
+        super().__init__(queue, Counter())
+        self.adopted: list[dict[str, Any]] = []
+
+    async def adopt(self, messages: list[dict[str, Any]]) -> list[ReceivedMessage]:
+        self.adopted.extend(messages)
+        return [ReceivedMessage(
+            body=str(m["Body"]).encode(), receipt=str(m["ReceiptHandle"]),
+            receive_count=int(m["Attributes"]["ApproximateReceiveCount"]),
+            message_id=str(m["MessageId"]), group_id=m["Attributes"].get("MessageGroupId"),
+            sent_at=int(m["Attributes"]["SentTimestamp"]) / 1000) for m in messages]
