@@ -26,14 +26,14 @@ from wacloud.adapters.queue.base import (
     QueueSpec,
     ReceivedMessage,
 )
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 
 # Sends forever, 16 at a time, printing each body once its send has returned (is durable).
 _SQLITE_CHILD = """
 import asyncio, sys
 from pathlib import Path
 from wacloud.adapters.queue.base import QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 
 async def main() -> None:
     queue = SqliteBroker(Path(sys.argv[1])).queue(QueueSpec(sys.argv[2]))

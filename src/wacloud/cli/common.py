@@ -22,11 +22,11 @@ from typer.exceptions import TyperException
 
 from wacloud import __version__
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
-from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.admin.queries import channel_summary as channel_summary  # shared with the admin API
-from wacloud.crypto import SecretError
-from wacloud.logging_setup import mask
+from wacloud.observability.logs import mask
+from wacloud.security.crypto import SecretError
 from wacloud.settings import Settings, load_settings
 
 DEBUG_KEY = "wacloud.debug"

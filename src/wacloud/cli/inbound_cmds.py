@@ -13,9 +13,13 @@ from typing import Annotated
 
 import typer
 
-from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.db.views import list_messages, list_notices
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.adapters.db.tenant.views import list_messages, list_notices
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
+from wacloud.admin.operations import (
+    refetch_media,
+    replay_parked,
+)
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
     DataDir,
@@ -29,13 +33,9 @@ from wacloud.cli.common import (
     progress,
     settings_for,
 )
-from wacloud.credentials import CredentialsBroker
+from wacloud.credentials.broker import CredentialsBroker
 from wacloud.hosting.loop import event_loop_factory
-from wacloud.logging_setup import configure_logging
-from wacloud.operations import (
-    refetch_media,
-    replay_parked,
-)
+from wacloud.observability.logs import configure_logging
 from wacloud.stages import envelopes
 
 
@@ -242,6 +242,6 @@ def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-
              "--internal-port", help="port of /metrics on 127.0.0.1")] = 8081,
          keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True) -> None:
     """Run the embedded gateway with the fake provider and show a message going in and out."""
-    from wacloud.demo import run_demo
+    from wacloud.hosting.demo import run_demo
 
     sys.exit(run_demo(data_dir, port, keep_serving, internal_port))

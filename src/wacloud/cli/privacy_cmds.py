@@ -13,9 +13,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wacloud.adapters.db.privacy import set_retention
-from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.media.local import LocalMediaStore
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.adapters.db.tenant.privacy import set_retention
+from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.adapters.queue.base import QueueSpec
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
@@ -30,8 +30,8 @@ from wacloud.cli.common import (
     settings_for,
     tenant_app,
 )
-from wacloud.credentials import CredentialsBroker
-from wacloud.privacy import (
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.privacy.lgpd import (
     PrivacyContext,
     PrivacyError,
     erase_contact,

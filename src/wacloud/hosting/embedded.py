@@ -30,8 +30,8 @@ from wacloud.hosting.worker import (
     use_stage_threads,
     worker_groups,
 )
-from wacloud.metrics import enable_multiprocess
-from wacloud.privacy import retention_loop
+from wacloud.observability.metrics import enable_multiprocess
+from wacloud.privacy.lgpd import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
 

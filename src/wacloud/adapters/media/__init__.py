@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from wacloud.settings import Settings
 
 ADAPTERS: dict[str, str] = {
-    "file": "wacloud.adapters.media.local",
+    "file": "wacloud.adapters.media.local.store",
 }
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from wacloud.settings import Settings
 
 ADAPTERS: dict[str, str] = {
-    "sqlite": "wacloud.adapters.queue.sqlite",
+    "sqlite": "wacloud.adapters.queue.sqlite.broker",
 }
 
 
