@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from wacloud import __version__
-from wacloud.credentials import CredentialsBroker
+from wacloud.credentials.broker import CredentialsBroker
 from wacloud.hosting.aws_lambda import http_event
 from wacloud.hosting.aws_lambda.runtime import Container, container
 from wacloud.hosting.webhooks import ASGIApp, Receive, Scope, Send, WebhookReceiver, respond

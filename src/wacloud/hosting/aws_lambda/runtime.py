@@ -21,7 +21,7 @@ from wacloud.adapters.db.errors import TroubleLog
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.runner import StageRunner
 from wacloud.hosting.worker import use_stage_threads
-from wacloud.logging_setup import configure_logging
+from wacloud.observability.logs import configure_logging
 from wacloud.settings import Settings
 
 T = TypeVar("T")

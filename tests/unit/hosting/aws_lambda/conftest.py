@@ -10,10 +10,10 @@ import pytest
 
 from tests.unit.hosting.aws_lambda.harness import LambdaWorld
 from wacloud.bootstrap import init_data_dir, open_registry
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import new_key
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Provider
 from wacloud.hosting.aws_lambda import runtime
-from wacloud.model import Provider
+from wacloud.security.crypto import new_key
 from wacloud.settings import load_settings
 from wacloud.testing.fake_provider import FakeProvider, FakeProviderServer
 

@@ -22,13 +22,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from wacloud.adapters.db import tenant as t
-from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.media.base import MediaStore
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
-from wacloud.credentials import CredentialsBroker
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Channel
 from wacloud.hosting.aws_lambda import runtime
-from wacloud.model import Channel
 from wacloud.testing.fake_provider import FakeProvider
 from wacloud.testing.webhooks import dumps, sign
 

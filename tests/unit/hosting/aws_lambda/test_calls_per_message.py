@@ -16,8 +16,8 @@ from tests.unit.hosting.aws_lambda.conftest import APP_SECRET, PNID, WABA
 from tests.unit.hosting.aws_lambda.harness import LambdaWorld, fixture, meta_event
 from tests.unit.hosting.aws_lambda.test_pipeline import insert_rows, text_webhook
 from wacloud.bootstrap import queue_specs
+from wacloud.domain.model import MediaStatus, OutboundStatus
 from wacloud.hosting.aws_lambda import collector, media, receiver, saver, sender, writer
-from wacloud.model import MediaStatus, OutboundStatus
 from wacloud.settings import load_settings
 from wacloud.stages.envelopes import INBOUND_MEDIA, INBOUND_RAW, OUTBOUND_RESULTS, OUTBOUND_SEND
 from wacloud.testing.webhooks import meta_envelope

@@ -18,9 +18,9 @@ from tests.unit.hosting.aws_lambda.harness import (
     http_event,
     meta_event,
 )
-from wacloud.adapters.db import outbox
+from wacloud.adapters.db.tenant import outbox
+from wacloud.domain.model import OutboundStatus, Provider
 from wacloud.hosting.aws_lambda import collector, receiver, saver, sender, writer
-from wacloud.model import OutboundStatus, Provider
 from wacloud.stages.envelopes import (
     INBOUND_EVENTS,
     INBOUND_RAW,
