@@ -16,6 +16,7 @@ One module per function, each with a `handler(event, context)`:
 The SQS-triggered ones hand each batch to the stage's `StageRunner` (the same stage functions,
 ack / retry with backoff / dead-letter as in `wacloud worker`) and answer Lambda with the
 records that failed (`batchItemFailures`). Shared glue: `runtime` (the gateway, built once per
-container), `secrets` (settings from Secrets Manager), `sqs` (records, partial batch
-responses), `http_event` (API Gateway events as ASGI requests).
+container), `secrets` (settings from Secrets Manager), `records` (SQS event records as queue
+messages), `sqs` (batches through the runner, partial batch responses), `http_event` (API
+Gateway events as ASGI requests).
 """

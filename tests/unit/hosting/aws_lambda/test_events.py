@@ -8,7 +8,7 @@ import pytest
 
 from tests.unit.hosting.aws_lambda.harness import fixture
 from wacloud.hosting.aws_lambda.http_event import request_body, scope_of
-from wacloud.hosting.aws_lambda.sqs import queue_of, received_message
+from wacloud.hosting.aws_lambda.records import queue_of, received_message
 from wacloud.stages.envelopes import (
     INBOUND_EVENTS,
     INBOUND_MEDIA,

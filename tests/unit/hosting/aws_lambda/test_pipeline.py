@@ -19,8 +19,10 @@ from tests.unit.hosting.aws_lambda.harness import (
     meta_event,
 )
 from wacloud.adapters.db.tenant import outbox
+from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.domain.model import OutboundStatus, Provider
-from wacloud.hosting.aws_lambda import collector, receiver, saver, sender, writer
+from wacloud.hosting.aws_lambda import collector, receiver, runtime, saver, sender, writer
+from wacloud.settings import Settings
 from wacloud.stages.envelopes import (
     INBOUND_EVENTS,
     INBOUND_RAW,
@@ -51,6 +53,23 @@ def test_a_signed_meta_webhook_goes_from_the_receiver_through_the_writer_into_th
     assert row["provider_message_id"] == "wamid.lambda-1" and row["text"] == "olá"
     depth = world.depth(INBOUND_RAW)
     assert depth["visible"] == depth["in_flight"] == 0
+
+
+def test_the_gateway_is_built_once_per_container(world: LambdaWorld,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[Gateway] = []
+
+    def build(settings: Settings) -> Gateway:
+        built.append(build_gateway(settings))
+        return built[-1]
+
+    monkeypatch.setattr(runtime, "build_gateway", build)
+    for i in range(3):
+        assert world.invoke("receiver", receiver.handler, meta_event(
+            text_webhook(f"warm {i}"), APP_SECRET))["statusCode"] == 200
+    world.deliver(INBOUND_RAW, "writer", writer.handler)
+    world.invoke("collector", collector.handler, fixture("schedule_event"))
+    assert len(built) == 1 and world.app.gateway is built[0]
 
 
 def test_a_whapi_webhook_through_a_function_url_with_a_base64_body(world: LambdaWorld) -> None:
