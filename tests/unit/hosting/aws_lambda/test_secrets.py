@@ -8,9 +8,11 @@ import uuid
 
 import pytest
 
+from tests.unit.hosting.aws_lambda.conftest import PNID, TOKEN
 from tests.unit.hosting.aws_lambda.harness import LambdaWorld, meta_event
 from tests.unit.hosting.aws_lambda.test_pipeline import text_webhook
-from wacloud.hosting.aws_lambda import receiver, runtime
+from wacloud.adapters.db.registry.api_keys import create_api_key
+from wacloud.hosting.aws_lambda import credentials, receiver, runtime
 from wacloud.hosting.aws_lambda.secrets import (
     SECRETS_ENV,
     SecretsError,
@@ -47,6 +49,27 @@ def test_the_functions_read_their_secrets_from_secrets_manager(
                           meta_event(text_webhook("signed globally"), GLOBAL_SECRET))
     assert answer["statusCode"] == 200, answer
     assert world.depth(INBOUND_RAW)["visible"] == 1
+
+
+def test_the_credentials_function_decrypts_with_the_key_from_the_secret(
+        world: LambdaWorld, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    key = os.environ["WACLOUD_ENCRYPTION_KEY"]
+    monkeypatch.delenv("WACLOUD_ENCRYPTION_KEY")
+    monkeypatch.setenv(SECRETS_ENV, create_secret({"WACLOUD_ENCRYPTION_KEY": key}))
+    service_key = create_api_key(world.registry, tenant=None, service=True, label="lambda")[1]
+    credentials._handler.cache_clear()
+    try:
+        answer = credentials.handler({"provider": "meta", "id": PNID, "headers": {
+            "Authorization": f"Bearer {service_key}"}}, None)
+        refused = credentials.handler({"provider": "meta", "id": PNID}, None)
+    finally:
+        credentials._handler.cache_clear()
+    assert answer["statusCode"] == 200, answer
+    body = json.loads(answer["body"])
+    assert body["token"] == TOKEN and body["tenant"] == "acme"
+    assert refused["statusCode"] == 401 and TOKEN not in refused["body"]
 
 
 def test_a_secret_with_unknown_keys_is_refused_without_showing_values() -> None:
