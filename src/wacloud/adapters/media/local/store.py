@@ -1,4 +1,6 @@
-"""Media on the local disk (embedded mode): files under `<data dir>/media/<key>`."""
+"""Media on the local disk (embedded mode): files under `<data dir>/media/<key>`.
+
+URLs to objects are `file://` URLs: they work only on this machine and never expire."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from wacloud.adapters.durable import fsync_dir, replace_durably
-from wacloud.adapters.media.base import MediaStore
+from wacloud.adapters.media.base import MediaNotFound, MediaStore, check_key
 
 if TYPE_CHECKING:
     from wacloud.settings import Settings
@@ -23,7 +25,7 @@ class LocalMediaStore(MediaStore):
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        path = (self.root / check_key(key)).resolve()
         if not path.is_relative_to(self.root):
             raise ValueError("media key escapes the media directory")
         return path
@@ -33,6 +35,9 @@ class LocalMediaStore(MediaStore):
         await asyncio.to_thread(self._move, path, target)
 
     def _move(self, source: Path, target: Path) -> None:
+        if target.is_file():  # the key names its content: the stored file is the same bytes
+            source.unlink(missing_ok=True)
+            return
         # The row says `stored` once this returns: the file must be on disk by then, with the
         # directories that name it (a power cut must not leave a `stored` row and no file).
         missing = [parent for parent in target.parents
@@ -47,7 +52,10 @@ class LocalMediaStore(MediaStore):
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         path = self.path_for(key)
-        handle = await asyncio.to_thread(path.open, "rb")
+        try:
+            handle = await asyncio.to_thread(path.open, "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise MediaNotFound("no media object under this key") from None
         try:
             while chunk := await asyncio.to_thread(handle.read, CHUNK):
                 yield chunk
@@ -56,6 +64,10 @@ class LocalMediaStore(MediaStore):
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path_for(key).unlink, True)
+
+    async def presigned_url(self, key: str, expires_s: int) -> str:
+        """The file's `file://` URL (`expires_s` does not apply: the file is simply there)."""
+        return self.path_for(key).as_uri()
 
 
 def open_store(url: str, settings: Settings) -> LocalMediaStore:
