@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.services import REQUIRE_ENV, services_required
+from wacloud.adapters.queue.sqs.names import sqs_name as adapter_sqs_name
 from wacloud.bootstrap import queue_specs
 from wacloud.settings import load_settings
 
@@ -150,8 +151,8 @@ def test_every_handler_is_a_function_with_its_trigger() -> None:
 
 
 def sqs_name(name: str, *, fifo: bool) -> str:
-    """The SQS adapter's spelling of a port queue under the template's prefix."""
-    return "${QueuePrefix}-" + name.replace(".", "-") + (".fifo" if fifo else "")
+    """The SQS adapter's spelling of a port queue, with the template's prefix parameter."""
+    return adapter_sqs_name("${QueuePrefix}", name, fifo=fifo)
 
 
 def test_the_queues_are_those_the_stages_use_with_their_dead_letter_queues() -> None:

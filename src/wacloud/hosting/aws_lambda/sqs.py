@@ -12,11 +12,11 @@ reported. In a FIFO group, what follows a failed record is released too, so it i
 failed as well and the group's order holds.
 
 Records are read by the queue adapter when it can adopt messages it did not receive itself
-(an `adopt(messages)` coroutine taking them in the shape of SQS's ReceiveMessage answer): it
-knows its own wire format (encoded bodies, bodies kept in the media store, carried receive
-counts) and learns the receipts, which it needs to dead-letter a message. Without it a record's
-body is read as it stands, and a dead-letter is left to the queue's redrive policy: the record
-is reported failed, never deleted unmoved. aws-lambda-powertools' `BatchProcessor` turns the
+(an `adopt_received(messages)` coroutine taking them in the shape of SQS's ReceiveMessage
+answer): it knows its own wire format (encoded bodies, bodies kept in the media store, carried
+receive counts) and learns the receipts, which it needs to dead-letter a message. Without it a
+record's body is read as it stands, and a dead-letter is left to the queue's redrive policy: the
+record is reported failed, never deleted unmoved. aws-lambda-powertools' `BatchProcessor` turns the
 outcomes into Lambda's partial batch response; a batch that failed entirely is answered the
 same way (not raised), so that the delays set above stand and the invocation does not count as
 an error.
@@ -167,7 +167,7 @@ async def received(source: Queue, records: list[dict[str, Any]]
     """The records as the port's messages, and whether `source` adopted them (see the module
     docstring). A record the adapter took care of itself (it dead-lettered an unreadable one)
     is not among them: Lambda may delete it."""
-    adopt = getattr(source, "adopt", None)
+    adopt = getattr(source, "adopt_received", None)
     if adopt is None:
         return [received_message(record) for record in records], False
     messages: list[ReceivedMessage] = await adopt([sqs_message(r) for r in records])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.hosting.aws_lambda.harness import LambdaWorld
-from wacloud.bootstrap import init_data_dir, open_registry
+from tests.unit.hosting.aws_lambda.harness import EventSourceMapping, LambdaWorld
+from wacloud.bootstrap import init_data_dir, open_registry, queue_specs
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import Provider
 from wacloud.hosting.aws_lambda import runtime
@@ -71,3 +71,19 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         broker.close()
         registry.engine.dispose()
         fake_server.provider.reset()
+
+
+@pytest.fixture
+def sqs(world: LambdaWorld, aws_env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> EventSourceMapping:
+    """The world's functions on SQS and S3 (moto's server): queues and bucket of their own,
+    made as the SAM template makes them (`wacloud queues create` makes the same)."""
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("WACLOUD_QUEUE_URL", f"sqs://?prefix=lambda-{tag}")
+    monkeypatch.setenv("WACLOUD_MEDIA_URL", f"s3://wacloud-lambda-{tag}/media")
+    app = world.app  # built now, on SQS and S3
+    app.run(app.gateway.queue_broker.create_queues(list(queue_specs(app.settings).values())))
+    app.run(app.gateway.media_store.ensure_bucket())  # type: ignore[attr-defined]
+    return EventSourceMapping(f"lambda-{tag}")

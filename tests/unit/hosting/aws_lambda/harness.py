@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import math
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -24,11 +23,12 @@ import sqlalchemy as sa
 
 from wacloud.adapters.db.registry.store import Registry
 from wacloud.adapters.db.tenant import tables as t
-from wacloud.adapters.media.base import MediaStore
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
+from wacloud.bootstrap import queue_specs
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import Channel
 from wacloud.hosting.aws_lambda import runtime
+from wacloud.settings import load_settings
 from wacloud.testing.fake_provider import FakeProvider
 from wacloud.testing.webhooks import dumps, sign
 
@@ -109,25 +109,18 @@ def meta_event(payload: dict[str, Any], app_secret: str | None) -> dict[str, Any
     return http_event("/webhooks/meta", body, headers)
 
 
-class CountingQueue(Queue):
-    """A queue that counts the SQS requests its calls would be (SendMessage; one
-    SendMessageBatch per 10; ChangeMessageVisibility; a dead letter's send and delete)."""
+class DelegatingQueue(Queue):
+    """A queue that passes every call to `queue` (a base for test queues that add a hook)."""
 
-    def __init__(self, queue: Queue, requests: Counter[str]) -> None:
+    def __init__(self, queue: Queue) -> None:
         self.queue = queue
         self.spec = queue.spec
-        self.requests = requests
-
-    def count(self, what: str, n: int = 1) -> None:
-        self.requests[f"{self.spec.name} {what}"] += n
 
     async def send(self, body: bytes, *, group_id: str | None = None,
                    dedup_id: str | None = None, delay: float = 0.0) -> None:
-        self.count("SendMessage")
         await self.queue.send(body, group_id=group_id, dedup_id=dedup_id, delay=delay)
 
     async def send_batch(self, messages: list[OutgoingMessage]) -> None:
-        self.count("SendMessageBatch", math.ceil(len(messages) / 10))
         await self.queue.send_batch(messages)
 
     async def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None,
@@ -140,15 +133,12 @@ class CountingQueue(Queue):
 
     async def release(self, receipt: str, delay: float = 0.0, *, reason: str | None = None,
                       count: bool = True) -> None:
-        self.count("ChangeMessageVisibility")
         await self.queue.release(receipt, delay, reason=reason, count=count)
 
     async def dead_letter(self, receipt: str, reason: str) -> None:
-        self.count("SendMessage+DeleteMessage", 2)
         await self.queue.dead_letter(receipt, reason)
 
     async def extend_visibility(self, receipt: str, seconds: float) -> bool:
-        self.count("ChangeMessageVisibility")
         return await self.queue.extend_visibility(receipt, seconds)
 
     async def depth(self) -> dict[str, int]:
@@ -164,31 +154,6 @@ class CountingQueue(Queue):
         return await self.queue.discard(message_ids)
 
 
-class CountingStore(MediaStore):
-    """A media store that counts its writes (one S3 PutObject each under the multipart
-    threshold) and reads."""
-
-    def __init__(self, store: MediaStore, requests: Counter[str]) -> None:
-        self.store = store
-        self.requests = requests
-
-    async def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
-        self.requests["s3 PutObject"] += 1
-        await self.store.put_file(key, path, content_type)
-
-    async def exists(self, key: str) -> bool:
-        self.requests["s3 HeadObject"] += 1
-        return await self.store.exists(key)
-
-    def open(self, key: str) -> Any:
-        self.requests["s3 GetObject"] += 1
-        return self.store.open(key)
-
-    async def delete(self, key: str) -> None:
-        self.requests["s3 DeleteObject"] += 1
-        await self.store.delete(key)
-
-
 @dataclass
 class LambdaWorld:
     registry: Registry
@@ -197,7 +162,6 @@ class LambdaWorld:
     fake_url: str
     channel: Channel
     invocations: Counter[str] = field(default_factory=Counter)
-    requests: Counter[str] = field(default_factory=Counter)
 
     @property
     def app(self) -> runtime.Container:
@@ -205,15 +169,6 @@ class LambdaWorld:
 
     def queue(self, name: str) -> Queue:
         return self.app.gateway.queues[name]
-
-    def count_calls(self) -> None:
-        """From now on count the SQS and S3 requests the handlers make (before any handler
-        has built its runner or app, which keep the queues they were given)."""
-        gateway = self.app.gateway
-        assert not self.app.runners, "count_calls must come before the first invocation"
-        for name, queue in list(gateway.queues.items()):
-            gateway.queues[name] = CountingQueue(queue, self.requests)  # type: ignore[index]
-        gateway.copier.store = CountingStore(gateway.copier.store, self.requests)
 
     def invoke(self, name: str, handler: Handler, event: dict[str, Any],
                context: LambdaContext | None = None) -> dict[str, Any]:
@@ -232,12 +187,10 @@ class LambdaWorld:
         messages = self.receive(name, max_messages)
         if not messages:
             return [], []
-        self.requests[f"{name} ReceiveMessage (Lambda)"] += 1
         response = self.invoke(function, handler, sqs_event(queue, messages))
         failed = [item["itemIdentifier"] for item in response["batchItemFailures"]]
         done = [m.receipt for m in messages if m.message_id not in failed]
         if done:
-            self.requests[f"{name} DeleteMessageBatch (Lambda)"] += 1
             self.app.run(queue.ack(done))
         return messages, failed
 
@@ -256,19 +209,89 @@ class LambdaWorld:
         return {int(r["id"]): dict(r) for r in rows}
 
 
-class AdoptingQueue(CountingQueue):
+class AdoptingQueue(DelegatingQueue):
     """The SQLite queue with the hook an adapter offers when it can adopt Lambda's records
-    (`adopt`, SQS ReceiveMessage-shaped messages in): SQLite knows its own receipts, so it can
-    then dead-letter them as an adopting adapter would."""
+    (`adopt_received`, SQS ReceiveMessage-shaped messages in): SQLite knows its own receipts,
+    so it can then dead-letter them as an adopting adapter would."""
 
     def __init__(self, queue: Queue) -> None:
-        super().__init__(queue, Counter())
+        super().__init__(queue)
         self.adopted: list[dict[str, Any]] = []
 
-    async def adopt(self, messages: list[dict[str, Any]]) -> list[ReceivedMessage]:
+    async def adopt_received(self, messages: list[dict[str, Any]]) -> list[ReceivedMessage]:
         self.adopted.extend(messages)
         return [ReceivedMessage(
             body=str(m["Body"]).encode(), receipt=str(m["ReceiptHandle"]),
             receive_count=int(m["Attributes"]["ApproximateReceiveCount"]),
             message_id=str(m["MessageId"]), group_id=m["Attributes"].get("MessageGroupId"),
             sent_at=int(m["Attributes"]["SentTimestamp"]) / 1000) for m in messages]
+
+
+def lambda_record(message: dict[str, Any], arn: str) -> dict[str, Any]:
+    """An SQS message of a ReceiveMessage answer as the record Lambda hands a function."""
+    attributes = {}
+    for name, value in (message.get("MessageAttributes") or {}).items():
+        converted = {"dataType": value["DataType"], "stringListValues": [],
+                     "binaryListValues": []}
+        if "StringValue" in value:
+            converted["stringValue"] = value["StringValue"]
+        if "BinaryValue" in value:
+            converted["binaryValue"] = base64.b64encode(value["BinaryValue"]).decode()
+        attributes[name] = converted
+    return {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"], "attributes": message.get("Attributes") or {},
+            "messageAttributes": attributes, "md5OfBody": message.get("MD5OfBody"),
+            "eventSource": "aws:sqs", "eventSourceARN": arn, "awsRegion": "us-east-1"}
+
+
+class EventSourceMapping:
+    """What Lambda does for an SQS trigger, with its own SQS client: receive a batch, invoke
+    the function, delete what it did not report failed. `calls` counts its ReceiveMessage and
+    DeleteMessageBatch requests (what Lambda's poller costs per batch) and invocations."""
+
+    def __init__(self, prefix: str) -> None:
+        import boto3
+
+        from wacloud.adapters.queue.sqs.names import sqs_name
+
+        self.client = boto3.client("sqs")
+        self.calls: Counter[str] = Counter()
+        self.urls: dict[str, str] = {}
+        self.arns: dict[str, str] = {}
+        for name, spec in queue_specs(load_settings()).items():
+            if name.endswith(".dlq"):
+                continue
+            url = str(self.client.get_queue_url(
+                QueueName=sqs_name(prefix, name, fifo=spec.fifo))["QueueUrl"])
+            self.urls[name] = url
+            self.arns[name] = self.client.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    def counts(self, name: str) -> dict[str, int]:
+        attributes = self.client.get_queue_attributes(QueueUrl=self.urls[name], AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return {"visible": int(attributes["ApproximateNumberOfMessages"]),
+                "not_visible": int(attributes["ApproximateNumberOfMessagesNotVisible"])}
+
+    def deliver(self, name: str, handler: Handler) -> tuple[list[dict[str, Any]], list[str]]:
+        """One batch of `name` through `handler`: (the SQS messages handed over, the message
+        ids reported failed); nothing if there was nothing to receive."""
+        url = self.urls[name]
+        fifo = url.endswith(".fifo")
+        messages = self.client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+            MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        if not messages:  # Lambda's empty long polls are a cost of time, not of messages
+            return [], []
+        self.calls[f"{'fifo' if fifo else 'standard'} ReceiveMessage"] += 1
+        self.calls["invocation"] += 1
+        answer = handler({"Records": [lambda_record(m, self.arns[name]) for m in messages]},
+                         LambdaContext())
+        failed = [item["itemIdentifier"] for item in answer["batchItemFailures"]]
+        done = [m for m in messages if m["MessageId"] not in failed]
+        if done:
+            self.calls[f"{'fifo' if fifo else 'standard'} DeleteMessageBatch"] += 1
+            self.client.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)])
+        return messages, failed
