@@ -37,17 +37,18 @@ def scope_of(event: Mapping[str, Any]) -> dict[str, Any]:
     context = event.get("requestContext") or {}
     http = context.get("http") or {}
     path = request_path(event)
-    # Payload 2.0 joins repeated headers with commas and gives cookies apart.
-    headers = [(str(name).lower().encode("latin-1"), str(value).encode("latin-1"))
+    # Payload 2.0 joins repeated headers with commas and gives cookies apart. Its text is
+    # Unicode: UTF-8 gives back the bytes a client sent, whatever they were.
+    headers = [(str(name).lower().encode(), str(value).encode())
                for name, value in (event.get("headers") or {}).items()]
     if event.get("cookies"):
-        headers.append((b"cookie", "; ".join(event["cookies"]).encode("latin-1")))
+        headers.append((b"cookie", "; ".join(event["cookies"]).encode()))
     return {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": str(http.get("protocol") or "HTTP/1.1").removeprefix("HTTP/"),
         "method": str(http.get("method") or "GET").upper(), "scheme": "https",
-        "path": unquote(path), "raw_path": path.encode("latin-1"), "root_path": "",
-        "query_string": str(event.get("rawQueryString") or "").encode("latin-1"),
+        "path": unquote(path), "raw_path": path.encode(), "root_path": "",
+        "query_string": str(event.get("rawQueryString") or "").encode(),
         "headers": headers, "client": (str(http.get("sourceIp") or ""), 0),
         "server": (str(context.get("domainName") or "lambda"), 443),
     }

@@ -38,11 +38,11 @@ def other_requests(broker: CredentialsBroker) -> ASGIApp:
             challenge = meta_verify_challenge(params.get("hub.mode"),
                                               params.get("hub.verify_token"),
                                               params.get("hub.challenge"), broker)
-            if challenge is None:
-                return await respond(send, 403, b'{"error":"forbidden"}')
-            await send({"type": "http.response.start", "status": 200,
+            # As `serve` answers it: the challenge, or "forbidden", as plain text.
+            status, text = (403, "forbidden") if challenge is None else (200, challenge)
+            await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-            return await send({"type": "http.response.body", "body": challenge.encode()})
+            return await send({"type": "http.response.body", "body": text.encode()})
         if method == "GET" and path == "/healthz":
             return await respond(send, 200, json.dumps({"status": "ok",
                                                         "version": __version__}).encode())
