@@ -9,6 +9,7 @@ forwarded and the input acked, or released with its delay, as the runner does in
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,15 @@ class World:
             conn.execute(t.outbound_messages.update().where(
                 t.outbound_messages.c.id == row_id).values(**values))
 
+    def hidden_for(self, name: str) -> float:
+        """Seconds until the one message of `name`, released by a stage, is visible again:
+        the backoff the stage asked for (read from the in-memory queue itself)."""
+        broker = self.gateway.queue_broker
+        assert isinstance(broker, MemoryQueueBroker)
+        [message] = broker.place.messages[name].values()
+        assert message.receipt is None, "still held: not released"
+        return message.visible_at - time.time()
+
     async def send_depth(self) -> dict[str, int]:
         return await self.queue(OUTBOUND_SEND).depth()
 
@@ -93,9 +103,10 @@ async def memory_world(server: FakeProviderServer, tmp_path: Path,
     server.provider.reset()
     media = MemoryMediaStore()
     gateway = build_gateway(
-        Settings(data_dir=tmp_path, dev_allow_local_urls=True, send_backoff_base_s=0.01,
-                 send_backoff_max_s=0.05, media_backoff_base_s=0.01, media_backoff_max_s=0.05,
-                 **settings),
+        Settings(data_dir=tmp_path, dev_allow_local_urls=True, **{
+            # Backoffs long enough to see, short enough to wait out with a long poll.
+            "send_backoff_base_s": 1.0, "send_backoff_max_s": 2.0,
+            "media_backoff_base_s": 1.0, "media_backoff_max_s": 2.0, **settings}),
         queue_broker=MemoryQueueBroker(), media_store=media)
     gateway.registry.add_tenant("acme")
     channel = gateway.registry.add_channel(
