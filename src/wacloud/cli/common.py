@@ -116,13 +116,18 @@ def settings_for(data_dir: Path | None) -> Settings:
     return load_settings(data_dir)
 
 
+# Output goes to `sys.stdout` / `sys.stderr` as they are at the time: while a progress bar is
+# shown they are rich's proxies, which print above the bar (click's own stream would not).
+
+
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {message}", file=sys.stderr)
     raise typer.Exit(1)
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
-    typer.echo(json.dumps(data, ensure_ascii=False, default=str) if as_json else text)
+    typer.echo(json.dumps(data, ensure_ascii=False, default=str) if as_json else text,
+               file=sys.stdout)
 
 
 def is_tty(stream: Any = None) -> bool:
@@ -160,19 +165,40 @@ def queue_broker(settings: Settings) -> SqliteBroker:
     return SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
 
 
+class Advance:
+    """What `progress` yields: call it with the number of items done; `set_total` when the
+    count is known only once the work has started (e.g. the tenants of `migrate`)."""
+
+    def __init__(self, step: Callable[[int], None] | None = None,
+                 total: Callable[[int], None] | None = None) -> None:
+        self._step = step
+        self._total = total
+
+    def __call__(self, n: int) -> None:
+        if self._step is not None:
+            self._step(n)
+
+    def set_total(self, total: int) -> None:
+        if self._total is not None:
+            self._total(total)
 
 
 @contextlib.contextmanager
-def progress(description: str, total: int | None, as_json: bool
-             ) -> Iterator[Callable[[int], None]]:
-    """A progress bar (a spinner when `total` is None) on stderr, only when stderr is a
-    terminal and the output is not --json; yields `advance(n)`."""
+def progress(description: str, total: int | None, as_json: bool) -> Iterator[Advance]:
+    """A progress bar (a spinner while the total is unknown) on stderr, only when stderr is a
+    terminal and the output is not --json; yields an `Advance`.
+
+    Lines a command prints meanwhile go above the bar when stdout is the same terminal; piped
+    stdout is left alone (rich would otherwise send it to the bar's stream)."""
     if as_json or not is_tty(sys.stderr):
-        yield lambda _n: None
+        yield Advance()
         return
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import MofNCompleteColumn, Progress
 
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True,
+                  redirect_stdout=is_tty(sys.stdout)) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield Advance(lambda n: bar.advance(task, n),
+                      lambda n: bar.update(task, total=n))
