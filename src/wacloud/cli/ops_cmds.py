@@ -54,11 +54,31 @@ def _section(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) 
                    .rstrip())
 
 
+def _rate(channel: dict[str, Any], direction: str) -> str:
+    """`1h / 5m` messages per minute."""
+    if not channel["reachable"]:
+        return "?"
+    return (f"{channel[f'{direction}_per_min_last_hour']:g} / "
+            f"{channel[f'{direction}_per_min_last_5m']:g}")
+
+
+def _errors(channel: dict[str, Any]) -> str:
+    if not channel["reachable"]:
+        return "database unreachable"
+    shown = ", ".join(f"{code} x{n}" for code, n in channel["errors_by_code"].items())
+    return shown or "-"
+
+
 def _print_status(report: StatusReport) -> None:
     if report.channels:
-        _section("channels", ["id", "tenant", "provider", "channel", "state"],
+        _section("channels (in/min, out/min: last hour / last 5 minutes; failed and "
+                 "errors by code: last hour)",
+                 ["id", "tenant", "provider", "channel", "state", "in/min", "out/min",
+                  "failed", "errors"],
                  [[c["id"], c["tenant"], c["provider"], c["key"],
-                   f"PAUSED: {c['pause_reason']}" if c["paused"] else "active"]
+                   f"PAUSED: {c['pause_reason']}" if c["paused"] else "active",
+                   _rate(c, "in"), _rate(c, "out"),
+                   c["failed_last_hour"] if c["reachable"] else "?", _errors(c)]
                   for c in report.channels])
     else:
         typer.echo("channels: none (add one with `wacloud channel add`)")
