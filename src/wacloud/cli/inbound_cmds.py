@@ -240,8 +240,11 @@ def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-
          port: Annotated[int, typer.Option("--port")] = 8080,
          internal_port: Annotated[int, typer.Option(
              "--internal-port", help="port of /metrics on 127.0.0.1")] = 8081,
-         keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True) -> None:
+         keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True,
+         as_json: Annotated[bool, typer.Option(
+             "--json", help="No narration: one JSON object with what was stored and sent, "
+             "the ids and each step's seconds.")] = False) -> None:
     """Run the embedded gateway with the fake provider and show a message going in and out."""
     from wacloud.demo import run_demo
 
-    sys.exit(run_demo(data_dir, port, keep_serving, internal_port))
+    sys.exit(run_demo(data_dir, port, keep_serving, internal_port, as_json))
