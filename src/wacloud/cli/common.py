@@ -153,11 +153,14 @@ def emit_rows(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[s
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(*columns, title=title)
     for cell_row in cells if cells is not None else [line.split("\t") for line in lines]:
         shown = [str(cell) for cell in cell_row]
-        table.add_row(*(shown + [""] * (len(columns) - len(shown)))[:len(columns)])
+        # Text: values (message texts, reasons) are never read as rich markup.
+        table.add_row(*(Text(cell) for cell in
+                        (shown + [""] * (len(columns) - len(shown)))[:len(columns)]))
     Console().print(table)
 
 

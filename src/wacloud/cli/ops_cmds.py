@@ -40,10 +40,11 @@ def _section(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) 
     if is_tty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(*columns, title=title, title_justify="left")
-        for row in rows:
-            table.add_row(*(str(cell) for cell in row))
+        for row in rows:  # Text: values (reasons, URLs) are never read as markup
+            table.add_row(*(Text(str(cell)) for cell in row))
         Console().print(table)
         return
     typer.echo(f"{title}:")
@@ -129,6 +130,18 @@ def status(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 
 
 def _print_checks(checks: list[Check]) -> None:
+    if is_tty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table("", "check", "detail", "fix")
+        for check in checks:  # Text: a URL like http://[::1] is not markup
+            table.add_row(Text("ok") if check.ok else Text("FAIL", style="bold red"),
+                          Text(check.name), Text(check.detail),
+                          Text("" if check.ok else check.fix or ""))
+        Console().print(table)
+        return
     for check in checks:
         typer.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
         if not check.ok and check.fix:

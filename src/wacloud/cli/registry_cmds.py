@@ -74,7 +74,9 @@ def tenant_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     registry = open_registry(settings_for(data_dir))
     found = registry.tenants()
     emit_rows([{"id": t.id, "slug": t.slug, "own_db": t.db_url is not None} for t in found],
-              as_json, ["tenant"], [t.slug for t in found])
+              as_json, ["id", "tenant", "database"], [t.slug for t in found],
+              cells=[[t.id, t.slug, "own" if t.db_url else "SQLite file in the data dir"]
+                     for t in found])
 
 
 def _validated(settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
