@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click import exceptions as click_errors  # typer's own click (0.29+)
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -50,7 +51,33 @@ def describe_unexpected(exc: BaseException) -> str:
 
 
 class WacloudGroup(TyperGroup):
-    """The top-level command group: the one handler for exceptions no command expected."""
+    """The top-level command group: the one handler for exceptions no command expected, and
+    for usage errors (an unknown option, a missing or invalid value): one line too, naming the
+    command's --help, instead of click's usage block."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
+        except click_errors.NoArgsIsHelpError as exc:  # `wacloud tenant`: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            where = exc.ctx.command_path if isinstance(exc, click_errors.UsageError) and exc.ctx \
+                else None
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            hint = f"; see `{where} --help`" if where else ""
+            typer.echo(f"error: {message}{hint}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -112,8 +139,15 @@ ApiBase = Annotated[str | None, typer.Option("--api-base-url",
 Mps = Annotated[int, typer.Option("--mps", help="Messages per second allowed on this number.")]
 
 
-def settings_for(data_dir: Path | None) -> Settings:
-    return load_settings(data_dir)
+def settings_for(data_dir: Path | None, *, must_exist: bool = True) -> Settings:
+    """The settings, with `--data-dir` applied. A command that reads or changes what is there
+    stops at once when there is no data dir (nor a registry URL), before it creates any file;
+    `init`, `tenant add`, `serve` and `worker` create it (`must_exist=False`)."""
+    settings = load_settings(data_dir)
+    if must_exist and settings.registry_url is None and not settings.data_dir.is_dir():
+        fail(f"no data dir at {settings.data_dir.resolve()} (run `wacloud init`, or give "
+             "--data-dir or WACLOUD_DATA_DIR)")
+    return settings
 
 
 # Output goes to `sys.stdout` / `sys.stderr` as they are at the time: while a progress bar is

@@ -53,7 +53,7 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus, resolve_auto_cpus
 
     limit_malloc_arenas()
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)
     configure_logging(settings)
     try:
         server_cpus, worker_cpus = resolve_auto_cpus(settings.server_cpus, settings.worker_cpus)
@@ -112,7 +112,7 @@ def worker(data_dir: DataDir = None,
     names = tuple(n.strip() for n in stages.split(",") if n.strip()) if stages else None
     if names is not None and not set(names) <= set(STAGES):
         fail(f"unknown stage(s) {sorted(set(names) - set(STAGES))}; known: {sorted(STAGES)}")
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)
     configure_logging(settings)
     try:
         pin_to_cpus(settings.worker_cpus, unpin_if_empty=bool(settings.server_cpus))

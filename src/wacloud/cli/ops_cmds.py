@@ -119,9 +119,6 @@ def status(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """One screen: channels, queues, outboxes, parked items and problems (a database that is
     down, paused channels, dead letters, stage workers of a running serve)."""
     settings = settings_for(data_dir)
-    if settings.registry_url is None and not settings.data_dir.is_dir():
-        fail(f"no data dir at {settings.data_dir.resolve()} (run `wacloud init`, or give "
-             "--data-dir)")
     report = gather_status(settings)
     if as_json:
         emit(report.to_json(), True, "")
@@ -158,7 +155,7 @@ def doctor(public_url: Annotated[str | None, typer.Option(
            data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Check settings, keys, databases, the queue, tokens and the webhook URL; print each
     problem with its fix; exit code 1 when any check fails."""
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)  # a missing one is a finding
     if public_url is not None:
         try:
             public_url = api_base_url(public_url, allow_http=settings.dev_allow_local_urls)

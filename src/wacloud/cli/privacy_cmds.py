@@ -69,8 +69,6 @@ async def _context(settings: Settings) -> AsyncIterator[PrivacyContext]:
 
 def _run(data_dir: Path | None, action: Callable[[PrivacyContext], Awaitable[T]]) -> T:
     settings = settings_for(data_dir)
-    if not settings.data_dir.is_dir():
-        fail(f"no data dir at {settings.data_dir} (run `wacloud init`)")
 
     async def run() -> T:
         async with _context(settings) as ctx:
