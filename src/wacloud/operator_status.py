@@ -24,7 +24,7 @@ from wacloud.adapters.db.reachability import SERVER_FIX, ping, probe_engine, sho
 from wacloud.adapters.db.registry import Registry, Tenant
 from wacloud.adapters.db.tenant import outbound_messages
 from wacloud.adapters.queue.sqlite import SqliteBroker
-from wacloud.admin.queries import channel_rates
+from wacloud.admin.queries import channel_rates, empty_rates
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.channel_check import check_token
 from wacloud.crypto import parse_env_keys, read_key_file
@@ -136,19 +136,11 @@ def readyz(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
     return {"url": url, **data} if isinstance(data, dict) else None
 
 
-# A channel's figures before its tenant database has any (all zero).
-NO_TRAFFIC: dict[str, Any] = {
-    "in_last_hour": 0, "out_last_hour": 0, "in_last_5m": 0, "out_last_5m": 0,
-    "in_per_min_last_hour": 0.0, "out_per_min_last_hour": 0.0, "in_per_min_last_5m": 0.0,
-    "out_per_min_last_5m": 0.0, "failed_last_hour": 0, "errors_last_hour": 0,
-    "errors_by_code": {}, "rate_limit_hits": 0}
-
-
 def channel_row(channel: Channel, rates: dict[str, Any] | None) -> dict[str, Any]:
-    """A channel with its rates; `rates` None: its tenant database could not be read (every
-    figure null, `reachable` false)."""
-    figures = ({**NO_TRAFFIC, **rates} if rates is not None
-               else dict.fromkeys(NO_TRAFFIC))
+    """A channel with its rates (`admin.queries.channel_rates`; empty: no traffic); `rates`
+    None: its tenant database could not be read (every figure null, `reachable` false)."""
+    figures = ({**empty_rates(), **rates} if rates is not None
+               else dict.fromkeys(empty_rates()))
     return {"id": channel.id, "tenant": channel.tenant, "provider": channel.provider.value,
             "key": channel.key, "paused": channel.paused, "pause_reason": channel.pause_reason,
             "reachable": rates is not None, **figures}

@@ -261,6 +261,14 @@ def channel_minutes(conn: Connection, since: datetime, minutes: int) -> MinuteCo
                         {str(c): int(n) for c, n in failures})
 
 
+def empty_rates() -> dict[str, Any]:
+    """`channel_rates` of a channel without traffic."""
+    return {"in_last_hour": 0, "out_last_hour": 0, "in_last_5m": 0, "out_last_5m": 0,
+            "in_per_min_last_hour": 0.0, "out_per_min_last_hour": 0.0,
+            "in_per_min_last_5m": 0.0, "out_per_min_last_5m": 0.0, "failed_last_hour": 0,
+            "errors_last_hour": 0, "errors_by_code": {}, "rate_limit_hits": 0}
+
+
 def channel_rates(conn: Connection, now: datetime | None = None) -> dict[str, dict[str, Any]]:
     """Per channel key of one tenant's database: messages in and out over the last hour and
     the last RECENT_MINUTES (counts and per-minute rates), failed sends, and the hour's error
@@ -274,9 +282,7 @@ def channel_rates(conn: Connection, now: datetime | None = None) -> dict[str, di
     rates: dict[str, dict[str, Any]] = {}
 
     def entry(channel: str) -> dict[str, Any]:
-        return rates.setdefault(channel, {
-            "in_last_hour": 0, "out_last_hour": 0, "in_last_5m": 0, "out_last_5m": 0,
-            "failed_last_hour": 0, "errors_by_code": {}})
+        return rates.setdefault(channel, empty_rates())
 
     recent = minutes - recent_minutes  # the first minute bucket of the recent window
     for direction, rows in (("in", counts.inbound), ("out", counts.outbound)):

@@ -164,6 +164,10 @@ def test_status_shows_each_channels_rates_errors_and_pause(tmp_path: Path,
                                                           server: str) -> None:
     add_world(tmp_path, server)
     ok(invoke(tmp_path, "channel", "pause", "2", "--reason", "token refused (190)"))
+    registry = open_registry(load_settings(tmp_path))
+    registry.add_channel(tenant="down", provider=Provider.WHAPI, key="DOWN-1", token=GOOD,
+                         webhook_secret="hook", api_base_url=server)
+    registry.engine.dispose()
     now = utcnow()
 
     def inbound(minutes_ago: float, channel: str, n: int) -> dict[str, object]:
@@ -199,7 +203,9 @@ def test_status_shows_each_channels_rates_errors_and_pause(tmp_path: Path,
 
     report = json.loads(ok(invoke(tmp_path, "status", "--json")).stdout)
 
-    meta, whapi = report["channels"]
+    meta, whapi, down = report["channels"]
+    assert down["key"] == "DOWN-1" and down["reachable"] is False
+    assert down["in_per_min_last_hour"] is None and down["errors_by_code"] is None
     assert (meta["in_last_hour"], meta["in_last_5m"], meta["out_last_hour"],
             meta["out_last_5m"]) == (12, 6, 3, 1)
     assert (meta["in_per_min_last_hour"], meta["in_per_min_last_5m"],
@@ -219,6 +225,8 @@ def test_status_shows_each_channels_rates_errors_and_pause(tmp_path: Path,
     assert "131026 x2" in meta_line and "active" in meta_line
     [whapi_line] = [line for line in text.splitlines() if line.split()[:2] == ["2", "acme"]]
     assert "PAUSED: token refused (190)" in whapi_line and "130429 x1" in whapi_line
+    [down_line] = [line for line in text.splitlines() if line.split()[:2] == ["3", "down"]]
+    assert "database unreachable" in down_line
 
 
 def test_status_reports_stage_workers_of_a_running_serve(tmp_path: Path, server: str) -> None:
