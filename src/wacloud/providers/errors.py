@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from wacloud.model import ProviderError, SendOutcome, SendResult
+from wacloud.domain.model import ProviderError, SendOutcome, SendResult
 
 
 class UnsupportedMessage(ValueError):
