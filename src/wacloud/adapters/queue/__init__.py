@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 ADAPTERS: dict[str, str] = {
     "sqlite": "wacloud.adapters.queue.sqlite",
+    "amqp": "wacloud.adapters.queue.rabbitmq",
+    "amqps": "wacloud.adapters.queue.rabbitmq",
 }
 
 
