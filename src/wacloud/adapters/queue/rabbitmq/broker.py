@@ -150,34 +150,43 @@ class RabbitBroker(QueueBroker):
     async def ensure(self, layout: Layout) -> None:
         """Check once per process that the broker queues of `layout` exist (or declare them
         with `auto_create`); `QueueMissing` names the port queue otherwise."""
-        wanted = layout.declarations()
-        if all(d.name in self._ready for d in wanted):
+        wanted = [d for d in layout.declarations() if d.name not in self._ready]
+        if not wanted:
             return
         async with self._ready_lock:
-            for declaration in wanted:
+            missing = await self._provision(wanted, create=self.auto_create)
+        if missing:
+            log.error("queue %s is missing on %s", missing, self.address.safe)
+            raise QueueMissing(layout.spec.name, self.address.safe)
+
+    async def _provision(self, declarations: list[Declaration], *, create: bool) -> str | None:
+        """Make sure each queue exists: a passive declare, and when it fails (which closes the
+        channel) a declaration if `create`, else the name of the first one missing."""
+        channel = None
+        try:
+            for declaration in declarations:
                 if declaration.name in self._ready:
                     continue
-                if not await self._exists(declaration.name):
-                    if not self.auto_create:
-                        log.error("queue %s is missing on %s", declaration.name,
-                                  self.address.safe)
-                        raise QueueMissing(layout.spec.name, self.address.safe)
-                    await self._declare(declaration)
+                if channel is None or channel.is_closed:
+                    channel = await (await self.connection()).channel(publisher_confirms=False)
+                raw = await channel.get_underlay_channel()
+                try:
+                    await raw.queue_declare(declaration.name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    if not create:
+                        return declaration.name
+                    channel = await (await self.connection()).channel(publisher_confirms=False)
+                    raw = await channel.get_underlay_channel()
+                    # Quorum queues are always durable and never exclusive or auto-deleted.
+                    await raw.queue_declare(declaration.name, durable=True,
+                                            arguments=declaration.arguments)
+                    log.info("declared queue %s on %s", declaration.name, self.address.safe)
                 self._ready.add(declaration.name)
-
-    async def _exists(self, name: str) -> bool:
-        async with self.scratch() as raw:
-            try:
-                await raw.queue_declare(name, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                return False
-            return True
-
-    async def _declare(self, declaration: Declaration) -> None:
-        async with self.scratch() as raw:
-            # Quorum queues are always durable and never exclusive or auto-deleted.
-            await raw.queue_declare(declaration.name, durable=True,
-                                    arguments=declaration.arguments)
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return None
 
     async def create_queues(self, specs: list[QueueSpec]) -> list[str]:
         seen: dict[str, Declaration] = {}
@@ -187,11 +196,8 @@ class RabbitBroker(QueueBroker):
                 # the first declaration wins, the work queue's when listed first.
                 seen.setdefault(declaration.name, declaration)
         async with self._ready_lock:
-            for declaration in seen.values():
-                if not await self._exists(declaration.name):
-                    await self._declare(declaration)
-                    log.info("declared queue %s on %s", declaration.name, self.address.safe)
-                self._ready.add(declaration.name)
+            self._ready.difference_update(seen)  # check again: someone may have deleted one
+            await self._provision(list(seen.values()), create=True)
         return list(seen)
 
     # -- de-duplication --
