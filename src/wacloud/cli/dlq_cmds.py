@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wacloud.adapters.queue.sqlite_queue import SqliteQueue
+from wacloud.adapters.queue.base import Queue, QueueMissing
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
     DataDir,
@@ -60,7 +60,7 @@ def _source_name(settings: Settings, name: str) -> str:
 
 
 def _with_queues(settings: Settings,
-                 work: Callable[[dict[str, SqliteQueue]], Awaitable[T]]) -> T:
+                 work: Callable[[dict[str, Queue]], Awaitable[T]]) -> T:
     async def run() -> T:
         broker = queue_broker(settings)
         try:
@@ -69,7 +69,11 @@ def _with_queues(settings: Settings,
         finally:
             await broker.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except QueueMissing as exc:  # a broker provisioned beforehand (RabbitMQ, SQS)
+        fail(str(exc))
+        raise
 
 
 def _who(item: dict[str, Any]) -> list[str]:
@@ -97,7 +101,7 @@ def dlq_list(queue: QueueOpt = None, data_dir: DataDir = None, as_json: JsonOut 
     settings = settings_for(data_dir)
     names = _queue_names(settings) if queue is None else [_source_name(settings, queue)]
 
-    async def work(queues: dict[str, SqliteQueue]) -> list[dict[str, Any]]:
+    async def work(queues: dict[str, Queue]) -> list[dict[str, Any]]:
         return [dead_letter_summary(name, letter) for name in names
                 for letter in await queues[name].dead_letters(limit=10_000)]
 
@@ -119,7 +123,7 @@ def dlq_replay(ids: Ids = None, all_items: All = False, queue: QueueOpt = None,
     name = envelopes.OUTBOUND_SEND if queue is None else _source_name(settings, queue)
     chosen = None if all_items else list(ids or [])
 
-    async def work(queues: dict[str, SqliteQueue]) -> list[str]:
+    async def work(queues: dict[str, Queue]) -> list[str]:
         broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
         try:
             return await replay_queue_dead_letters(broker, name, queues[name], chosen)
@@ -144,7 +148,7 @@ def dlq_discard(reason: Annotated[str, typer.Option("--reason", help="Why (kept 
     name = _source_name(settings, queue)
     chosen = None if all_items else list(ids or [])
 
-    async def work(queues: dict[str, SqliteQueue]) -> dict[str, Any]:
+    async def work(queues: dict[str, Queue]) -> dict[str, Any]:
         return await discard_dead_letters(settings.data_dir, name, queues[name], chosen, reason)
 
     record = _with_queues(settings, work)
