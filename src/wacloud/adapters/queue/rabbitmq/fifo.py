@@ -11,7 +11,9 @@ only acks and dead-lettering reach the broker.
 
 Consequences: receipts, reasons of releases and counts of receives live in the process that
 holds the partition, and are lost with it (the broker's `x-delivery-count` then counts the
-redelivery); a process that is not the active consumer of a partition receives nothing of it.
+redelivery, of every message it held, handed out or not: a stop or a crash brings up to
+`PREFETCH` messages of each partition one receive nearer the DLQ); a process that is not the
+active consumer of a partition receives nothing of it.
 Because deliveries are pushed, a receive first asks the broker how many messages wait in the
 partitions and gives them up to `SETTLE_S` to arrive, so that what was sent before a receive
 is seen by it (and lanes are served fairly). Delayed sends are refused, as SQS FIFO does.

@@ -1,0 +1,111 @@
+"""The RabbitMQ adapter on the machine's RabbitMQ (a fresh virtual host per test), for what the
+port's contract suite does not cover: provisioning and `QueueMissing`, the broker's own
+delivery limit, one active consumer per FIFO partition, and no password in errors."""
+
+from __future__ import annotations
+
+import socket
+import traceback
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+
+from wacloud.adapters.queue.base import QueueMissing, QueueSpec
+from wacloud.adapters.queue.rabbitmq import RabbitBroker
+from wacloud.adapters.queue.rabbitmq.url import parse_address
+
+
+@pytest.fixture
+async def broker(rabbitmq_url: str) -> AsyncIterator[RabbitBroker]:
+    opened = RabbitBroker(parse_address(f"{rabbitmq_url}?prefix=t"))
+    yield opened
+    await opened.close()
+
+
+async def test_a_missing_queue_is_named_until_created(broker: RabbitBroker) -> None:
+    spec = QueueSpec("inbound.raw")
+    queue = broker.queue(spec)  # no I/O yet
+    with pytest.raises(QueueMissing) as caught:
+        await queue.send(b"x")
+    assert caught.value.name == "inbound.raw"
+    assert "wacloud queues create" in str(caught.value)
+    specs = [spec, QueueSpec("outbound.send", fifo=True),
+             QueueSpec("outbound.send.dlq")]  # also the DLQ of outbound.send
+    created = await broker.create_queues(specs)
+    assert "t.inbound.raw" in created and "t.inbound.raw.dlq" in created
+    assert "t.outbound.send.p0" in created and "t.outbound.send.dlq.dlq" in created
+    assert len(created) == len(set(created))
+    assert await broker.create_queues(specs) == created  # idempotent
+    await queue.send(b"x")
+    [msg] = await queue.receive(1)
+    assert msg.body == b"x"
+
+
+async def test_the_broker_dead_letters_at_the_delivery_limit(rabbitmq_url: str,
+                                                             broker: RabbitBroker) -> None:
+    # Consumers that die holding the message (their channel closes unacked) are counted by
+    # the broker: past the limit it moves the message to the DLQ itself.
+    spec = QueueSpec("jobs", max_receives=2)
+    await broker.create_queues([spec])
+    queue = broker.queue(spec)
+    await queue.send(b"crashes its consumer")
+    for _ in range(spec.max_receives + 1):
+        connection = await aio_pika.connect(rabbitmq_url)
+        channel = await connection.channel()
+        jobs = await channel.get_queue("t.jobs", ensure=False)
+        assert await jobs.get(no_ack=False, fail=False) is not None
+        await connection.close()  # dies with it unacked
+    assert (await queue.depth())["dead"] == 1
+    [letter] = await queue.dead_letters()
+    assert letter.body == b"crashes its consumer"
+    assert letter.receive_count == spec.max_receives + 1
+    assert letter.attributes["source_queue"] == "jobs"
+    assert await queue.redrive() == 1
+    [again] = await queue.receive(1, wait_seconds=5)
+    assert again.receive_count == 1
+
+
+async def test_one_active_consumer_per_partition(rabbitmq_url: str) -> None:
+    address = parse_address(f"{rabbitmq_url}?partitions=1")
+    first, second = RabbitBroker(address, auto_create=True), RabbitBroker(address)
+    try:
+        spec = QueueSpec("sends", fifo=True)
+        await first.queue(spec).send_batch([])
+        await first.queue(spec).send(b"a1", group_id="t/n/a")
+        await first.queue(spec).send(b"a2", group_id="t/n/a")
+        [head] = await first.queue(spec).receive(1)
+        assert head.body == b"a1"
+        # The other process consumes the partition too, but is not its active consumer.
+        assert await second.queue(spec).receive(10, wait_seconds=0.3) == []
+        await first.close()  # a crash: what it held goes to the next consumer, in order
+        got = await second.queue(spec).receive(10, wait_seconds=5)
+        # a2 was held (prefetched) by the first too: the broker counts its delivery as well.
+        assert [(m.body, m.receive_count) for m in got] == [(b"a1", 2), (b"a2", 2)]
+    finally:
+        await first.close()
+        await second.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("where", ["nobody listens", "wrong password"])
+async def test_errors_never_hold_the_password(rabbitmq_url: str, where: str) -> None:
+    secret = "s3cr3t-Passw0rd"
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    port = _free_port() if where == "nobody listens" else 5672
+    broker = RabbitBroker(parse_address(f"amqp://guest:{secret}@127.0.0.1:{port}/{vhost}"),
+                          auto_create=True)
+    assert secret not in repr(broker) and secret not in repr(broker.address)
+    try:
+        with pytest.raises(ConnectionError) as caught:
+            await broker.queue(QueueSpec("q")).send(b"x")
+        shown = "".join(traceback.format_exception(caught.value))
+        assert "cannot connect to RabbitMQ at amqp://guest@127.0.0.1" in shown
+        assert secret not in shown
+    finally:
+        await broker.close()
