@@ -32,9 +32,12 @@ class RabbitQueueBase(Queue, abc.ABC):
         self.broker = broker
         self.spec = spec
         self.layout = broker.layout(spec)
+        self._ensured = False
 
     async def ensure(self) -> None:
-        await self.broker.ensure(self.layout)
+        if not self._ensured:
+            await self.broker.ensure(self.layout)
+            self._ensured = True
 
     async def stop(self) -> None:
         """Called by the broker before its connection closes."""

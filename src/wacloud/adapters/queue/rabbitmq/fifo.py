@@ -110,6 +110,8 @@ class RabbitFifoQueue(RabbitQueueBase):
     async def _settle(self) -> None:
         """Wait (up to SETTLE_S) for what the broker holds ready in partitions this process
         may be the consumer of: a push consumer may not have it yet."""
+        # Counted from before the question: what arrives while it is asked counts too.
+        start = list(self._delivered)
         counts = await self.broker.counts(self.layout.partition_names, self.spec.name)
         held = [0] * self.layout.partitions
         for entry in self._buffer:
@@ -118,7 +120,6 @@ class RabbitFifoQueue(RabbitQueueBase):
                     if c > 0 and i not in self._standby and held[i] < PREFETCH}
         if not expected:
             return
-        start = list(self._delivered)
         deadline = time.monotonic() + SETTLE_S
 
         def short() -> list[int]:
