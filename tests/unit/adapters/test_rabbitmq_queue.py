@@ -30,13 +30,18 @@ async def test_a_missing_queue_is_named_until_created(broker: RabbitBroker) -> N
         await queue.send(b"x")
     assert caught.value.name == "inbound.raw"
     assert "wacloud queues create" in str(caught.value)
-    specs = [spec, QueueSpec("outbound.send", fifo=True),
-             QueueSpec("outbound.send.dlq")]  # also the DLQ of outbound.send
+    specs = [QueueSpec("outbound.send.dlq"),  # the send stage's; the DLQ of outbound.send
+             spec, QueueSpec("outbound.send", fifo=True)]
     created = await broker.create_queues(specs)
     assert "t.inbound.raw" in created and "t.inbound.raw.dlq" in created
     assert "t.outbound.send.p0" in created and "t.outbound.send.dlq.dlq" in created
     assert len(created) == len(set(created))
     assert await broker.create_queues(specs) == created  # idempotent
+    # Declared as a dead-letter queue (not a quorum work queue), though listed first: a
+    # redeclare with the other arguments would be refused.
+    async with broker.scratch() as raw:
+        await raw.queue_declare("t.outbound.send.dlq", durable=True,
+                                arguments={"x-queue-type": "classic"})
     await queue.send(b"x")
     [msg] = await queue.receive(1)
     assert msg.body == b"x"

@@ -189,11 +189,15 @@ class RabbitBroker(QueueBroker):
         return None
 
     async def create_queues(self, specs: list[QueueSpec]) -> list[str]:
+        layouts = [self.layout(spec) for spec in specs]
+        dead = {layout.dead for layout in layouts}
         seen: dict[str, Declaration] = {}
-        for spec in specs:
-            for declaration in self.layout(spec).declarations():
-                # A DLQ that is also a queue of its own (outbound.send.dlq) is declared once:
-                # the first declaration wins, the work queue's when listed first.
+        for layout in layouts:
+            for declaration in layout.declarations():
+                # A DLQ that is also a port queue of its own (outbound.send.dlq, which the
+                # send stage sends to) is declared once, as a DLQ, whatever the order.
+                if declaration.name in dead:
+                    declaration = Declaration(declaration.name, layout.dead_arguments())
                 seen.setdefault(declaration.name, declaration)
         async with self._ready_lock:
             self._ready.difference_update(seen)  # check again: someone may have deleted one

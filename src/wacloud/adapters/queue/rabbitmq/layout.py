@@ -111,9 +111,14 @@ class Layout:
                 "x-queue-type": "classic", "x-message-ttl": tier,
                 "x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.main})
                 for tier in DELAY_TIERS_MS]
-        # Dead letters are peeked at (taken and given back) by `wacloud dlq`: a classic queue
-        # puts them back in place at once and counts no deliveries (a quorum queue would
-        # count each peek as one, and give them back asynchronously). Durable, its messages
-        # persistent.
-        out.append(Declaration(self.dead, {"x-queue-type": "classic"}))
+        out.append(Declaration(self.dead, self.dead_arguments()))
         return out
+
+    @staticmethod
+    def dead_arguments() -> dict[str, Any]:
+        """Dead letters are peeked at (taken and given back) by `wacloud dlq`: a classic
+        queue puts them back in place at once and counts no deliveries (a quorum queue would
+        count each peek as one, and give them back asynchronously). Durable, its messages
+        persistent. Not for receiving from: without delivery counts, visibility timeouts
+        would not bring a message nearer a DLQ of its own."""
+        return {"x-queue-type": "classic"}
