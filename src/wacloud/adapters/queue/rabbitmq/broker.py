@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -31,10 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# De-duplication ids are remembered this long by the broker object that sent them (SQS keeps
-# them five minutes too). RabbitMQ has no de-duplication without a plugin, so it holds within
-# one process only: consumers must be idempotent (the stages are).
-DEDUP_WINDOW_S = 300.0
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -50,7 +45,6 @@ class RabbitBroker(QueueBroker):
         self._queues: dict[str, RabbitQueueBase] = {}
         self._ready: set[str] = set()
         self._ready_lock = asyncio.Lock()
-        self._dedup: dict[tuple[str, str], float] = {}
         self.closed = False
 
     def __repr__(self) -> str:
@@ -203,21 +197,6 @@ class RabbitBroker(QueueBroker):
             self._ready.difference_update(seen)  # check again: someone may have deleted one
             await self._provision(list(seen.values()), create=True)
         return list(seen)
-
-    # -- de-duplication --
-
-    def first_send(self, queue: str, dedup_id: str | None) -> bool:
-        """False when this broker sent `dedup_id` to `queue` within the window."""
-        if dedup_id is None:
-            return True
-        now = time.monotonic()
-        if len(self._dedup) > 10_000:
-            self._dedup = {k: t for k, t in self._dedup.items() if t > now}
-        key = (queue, dedup_id)
-        if self._dedup.get(key, 0.0) > now:
-            return False
-        self._dedup[key] = now + DEDUP_WINDOW_S
-        return True
 
     async def close(self) -> None:
         if self.closed:

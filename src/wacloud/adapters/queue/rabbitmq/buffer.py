@@ -45,6 +45,7 @@ class Entry:
 class GroupBuffer:
     groups: dict[str, list[Entry]] = field(default_factory=dict)
     receipts: dict[str, Entry] = field(default_factory=dict)
+    dedup: dict[str, Entry] = field(default_factory=dict)  # held messages by dedup id
     turn: int = 0
     _seq: int = 0
 
@@ -56,9 +57,12 @@ class GroupBuffer:
             yield from group
 
     def add(self, envelope: Envelope, handle: Any, partition: int, received: int,
-            now: float, *, redriven: bool = False) -> Entry:
-        """Hold a delivery. Deliveries of a partition arrive in its order and are appended; a
+            now: float, *, redriven: bool = False) -> Entry | None:
+        """Hold a delivery; None (not held) when it has the de-duplication id of a message
+        held already. Deliveries of a partition arrive in its order and are appended; a
         redriven message (sent to its group long ago) goes back before the later ones."""
+        if envelope.dedup_id is not None and envelope.dedup_id in self.dedup:
+            return None
         self._seq += 1
         # Ready since it was sent (as in the embedded queue), so that heads of different
         # partitions are served in the order they were sent, whichever arrived first.
@@ -72,6 +76,8 @@ class GroupBuffer:
             group.insert(max(bisect.bisect_right(keys, envelope.order), first), entry)
         else:
             group.append(entry)
+        if envelope.dedup_id is not None:
+            self.dedup[envelope.dedup_id] = entry
         return entry
 
     def remove(self, entry: Entry) -> None:
@@ -82,6 +88,9 @@ class GroupBuffer:
                 del self.groups[entry.group]
         if entry.receipt is not None:
             self.receipts.pop(entry.receipt, None)
+        dedup_id = entry.envelope.dedup_id
+        if dedup_id is not None and self.dedup.get(dedup_id) is entry:
+            del self.dedup[dedup_id]
 
     def by_receipt(self, receipt: str) -> Entry | None:
         return self.receipts.get(receipt)

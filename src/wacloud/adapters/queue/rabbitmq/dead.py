@@ -119,8 +119,10 @@ class RabbitQueueBase(Queue, abc.ABC):
             for message, envelope in picked:
                 # A whole new budget: no receives, no reason, sent now (time-based retry
                 # budgets are measured from it); the id and the order in its group are kept.
+                # Its de-duplication id is dropped: a redrive is a deliberate re-injection and
+                # must neither be swallowed by, nor swallow, a live message with the same id.
                 fresh = dataclasses.replace(envelope, queue=self.spec.name, receives=0,
-                                            reason=None, sent_at=now)
+                                            reason=None, sent_at=now, dedup_id=None)
                 await self.broker.publish(self.target_of(fresh), fresh)
                 await message.ack()
                 moved += 1

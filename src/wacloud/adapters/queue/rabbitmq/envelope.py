@@ -25,6 +25,7 @@ SENT_AT = "wacloud-sent-us"  # microseconds since the epoch (AMQP timestamps are
 # and a float header travels as a 32-bit float)
 RECEIVES = "wacloud-receives"  # receives of earlier copies
 REASON = "wacloud-reason"
+DEDUP = "wacloud-dedup"  # the sender's de-duplication id
 ORDER = "wacloud-order"  # first send time in ns: where a redriven message belongs in its group
 DELIVERY_COUNT = "x-delivery-count"
 # Messages are kept with this much of the reason (an exception's text can be long).
@@ -43,12 +44,14 @@ class Envelope:
     receives: int = 0
     reason: str | None = None
     order: int = 0
+    dedup_id: str | None = None
 
     @classmethod
-    def new(cls, body: bytes, queue: str, group_id: str | None) -> Envelope:
+    def new(cls, body: bytes, queue: str, group_id: str | None,
+            dedup_id: str | None = None) -> Envelope:
         now = time.time()
         return cls(body=body, message_id=uuid.uuid4().hex, queue=queue, group_id=group_id,
-                   sent_at=now, order=time.time_ns())
+                   sent_at=now, order=time.time_ns(), dedup_id=dedup_id)
 
     def headers(self) -> dict[str, Any]:
         out: dict[str, Any] = {QUEUE: self.queue, SENT_AT: round(self.sent_at * 1e6),
@@ -57,6 +60,8 @@ class Envelope:
             out[GROUP] = self.group_id
         if self.reason:
             out[REASON] = self.reason[:REASON_MAX]
+        if self.dedup_id is not None:
+            out[DEDUP] = self.dedup_id
         return out
 
     def message(self, *, expiration_ms: int | None = None) -> aio_pika.Message:
@@ -100,7 +105,8 @@ def read(message: AbstractIncomingMessage, default_queue: str) -> tuple[Envelope
         sent_at=float(sent_at),
         receives=receives if isinstance(receives, int) else 0,
         reason=_text(headers.get(REASON)),
-        order=order if isinstance(order, int) else 0)
+        order=order if isinstance(order, int) else 0,
+        dedup_id=_text(headers.get(DEDUP)))
     return envelope, count if isinstance(count, int) else 0
 
 

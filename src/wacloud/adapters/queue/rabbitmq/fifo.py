@@ -17,6 +17,8 @@ active consumer of a partition receives nothing of it.
 Because deliveries are pushed, a receive first asks the broker how many messages wait in the
 partitions and gives them up to `SETTLE_S` to arrive, so that what was sent before a receive
 is seen by it (and lanes are served fairly). Delayed sends are refused, as SQS FIFO does.
+De-duplication happens here too: a delivery whose de-duplication id is that of a message still
+held (not acked yet: still queued, as far as the port is concerned) is dropped.
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ class RabbitFifoQueue(RabbitQueueBase):
         await self.ensure()
         name = self.spec.name
         await self.broker.publish_many([
-            (self.layout.partition_for(m.group_id), Envelope.new(m.body, name, m.group_id))
-            for m in messages if self.broker.first_send(name, m.dedup_id)])
+            (self.layout.partition_for(m.group_id),
+             Envelope.new(m.body, name, m.group_id, m.dedup_id)) for m in messages])
 
     # -- consuming --
 
@@ -97,8 +99,12 @@ class RabbitFifoQueue(RabbitQueueBase):
         envelope, delivered = read(message, self.spec.name)
         # Sends of a group come in the order they were made; one older than the group's last
         # held message is a redriven one, which goes back to its place (before later ones).
-        self._buffer.add(envelope, message, index, envelope.receives + delivered, time.time(),
-                         redriven=envelope.order < self._newest_order(envelope.group_id))
+        entry = self._buffer.add(envelope, message, index, envelope.receives + delivered,
+                                 time.time(),
+                                 redriven=envelope.order < self._newest_order(envelope.group_id))
+        if entry is None:  # a copy of a message still held (queued): dropped
+            await self._ack_message(message)
+            return
         self._delivered[index] += 1
         self._standby.discard(index)
         self._arrived.set()
@@ -169,8 +175,12 @@ class RabbitFifoQueue(RabbitQueueBase):
         await self._ack(entry)
 
     async def _ack(self, entry: Entry) -> None:
+        await self._ack_message(entry.handle)
+
+    @staticmethod
+    async def _ack_message(message: AbstractIncomingMessage) -> None:
         with contextlib.suppress(Exception):  # channel gone: it comes back from the broker
-            await entry.handle.ack()
+            await message.ack()
 
     def _held(self, receipt: str) -> Entry | None:
         return self._buffer.by_receipt(receipt)

@@ -12,6 +12,8 @@
   dead-letters it back; delays are rounded up to a tier, see layout.py), then acks the
   original; a plain `release()` is a `basic.reject` with requeue.
 - Receipts are held by the process that received: another process's receipt is stale there.
+- De-duplication: a message received while this process holds one with the same
+  de-duplication id (it is still queued, as far as the port is concerned) is dropped.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class RabbitQueue(RabbitQueueBase):
     def __init__(self, broker: RabbitBroker, spec: QueueSpec) -> None:
         super().__init__(broker, spec)
         self._held: dict[str, Held] = {}
+        self._dedup: dict[str, str] = {}  # dedup id -> receipt, of held messages
         self._channel: AbstractChannel | None = None
         self._source: AbstractQueue | None = None
         self._get_lock = asyncio.Lock()
@@ -67,9 +70,7 @@ class RabbitQueue(RabbitQueueBase):
         plain: list[tuple[str, Envelope]] = []
         delayed: list[tuple[int, Envelope]] = []
         for m in messages:
-            if not self.broker.first_send(self.spec.name, m.dedup_id):
-                continue
-            envelope = Envelope.new(m.body, self.spec.name, m.group_id)
+            envelope = Envelope.new(m.body, self.spec.name, m.group_id, m.dedup_id)
             if m.delay > 0:
                 delayed.append((delay_tier_ms(m.delay), envelope))
             else:
@@ -107,6 +108,10 @@ class RabbitQueue(RabbitQueueBase):
                 if message is None:
                     break
                 envelope, delivered = read(message, self.spec.name)
+                if envelope.dedup_id is not None and envelope.dedup_id in self._dedup:
+                    # A copy of a message this process holds (still queued): dropped.
+                    await self._drop(message)
+                    continue
                 count = envelope.receives + delivered + 1
                 if count > self.spec.max_receives:
                     # Received max_receives times already: to the DLQ, reason and all.
@@ -115,6 +120,8 @@ class RabbitQueue(RabbitQueueBase):
                 receipt = secrets.token_hex(12)
                 held = Held(message, envelope, count)
                 self._held[receipt] = held
+                if envelope.dedup_id is not None:
+                    self._dedup[envelope.dedup_id] = receipt
                 self._arm(receipt, held, timeout)
                 out.append(envelope.received(receipt, count))
         return out
@@ -126,7 +133,7 @@ class RabbitQueue(RabbitQueueBase):
         held.timer = loop.call_later(max(seconds, 0.0), self._expire, receipt)
 
     def _expire(self, receipt: str) -> None:
-        held = self._held.pop(receipt, None)
+        held = self._take_held(receipt)
         if held is not None:
             self._background(self._requeue(held))
 
@@ -142,9 +149,19 @@ class RabbitQueue(RabbitQueueBase):
 
     def _take_held(self, receipt: str) -> Held | None:
         held = self._held.pop(receipt, None)
-        if held is not None and held.timer is not None:
+        if held is None:
+            return None
+        if held.timer is not None:
             held.timer.cancel()
+        dedup_id = held.envelope.dedup_id
+        if dedup_id is not None and self._dedup.get(dedup_id) == receipt:
+            del self._dedup[dedup_id]
         return held
+
+    @staticmethod
+    async def _drop(message: AbstractIncomingMessage) -> None:
+        with contextlib.suppress(Exception):
+            await message.ack()
 
     async def ack(self, receipts: list[str]) -> None:
         for receipt in receipts:
