@@ -15,7 +15,6 @@ import typer
 
 from wacloud.adapters.db.registry import RegistryError
 from wacloud.adapters.db.views import list_messages, list_notices
-from wacloud.adapters.queue.sqlite import SqliteBroker
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
     DataDir,
@@ -27,6 +26,7 @@ from wacloud.cli.common import (
     media_app,
     parked_app,
     progress,
+    queue_broker,
     settings_for,
 )
 from wacloud.credentials import CredentialsBroker
@@ -199,7 +199,7 @@ def parked_replay(item_id: Annotated[int | None, typer.Argument()] = None,
         fail(str(exc))
 
     async def run(advance: Callable[[int], None]) -> list[int]:
-        broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+        broker = queue_broker(settings)
         try:
             raw = broker.queue(queue_specs(settings)[envelopes.INBOUND_RAW])
             return await replay_parked(registry, raw, items, advance)
@@ -223,7 +223,7 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
     statuses = ["failed", "pending"] if include_pending else ["failed"]
 
     async def run() -> int:
-        queues = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+        queues = queue_broker(settings)
         try:
             media = queues.queue(queue_specs(settings)[envelopes.INBOUND_MEDIA])
             return await refetch_media(broker, tenant, media, statuses)
