@@ -1,17 +1,25 @@
 """The RabbitMQ adapter on the machine's RabbitMQ (a fresh virtual host per test), for what the
 port's contract suite does not cover: provisioning and `QueueMissing`, the broker's own
-delivery limit, one active consumer per FIFO partition, and no password in errors."""
+delivery limit, one active consumer per FIFO partition, a lost connection, and no password in
+errors."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 import traceback
 from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
 
-from wacloud.adapters.queue.base import QueueMissing, QueueSpec
+from wacloud.adapters.queue.base import (
+    OutgoingMessage,
+    QueueMissing,
+    QueueSpec,
+    ReceivedMessage,
+)
 from wacloud.adapters.queue.rabbitmq import RabbitBroker
 from wacloud.adapters.queue.rabbitmq.url import parse_address
 
@@ -112,5 +120,46 @@ async def test_errors_never_hold_the_password(rabbitmq_url: str, where: str) -> 
         shown = "".join(traceback.format_exception(caught.value))
         assert "cannot connect to RabbitMQ at amqp://guest@127.0.0.1" in shown
         assert secret not in shown
+    finally:
+        await broker.close()
+
+
+async def test_receives_resume_after_the_connection_is_lost(rabbitmq_url: str) -> None:
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    broker = RabbitBroker(parse_address(rabbitmq_url), auto_create=True)
+    try:
+        fifo, plain = broker.queue(QueueSpec("f", fifo=True)), broker.queue(QueueSpec("s"))
+        await fifo.send_batch([OutgoingMessage(f"a{i}".encode(), group_id="t/n/a")
+                               for i in range(3)])
+        await plain.send(b"s1")
+        [head] = await fifo.receive(1)
+        [held] = await plain.receive(1)
+        # The broker drops the connection (a restart, a network cut): what was held goes
+        # back to the queues, counted as delivered; the old receipts are stale.
+        subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "test"],
+                       check=True, capture_output=True)
+
+        async def everything_back() -> bool:
+            try:
+                back.extend(await fifo.receive(10, wait_seconds=0.5))
+                back.extend(await plain.receive(10, wait_seconds=0.5))
+            except ConnectionError:  # still reconnecting (waited for, up to a limit)
+                pass
+            return len(back) == 4
+
+        back: list[ReceivedMessage] = []
+        deadline = time.monotonic() + 30
+        while not await everything_back():
+            assert time.monotonic() < deadline, f"only {back} came back"
+        assert [(m.body, m.receive_count) for m in back] == [
+            (b"a0", 2), (b"a1", 2), (b"a2", 2), (b"s1", 2)]
+        await fifo.ack([head.receipt])
+        await plain.ack([held.receipt])  # stale: nothing happens
+        assert (await fifo.depth())["in_flight"] == 3
+        await fifo.ack([m.receipt for m in back[:3]])
+        await plain.ack([back[3].receipt])
+        for queue in (fifo, plain):
+            assert await queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0,
+                                           "dead": 0}
     finally:
         await broker.close()

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
+RECONNECT_INTERVAL_S = 1.0
+RECONNECT_WAIT_S = 10.0
 
 
 class RabbitBroker(QueueBroker):
@@ -74,12 +76,21 @@ class RabbitBroker(QueueBroker):
                     try:
                         self._connection = await aio_pika.connect_robust(
                             self.address.connect_url, timeout=CONNECT_TIMEOUT_S,
+                            reconnect_interval=RECONNECT_INTERVAL_S,
                             client_properties={"connection_name": "wacloud"})
                     except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
                         # The library's message may hold the URL: say where without it.
                         raise ConnectionError(f"cannot connect to RabbitMQ at "
                                               f"{self.address.safe}: {type(exc).__name__}"
                                               ) from None
+        if not self._connection.connected.is_set():
+            # Lost and reconnecting (aio-pika retries every RECONNECT_INTERVAL_S): wait for it
+            # rather than open channels on a closed connection.
+            try:
+                await asyncio.wait_for(self._connection.ready(), RECONNECT_WAIT_S)
+            except TimeoutError:
+                raise ConnectionError(f"RabbitMQ at {self.address.safe} is unreachable "
+                                      "(reconnecting)") from None
         return self._connection
 
     async def channel(self) -> AbstractChannel:

@@ -50,6 +50,7 @@ class RabbitFifoQueue(RabbitQueueBase):
         super().__init__(broker, spec)
         self._buffer = GroupBuffer()
         self._channel: AbstractChannel | None = None
+        self._orphan: AbstractChannel | None = None
         self._start_lock = asyncio.Lock()
         self._arrived = asyncio.Event()
         self._delivered = [0] * self.layout.partitions
@@ -80,6 +81,11 @@ class RabbitFifoQueue(RabbitQueueBase):
         async with self._start_lock:
             if self._channel is not None and not self._channel.is_closed:
                 return
+            if self._orphan is not None:
+                # A reconnection reopens a channel but not consumers made on it this way.
+                with contextlib.suppress(Exception):
+                    await self._orphan.close()
+                self._orphan = None
             channel = await self.broker.channel()
             # Per consumer (global_ would be per channel: quorum queues refuse it and the
             # connection is closed).
@@ -91,7 +97,9 @@ class RabbitFifoQueue(RabbitQueueBase):
             self._channel = channel
 
     def _on_close(self, *_: object) -> None:
-        # Whatever this channel held went back to the broker: those receipts are stale now.
+        # Whatever this channel held went back to the broker: those receipts are stale now,
+        # and the next receive consumes on a new channel.
+        self._orphan, self._channel = self._channel, None
         for index in range(self.layout.partitions):
             self._buffer.clear_partition(index)
 
@@ -228,9 +236,11 @@ class RabbitFifoQueue(RabbitQueueBase):
 
     async def stop(self) -> None:
         channel, self._channel = self._channel, None
-        if channel is not None:
-            with contextlib.suppress(Exception):
-                await channel.close()  # the broker takes back what was held, in order
-        self._on_close()
+        for closing in (channel, self._orphan):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await closing.close()  # the broker takes back what was held, in order
+        self._orphan = None
+        self._buffer = GroupBuffer()
 
 

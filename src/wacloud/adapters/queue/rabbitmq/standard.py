@@ -82,6 +82,7 @@ class RabbitQueue(RabbitQueueBase):
     async def _queue(self) -> AbstractQueue:
         if self._channel is None or self._channel.is_closed or self._source is None:
             self._channel = await self.broker.channel()
+            self._channel.close_callbacks.add(self._on_close)
             self._source = await self._channel.get_queue(self.layout.main, ensure=False)
         return self._source
 
@@ -125,6 +126,12 @@ class RabbitQueue(RabbitQueueBase):
                 self._arm(receipt, held, timeout)
                 out.append(envelope.received(receipt, count))
         return out
+
+    def _on_close(self, *_: object) -> None:
+        # What the channel held went back to the broker (counted as delivered): the receipts
+        # are stale. A reconnection reopens the channel for the next receives.
+        for receipt in list(self._held):
+            self._take_held(receipt)
 
     def _arm(self, receipt: str, held: Held, seconds: float) -> None:
         if held.timer is not None:
