@@ -150,15 +150,18 @@ def aws_environment(endpoint: str) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+AHEAD = 2  # vhosts made in advance, two at a time
+
+
 class _VhostMaker:
-    """Makes RabbitMQ virtual hosts with rabbitmqctl, one ahead: each rabbitmqctl run starts an
-    Erlang VM (about a second), so the next test's vhost is made while the current test runs,
-    and vhosts are deleted in the background. What is left at exit is deleted then."""
+    """Makes RabbitMQ virtual hosts with rabbitmqctl ahead of need: each rabbitmqctl run starts
+    an Erlang VM (about a second), so the next tests' vhosts are made while the current test
+    runs, and vhosts are deleted in the background. What is left at exit is deleted then."""
 
     def __init__(self, ctl: str) -> None:
         self.ctl = ctl
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rabbitmq-vhost")
-        self.ahead: Future[str] | None = None
+        self.pool = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="rabbitmq-vhost")
+        self.ahead: list[Future[str]] = []
         self.deleting: list[subprocess.Popen[bytes]] = []
         atexit.register(self.finish)
 
@@ -173,9 +176,9 @@ class _VhostMaker:
         return name
 
     def take(self) -> str:
-        current = self.ahead or self.pool.submit(self._make)
-        self.ahead = self.pool.submit(self._make)
-        return current.result()
+        while len(self.ahead) <= AHEAD:
+            self.ahead.append(self.pool.submit(self._make))
+        return self.ahead.pop(0).result()
 
     def delete(self, name: str) -> None:
         self.deleting = [p for p in self.deleting if p.poll() is None]
@@ -184,9 +187,9 @@ class _VhostMaker:
                                               stderr=subprocess.DEVNULL))
 
     def finish(self) -> None:
-        if self.ahead is not None:
+        for ahead in self.ahead:
             with contextlib.suppress(Exception):
-                self.delete(self.ahead.result())
+                self.delete(ahead.result())
         for process in self.deleting:
             process.wait()
         self.pool.shutdown()
