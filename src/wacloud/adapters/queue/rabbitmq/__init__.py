@@ -5,22 +5,23 @@ dead-letter queues fed after `max_receives` receives (`x-delivery-limit` as a sa
 delayed retries without plugins (TTL wait queues that dead-letter back) and order per group on
 partition queues with a single active consumer each. Modules: `url.py` (the URL; the password
 never leaves it), `layout.py` (broker queues of a port queue), `envelope.py` (headers),
-`broker.py` (connection, publishing, provisioning), `standard.py` and `fifo.py` (the two kinds
-of queue), `buffer.py` (FIFO rules over what a consumer holds), `dead.py` (dead letters).
+`broker.py` (connection, publishing, provisioning), `consumer.py` (receiving: the port's rules
+over what a consumer holds, with `buffer.py`), `standard.py` and `fifo.py` (the two kinds of
+queue), `dead.py` (dead letters, erasure).
 
 How the port's semantics map (RabbitMQ has no visibility timeout: an unacked message stays
 with the channel that got it until it is acked, rejected or the channel closes):
-- receive: standard queues `basic.get`; FIFO queues a consumer per partition, whose messages
-  are handed out from the process's buffer. Visibility runs out by a timer that rejects the
-  message back (standard) or by the buffer making it visible again (FIFO);
-  `extend_visibility` moves that deadline. Receipts are valid in the receiving process only.
-- release(delay): standard queues re-publish to a wait queue of the delay's tier (rounded up);
-  FIFO messages wait in the buffer with their group locked. The reason rides in a header into
-  the DLQ; `count=False` takes the receive back (a header, or the buffer's count).
-- depth: ready counts from passive declares (queue, partitions, wait queues, DLQ) plus what
-  this process holds; messages held unacked by other processes are not counted.
-- de-duplication ids hold within one process for five minutes (no plugin: consumers must be
-  idempotent across processes); `delete` reaches ready messages and this process's own.
+- receive: each process consumes its queues (manual acks, bounded prefetch) and hands out what
+  it holds; visibility runs out, and `extend_visibility` moves it, in that process, which keeps
+  the message unacked meanwhile (if it dies, the broker redelivers). Receipts are valid in the
+  receiving process only.
+- release(delay): standard queues re-publish to a wait queue of the delay's tier (rounded up)
+  and ack; FIFO messages wait in the consumer with their group locked. The reason rides in a
+  header into the DLQ; `count=False` takes the receive back.
+- depth: ready counts from passive declares (queues, partitions, wait queues, DLQ) plus what
+  this process holds; what other processes hold unacked is not counted.
+- de-duplication ids: a copy delivered while the first is held unacked (still queued) by the
+  consumer is dropped; `delete` reaches ready messages and this process's own.
 Queues must exist: `create_queues` (`wacloud queues create`) declares them; a process that
 finds one missing raises `QueueMissing` naming it.
 """

@@ -120,18 +120,18 @@ class RabbitBroker(QueueBroker):
         except aiormq.exceptions.PublishError:
             raise QueueMissing(envelope.queue, self.address.safe) from None
 
-    async def publish_many(self, items: list[tuple[str, Envelope]]) -> None:
-        """Publish all, confirms awaited together; messages of one routing key keep their
-        order (a FIFO group's go one after the other)."""
-        by_key: dict[str, list[Envelope]] = {}
-        for key, envelope in items:
-            by_key.setdefault(key, []).append(envelope)
+    async def publish_many(self, items: list[tuple[str, str, Envelope]]) -> None:
+        """Publish (order key, routing key, envelope) items, confirms awaited together;
+        items of one order key (a FIFO group) go one after the other, in order."""
+        by_key: dict[str, list[tuple[str, Envelope]]] = {}
+        for order_key, routing_key, envelope in items:
+            by_key.setdefault(order_key, []).append((routing_key, envelope))
 
-        async def in_order(key: str, envelopes: list[Envelope]) -> None:
-            for envelope in envelopes:
-                await self.publish(key, envelope)
+        async def in_order(chain: list[tuple[str, Envelope]]) -> None:
+            for routing_key, envelope in chain:
+                await self.publish(routing_key, envelope)
 
-        await asyncio.gather(*(in_order(k, v) for k, v in by_key.items()))
+        await asyncio.gather(*(in_order(chain) for chain in by_key.values()))
 
     async def counts(self, names: list[str], logical: str) -> list[int]:
         """Messages ready in each broker queue (not those delivered and unacked)."""

@@ -1,10 +1,11 @@
-"""The messages a FIFO queue's consumer holds, by group, and the choice of what to hand out.
+"""The messages a queue's consumer holds, by group, and the choice of what to hand out.
 
-Pure bookkeeping, no I/O: the single active consumer of a partition is the only one that holds
-its messages, so the order of a group, its lock while its head is in flight or backing off,
-visibility, receive counts and lanes are decided here with the same rules as the embedded
-queue (see `sqlite_queue.py`): a group's head first; behind it the rest of its group that is
-visible; heads taken lane by lane in turn (a lane is what a group id has before its last "/").
+Pure bookkeeping, no I/O: a consumer is the only one that holds the messages delivered to it
+(of a FIFO partition, the single active one), so the order of a group, its lock while its head
+is in flight or backing off, visibility, receive counts and lanes are decided here with the
+same rules as the embedded queue (see `sqlite_queue.py`): a group's head first; behind it the
+rest of its group that is visible; heads taken lane by lane in turn (a lane is what a group id
+has before its last "/"). In a standard queue every message is a group of its own.
 """
 
 from __future__ import annotations
@@ -29,13 +30,10 @@ class Entry:
     handle: Any  # what acks it on the broker (an incoming message)
     partition: int
     seq: int  # arrival order in this buffer
+    group: str  # its group id (FIFO), else its own message id: a group of one
     received: int = 0
     visible_at: float = 0.0
     receipt: str | None = None
-
-    @property
-    def group(self) -> str:
-        return self.envelope.group_id or ""
 
     def key(self) -> tuple[int, int]:
         return (self.envelope.order, self.seq)
@@ -43,6 +41,7 @@ class Entry:
 
 @dataclass
 class GroupBuffer:
+    grouped: bool = True  # False: a standard queue, every message a group of its own
     groups: dict[str, list[Entry]] = field(default_factory=dict)
     receipts: dict[str, Entry] = field(default_factory=dict)
     dedup: dict[str, Entry] = field(default_factory=dict)  # held messages by dedup id
@@ -66,8 +65,9 @@ class GroupBuffer:
         self._seq += 1
         # Ready since it was sent (as in the embedded queue), so that heads of different
         # partitions are served in the order they were sent, whichever arrived first.
-        entry = Entry(envelope, handle, partition, self._seq, received,
-                      min(now, envelope.sent_at))
+        entry = Entry(envelope, handle, partition, self._seq,
+                      (envelope.group_id or "") if self.grouped else envelope.message_id,
+                      received, min(now, envelope.sent_at))
         group = self.groups.setdefault(entry.group, [])
         if redriven and group and envelope.order < group[-1].envelope.order:
             keys = [e.envelope.order for e in group]
