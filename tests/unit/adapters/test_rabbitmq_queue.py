@@ -163,3 +163,26 @@ async def test_receives_resume_after_the_connection_is_lost(rabbitmq_url: str) -
                                            "dead": 0}
     finally:
         await broker.close()
+
+
+async def test_a_stop_hands_back_what_a_standard_queue_holds_uncounted(rabbitmq_url: str
+                                                                       ) -> None:
+    address = parse_address(rabbitmq_url)
+    first = RabbitBroker(address, auto_create=True)
+    queue = first.queue(QueueSpec("jobs"))
+    await queue.send_batch([OutgoingMessage(b"taken"), OutgoingMessage(b"given back"),
+                            OutgoingMessage(b"only prefetched")])
+    got = await queue.receive(2, wait_seconds=5)
+    assert len(got) == 2
+    given_back = next(m for m in got if m.body == b"given back")
+    await queue.release(given_back.receipt, count=False)  # as a worker's graceful stop does
+    await first.close()  # a graceful stop: the channel would have counted one each
+    second = RabbitBroker(address)
+    try:
+        again = await second.queue(QueueSpec("jobs")).receive(10, wait_seconds=5)
+        counts = {m.body: m.receive_count for m in again}
+        taken = next(m.body for m in got if m.body != b"given back")
+        assert counts == {taken: 2, b"given back": 1,
+                          ({b"taken", b"only prefetched"} - {taken}).pop(): 1}
+    finally:
+        await second.close()

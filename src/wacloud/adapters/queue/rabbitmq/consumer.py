@@ -28,7 +28,7 @@ import secrets
 import time
 from functools import partial
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from wacloud.adapters.queue.base import QueueSpec, ReceivedMessage
 from wacloud.adapters.queue.rabbitmq.broker import RabbitBroker
@@ -54,6 +54,7 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
         self._arrived = asyncio.Event()
         self._delivered = [0] * len(self._sources)
         self._standby: set[int] = set()  # sources another process consumes (as far as known)
+        self._consumers: list[tuple[AbstractQueue, str]] = []
 
     def in_flight_count(self) -> tuple[int, int, int]:
         return self._buffer.counts(time.time())
@@ -76,9 +77,11 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
             # connection is closed).
             await channel.set_qos(prefetch_count=self.prefetch)
             channel.close_callbacks.add(self._on_close)
+            self._consumers = []
             for index, name in enumerate(self._sources):
                 source = await channel.get_queue(name, ensure=False)
-                await source.consume(partial(self._on_message, index), no_ack=False)
+                tag = await source.consume(partial(self._on_message, index), no_ack=False)
+                self._consumers.append((source, tag))
             self._channel = channel
 
     def _on_close(self, *_: object) -> None:
@@ -235,6 +238,11 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
         return len(chosen)
 
     async def stop(self) -> None:
+        # Nothing more is delivered here (not even what is handed back below).
+        for source, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await source.cancel(tag)
+        self._consumers = []
         try:
             await self._hand_back()
         except Exception as exc:  # the broker gets them back when the channel closes
