@@ -108,15 +108,14 @@ class RabbitBroker(QueueBroker):
             with contextlib.suppress(Exception):
                 await channel.close()
 
-    async def publish(self, routing_key: str, envelope: Envelope, *,
-                      expiration_ms: int | None = None) -> None:
+    async def publish(self, routing_key: str, envelope: Envelope) -> None:
         """Publish and wait for the broker's confirm: durable when this returns. A queue that
         does not exist returns the message (mandatory): that raises `QueueMissing`."""
         if self._publisher is None or self._publisher.is_closed:
             self._publisher = await (await self.connection()).channel(on_return_raises=True)
         try:
             await self._publisher.default_exchange.publish(
-                envelope.message(expiration_ms=expiration_ms), routing_key, mandatory=True)
+                envelope.message(), routing_key, mandatory=True)
         except aiormq.exceptions.PublishError:
             raise QueueMissing(envelope.queue, self.address.safe) from None
 

@@ -1,15 +1,15 @@
-"""Operations on a port queue's dead-letter queue and on messages by id, shared by the
-standard and FIFO queues of RabbitMQ.
+"""What the standard and FIFO queues of RabbitMQ share: depth, the dead-letter queue (peek,
+redrive, discard) and erasure by message id.
 
 RabbitMQ can only hand messages out, so a peek takes them with `basic.get` on a short-lived
-channel and closes it without acking: the broker puts them back. Redrive, discard and erasure
-do the same and ack only the chosen ones. Dead letters are shown in the order they were sent.
+channel and gives them back (`basic.nack` with requeue; the DLQ is a classic queue, which puts
+them back in place). Redrive, discard and erasure do the same and ack only the chosen ones.
+Dead letters are listed in the order they were first sent.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import dataclasses
 import time
 from typing import TYPE_CHECKING
@@ -166,6 +166,3 @@ class RabbitQueueBase(Queue, abc.ABC):
     async def drop_held(self, ids: set[str]) -> int:
         """Ack (delete) held messages of these ids; how many."""
 
-
-async def gather_quietly(*aws: asyncio.Future[None]) -> None:
-    await asyncio.gather(*aws, return_exceptions=True)

@@ -64,11 +64,9 @@ class Envelope:
             out[DEDUP] = self.dedup_id
         return out
 
-    def message(self, *, expiration_ms: int | None = None) -> aio_pika.Message:
+    def message(self) -> aio_pika.Message:
         return aio_pika.Message(self.body, headers=self.headers(), message_id=self.message_id,
-                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                expiration=None if expiration_ms is None
-                                else expiration_ms / 1000)
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
     def received(self, receipt: str, receive_count: int,
                  attributes: dict[str, str] | None = None) -> ReceivedMessage:
