@@ -16,6 +16,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from wacloud.adapters.queue.base import Queue, QueueMissing
+from wacloud.admin.operations import (
+    dead_letter_summary,
+    discard_dead_letters,
+    replay_queue_dead_letters,
+)
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
     DataDir,
@@ -27,12 +32,7 @@ from wacloud.cli.common import (
     queue_broker,
     settings_for,
 )
-from wacloud.credentials import CredentialsBroker
-from wacloud.operations import (
-    dead_letter_summary,
-    discard_dead_letters,
-    replay_queue_dead_letters,
-)
+from wacloud.credentials.broker import CredentialsBroker
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 

@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
-from wacloud.metrics import STAGE_MESSAGES, STAGE_SECONDS
+from wacloud.observability.metrics import STAGE_MESSAGES, STAGE_SECONDS
+from wacloud.observability.tracing import set_stage
 from wacloud.stages.envelopes import Output, RetryLater
-from wacloud.tracing import set_stage
 
 log = logging.getLogger(__name__)
 

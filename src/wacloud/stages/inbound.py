@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wacloud.model import Event
+from wacloud.domain.model import Event
+from wacloud.observability.tracing import log_context
 from wacloud.stages.envelopes import Output, RawWebhook
 from wacloud.stages.receive import (
     ReceiveContext,
@@ -22,7 +23,6 @@ from wacloud.stages.receive import (
     taken,
 )
 from wacloud.stages.write import Origin, Trail, WriteContext, write_events
-from wacloud.tracing import log_context
 
 
 @dataclass(slots=True)

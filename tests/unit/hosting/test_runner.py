@@ -11,7 +11,7 @@ from pathlib import Path
 import sqlalchemy.exc as sa_exc
 
 from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec, ReceivedMessage
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.hosting.runner import StageRunner
 from wacloud.stages.envelopes import Output
 
