@@ -159,8 +159,8 @@ class RabbitBroker(QueueBroker):
             return
         async with self._ready_lock:
             missing = await self._provision(wanted, create=self.auto_create)
-        if missing:
-            log.error("queue %s is missing on %s", missing, self.address.safe)
+        if missing:  # the exception says which port queue; the log which broker queue
+            log.debug("queue %s is missing on %s", missing, self.address.safe)
             raise QueueMissing(layout.spec.name, self.address.safe)
 
     async def _provision(self, declarations: list[Declaration], *, create: bool) -> str | None:
