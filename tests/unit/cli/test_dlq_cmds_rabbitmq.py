@@ -1,5 +1,5 @@
 """`wacloud dlq` on RabbitMQ (WACLOUD_QUEUE_URL=amqp://...): the same commands through the
-queue port, on a fresh virtual host with the queues provisioned beforehand."""
+queue port, on a fresh virtual host whose queues `wacloud queues create` provisions."""
 
 from __future__ import annotations
 
@@ -30,12 +30,11 @@ def items(output: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
-async def provision_and_dead_letter(data_dir: Path, letters: dict[str, bytes]) -> None:
+async def dead_letter(data_dir: Path, letters: dict[str, bytes]) -> None:
     settings = load_settings(data_dir)
     broker = open_queue_broker(settings.queues, settings)
     try:
         specs = queue_specs(settings)
-        await broker.create_queues(list(specs.values()))
         for name, body in letters.items():
             queue = broker.queue(specs[name])
             await queue.send(body)
@@ -59,10 +58,13 @@ def test_list_replay_and_discard_on_rabbitmq(tmp_path: Path, rabbitmq_url: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WACLOUD_QUEUE_URL", f"{rabbitmq_url}?prefix=cli")
     init_data_dir(load_settings(tmp_path))
+    created = json.loads(run(tmp_path, "queues", "create", "--json"))
+    assert "cli.inbound.raw" in created["queues"] and "cli.outbound.send.p0" in created["queues"]
+    assert json.loads(run(tmp_path, "queues", "create", "--json")) == created  # idempotent
     webhook = RawWebhook("meta", None, 1.0, dumps({"from": PHONE, "text": "olá"})).encode()
     media_job = dumps({"tenant": "acme", "message": {"from": PHONE}})
-    asyncio.run(provision_and_dead_letter(tmp_path, {envelopes.INBOUND_RAW: webhook,
-                                                     envelopes.INBOUND_MEDIA: media_job}))
+    asyncio.run(dead_letter(tmp_path, {envelopes.INBOUND_RAW: webhook,
+                                       envelopes.INBOUND_MEDIA: media_job}))
 
     listed = run(tmp_path, "dlq", "list", "--json")
     assert PHONE not in listed and "olá" not in listed  # sizes and reasons, never bodies
