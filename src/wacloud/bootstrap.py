@@ -236,7 +236,10 @@ def build_gateway(settings: Settings) -> Gateway:
         registry, tenants_dir=settings.tenants_dir, cache_seconds=settings.credentials_cache_s,
         global_meta_app_secret=settings.meta_app_secret,
         key_loader=lambda: secret_box(settings),
-        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s)
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+        tenant_pool_size=settings.tenant_pool_size,
+        tenant_engines_max=settings.tenant_engines_max,
+        tenant_idle_close_s=settings.tenant_idle_close_s)
     broker.refresh(force=True)
     media_store = open_media_store(settings.media, settings)
     queue_broker = open_queue_broker(settings.queues, settings, media_store)

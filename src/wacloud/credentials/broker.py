@@ -4,6 +4,13 @@ Every stage gets credentials only through here. It serves lookups from an in-mem
 of the registry that is rebuilt when the registry's change counter moves (polled every
 `registry_poll_s`) and at the latest every `credentials_cache_s`, so a CLI change reaches a
 running gateway within seconds and a stale entry can never live long.
+
+Tenant databases are opened on first use and kept open, within bounds, so that 1,000 tenants
+on one database server do not hold thousands of connections: each tenant's engine pools at
+most `tenant_pool_size` connections, at most `tenant_engines_max` engines are open at once (a
+new one closes the least recently used idle one), and an engine unused for `tenant_idle_close_s`
+is closed (`close_idle`, run by `watch`). A closed tenant is opened again when next needed,
+without migrating again.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sqlalchemy.pool import QueuePool
 
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.errors import TroubleLog
@@ -43,11 +52,25 @@ class Snapshot:
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _OpenStore:
+    url: str | None  # the registry's URL for the tenant (None: its SQLite file)
+    store: TenantStore
+    last_used: float
+
+
+def _busy(store: TenantStore) -> bool:
+    """A connection of the store's pool is in use (closing it now would not free that one)."""
+    pool = store.engine.pool
+    return isinstance(pool, QueuePool) and pool.checkedout() > 0
+
+
 class CredentialsBroker:
     def __init__(self, registry: Registry, *, tenants_dir: Path, cache_seconds: float = 30.0,
                  global_meta_app_secret: str | None = None,
                  key_loader: Callable[[], SecretBox] | None = None,
-                 sqlite_busy_timeout_s: float = 30.0) -> None:
+                 sqlite_busy_timeout_s: float = 30.0, tenant_pool_size: int = 4,
+                 tenant_engines_max: int = 64, tenant_idle_close_s: float = 300.0) -> None:
         self.registry = registry
         # How long a write to a tenant's SQLite file waits for a lock another process holds.
         self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
@@ -56,7 +79,13 @@ class CredentialsBroker:
         self.global_meta_app_secret = global_meta_app_secret
         self._key_loader = key_loader
         self._snapshot = Snapshot()
-        self._stores: dict[str, tuple[str | None, TenantStore]] = {}
+        self.tenant_pool_size = tenant_pool_size
+        self.tenant_engines_max = max(tenant_engines_max, 1)
+        self.tenant_idle_close_s = tenant_idle_close_s
+        self._stores: dict[str, _OpenStore] = {}
+        # (slug, engine URL) brought to the schema's head by this process: reopening a closed
+        # tenant does not run the migrations' checks again.
+        self._migrated: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._last_miss_refresh = 0.0
 
@@ -109,6 +138,10 @@ class CredentialsBroker:
                 trouble.failed("the registry", "credentials refresh", exc)
             else:
                 trouble.succeeded("the registry")
+            try:
+                await asyncio.to_thread(self.close_idle)
+            except Exception:  # closing is best effort; the next round tries again
+                log.exception("closing idle tenant databases failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
@@ -213,8 +246,10 @@ class CredentialsBroker:
         """`tenant_store` for stages: the cached store at once, a thread only to open one."""
         snap = self._snapshot
         cached = self._stores.get(slug)
-        if cached is not None and slug in snap.tenant_urls and cached[0] == snap.tenant_urls[slug]:
-            return cached[1]
+        if (cached is not None and slug in snap.tenant_urls
+                and cached.url == snap.tenant_urls[slug] and not cached.store.closed):
+            cached.last_used = time.monotonic()
+            return cached.store
         return await asyncio.to_thread(self.tenant_store, slug)
 
     def tenant_store(self, slug: str) -> TenantStore:
@@ -227,20 +262,66 @@ class CredentialsBroker:
         url = self._snapshot.tenant_urls[slug]
         with self._lock:
             cached = self._stores.get(slug)
-            if cached is not None and cached[0] == url:
-                return cached[1]
+            if cached is not None and cached.url == url and not cached.store.closed:
+                cached.last_used = time.monotonic()
+                return cached.store
             engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
             self.tenants_dir.mkdir(parents=True, exist_ok=True)
             store = TenantStore(slug, create_engine(
-                engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s))
-            store.create_schema()
+                engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s,
+                pool_size=self.tenant_pool_size, max_overflow=0))
+            if (slug, engine_url) not in self._migrated:
+                try:
+                    store.create_schema()
+                except BaseException:
+                    store.close()
+                    raise
+                self._migrated.add((slug, engine_url))
             if cached is not None:
-                cached[1].close()
-            self._stores[slug] = (url, store)
+                cached.store.close()
+            self._stores[slug] = _OpenStore(url, store, time.monotonic())
+            self._evict_over_cap(keep=slug)
             return store
+
+    def _evict_over_cap(self, keep: str) -> None:
+        """Close least recently used stores until at most `tenant_engines_max` are open. A
+        store with a connection in use is passed over (the cap is exceeded until it is idle:
+        closing it would not free that connection). Called with `_lock` held."""
+        excess = len(self._stores) - self.tenant_engines_max
+        if excess <= 0:
+            return
+        by_age = sorted((entry.last_used, slug) for slug, entry in self._stores.items()
+                        if slug != keep)
+        for _, slug in by_age:
+            if excess <= 0:
+                break
+            entry = self._stores[slug]
+            if _busy(entry.store):
+                continue
+            del self._stores[slug]
+            entry.store.close()
+            excess -= 1
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close the stores unused for `tenant_idle_close_s`; returns how many."""
+        now = time.monotonic() if now is None else now
+        closed = 0
+        with self._lock:
+            for slug, entry in list(self._stores.items()):
+                if now - entry.last_used >= self.tenant_idle_close_s and not _busy(entry.store):
+                    del self._stores[slug]
+                    entry.store.close()
+                    closed += 1
+        if closed:
+            log.debug("closed %d idle tenant databases", closed)
+        return closed
+
+    def open_tenant_count(self) -> int:
+        """How many tenant databases this broker holds open."""
+        return len(self._stores)
 
     def close(self) -> None:
         with self._lock:
-            for _, store in self._stores.values():
-                store.close()
+            for entry in self._stores.values():
+                entry.store.close()
             self._stores.clear()

@@ -10,8 +10,13 @@ from sqlalchemy.pool import NullPool
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL",
-                  sqlite_busy_timeout_s: float = 30.0) -> Engine:
-    """An engine with settings that suit many short transactions from several threads."""
+                  sqlite_busy_timeout_s: float = 30.0, pool_size: int = 5,
+                  max_overflow: int = 10) -> Engine:
+    """An engine with settings that suit many short transactions from several threads.
+
+    `pool_size` and `max_overflow` bound a server database's connections from this engine
+    (a tenant's engine gets `WACLOUD_TENANT_POOL_SIZE` and no overflow: with many tenants on
+    one server, each one's pool is what adds up). SQLite keeps its one connection."""
     if url.startswith("sqlite"):
         # One connection per process and file: SQLite runs one writer at a time anyway, and
         # threads queueing on the pool wake as soon as it is free, where several connections
@@ -33,9 +38,8 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL",
             cursor.close()
 
         return engine
-    if url.startswith("mssql"):
-        return sa.create_engine(url, pool_pre_ping=True)
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size,
+                            max_overflow=max_overflow)
 
 
 def create_throwaway_engine(url: str) -> Engine:
