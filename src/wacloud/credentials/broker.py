@@ -35,6 +35,9 @@ from wacloud.domain.model import Channel, Provider
 from wacloud.security.crypto import SecretBox
 
 log = logging.getLogger(__name__)
+# Alembic keeps the running migration in module globals (`alembic.op`, `alembic.context`):
+# two migrations in one process at once would mix up their databases.
+_MIGRATIONS = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -86,7 +89,8 @@ class CredentialsBroker:
         # (slug, engine URL) brought to the schema's head by this process: reopening a closed
         # tenant does not run the migrations' checks again.
         self._migrated: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards `_stores`, held only briefly
+        self._opening: dict[str, threading.Lock] = {}  # one per tenant being opened
         self._last_miss_refresh = 0.0
 
     # -- snapshot --------------------------------------------------------------------------
@@ -265,23 +269,43 @@ class CredentialsBroker:
             if cached is not None and cached.url == url and not cached.store.closed:
                 cached.last_used = time.monotonic()
                 return cached.store
-            engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
-            self.tenants_dir.mkdir(parents=True, exist_ok=True)
-            store = TenantStore(slug, create_engine(
-                engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s,
-                pool_size=self.tenant_pool_size, max_overflow=0))
-            if (slug, engine_url) not in self._migrated:
-                try:
-                    store.create_schema()
-                except BaseException:
-                    store.close()
-                    raise
-                self._migrated.add((slug, engine_url))
-            if cached is not None:
-                cached.store.close()
-            self._stores[slug] = _OpenStore(url, store, time.monotonic())
-            self._evict_over_cap(keep=slug)
+            opening = self._opening.setdefault(slug, threading.Lock())
+        # Opening (a connection, maybe the migrations) holds only this tenant's lock: a
+        # database that hangs must not hold up the other tenants' look-ups.
+        with opening:
+            with self._lock:
+                cached = self._stores.get(slug)
+                if cached is not None and cached.url == url and not cached.store.closed:
+                    cached.last_used = time.monotonic()
+                    return cached.store
+            store = self._open(slug, url)
+            with self._lock:
+                replaced = self._stores.get(slug)
+                self._stores[slug] = _OpenStore(url, store, time.monotonic())
+                self._evict_over_cap(keep=slug)
+            if replaced is not None and replaced.store is not store:
+                replaced.store.close()
             return store
+
+    def _open(self, slug: str, url: str | None) -> TenantStore:
+        engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
+        self.tenants_dir.mkdir(parents=True, exist_ok=True)
+        store = TenantStore(slug, create_engine(
+            engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s,
+            pool_size=self.tenant_pool_size, max_overflow=0))
+        if (slug, engine_url) not in self._migrated:
+            try:
+                # Connect first, outside the lock below: a database that hangs holds up
+                # only its own tenant.
+                with store.engine.connect():
+                    pass
+                with _MIGRATIONS:
+                    store.create_schema()
+            except BaseException:
+                store.close()
+                raise
+            self._migrated.add((slug, engine_url))
+        return store
 
     def _evict_over_cap(self, keep: str) -> None:
         """Close least recently used stores until at most `tenant_engines_max` are open. A

@@ -8,6 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+# Seconds to wait for a server database to accept a connection (PyMySQL's own default).
+CONNECT_TIMEOUT_S = 10
+
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL",
                   sqlite_busy_timeout_s: float = 30.0, pool_size: int = 5,
@@ -38,8 +41,13 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL",
             cursor.close()
 
         return engine
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        # libpq waits for the operating system's TCP timeout (minutes) by default: a server
+        # that does not answer would hold a collect pass and a worker thread that long.
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
     return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size,
-                            max_overflow=max_overflow)
+                            max_overflow=max_overflow, connect_args=connect_args)
 
 
 def create_throwaway_engine(url: str) -> Engine:
