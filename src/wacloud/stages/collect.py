@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class CollectSchedule:
     poll_s: float = 1.0
     idle_max_s: float = 10.0
     _pace: dict[str, _Pace] = field(default_factory=dict)
+    # Woken tenants, taken before the rest of a pass that is under way.
+    _woken: dict[str, None] = field(default_factory=dict)
 
     def due(self, tenants: list[str], now: float) -> list[str]:
         return [t for t in tenants if (p := self._pace.get(t)) is None or p.due <= now]
@@ -81,6 +84,15 @@ class CollectSchedule:
         """A row was inserted for `tenant`: look at it at the next pass."""
         pace = self._pace.setdefault(tenant, _Pace())
         pace.due, pace.wait, pace.woken = 0.0, 0.0, time.monotonic()
+        self._woken[tenant] = None
+
+    def take_woken(self) -> str | None:
+        """The longest-waiting woken tenant, if any (each is taken once)."""
+        if not self._woken:
+            return None
+        tenant = next(iter(self._woken))
+        del self._woken[tenant]
+        return tenant
 
     def looked(self, tenant: str, found: int, started: float) -> None:
         """A look that began at `started` queued `found` rows."""
@@ -91,13 +103,16 @@ class CollectSchedule:
             pace.due, pace.wait = 0.0, 0.0
             return
         pace.wait = min(max(pace.wait * 2, self.poll_s), max(self.idle_max_s, self.poll_s))
-        pace.due = time.monotonic() + pace.wait
+        # Up to a tenth later: tenants idle since the same pass do not all fall due together.
+        pace.due = time.monotonic() + pace.wait * (1 + random.random() / 10)
 
     def forget(self, keep: Collection[str]) -> None:
         """Drop the pace of tenants no longer registered."""
         known = set(keep)
         for tenant in [t for t in self._pace if t not in known]:
             del self._pace[tenant]
+        for tenant in [t for t in self._woken if t not in known]:
+            del self._woken[tenant]
 
 
 @dataclass(slots=True)
@@ -283,13 +298,26 @@ async def collect(ctx: CollectContext, *, reclaim: bool = False) -> int:
         if not reclaim:
             tenants = schedule.due(tenants, time.monotonic())
     todo = iter(tenants)
+    busy: set[str] = set()  # tenants a worker is on: never two looks at one at once (order)
     total = 0
+
+    def next_tenant() -> str | None:
+        # Woken tenants first: a row the API just inserted need not wait for the whole pass.
+        # One a worker is on is left: `looked` sees its wake, and it is due at the next pass.
+        while schedule is not None and (woken := schedule.take_woken()) is not None:
+            if woken not in busy:
+                return woken
+        for tenant in todo:
+            if tenant not in busy:
+                return tenant
+        return None
 
     async def worker() -> None:
         nonlocal total
-        for tenant in todo:  # shared by the workers: each tenant goes to exactly one
+        while (tenant := next_tenant()) is not None:
             if ctx.stop is not None and ctx.stop.is_set():
                 return  # stopping: the other tenants' rows wait, pending, for the next start
+            busy.add(tenant)
             queued = 0
             started = time.monotonic()
             try:
@@ -299,6 +327,8 @@ async def collect(ctx: CollectContext, *, reclaim: bool = False) -> int:
                 _TROUBLE.failed(f"tenant {tenant}", "collect", exc)
             else:
                 _TROUBLE.succeeded(f"tenant {tenant}")
+            finally:
+                busy.discard(tenant)
             total += queued
             if schedule is not None:
                 schedule.looked(tenant, queued, started)

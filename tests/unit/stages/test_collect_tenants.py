@@ -196,3 +196,23 @@ async def test_a_scheduled_pass_skips_idle_tenants_until_woken(world: World) -> 
     assert await collect(ctx) == 2  # the woken tenant only
     assert {slug for slug, _ in world.queued()} == {"t05"}
     assert await collect(ctx, reclaim=True) == 1  # a reclaim pass looks at every tenant
+
+
+async def test_a_tenant_woken_during_a_pass_is_looked_at_before_the_rest(world: World) -> None:
+    schedule = CollectSchedule(poll_s=3600.0, idle_max_s=3600.0)
+    ctx = world.ctx(concurrency=1, schedule=schedule)
+    last = world.slugs[-1]
+    world.insert(last, RECIPIENTS[0], 1)
+    first_looks: list[str] = []
+    original = world.broker.tenant_store_async
+
+    async def spy(tenant: str) -> object:
+        if not first_looks:
+            schedule.wake(last)  # the API inserts a row while the pass is on its first tenant
+        first_looks.append(tenant)
+        return await original(tenant)
+
+    world.broker.tenant_store_async = spy  # type: ignore[method-assign,assignment]
+    assert await collect(ctx) == 1
+    assert first_looks[:2] == [world.slugs[0], last]  # taken next, not at the end
+    assert first_looks.count(last) == 2 and len(first_looks) == TENANTS + 1
