@@ -2,9 +2,9 @@
 and a test whose statements do not compile fails.
 
 No SQL Server can run here, so the tenant store, outbox, claim, submissions, views, privacy
-and registry are checked this way: their suites run on SQLite (`-p tests.mssql_compile
--k sqlite`, see `tests/unit/adapters/db/test_mssql_statements.py`), and each statement they
-execute, with its parameters, goes through the mssql compiler too. Statements built for one
+and registry are checked this way: while the tests of `SUITES` run (loaded by
+`tests/conftest.py`; on SQLite and the server databases alike), each statement they execute
+on SQLite goes through the mssql compiler too. Statements built for one
 other database on purpose are left out: a dialect's own INSERT (SQLite's and PostgreSQL's ON
 CONFLICT, `insert_ignore` runs plain INSERTs with savepoints on SQL Server) and the SQLite and
 PostgreSQL claim (SQL Server has its own, `claim.mssql_claim_statement`)."""
@@ -23,9 +23,33 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.ddl import ExecutableDDLElement
 
 DIALECT = pymssql.dialect()  # type: ignore[no-untyped-call]
+# Test files (and folders) whose statements must compile for SQL Server.
+SUITES = (
+    "tests/contract/test_tenant_store_contract.py",
+    "tests/contract/test_outbox_contract.py",
+    "tests/contract/test_claim_contract.py",
+    "tests/contract/test_collect_order_contract.py",
+    "tests/contract/test_submissions_contract.py",
+    "tests/contract/test_message_search_contract.py",
+    "tests/contract/test_credentials_registry_contract.py",
+    "tests/unit/adapters/db/tenant/",
+    "tests/unit/privacy/",
+    "tests/unit/stages/test_collect_tenants.py",
+)
 _checked: set[Any] = set()
 _failures: list[str] = []
+_active = False
 compiled_count = 0
+
+
+def mssql_problem(statement: ClauseElement) -> str | None:
+    """Why `statement` does not compile for mssql+pymssql, or None."""
+    try:
+        # Without render_postcompile: values passed at execution are not in the statement.
+        str(statement.compile(dialect=DIALECT))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}\n  statement: {statement}"
+    return None
 
 
 def _skipped(statement: ClauseElement) -> bool:
@@ -41,19 +65,21 @@ def _skipped(statement: ClauseElement) -> bool:
 def _before_execute(conn: Any, statement: Any, multiparams: Any, params: Any,
                     execution_options: Any) -> None:
     global compiled_count
-    if not isinstance(statement, ClauseElement) or _skipped(statement):
+    if not _active or not isinstance(statement, ClauseElement) or _skipped(statement):
+        return
+    if conn.dialect.name != "sqlite":
+        # The same code's statements are checked on SQLite; here they would meet the server
+        # dialects' own (SQLAlchemy's reflection queries of pg_catalog, for one).
         return
     key = statement._generate_cache_key()
     marker = key.key if key is not None else id(statement)
     if marker in _checked:
         return
     _checked.add(marker)
-    try:
-        # Without render_postcompile: values passed at execution are not in the statement.
-        str(statement.compile(dialect=DIALECT))
-        compiled_count += 1
-    except Exception as exc:
-        _failures.append(f"{type(exc).__name__}: {exc}\n  statement: {statement}")
+    compiled_count += 1
+    problem = mssql_problem(statement)
+    if problem is not None:
+        _failures.append(problem)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -62,8 +88,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    global _active
     del _failures[:]
-    yield
+    _active = item.nodeid.startswith(SUITES)
+    try:
+        yield
+    finally:
+        _active = False
     if _failures:
         failures = "\n".join(_failures)
         del _failures[:]
@@ -72,4 +103,6 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    terminalreporter.write_line(f"mssql: {compiled_count} distinct statements compiled")
+    if compiled_count:
+        terminalreporter.write_line(
+            f"mssql: {compiled_count} distinct statements compiled for SQL Server")

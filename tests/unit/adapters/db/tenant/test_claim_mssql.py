@@ -46,7 +46,8 @@ def test_mssql_claim_binds_values_and_result_types() -> None:
 def test_mssql_pending_check_is_a_top_1_read_without_locks() -> None:
     from wacloud.adapters.db.tenant.claim import _ANY_PENDING
 
-    sql = str(_ANY_PENDING.compile(dialect=pymssql.dialect()))  # type: ignore[no-untyped-call]
+    sql = str(_ANY_PENDING.compile(dialect=pymssql.dialect(),  # type: ignore[no-untyped-call]
+                                   compile_kwargs={"render_postcompile": True}))
     assert sql.startswith("SELECT TOP 1 outbound_messages.id"), sql
     assert "LOCK" not in sql.upper()
 
