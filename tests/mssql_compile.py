@@ -1,13 +1,13 @@
-"""A pytest plugin: every statement a test runs is also compiled for SQL Server (`mssql+pymssql`),
-and a test whose statements do not compile fails.
+"""A pytest plugin: the statements the database suites run are also compiled for SQL Server
+(`mssql+pymssql`), and a test whose statements do not compile fails.
 
 No SQL Server can run here, so the tenant store, outbox, claim, submissions, views, privacy
-and registry are checked this way: while the tests of `SUITES` run (loaded by
-`tests/conftest.py`; on SQLite and the server databases alike), each statement they execute
-on SQLite goes through the mssql compiler too. Statements built for one
-other database on purpose are left out: a dialect's own INSERT (SQLite's and PostgreSQL's ON
-CONFLICT, `insert_ignore` runs plain INSERTs with savepoints on SQL Server) and the SQLite and
-PostgreSQL claim (SQL Server has its own, `claim.mssql_claim_statement`)."""
+and registry are checked this way: while a test of `SUITES` runs (the plugin is loaded by
+`tests/conftest.py`), each statement it executes on SQLite goes through the mssql compiler
+too. Statements built for one other database on purpose are left out: a dialect's own
+INSERT (SQLite's and PostgreSQL's ON CONFLICT; `insert_ignore` runs plain INSERTs with
+savepoints on SQL Server) and the SQLite and PostgreSQL claim (SQL Server has its own,
+`claim.mssql_claim_statement`)."""
 
 from __future__ import annotations
 
