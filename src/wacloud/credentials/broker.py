@@ -4,6 +4,13 @@ Every stage gets credentials only through here. It serves lookups from an in-mem
 of the registry that is rebuilt when the registry's change counter moves (polled every
 `registry_poll_s`) and at the latest every `credentials_cache_s`, so a CLI change reaches a
 running gateway within seconds and a stale entry can never live long.
+
+Tenant databases are opened on first use and kept open, within bounds, so that 1,000 tenants
+on one database server do not hold thousands of connections: each tenant's engine pools at
+most `tenant_pool_size` connections, at most `tenant_engines_max` engines are open at once (a
+new one closes the least recently used idle one), and an engine unused for `tenant_idle_close_s`
+is closed (`close_idle`, run by `watch`). A closed tenant is opened again when next needed,
+without migrating again.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.pool import QueuePool
+
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.errors import TroubleLog
 from wacloud.adapters.db.registry.api_keys import ApiKey, active_key_hashes, hash_key
@@ -26,6 +35,9 @@ from wacloud.domain.model import Channel, Provider
 from wacloud.security.crypto import SecretBox
 
 log = logging.getLogger(__name__)
+# Alembic keeps the running migration in module globals (`alembic.op`, `alembic.context`):
+# two migrations in one process at once would mix up their databases.
+_MIGRATIONS = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -43,11 +55,25 @@ class Snapshot:
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _OpenStore:
+    url: str | None  # the registry's URL for the tenant (None: its SQLite file)
+    store: TenantStore
+    last_used: float
+
+
+def _busy(store: TenantStore) -> bool:
+    """A connection of the store's pool is in use (closing it now would not free that one)."""
+    pool = store.engine.pool
+    return isinstance(pool, QueuePool) and pool.checkedout() > 0
+
+
 class CredentialsBroker:
     def __init__(self, registry: Registry, *, tenants_dir: Path, cache_seconds: float = 30.0,
                  global_meta_app_secret: str | None = None,
                  key_loader: Callable[[], SecretBox] | None = None,
-                 sqlite_busy_timeout_s: float = 30.0) -> None:
+                 sqlite_busy_timeout_s: float = 30.0, tenant_pool_size: int = 4,
+                 tenant_engines_max: int = 64, tenant_idle_close_s: float = 300.0) -> None:
         self.registry = registry
         # How long a write to a tenant's SQLite file waits for a lock another process holds.
         self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
@@ -56,8 +82,15 @@ class CredentialsBroker:
         self.global_meta_app_secret = global_meta_app_secret
         self._key_loader = key_loader
         self._snapshot = Snapshot()
-        self._stores: dict[str, tuple[str | None, TenantStore]] = {}
-        self._lock = threading.Lock()
+        self.tenant_pool_size = tenant_pool_size
+        self.tenant_engines_max = max(tenant_engines_max, 1)
+        self.tenant_idle_close_s = tenant_idle_close_s
+        self._stores: dict[str, _OpenStore] = {}
+        # (slug, engine URL) brought to the schema's head by this process: reopening a closed
+        # tenant does not run the migrations' checks again.
+        self._migrated: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()  # guards `_stores`, held only briefly
+        self._opening: dict[str, threading.Lock] = {}  # one per tenant being opened
         self._last_miss_refresh = 0.0
 
     # -- snapshot --------------------------------------------------------------------------
@@ -109,6 +142,10 @@ class CredentialsBroker:
                 trouble.failed("the registry", "credentials refresh", exc)
             else:
                 trouble.succeeded("the registry")
+            try:
+                await asyncio.to_thread(self.close_idle)
+            except Exception:  # closing is best effort; the next round tries again
+                log.exception("closing idle tenant databases failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
@@ -213,8 +250,10 @@ class CredentialsBroker:
         """`tenant_store` for stages: the cached store at once, a thread only to open one."""
         snap = self._snapshot
         cached = self._stores.get(slug)
-        if cached is not None and slug in snap.tenant_urls and cached[0] == snap.tenant_urls[slug]:
-            return cached[1]
+        if (cached is not None and slug in snap.tenant_urls
+                and cached.url == snap.tenant_urls[slug] and not cached.store.closed):
+            cached.last_used = time.monotonic()
+            return cached.store
         return await asyncio.to_thread(self.tenant_store, slug)
 
     def tenant_store(self, slug: str) -> TenantStore:
@@ -227,20 +266,86 @@ class CredentialsBroker:
         url = self._snapshot.tenant_urls[slug]
         with self._lock:
             cached = self._stores.get(slug)
-            if cached is not None and cached[0] == url:
-                return cached[1]
-            engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
-            self.tenants_dir.mkdir(parents=True, exist_ok=True)
-            store = TenantStore(slug, create_engine(
-                engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s))
-            store.create_schema()
-            if cached is not None:
-                cached[1].close()
-            self._stores[slug] = (url, store)
+            if cached is not None and cached.url == url and not cached.store.closed:
+                cached.last_used = time.monotonic()
+                return cached.store
+            opening = self._opening.setdefault(slug, threading.Lock())
+        # Opening (a connection, maybe the migrations) holds only this tenant's lock: a
+        # database that hangs must not hold up the other tenants' look-ups.
+        with opening:
+            with self._lock:
+                cached = self._stores.get(slug)
+                if cached is not None and cached.url == url and not cached.store.closed:
+                    cached.last_used = time.monotonic()
+                    return cached.store
+            store = self._open(slug, url)
+            with self._lock:
+                replaced = self._stores.get(slug)
+                self._stores[slug] = _OpenStore(url, store, time.monotonic())
+                self._evict_over_cap(keep=slug)
+            if replaced is not None and replaced.store is not store:
+                replaced.store.close()
             return store
+
+    def _open(self, slug: str, url: str | None) -> TenantStore:
+        engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
+        self.tenants_dir.mkdir(parents=True, exist_ok=True)
+        store = TenantStore(slug, create_engine(
+            engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s,
+            pool_size=self.tenant_pool_size, max_overflow=0))
+        if (slug, engine_url) not in self._migrated:
+            try:
+                # Connect first, outside the lock below: a database that hangs holds up
+                # only its own tenant.
+                with store.engine.connect():
+                    pass
+                with _MIGRATIONS:
+                    store.create_schema()
+            except BaseException:
+                store.close()
+                raise
+            self._migrated.add((slug, engine_url))
+        return store
+
+    def _evict_over_cap(self, keep: str) -> None:
+        """Close least recently used stores until at most `tenant_engines_max` are open. A
+        store with a connection in use is passed over (the cap is exceeded until it is idle:
+        closing it would not free that connection). Called with `_lock` held."""
+        excess = len(self._stores) - self.tenant_engines_max
+        if excess <= 0:
+            return
+        by_age = sorted((entry.last_used, slug) for slug, entry in self._stores.items()
+                        if slug != keep)
+        for _, slug in by_age:
+            if excess <= 0:
+                break
+            entry = self._stores[slug]
+            if _busy(entry.store):
+                continue
+            del self._stores[slug]
+            entry.store.close()
+            excess -= 1
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close the stores unused for `tenant_idle_close_s`; returns how many."""
+        now = time.monotonic() if now is None else now
+        closed = 0
+        with self._lock:
+            for slug, entry in list(self._stores.items()):
+                if now - entry.last_used >= self.tenant_idle_close_s and not _busy(entry.store):
+                    del self._stores[slug]
+                    entry.store.close()
+                    closed += 1
+        if closed:
+            log.debug("closed %d idle tenant databases", closed)
+        return closed
+
+    def open_tenant_count(self) -> int:
+        """How many tenant databases this broker holds open."""
+        return len(self._stores)
 
     def close(self) -> None:
         with self._lock:
-            for _, store in self._stores.values():
-                store.close()
+            for entry in self._stores.values():
+                entry.store.close()
             self._stores.clear()

@@ -94,7 +94,7 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
     routes = [
         Route("/webhooks/meta", meta_verify, methods=["GET"]),
         *health,
-        *api_routes(broker, gateway.collect_wake.set,
+        *api_routes(broker, gateway.wake_collector,
                     max_body_bytes=gateway.settings.api_max_body_bytes),
         *admin_routes(admin),
         *ui_routes(UiContext(admin, gateway.media_store, SessionStore())),
