@@ -23,6 +23,7 @@ from wacloud.adapters.db.registry.api_keys import ApiKey, active_key_hashes, has
 from wacloud.adapters.db.registry.store import Registry
 from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.domain.model import Channel, Provider
+from wacloud.providers import port
 from wacloud.security.crypto import SecretBox
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,14 @@ class CredentialsBroker:
 
     def channel(self, provider: Provider, key: str, account_key: str | None = None
                 ) -> Channel | None:
-        """The channel a provider id routes to; Meta falls back to the WABA id."""
+        """The channel a provider id routes to; a provider that `routes_by_account` (Meta)
+        falls back to the account id (the WABA id) when it has a single channel."""
         self.ensure_fresh()
         snap = self._snapshot
         found = snap.by_key.get((provider, key))
-        if found is None and account_key and provider is Provider.META:
+        if found is None and account_key and port(provider).routes_by_account:
             candidates = [c for c in snap.by_waba.get(account_key, [])
-                          if c.provider is Provider.META]
+                          if c.provider is provider]
             if len(candidates) == 1:
                 found = candidates[0]
         return found

@@ -27,6 +27,7 @@ from wacloud.adapters.db.registry.store import Registry, RegistryError
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import Channel, Provider
 from wacloud.observability.metrics import CREDENTIALS_UNAUTHENTICATED
+from wacloud.providers import port
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -116,7 +117,7 @@ class CredentialsService:
     def _find(self, provider: Provider, lookup_id: str) -> Channel | None:
         # Cheap when nothing changed (one version read); a Lambda has no background watcher.
         self.broker.refresh()
-        account = lookup_id if provider is Provider.META else None
+        account = lookup_id if port(provider).routes_by_account else None
         channel = self.broker.channel(provider, lookup_id, account)
         if channel is None and self.broker.refresh_after_miss():
             channel = self.broker.channel(provider, lookup_id, account)
