@@ -28,8 +28,9 @@ from wacloud.adapters.http.download_clients import ClientShards
 from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.adapters.media.base import MediaStore
 from wacloud.domain.mediatypes import extension_for, real_type
-from wacloud.domain.model import Channel, MediaRef, MediaStatus
+from wacloud.domain.model import Channel, MediaRef, MediaStatus, ProviderRequest
 from wacloud.providers import PROVIDERS
+from wacloud.providers.base import ProviderPort
 from wacloud.providers.media import MediaDownload, MediaResolveError
 from wacloud.security.urlpolicy import (
     MAX_REDIRECTS,
@@ -73,6 +74,23 @@ def digest_matches(expected: str, digest: bytes) -> bool:
         return base64.b64decode(value + "=" * (-len(value) % 4), validate=False) == digest
     except (binascii.Error, ValueError):
         return False
+
+
+async def look_up(api: ProviderClient, provider: ProviderPort, channel: Channel, media: MediaRef,
+                  request: ProviderRequest, timeout: float = LOOKUP_TIMEOUT_S) -> MediaDownload:
+    """Perform a provider's media lookup (`ProviderPort.media_lookup`) and read its answer:
+    where the file is. MediaResolveError when the provider will not say (temporary when it
+    did not answer)."""
+    media_id = media.provider_media_id
+    try:
+        answer = await api.perform(request, timeout)
+    except ProviderTimeout:
+        raise MediaResolveError(f"timed out resolving media {media_id}",
+                                temporary=True) from None
+    except ProviderCallError as exc:
+        raise MediaResolveError(f"could not reach {provider.api_name} for media {media_id}: "
+                                f"{exc.kind}", temporary=True) from None
+    return provider.read_media_lookup(channel, media, answer.status_code, answer.content)
 
 
 class MediaCopier:
@@ -119,16 +137,7 @@ class MediaCopier:
         # misconfigured base URL cannot reach an internal address. This one call is not
         # pinned to the checked address (it goes through the provider client).
         await self.policy.check(channel.base_url, allowed)
-        media_id = media.provider_media_id
-        try:
-            answer = await self.api.perform(lookup, LOOKUP_TIMEOUT_S)
-        except ProviderTimeout:
-            raise MediaResolveError(f"timed out resolving media {media_id}",
-                                    temporary=True) from None
-        except ProviderCallError as exc:
-            raise MediaResolveError(f"could not reach {provider.api_name} for media "
-                                    f"{media_id}: {exc.kind}", temporary=True) from None
-        return provider.read_media_lookup(channel, media, answer.status_code, answer.content)
+        return await look_up(self.api, provider, channel, media, lookup)
 
     async def copy(self, channel: Channel, media: MediaRef, *, timeout: float) -> MediaRef:
         """Return the media as stored, or raise MediaCopyError. `timeout` bounds the whole

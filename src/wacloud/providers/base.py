@@ -94,6 +94,11 @@ class ProviderPort(abc.ABC):
         """SIGNED_BODY: whether `signature` signs `body` with one of `secrets`."""
         return False
 
+    def sign(self, body: bytes, secret: str) -> str:
+        """SIGNED_BODY: the signature header's value the provider sends with `body` signed
+        by `secret` (what the fake provider and the tests sign with)."""
+        raise NotImplementedError(f"{self.provider.value} does not sign its webhooks")
+
     def signing_ids(self, payload: object) -> tuple[set[str], set[str]]:
         """SIGNED_BODY: (channel keys, account ids) a body names, to pick the secrets that
         may have signed it. Never raises."""

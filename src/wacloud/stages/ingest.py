@@ -30,7 +30,7 @@ def signature_ok(provider: ProviderPort, body: bytes, signature: str | None,
     against the channel it routes to (`receive.check_entries`)."""
     if not signature:
         return False
-    uniform = broker.uniform_meta_secret()
+    uniform = broker.uniform_app_secret(provider.provider)
     if uniform is not None:  # the same answer as below, without parsing the body
         return provider.verify_signature(body, signature, (uniform,))
     try:
@@ -38,7 +38,8 @@ def signature_ok(provider: ProviderPort, body: bytes, signature: str | None,
     except (ValueError, RecursionError):  # not yet authenticated: anything may come
         payload = None
     keys, accounts = provider.signing_ids(payload) if isinstance(payload, dict) else (set(), set())
-    return provider.verify_signature(body, signature, broker.meta_secrets_for(keys, accounts))
+    return provider.verify_signature(
+        body, signature, broker.app_secrets_for(provider.provider, keys, accounts))
 
 
 def shared_secret_ok(expected: str | None, provided: str | None) -> bool:
@@ -51,7 +52,7 @@ def shared_secret_ok(expected: str | None, provided: str | None) -> bool:
 def verify_challenge(provider: ProviderPort, query: Mapping[str, str],
                      broker: CredentialsBroker) -> str | None:
     """The GET handshake on a signed-body provider's webhook path: the answer, or None (403)."""
-    return provider.verify_challenge(query, broker.meta_verify_tokens())
+    return provider.verify_challenge(query, broker.verify_tokens(provider.provider))
 
 
 def raw_output(provider: Provider, body: bytes, channel_key: str | None = None,

@@ -42,6 +42,9 @@ class MetaProvider(ProviderPort):
                          secrets: Iterable[str]) -> bool:
         return auth.verify_signature(body, signature, secrets)
 
+    def sign(self, body: bytes, secret: str) -> str:
+        return auth.sign(body, secret)
+
     def signing_ids(self, payload: object) -> tuple[set[str], set[str]]:
         return auth.routing_ids(payload)
 

@@ -42,6 +42,11 @@ def routing_ids(payload: Any) -> tuple[set[str], set[str]]:
     return phone_ids, waba_ids
 
 
+def sign(body: bytes, secret: str) -> str:
+    """`X-Hub-Signature-256`'s value for `body` signed with the app secret `secret`."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
 def verify_signature(body: bytes, header: str | None, secrets: Iterable[str]) -> bool:
     """True if `X-Hub-Signature-256: sha256=<hex>` is the HMAC-SHA256 of `body` under any of
     `secrets`. Every secret is tried so timing does not reveal which one matched."""
