@@ -131,7 +131,7 @@ class CredentialsService:
 
 def credentials_body(channel: Channel, db_url: str) -> dict[str, Any]:
     number = channel.phone_number_id or (
-        channel.key if channel.provider is Provider.META else None)  # a Meta key is the number
+        channel.key if port(channel.provider).key_is_number else None)
     return {"tenant": channel.tenant, "channel": channel.key, "channel_id": channel.id,
             "provider": channel.provider.value, "phone_number_id": number,
             "waba_id": channel.waba_id, "base_url": channel.base_url,

@@ -72,6 +72,8 @@ class ProviderPort(abc.ABC):
     # Whether an event whose channel key is unknown may route by its account id (Meta: the
     # WABA id, when it has a single number).
     routes_by_account: ClassVar[bool] = False
+    # Whether a channel's key is its phone number id (Meta), when none is set apart.
+    key_is_number: ClassVar[bool] = False
     # What a failed lookup call is said to have missed, in media errors.
     api_name: ClassVar[str] = "the provider"
 

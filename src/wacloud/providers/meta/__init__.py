@@ -33,6 +33,7 @@ class MetaProvider(ProviderPort):
     webhook_path = "/webhooks/meta"
     signature_header = auth.SIGNATURE_HEADER
     routes_by_account = True
+    key_is_number = True
     api_name = "the Graph API"
 
     def parse_webhook(self, payload: JSON, channel_key: str | None) -> list[Event]:
