@@ -33,6 +33,7 @@ from wacloud.cli.common import (
     progress,
     settings_for,
 )
+from wacloud.cli.queue_cmds import require_queues
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.hosting.loop import event_loop_factory
 from wacloud.observability.logs import configure_logging
@@ -48,8 +49,11 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           internal_port: Annotated[int | None, typer.Option(
               "--internal-port", help="port of /metrics and /internal/credentials "
               "(default WACLOUD_INTERNAL_PORT or 8081)")] = None,
+          no_workers: Annotated[bool, typer.Option(
+              "--no-workers", help="only the HTTP front (webhooks, API, dashboard): the stages "
+              "and the collector run in `wacloud worker` processes")] = False,
           data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Run the HTTP server and every stage (embedded mode)."""
+    """Run the HTTP server and every stage (embedded mode), or only the HTTP front."""
     from wacloud.hosting.embedded import serve as run
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus, resolve_auto_cpus
 
@@ -70,6 +74,7 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     settings = settings.model_copy(update=update)
     if (settings.internal_host, settings.internal_port) == (host, port):
         fail("the internal listener needs its own port (--internal-port)")
+    require_queues(settings)
     # Both ports first: a busy one stops here, before a worker or the collector starts.
     from wacloud.hosting.listen import ListenError, bind_listener
 
@@ -88,7 +93,8 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
          f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
          f"metrics and credentials on {internal_url}")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(run(settings, host, port, sockets=(bound[0], bound[1])))
+        runner.run(run(settings, host, port, sockets=(bound[0], bound[1]),
+                       workers=not no_workers))
 
 
 @app.command()
@@ -117,6 +123,7 @@ def worker(data_dir: DataDir = None,
         pin_to_cpus(settings.worker_cpus, unpin_if_empty=bool(settings.server_cpus))
     except (ValueError, OSError) as exc:
         fail(f"WACLOUD_WORKER_CPUS: {exc}")
+    require_queues(settings)
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     if metrics_port:

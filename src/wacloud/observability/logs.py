@@ -76,6 +76,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "aiormq", "aio_pika", "urllib3")
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(SecretMaskingFilter())
@@ -86,3 +89,7 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # Libraries' own INFO lines (boto3 telling where it found credentials, each AMQP connection
+    # opened) say nothing an operator acts on; their warnings and errors still come through.
+    for chatty in QUIET_LIBRARIES:
+        logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))
