@@ -22,8 +22,16 @@ PROVIDERS: dict[Provider, ProviderPort] = {
 }
 
 
+# By name too: a queued header names its provider as text (a `Provider` is a str as well).
+_BY_NAME: dict[str, ProviderPort] = {provider.value: found for provider, found in PROVIDERS.items()}
+
+
 def port(provider: Provider | str) -> ProviderPort:
-    """The port of a provider (its enum value or its name, e.g. a queued header's)."""
-    return PROVIDERS[Provider(provider)]
+    """The port of a provider (its enum value or its name, e.g. a queued header's);
+    ValueError for a name no provider has."""
+    found = _BY_NAME.get(provider)
+    if found is None:
+        raise ValueError(f"{provider!r} is not a provider")
+    return found
 
 Channel.DEFAULT_BASE_URLS.update({p: found.default_base_url for p, found in PROVIDERS.items()})
