@@ -42,6 +42,7 @@ from wacloud.domain.model import (
 )
 from wacloud.hosting.webhooks import WebhookReceiver
 from wacloud.providers import PROVIDERS
+from wacloud.providers import port as port_of
 from wacloud.providers.base import ProviderPort, UploadError, WebhookAuth
 from wacloud.security.crypto import SecretBox, new_key
 from wacloud.security.urlpolicy import DEFAULT_PORTS, HostAllowList
@@ -95,6 +96,13 @@ def test_ports_describe_themselves() -> None:
         channel = Channel(id=1, tenant="t", provider=provider, key="k1")
         assert channel.base_url == port.default_base_url
     assert len(paths) == len(PROVIDERS)  # no two providers share a webhook path
+
+
+def test_the_registry_finds_a_port_by_value_or_name_and_refuses_strangers() -> None:
+    for provider, found in PROVIDERS.items():
+        assert port_of(provider) is found and port_of(provider.value) is found
+    with pytest.raises(ValueError, match="not a provider"):
+        port_of("telegram")  # a queued header naming no provider: its webhook is parked
 
 
 @pytest.mark.parametrize(("provider", "path"), cases("webhook"))
