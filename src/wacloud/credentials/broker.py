@@ -32,12 +32,19 @@ from wacloud.adapters.db.registry.api_keys import ApiKey, active_key_hashes, has
 from wacloud.adapters.db.registry.store import Registry
 from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.domain.model import Channel, Provider
+from wacloud.providers import PROVIDERS, port
+from wacloud.providers.base import WebhookAuth
 from wacloud.security.crypto import SecretBox
 
 log = logging.getLogger(__name__)
 # Alembic keeps the running migration in module globals (`alembic.op`, `alembic.context`):
 # two migrations in one process at once would mix up their databases.
 _MIGRATIONS = threading.Lock()
+
+# Providers whose webhooks are signed with an app secret (Meta): their channels' app secrets
+# are kept apart, per provider, to check signatures with.
+SIGNED_BODY = tuple(provider for provider, found in PROVIDERS.items()
+                    if found.webhook_auth is WebhookAuth.SIGNED_BODY)
 
 
 @dataclass(slots=True)
@@ -47,10 +54,12 @@ class Snapshot:
     by_key: dict[tuple[Provider, str], Channel] = field(default_factory=dict)
     by_waba: dict[str, list[Channel]] = field(default_factory=dict)
     tenant_urls: dict[str, str | None] = field(default_factory=dict)
-    meta_app_secrets: list[str] = field(default_factory=list)
-    # Set when every Meta channel (and the global setting) uses one app secret: the usual
-    # single-app deployment, where a signature can be checked without parsing the payload.
-    uniform_meta_secret: str | None = None
+    # Per signed-body provider (Meta): every app secret its channels have.
+    app_secrets: dict[Provider, list[str]] = field(default_factory=dict)
+    # A signed-body provider is here when every one of its channels (and the global setting)
+    # uses one app secret: the usual single-app deployment, where a signature can be checked
+    # without parsing the payload.
+    uniform_app_secret: dict[Provider, str] = field(default_factory=dict)
     by_tenant: dict[str, dict[str, Channel]] = field(default_factory=dict)
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
 
@@ -110,21 +119,21 @@ class CredentialsBroker:
             new.tenant_urls[tenant.slug] = tenant.db_url
             new.by_tenant[tenant.slug] = {}
         new.api_keys = active_key_hashes(self.registry)
-        secrets: list[str] = []
+        new.app_secrets = {provider: [] for provider in SIGNED_BODY}
         for channel in self.registry.channels():
             new.by_key[(channel.provider, channel.key)] = channel
             new.by_tenant.setdefault(channel.tenant, {})[channel.key] = channel
             if channel.waba_id:
                 new.by_waba.setdefault(channel.waba_id, []).append(channel)
-            if (channel.provider is Provider.META and channel.app_secret
-                    and channel.app_secret not in secrets):
+            secrets = new.app_secrets.get(channel.provider)
+            if secrets is not None and channel.app_secret and channel.app_secret not in secrets:
                 secrets.append(channel.app_secret)
-        new.meta_app_secrets = secrets
-        every_secret = {c.app_secret for c in new.by_key.values() if c.provider is Provider.META}
-        if self.global_meta_app_secret:
-            every_secret.add(self.global_meta_app_secret)
-        if len(every_secret) == 1 and None not in every_secret and "" not in every_secret:
-            new.uniform_meta_secret = every_secret.pop()
+        for provider in SIGNED_BODY:
+            every_secret = {c.app_secret for c in new.by_key.values() if c.provider is provider}
+            if self.global_meta_app_secret:
+                every_secret.add(self.global_meta_app_secret)
+            if len(every_secret) == 1 and None not in every_secret and "" not in every_secret:
+                new.uniform_app_secret[provider] = str(every_secret.pop())
         self._snapshot = new
         return True
 
@@ -153,51 +162,59 @@ class CredentialsBroker:
 
     def channel(self, provider: Provider, key: str, account_key: str | None = None
                 ) -> Channel | None:
-        """The channel a provider id routes to; Meta falls back to the WABA id."""
+        """The channel a provider id routes to; a provider that `routes_by_account` (Meta)
+        falls back to the account id (the WABA id) when it has a single channel."""
         self.ensure_fresh()
         snap = self._snapshot
         found = snap.by_key.get((provider, key))
-        if found is None and account_key and provider is Provider.META:
+        if found is None and account_key and port(provider).routes_by_account:
             candidates = [c for c in snap.by_waba.get(account_key, [])
-                          if c.provider is Provider.META]
+                          if c.provider is provider]
             if len(candidates) == 1:
                 found = candidates[0]
         return found
 
-    def meta_secrets_for(self, phone_number_ids: set[str], waba_ids: set[str]) -> list[str]:
-        """App secrets that may sign a Meta payload naming these ids: the named channels'
-        secrets if any is known, else every configured secret (the payload is then parked)."""
+    def app_secrets_for(self, provider: Provider, channel_keys: set[str],
+                        account_keys: set[str]) -> list[str]:
+        """App secrets that may sign a signed-body provider's payload naming these channel
+        keys (Meta: phone number ids) and account ids (WABA ids): the named channels' secrets
+        if any is known, else every configured secret (the payload is then parked); the
+        global one (`WACLOUD_META_APP_SECRET`) last."""
         self.ensure_fresh()
         snap = self._snapshot
         named: list[str] = []
-        for pnid in phone_number_ids:
-            channel = snap.by_key.get((Provider.META, pnid))
+        for key in channel_keys:
+            channel = snap.by_key.get((provider, key))
             if channel and channel.app_secret and channel.app_secret not in named:
                 named.append(channel.app_secret)
-        for waba in waba_ids:
-            for channel in snap.by_waba.get(waba, []):
-                if channel.app_secret and channel.app_secret not in named:
+        for account in account_keys:
+            for channel in snap.by_waba.get(account, []):
+                if (channel.provider is provider and channel.app_secret
+                        and channel.app_secret not in named):
                     named.append(channel.app_secret)
-        pool = named if named or self._names_known(phone_number_ids, waba_ids) else list(
-            snap.meta_app_secrets)
+        pool = named if named or self._names_known(provider, channel_keys, account_keys) else (
+            list(snap.app_secrets.get(provider, ())))
         if self.global_meta_app_secret:
             pool = [*pool, self.global_meta_app_secret]
         return pool
 
-    def uniform_meta_secret(self) -> str | None:
-        """The one app secret every Meta payload must be signed with, if there is just one."""
+    def uniform_app_secret(self, provider: Provider) -> str | None:
+        """The one app secret every payload of a signed-body provider must be signed with, if
+        there is just one."""
         self.ensure_fresh()
-        return self._snapshot.uniform_meta_secret
+        return self._snapshot.uniform_app_secret.get(provider)
 
-    def _names_known(self, phone_number_ids: set[str], waba_ids: set[str]) -> bool:
+    def _names_known(self, provider: Provider, channel_keys: set[str],
+                     account_keys: set[str]) -> bool:
         snap = self._snapshot
-        return any((Provider.META, p) in snap.by_key for p in phone_number_ids) or any(
-            w in snap.by_waba for w in waba_ids)
+        return any((provider, k) in snap.by_key for k in channel_keys) or any(
+            a in snap.by_waba for a in account_keys)
 
-    def meta_verify_tokens(self) -> list[str]:
+    def verify_tokens(self, provider: Provider) -> list[str]:
+        """The verify tokens of a signed-body provider's channels (its GET handshake)."""
         self.ensure_fresh()
         return [c.verify_token for c in self._snapshot.by_key.values()
-                if c.provider is Provider.META and c.verify_token]
+                if c.provider is provider and c.verify_token]
 
     def tenant_channel(self, tenant: str, key: str) -> Channel | None:
         """A tenant's own channel by its provider id: a tenant can only send through its own."""
