@@ -16,6 +16,9 @@ from tests.services import (
     moto_server,
 )
 
+# Statements of the database suites must compile for SQL Server too (see the plugin).
+pytest_plugins = ["tests.mssql_compile"]
+
 TENANT_BACKENDS = ["sqlite", "postgresql", "mariadb"]
 
 

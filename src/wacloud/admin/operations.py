@@ -22,9 +22,15 @@ from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain import validation
 from wacloud.domain.model import Channel, MediaStatus, Provider
 from wacloud.observability.logs import mask
-from wacloud.providers.token_check import TokenCheck, check_request, read_answer
-from wacloud.stages.envelopes import INBOUND_RAW, OUTBOUND_SEND, RawWebhook, dumps
-from wacloud.stages.receive import envelope_bytes
+from wacloud.providers import port
+from wacloud.providers.token_check import TokenCheck
+from wacloud.stages.envelopes import (
+    INBOUND_RAW,
+    OUTBOUND_SEND,
+    RawWebhook,
+    dumps,
+    envelope_bytes,
+)
 
 log = logging.getLogger("wacloud.admin.operations")
 DLQ_DISCARDS = "dlq-discards.jsonl"
@@ -90,14 +96,15 @@ def add_channel(registry: Registry, values: dict[str, Any], *, allow_http: bool 
 async def check_channel_token(http: ProviderClient, channel: Channel,
                               timeout: float = 10.0) -> TokenCheck:
     """Ask the provider, with one cheap read-only call, whether the channel's token works."""
+    provider = port(channel.provider)
     try:
-        answer = await http.perform(check_request(channel), timeout)
+        answer = await http.perform(provider.token_check_request(channel), timeout)
     except ProviderTimeout:
         return TokenCheck(False, None, "timeout", "the provider did not answer in time")
     except ProviderCallError as exc:
         return TokenCheck(False, None, "network", f"the provider could not be reached "
                           f"({exc.kind})")
-    return read_answer(channel, answer.status_code, answer.content)
+    return provider.read_token_check(channel, answer.status_code, answer.content)
 
 
 def replay_envelope(item: ParkedItem) -> bytes:

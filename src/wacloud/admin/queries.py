@@ -31,8 +31,8 @@ from wacloud.adapters.queue.base import Queue
 from wacloud.admin.operations import dead_letter_summary
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import DELIVERY_RANK, Channel, OutboundStatus
-from wacloud.stages.envelopes import RawWebhook
-from wacloud.stages.receive import envelope_bytes, envelope_text
+from wacloud.providers import port
+from wacloud.stages.envelopes import RawWebhook, envelope_bytes, envelope_text
 
 # Rows counted as sent in a channel's health: the provider took them.
 SENT_CODES = [c.value for c, r in DELIVERY_RANK.items()
@@ -64,8 +64,7 @@ def channel_view(channel: Channel, last_inbound_at: datetime | None = None
                  ) -> dict[str, Any]:
     """`channel_summary` with the webhook path providers are pointed at and when the
     channel's webhooks last brought an event."""
-    webhook = ("/webhooks/meta" if channel.provider.value == "meta"
-               else f"/webhooks/{channel.provider.value}/{channel.key}")
+    webhook = port(channel.provider).channel_webhook_path(channel.key)
     return {**channel_summary(channel), "webhook_path": webhook,
             "last_inbound_at": _iso(last_inbound_at)}
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wacloud.adapters.queue.base import Queue
+from wacloud.adapters.queue.base import Queue, QueueMissing
 from wacloud.admin.operations import (
     dead_letter_summary,
     discard_dead_letters,
@@ -65,7 +65,11 @@ def _with_queues(settings: Settings,
             specs = queue_specs(settings)
             return await work({name: broker.queue(specs[name]) for name in _queue_names(settings)})
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except QueueMissing as exc:  # a broker provisioned beforehand (RabbitMQ, SQS)
+        fail(str(exc))
+        raise
 
 
 def _who(item: dict[str, Any]) -> list[str]:
