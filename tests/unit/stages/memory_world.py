@@ -72,6 +72,7 @@ class World:
         """A new outbox row, collected onto `outbound.send`; its id."""
         row_id = outbox.insert_outbound(self.store.engine, channel=PNID, recipient=recipient,
                                         type="text", content={"body": body})
+        self.gateway.wake_collector("acme")  # as the tenant API does after an insert
         assert await collect(self.gateway.collect_context()) >= 1
         return row_id
 

@@ -39,6 +39,7 @@ def insert(world: World, recipient: str, body: str) -> int:
 async def test_rows_are_queued_once_in_their_recipient_s_group_and_in_order(
         world: World) -> None:
     ids = [insert(world, TO, "1"), insert(world, OTHER, "a"), insert(world, TO, "2")]
+    world.gateway.wake_collector("acme")
     ctx = world.gateway.collect_context()
     assert await collect(ctx) == 3
     assert await collect(ctx) == 0  # queued rows are not claimed again
@@ -54,6 +55,7 @@ async def test_rows_are_queued_once_in_their_recipient_s_group_and_in_order(
 async def test_a_paused_channel_s_rows_wait_in_the_outbox_until_it_is_resumed(
         world: World) -> None:
     row_id = insert(world, TO, "1")
+    world.gateway.wake_collector("acme")
     world.gateway.registry.set_channel_pause(world.channel.id, True, "error 190")
     world.gateway.broker.refresh(force=True)
     ctx = world.gateway.collect_context()
@@ -62,5 +64,6 @@ async def test_a_paused_channel_s_rows_wait_in_the_outbox_until_it_is_resumed(
     assert (await world.send_depth())["visible"] == 0
     world.gateway.registry.set_channel_pause(world.channel.id, False, None)
     world.gateway.broker.refresh(force=True)
+    world.gateway.wake_collector("acme")  # or its next look, within WACLOUD_COLLECT_IDLE_MAX_S
     assert await collect(ctx) == 1
     assert (await world.send_depth())["visible"] == 1

@@ -41,6 +41,7 @@ async def test_meta_error_190_pauses_the_channel_and_the_row_waits_in_the_outbox
     assert channel is not None and channel.paused and "190" in (channel.pause_reason or "")
     # The collector leaves a paused channel's rows where they are.
     world.gateway.broker.refresh(force=True)
+    world.gateway.wake_collector("acme")
     assert await collect(world.gateway.collect_context()) == 0
     assert (await world.send_depth())["visible"] == 0
     assert len(world.fake.sent_to(TO)) == 1
@@ -59,6 +60,7 @@ async def test_a_row_behind_an_earlier_one_goes_back_for_the_collector_to_queue_
     assert (row["status"], row["error_code"]) == (OutboundStatus.PENDING.value, "order")
     assert world.fake.sent_to(TO) == []
     # The next pass queues both again, oldest first, in one group.
+    world.gateway.wake_collector("acme")
     assert await collect(world.gateway.collect_context()) == 2
     queued = [json.loads(m.body)["message"]["row_id"]
               for m in await world.queue(OUTBOUND_SEND).receive(10)]
