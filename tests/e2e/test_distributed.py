@@ -356,16 +356,23 @@ def test_inbound_and_outbound_pipelines_on_postgresql_and_mariadb(cluster: Clust
         "both media workers copied media"
     assert sum(cluster.handled(f"inbound-{n}", "receive") for n in (0, 1)) >= 1
 
-    # Outbound: rows the tenants insert; each send held a moment so that both senders work.
+    # Outbound: rows the tenants insert, three for each of four recipients, interleaved; the
+    # two sending workers both collect (two collector processes on each database at once).
+    # Each send is held a moment, so that both senders work.
     ids: dict[str, list[int]] = {}
     for tenant in (pg, maria):
-        cluster.fake.script(tenant.channel, times=6, status=200, delay=0.4)
-        ids[tenant.slug] = [tenant.insert_outbox(f"55219{n:08d}", f"{tenant.slug} out {n}")
-                            for n in range(6)]
+        cluster.fake.script(tenant.channel, times=12, status=200, delay=0.3)
+        ids[tenant.slug] = [tenant.insert_outbox(f"55219{n % 4:08d}", f"{tenant.slug} out {n}")
+                            for n in range(12)]
     for tenant in (pg, maria):
         rows = cluster.wait_outbox(tenant, ids[tenant.slug], ACCEPTED)
         assert cluster.accepted_bodies(tenant) == Counter(
-            {f"{tenant.slug} out {n}": 1 for n in range(6)})
+            {f"{tenant.slug} out {n}": 1 for n in range(12)}), "each row sent once"
+        for person in range(4):
+            arrived = [s.body["text"]["body"] for s in cluster.fake.sent_to(f"55219{person:08d}")
+                       if s.sender == tenant.channel and s.accepted]
+            assert arrived == [f"{tenant.slug} out {n}" for n in range(person, 12, 4)], \
+                "order per recipient"
         # Receipts (signed status webhooks) move each row on, through the same workers.
         statuses = [{"id": rows[i]["provider_message_id"], "status": "read",
                      "timestamp": str(int(time.time())), "recipient_id": rows[i]["recipient"]}
