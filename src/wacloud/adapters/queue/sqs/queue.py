@@ -185,6 +185,14 @@ class SqsQueue(Queue):
             if not page and (got or time.monotonic() >= deadline):
                 return got
 
+    async def adopt_received(self, page: list[dict[str, Any]]) -> list[ReceivedMessage]:
+        """Messages SQS handed to someone else (Lambda's event source mapping), in the shape
+        of a ReceiveMessage answer, taken as if this queue had received them: bodies decoded,
+        receipts known (to release or dead-letter them), carried receive counts applied."""
+        url, _ = await self.target()
+        return await self._accept(url, page, whole_seconds(self.spec.visibility_timeout,
+                                                           MAX_VISIBILITY_S))
+
     async def _accept(self, url: str, page: list[dict[str, Any]],
                       visibility: int) -> list[ReceivedMessage]:
         out: list[ReceivedMessage] = []
