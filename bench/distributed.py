@@ -10,8 +10,10 @@ Every setup goes through the public contract: `wacloud init`, `queues create`, `
 receive,write,media,save --no-collect` (inbound, and saving send results) and `--stages send`
 (sending, and collecting). The fake provider runs in its own process.
 
-- inbound: N signed single-message text webhooks POSTed by 16 keep-alive clients; messages/s
-  from the first POST to the last row in the tenant's database.
+- inbound: N signed single-message text webhooks POSTed by 16 keep-alive clients while the
+  processes running the receive stage are stopped (SIGSTOP), then messages/s from SIGCONT to
+  the last row in the tenant's database: the stages draining a backlog, not the load
+  generator or the HTTP front (bench/ingest.py measures those).
 - outbound: N pending rows inserted in one transaction (what a tenant's system does); messages/s
   from the commit to the last row accepted (status 3) by the fake provider.
 - CPU per message (from /proc) of the HTTP front, each worker group, and the servers they
@@ -32,6 +34,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +55,7 @@ from _common import (
     fmt,
     free_port,
     log,
+    process_tree,
     stage,
     start_fake_provider,
 )
@@ -223,6 +227,9 @@ def wait_count(read: Callable[[], int], wanted: int, timeout: float, what: str) 
 
 
 def inbound_rate(setup: Setup, engine: sa.Engine, count: int, tag: str) -> float:
+    """Stored messages/s while the inbound stages drain a backlog of `count` webhooks: they are
+    POSTed while those stages' processes are stopped (SIGSTOP), so that neither the load
+    generator nor the HTTP front limits the figure; the clock starts at SIGCONT."""
     bodies = webhooks(setup, count, tag)
     with engine.connect() as conn:
         before = conn.execute(sa.text("SELECT count(*) FROM messages")).scalar_one()
@@ -231,12 +238,28 @@ def inbound_rate(setup: Setup, engine: sa.Engine, count: int, tag: str) -> float
         with engine.connect() as conn:
             return int(conn.execute(sa.text("SELECT count(*) FROM messages")).scalar_one()
                        ) - before
-    started = time.time()
-    refused = asyncio.run(post_all(f"http://{HOST}:{setup.port}/webhooks/meta", bodies))
+    paused = inbound_pids(setup)
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        refused = asyncio.run(post_all(f"http://{HOST}:{setup.port}/webhooks/meta", bodies))
+    finally:
+        started = time.time()
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
     if refused:
         raise RuntimeError(f"{refused} webhooks refused")
     done = wait_count(stored, count, 600, f"{setup.name} inbound rows")
     return count / (done - started)
+
+
+def inbound_pids(setup: Setup) -> list[int]:
+    """The processes running the receive stage: the inbound workers, or `serve`'s own stage
+    worker children when embedded."""
+    if setup.workers:
+        return [p.pid for p in setup.workers if "-receive-" in p.name]
+    assert setup.front is not None
+    return [pid for pid in process_tree(setup.front.pid) if pid != setup.front.pid]
 
 
 def outbound_rate(setup: Setup, engine: sa.Engine, count: int, tag: str) -> float:
