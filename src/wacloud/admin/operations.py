@@ -186,15 +186,18 @@ def dead_letter_summary(queue: str, message: ReceivedMessage) -> dict[str, Any]:
 
 
 async def replay_queue_dead_letters(broker: CredentialsBroker, name: str, queue: Queue,
-                                    ids: list[str] | None) -> list[str]:
+                                    ids: list[str] | None,
+                                    progress: Callable[[int], None] | None = None) -> list[str]:
     """Put dead letters of queue `name` back on it (all, or `ids`): outbound rows go back to
-    queued first. Returns the ids moved."""
+    queued first. Returns the ids moved; `progress` hears of each letter handled."""
     if name == OUTBOUND_SEND:
-        return await replay_dead_letters(broker, queue, ids)
+        return await replay_dead_letters(broker, queue, ids, progress)
     letters = [m.message_id for m in await queue.dead_letters(limit=100_000)
                if ids is None or m.message_id in ids]
     if letters:
         await queue.redrive(letters)
+    if progress is not None:
+        progress(len(letters))
     return letters
 
 
@@ -242,7 +245,8 @@ def _append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 async def replay_dead_letters(broker: CredentialsBroker, send_queue: Queue,
-                              ids: list[str] | None) -> list[str]:
+                              ids: list[str] | None,
+                              progress: Callable[[int], None] | None = None) -> list[str]:
     """Reset each dead letter's row to queued, then move the letters back to the send queue."""
     letters = await send_queue.dead_letters(limit=100_000)
     chosen = [m for m in letters if ids is None or m.message_id in ids]
@@ -250,6 +254,8 @@ async def replay_dead_letters(broker: CredentialsBroker, send_queue: Queue,
         data = json.loads(letter.body)["message"]
         store = await asyncio.to_thread(broker.tenant_store, data["tenant"])
         await asyncio.to_thread(outbox.requeue_failed, store.engine, int(data["row_id"]))
+        if progress is not None:
+            progress(1)
     if chosen:
         await send_queue.redrive([m.message_id for m in chosen])
     return [m.message_id for m in chosen]
