@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wacloud.adapters.queue.base import Queue
+from wacloud.adapters.queue.base import Queue, QueueMissing
 from wacloud.admin.operations import (
     dead_letter_summary,
     discard_dead_letters,
@@ -70,7 +70,11 @@ def _with_queues(settings: Settings,
         finally:
             await broker.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except QueueMissing as exc:  # a broker provisioned beforehand (RabbitMQ, SQS)
+        fail(str(exc))
+        raise
 
 
 def _who(item: dict[str, Any]) -> list[str]:

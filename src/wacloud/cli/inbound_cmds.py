@@ -14,7 +14,6 @@ import typer
 
 from wacloud.adapters.db.registry.store import RegistryError
 from wacloud.adapters.db.tenant.views import list_messages, list_notices
-from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.admin.operations import (
     refetch_media,
     replay_parked,
@@ -30,6 +29,7 @@ from wacloud.cli.common import (
     media_app,
     parked_app,
     progress,
+    queue_broker,
     settings_for,
 )
 from wacloud.cli.queue_cmds import require_queues
@@ -226,7 +226,7 @@ def parked_replay(item_id: Annotated[int | None, typer.Argument()] = None,
         fail(str(exc))
 
     async def run(advance: Callable[[int], None]) -> list[int]:
-        broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+        broker = queue_broker(settings)
         try:
             raw = broker.queue(queue_specs(settings)[envelopes.INBOUND_RAW])
             return await replay_parked(registry, raw, items, advance)
@@ -250,7 +250,7 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
     statuses = ["failed", "pending"] if include_pending else ["failed"]
 
     async def run() -> int:
-        queues = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+        queues = queue_broker(settings)
         try:
             media = queues.queue(queue_specs(settings)[envelopes.INBOUND_MEDIA])
             return await refetch_media(broker, tenant, media, statuses)
