@@ -28,8 +28,8 @@ from types import FrameType
 from typing import IO, Any
 
 from wacloud.bootstrap import init_data_dir, open_registry
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import Provider
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Provider
 from wacloud.settings import load_settings
 from wacloud.testing.webhooks import dumps, meta_envelope, sign
 
@@ -283,7 +283,7 @@ def setup_gateway(data_dir: Path, channels: list[ChannelSpec], *, app_secret: st
 
 def create_tenant_api_keys(data_dir: Path, tenants: Sequence[str]) -> dict[str, str]:
     """tenant -> a new API key for it (what `wacloud apikey create --tenant SLUG` does)."""
-    from wacloud.adapters.db.api_keys import create_api_key
+    from wacloud.adapters.db.registry.api_keys import create_api_key
 
     registry = open_registry(load_settings(data_dir, dev_allow_local_urls=True))
     try:

@@ -15,7 +15,8 @@ channels (20 sending numbers, `--mps 10000`) whose Graph base URL is the fake.
 2. Light load: 10 messages/s for 10 s through `POST /v1/messages` with tenant API keys; latency
    from the POST being sent to the fake receiving the message.
 3. Baseline (before the gateway starts): the fake's own throughput for direct sends through
-   the gateway's HTTP client (`wacloud.provider_client`, aiohttp) at its send concurrency.
+   the gateway's HTTP client (`wacloud.adapters.http.provider_client`, aiohttp) at its send
+   concurrency.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ from _common import (
     target_line,
 )
 
-from wacloud.model import ProviderRequest
-from wacloud.provider_client import ProviderCallError, ProviderClient
+from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient
+from wacloud.domain.model import ProviderRequest
 
 TENANT_SLUGS = [f"tenant{i}" for i in range(1, 6)]
 NUMBERS_PER_TENANT = 4
@@ -122,7 +123,8 @@ def arrivals(sent: list[dict[str, Any]], prefix: str) -> dict[str, list[float]]:
 async def baseline(fake_url: str, token: str, messages: int, concurrency: int,
                    rng: random.Random) -> tuple[float, int, list[str]]:
     """Direct sends to the fake through the gateway's own HTTP client
-    (`wacloud.provider_client`), `concurrency` at a time: (elapsed s, accepted, failures)."""
+    (`wacloud.adapters.http.provider_client`), `concurrency` at a time: (elapsed s, accepted,
+    failures)."""
     people = recipients(200, rng)
     bodies = [{"messaging_product": "whatsapp", "recipient_type": "individual",
                "to": people[i % len(people)], "type": "text",

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from wacloud.adapters.queue.base import QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 
 # On disk next to the repo, not in /tmp: /tmp is often tmpfs, where fsync costs nothing.
 BENCH_DIR = Path(__file__).resolve().parent / ".results"

@@ -11,24 +11,30 @@ from typing import Any
 import httpx
 
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.http.download_clients import ClientShards
+from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.media import open_media_store
 from wacloud.adapters.media.base import MediaStore
 from wacloud.adapters.queue import open_queue_broker
 from wacloud.adapters.queue.base import Queue, QueueBroker, QueueSpec, ReceivedMessage
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, load_secret_box, new_key, read_key_file, write_key_file
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.ratelimit import SendLimits
 from wacloud.hosting.runner import StageRunner
-from wacloud.http_clients import ClientShards
-from wacloud.media_copier import MediaCopier
-from wacloud.metrics import (
+from wacloud.media.copier import MediaCopier
+from wacloud.observability.metrics import (
     PARKED,
     GaugeSnapshot,
     reason_kind,
     set_dead_letter_source,
 )
-from wacloud.provider_client import ProviderClient
-from wacloud.ratelimit import SendLimits
+from wacloud.security.crypto import (
+    SecretBox,
+    load_secret_box,
+    new_key,
+    read_key_file,
+    write_key_file,
+)
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 from wacloud.stages.collect import CollectContext

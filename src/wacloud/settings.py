@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # Outbound
     collect_poll_s: float = 1.0  # rows inserted directly by tenants are found this fast
     collect_batch: int = 500
+    # AWS Lambda's collector: each scheduled invocation runs collect passes for this long
+    # (`collect_poll_s` apart; 0 = one pass), so rows wait a poll interval, not the schedule's.
+    lambda_collect_window_s: float = 0.0
     reservation_lease_s: float = 300.0  # reserved rows older than this go back to pending
     # Queued rows untouched for this long (no attempt, no result) have their envelope queued
     # again with the same de-duplication id: a lost queue message or lost result must not

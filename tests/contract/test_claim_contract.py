@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wacloud.adapters.db import tenant as t
-from wacloud.adapters.db.claim import (
+from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.adapters.db.tenant.claim import (
     claim_pending,
     mark_expired,
     mark_not_queued,
@@ -29,11 +30,10 @@ from wacloud.adapters.db.claim import (
     release,
     stale_queued,
 )
-from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.outbox import begin_attempt_in, requeue_failed
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.tenant.outbox import begin_attempt_in, requeue_failed
+from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.adapters.db.types import utcnow
-from wacloud.model import OutboundStatus
+from wacloud.domain.model import OutboundStatus
 
 PENDING = OutboundStatus.PENDING.value
 RESERVED = OutboundStatus.RESERVED.value

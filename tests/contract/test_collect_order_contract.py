@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from wacloud.adapters.db import claim
-from wacloud.adapters.db import tenant as t
+from wacloud.adapters.db.tenant import claim
+from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
-from wacloud.adapters.queue.sqlite_queue import SqliteQueue
+from wacloud.adapters.queue.sqlite.queue import SqliteQueue
 from wacloud.bootstrap import Gateway, build_gateway
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import OutboundStatus, Provider
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import OutboundStatus, Provider
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 from wacloud.stages.collect import (

@@ -13,19 +13,19 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from wacloud.adapters.db.api_keys import (
+from wacloud.adapters.db.engines import create_engine
+from wacloud.adapters.db.registry.api_keys import (
     active_key_hashes,
     create_api_key,
     match_service_key,
     revoke_api_key,
     service_keys_active,
 )
-from wacloud.adapters.db.audit import AuditEntry, list_audit, record_audit
-from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry, RegistryError, metadata
-from wacloud.adapters.db.rekey import census, reencrypt_all
-from wacloud.crypto import SecretBox, new_key
-from wacloud.model import Provider
+from wacloud.adapters.db.registry.audit import AuditEntry, list_audit, record_audit
+from wacloud.adapters.db.registry.rekey import census, reencrypt_all
+from wacloud.adapters.db.registry.store import Registry, RegistryError, metadata
+from wacloud.domain.model import Provider
+from wacloud.security.crypto import SecretBox, new_key
 
 
 @pytest.fixture

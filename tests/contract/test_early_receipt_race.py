@@ -20,9 +20,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from tests.contract.test_tenant_store_contract import CHANNEL, outbound_status, receipt
 from wacloud.adapters.db.engines import create_throwaway_engine
-from wacloud.adapters.db.outbox import insert_outbound, save_result_in
-from wacloud.adapters.db.tenant_store import TenantStore
-from wacloud.model import OutboundStatus
+from wacloud.adapters.db.tenant.outbox import insert_outbound, save_result_in
+from wacloud.adapters.db.tenant.store import TenantStore
+from wacloud.domain.model import OutboundStatus
 
 PMID = "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABEYEjRACE"
 

@@ -1,4 +1,4 @@
-"""Contract for the admin API's message search and timelines (`wacloud.adapters.db.views`):
+"""Contract for the admin API's message search and timelines (`wacloud.adapters.db.tenant.views`):
 the same pages, cursors and timelines on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.adapters.db.tenant.store import TenantStore
+from wacloud.adapters.db.tenant.views import MessageFilter, message_detail, search_messages
 from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.db.views import MessageFilter, message_detail, search_messages
-from wacloud.model import Contact, InboundMessage, OutboundStatus, Provider, StatusUpdate
+from wacloud.domain.model import Contact, InboundMessage, OutboundStatus, Provider, StatusUpdate
 
 CHANNEL = "106540352242922"
 

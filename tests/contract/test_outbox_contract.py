@@ -18,12 +18,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-from wacloud.adapters.db import claim, outbox
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.tenant import claim, outbox
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.adapters.db.types import utcnow
-from wacloud.model import OutboundStatus, Provider, StatusUpdate
+from wacloud.domain.model import OutboundStatus, Provider, StatusUpdate
 
 CHANNEL = "106540352242922"
 TO = "5511987654321"

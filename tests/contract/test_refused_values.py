@@ -7,7 +7,7 @@ from __future__ import annotations
 from tests.contract.test_tenant_store_contract import inbound, receipt
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable, is_refused_value
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.tenant.store import TenantStore
 
 
 def test_an_integer_too_large_is_a_refused_value(tenant_db_url: str) -> None:

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wacloud.adapters.db import submissions
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.submissions import IdempotencyConflict, submit_outbound
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.tenant import submissions
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.adapters.db.tenant.store import TenantStore
+from wacloud.adapters.db.tenant.submissions import IdempotencyConflict, submit_outbound
 from wacloud.adapters.db.types import utcnow
 
 om = t.outbound_messages

@@ -14,14 +14,14 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.dialect import insert_ignore
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.outbox import insert_outbound
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.adapters.db.tenant.outbox import insert_outbound
+from wacloud.adapters.db.tenant.store import TenantStore
+from wacloud.adapters.db.tenant.views import list_messages, list_notices
 from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.db.views import list_messages, list_notices
-from wacloud.model import (
+from wacloud.domain.model import (
     Contact,
     Direction,
     InboundMessage,

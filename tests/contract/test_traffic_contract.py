@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.db.types import utcnow
 from wacloud.admin.queries import traffic
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, new_key
-from wacloud.model import OutboundStatus
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import OutboundStatus
+from wacloud.security.crypto import SecretBox, new_key
 
 CHANNEL, OTHER = "106540352242922", "106540352242933"
 

@@ -21,13 +21,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from wacloud.adapters.db.api_keys import create_api_key
-from wacloud.adapters.db.registry import Registry
-from wacloud.adapters.db.tenant import outbound_messages
-from wacloud.adapters.db.views import list_messages
+from wacloud.adapters.db.registry.api_keys import create_api_key
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant.tables import outbound_messages
+from wacloud.adapters.db.tenant.views import list_messages
 from wacloud.bootstrap import init_data_dir, open_registry
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import Channel, Provider
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Channel, Provider
 from wacloud.settings import load_settings
 from wacloud.testing.fake_provider import FakeProvider, FakeProviderServer
 from wacloud.testing.webhooks import dumps, sign

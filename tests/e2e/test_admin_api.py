@@ -10,7 +10,7 @@ import uuid
 
 from tests.e2e.conftest import Harness, fixture, wait_for
 from tests.e2e.payloads import retarget_meta
-from wacloud.adapters.db.api_keys import create_api_key
+from wacloud.adapters.db.registry.api_keys import create_api_key
 
 
 def test_a_sent_message_is_found_with_its_timeline(harness: Harness) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.e2e.conftest import Harness, make_harness, wait_for
-from wacloud.model import Channel, Provider
+from wacloud.domain.model import Channel, Provider
 from wacloud.testing.fake_provider import FakeProviderServer
 from wacloud.testing.webhooks import dumps, meta_envelope, meta_text, sign
 

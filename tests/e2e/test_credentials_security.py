@@ -15,10 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.conftest import TOKEN, Harness, make_harness, wait_for
-from wacloud.adapters.db.registry import credential_audit
+from wacloud.adapters.db.registry.store import credential_audit
 from wacloud.bootstrap import secret_box
-from wacloud.crypto import read_key_file
-from wacloud.model import Channel, Provider
+from wacloud.domain.model import Channel, Provider
+from wacloud.security.crypto import read_key_file
 from wacloud.settings import load_settings
 from wacloud.testing.fake_provider import FakeProviderServer
 from wacloud.testing.webhooks import meta_envelope, meta_text

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Harness, make_harness, wait_for
-from wacloud.model import Channel, OutboundStatus
+from wacloud.domain.model import Channel, OutboundStatus
 from wacloud.testing.fake_provider import FakeProviderServer
 from wacloud.testing.webhooks import dumps, meta_envelope, meta_text, sign
 

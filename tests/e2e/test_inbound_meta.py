@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from tests.e2e.conftest import Harness, fixture, wait_for
 from tests.e2e.payloads import attach_meta_media, meta_messages, retarget_meta
-from wacloud.adapters.db import tenant as tables
+from wacloud.adapters.db.tenant import tables as tables
 from wacloud.testing.webhooks import dumps, meta_envelope, meta_text
 
 MESSAGE_FIXTURES = [

@@ -6,7 +6,7 @@ import uuid
 
 from tests.e2e.conftest import Harness, fixture, wait_for
 from tests.e2e.payloads import attach_meta_media, attach_whapi_media, retarget_meta, retarget_whapi
-from wacloud.model import Provider
+from wacloud.domain.model import Provider
 
 WHAPI_MESSAGES = [
     "text", "audio", "voice", "document", "image_autodownload", "image_no_link", "video",

@@ -20,8 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from tests.e2e.conftest import Harness, wait_for
-from wacloud.adapters.db import tenant as tables
-from wacloud.model import Provider
+from wacloud.adapters.db.tenant import tables as tables
+from wacloud.domain.model import Provider
 from wacloud.testing.webhooks import meta_envelope, meta_text
 
 SQL = "'); DROP TABLE messages;--"

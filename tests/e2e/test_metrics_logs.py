@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.conftest import TOKEN, Harness, make_harness, wait_for
 from wacloud.hosting.embedded import metrics_directory
-from wacloud.logging_setup import mask
+from wacloud.observability.logs import mask
 from wacloud.settings import load_settings
 from wacloud.testing.fake_provider import FakeProviderServer
 from wacloud.testing.webhooks import meta_envelope, meta_status, meta_text

@@ -33,8 +33,8 @@ import sqlalchemy as sa
 from tests.e2e.conftest import Harness, make_harness, wait_for
 from tests.e2e.payloads import media_bytes
 from tests.services import PG_USER, fresh_postgres_db
-from wacloud.adapters.db.api_keys import create_api_key
-from wacloud.model import Channel, Provider
+from wacloud.adapters.db.registry.api_keys import create_api_key
+from wacloud.domain.model import Channel, Provider
 from wacloud.testing.fake_provider import FakeProvider, FakeProviderServer
 from wacloud.testing.webhooks import meta_envelope, meta_media, meta_text
 

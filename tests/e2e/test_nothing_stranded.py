@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.conftest import Harness, make_harness, wait_for
 from wacloud.adapters.queue.base import QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.settings import load_settings
 from wacloud.stages import envelopes
 from wacloud.testing.fake_provider import FakeProviderServer

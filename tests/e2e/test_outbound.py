@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Harness, wait_for
-from wacloud.model import Provider
+from wacloud.domain.model import Provider
 from wacloud.testing.webhooks import meta_envelope
 
 IMAGE = b"\xff\xd8\xff\xe0" + b"jpeg-bytes" * 100

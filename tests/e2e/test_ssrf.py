@@ -20,7 +20,7 @@ import pytest
 from tests.e2e.conftest import Harness
 from tests.e2e.payloads import media_bytes
 from tests.http_stub import LocalServer, serve
-from wacloud.model import Provider
+from wacloud.domain.model import Provider
 
 MAX_MEDIA_BYTES = 8 * 1024 * 1024  # WACLOUD_MAX_MEDIA_BYTES of the e2e gateway
 

@@ -25,10 +25,10 @@ import pytest
 
 from tests.e2e.conftest import Harness, fixture, wait_for
 from tests.e2e.payloads import meta_messages, retarget_meta
-from wacloud.adapters.db.api_keys import create_api_key, revoke_api_key
+from wacloud.adapters.db.registry.api_keys import create_api_key, revoke_api_key
 from wacloud.adapters.queue.base import QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
-from wacloud.model import Channel
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
+from wacloud.domain.model import Channel
 from wacloud.settings import load_settings
 from wacloud.stages import envelopes
 from wacloud.stages.collect import outbound_from_row, send_envelope

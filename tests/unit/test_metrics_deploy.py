@@ -18,7 +18,7 @@ import yaml  # PyYAML comes with uvicorn[standard]
 
 from wacloud.bootstrap import build_gateway
 from wacloud.hosting.http import create_apps
-from wacloud.metrics import metric_names
+from wacloud.observability.metrics import metric_names
 from wacloud.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -2,7 +2,7 @@
 `GET /openapi.json`.
 
 Thin: authenticate, validate with the models of `wacloud.admin.models`, call
-`wacloud.admin.queries` or `wacloud.operations` off the event loop, answer JSON. Every refusal
+`wacloud.admin.queries` or `wacloud.admin.operations` off the event loop, answer JSON. Every refusal
 is a JSON `{"error": ...}`: 401 without a valid key, 403 for a key that is not an admin key,
 404 for what does not exist, 409 for a conflict, 422 for a body or query the models refuse;
 a database that cannot be reached is 503. Keys are only read from the `Authorization` header.
@@ -26,19 +26,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from wacloud import validation
 from wacloud.adapters.db.errors import is_database_unavailable
 from wacloud.adapters.db.reachability import DatabaseUnreachable
-from wacloud.adapters.db.registry import Registry, RegistryError
-from wacloud.adapters.db.views import MessageFilter
+from wacloud.adapters.db.registry.store import Registry, RegistryError
+from wacloud.adapters.db.tenant.views import MessageFilter
+from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.queue.base import Queue
 from wacloud.admin import models as m
 from wacloud.admin import queries
 from wacloud.admin.openapi import ADMIN_PREFIX, Operation, build_document
-from wacloud.credentials import CredentialsBroker
-from wacloud.hosting.api import MAX_ROW_ID, BodyError, authenticate, error, read_json_body
-from wacloud.model import Provider
-from wacloud.operations import (
+from wacloud.admin.operations import (
     add_channel,
     add_tenant,
     check_channel_token,
@@ -47,7 +44,10 @@ from wacloud.operations import (
     replay_parked,
     replay_queue_dead_letters,
 )
-from wacloud.provider_client import ProviderClient
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain import validation
+from wacloud.domain.model import Provider
+from wacloud.hosting.api import MAX_ROW_ID, BodyError, authenticate, error, read_json_body
 from wacloud.stages.envelopes import INBOUND_RAW
 
 log = logging.getLogger(__name__)

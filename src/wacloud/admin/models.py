@@ -4,7 +4,7 @@ Request models validate what the admin API accepts (a body or query the model re
 `{"error": ...}`), and the OpenAPI document (`wacloud.admin.openapi`) is generated from the same
 models, so the two cannot drift. Response models describe what the handlers answer; the tests
 check every answer against them. The tenant API keeps its own validation
-(`wacloud.outbound_api`); its model here takes the message types and limits from there, and the
+(`wacloud.domain.submission`); its model here takes the message types and limits from there, and the
 document's examples are checked against that validation in the tests.
 """
 
@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from wacloud.outbound_api import MAX_IDEMPOTENCY_KEY, MAX_TTL_S, TYPES
-from wacloud.validation import SLUG_RULE
+from wacloud.domain.submission import MAX_IDEMPOTENCY_KEY, MAX_TTL_S, TYPES
+from wacloud.domain.validation import SLUG_RULE
 
 
 class Request(BaseModel):
@@ -54,8 +54,8 @@ class Tenant(Answer):
     channels: int
 
 
-# Field rules are `wacloud.validation`'s (the CLI's, with the same words); lengths here are the
-# registry's columns, which PostgreSQL or MariaDB would otherwise refuse only when written.
+# Field rules are `wacloud.domain.validation`'s (the CLI's, with the same words); lengths here
+# are the registry's columns, which PostgreSQL or MariaDB would otherwise refuse only when written.
 ProviderId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -333,7 +333,7 @@ class ParkedDetail(ParkedItem):
 
 class MessageSubmission(BaseModel):
     """`POST /v1/messages`: Meta's send format. The object named by `type` (e.g. `text`,
-    `template`, `image`) carries the content; validated by `wacloud.outbound_api`."""
+    `template`, `image`) carries the content; validated by `wacloud.domain.submission`."""
 
     model_config = ConfigDict(extra="allow")
 

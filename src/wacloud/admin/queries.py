@@ -16,19 +16,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from wacloud.adapters.db import tenant as t
-from wacloud.adapters.db.registry import ParkedItem, Registry
-from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.db.views import (
+from wacloud.adapters.db.registry.store import ParkedItem, Registry
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.adapters.db.tenant.views import (
     MessageFilter,
     list_notices,
     message_detail,
     search_messages,
 )
+from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import Queue
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import DELIVERY_RANK, Channel, OutboundStatus
-from wacloud.operations import dead_letter_summary
+from wacloud.admin.operations import dead_letter_summary
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import DELIVERY_RANK, Channel, OutboundStatus
 from wacloud.stages.envelopes import RawWebhook
 from wacloud.stages.receive import envelope_bytes, envelope_text
 

@@ -22,11 +22,13 @@ from typer.exceptions import TyperException
 
 from wacloud import __version__
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
-from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.adapters.media import open_media_store
+from wacloud.adapters.queue import open_queue_broker
+from wacloud.adapters.queue.base import QueueBroker
 from wacloud.admin.queries import channel_summary as channel_summary  # shared with the admin API
-from wacloud.crypto import SecretError
-from wacloud.logging_setup import mask
+from wacloud.observability.logs import mask
+from wacloud.security.crypto import SecretError
 from wacloud.settings import Settings, load_settings
 
 DEBUG_KEY = "wacloud.debug"
@@ -156,8 +158,11 @@ def emit_rows(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[s
     Console().print(table)
 
 
-def queue_broker(settings: Settings) -> SqliteBroker:
-    return SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+def queue_broker(settings: Settings) -> QueueBroker:
+    """The broker of `WACLOUD_QUEUE_URL` (the embedded SQLite file by default), with the media
+    store of `WACLOUD_MEDIA_URL` for bodies too large for a message (SQS)."""
+    return open_queue_broker(settings.queues, settings,
+                             open_media_store(settings.media, settings))
 
 
 

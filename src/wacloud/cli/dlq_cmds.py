@@ -15,7 +15,12 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wacloud.adapters.queue.sqlite_queue import SqliteQueue
+from wacloud.adapters.queue.base import Queue
+from wacloud.admin.operations import (
+    dead_letter_summary,
+    discard_dead_letters,
+    replay_queue_dead_letters,
+)
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
     DataDir,
@@ -27,12 +32,7 @@ from wacloud.cli.common import (
     queue_broker,
     settings_for,
 )
-from wacloud.credentials import CredentialsBroker
-from wacloud.operations import (
-    dead_letter_summary,
-    discard_dead_letters,
-    replay_queue_dead_letters,
-)
+from wacloud.credentials.broker import CredentialsBroker
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 
@@ -60,7 +60,7 @@ def _source_name(settings: Settings, name: str) -> str:
 
 
 def _with_queues(settings: Settings,
-                 work: Callable[[dict[str, SqliteQueue]], Awaitable[T]]) -> T:
+                 work: Callable[[dict[str, Queue]], Awaitable[T]]) -> T:
     async def run() -> T:
         broker = queue_broker(settings)
         try:
@@ -97,7 +97,7 @@ def dlq_list(queue: QueueOpt = None, data_dir: DataDir = None, as_json: JsonOut 
     settings = settings_for(data_dir)
     names = _queue_names(settings) if queue is None else [_source_name(settings, queue)]
 
-    async def work(queues: dict[str, SqliteQueue]) -> list[dict[str, Any]]:
+    async def work(queues: dict[str, Queue]) -> list[dict[str, Any]]:
         return [dead_letter_summary(name, letter) for name in names
                 for letter in await queues[name].dead_letters(limit=10_000)]
 
@@ -119,7 +119,7 @@ def dlq_replay(ids: Ids = None, all_items: All = False, queue: QueueOpt = None,
     name = envelopes.OUTBOUND_SEND if queue is None else _source_name(settings, queue)
     chosen = None if all_items else list(ids or [])
 
-    async def work(queues: dict[str, SqliteQueue]) -> list[str]:
+    async def work(queues: dict[str, Queue]) -> list[str]:
         broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
         try:
             return await replay_queue_dead_letters(broker, name, queues[name], chosen)
@@ -144,7 +144,7 @@ def dlq_discard(reason: Annotated[str, typer.Option("--reason", help="Why (kept 
     name = _source_name(settings, queue)
     chosen = None if all_items else list(ids or [])
 
-    async def work(queues: dict[str, SqliteQueue]) -> dict[str, Any]:
+    async def work(queues: dict[str, Queue]) -> dict[str, Any]:
         return await discard_dead_letters(settings.data_dir, name, queues[name], chosen, reason)
 
     record = _with_queues(settings, work)

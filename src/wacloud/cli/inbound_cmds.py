@@ -13,9 +13,13 @@ from typing import Annotated
 
 import typer
 
-from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.db.views import list_messages, list_notices
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.adapters.db.tenant.views import list_messages, list_notices
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
+from wacloud.admin.operations import (
+    refetch_media,
+    replay_parked,
+)
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
     DataDir,
@@ -29,13 +33,10 @@ from wacloud.cli.common import (
     progress,
     settings_for,
 )
-from wacloud.credentials import CredentialsBroker
+from wacloud.cli.queue_cmds import require_queues
+from wacloud.credentials.broker import CredentialsBroker
 from wacloud.hosting.loop import event_loop_factory
-from wacloud.logging_setup import configure_logging
-from wacloud.operations import (
-    refetch_media,
-    replay_parked,
-)
+from wacloud.observability.logs import configure_logging
 from wacloud.stages import envelopes
 
 
@@ -48,8 +49,11 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
           internal_port: Annotated[int | None, typer.Option(
               "--internal-port", help="port of /metrics and /internal/credentials "
               "(default WACLOUD_INTERNAL_PORT or 8081)")] = None,
+          no_workers: Annotated[bool, typer.Option(
+              "--no-workers", help="only the HTTP front (webhooks, API, dashboard): the stages "
+              "and the collector run in `wacloud worker` processes")] = False,
           data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Run the HTTP server and every stage (embedded mode)."""
+    """Run the HTTP server and every stage (embedded mode), or only the HTTP front."""
     from wacloud.hosting.embedded import serve as run
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus, resolve_auto_cpus
 
@@ -70,6 +74,7 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     settings = settings.model_copy(update=update)
     if (settings.internal_host, settings.internal_port) == (host, port):
         fail("the internal listener needs its own port (--internal-port)")
+    require_queues(settings)
     # Both ports first: a busy one stops here, before a worker or the collector starts.
     from wacloud.hosting.listen import ListenError, bind_listener
 
@@ -88,7 +93,8 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
          f"wacloud serving on http://{host}:{port} (data dir {settings.data_dir}); "
          f"metrics and credentials on {internal_url}")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(run(settings, host, port, sockets=(bound[0], bound[1])))
+        runner.run(run(settings, host, port, sockets=(bound[0], bound[1]),
+                       workers=not no_workers))
 
 
 @app.command()
@@ -117,6 +123,7 @@ def worker(data_dir: DataDir = None,
         pin_to_cpus(settings.worker_cpus, unpin_if_empty=bool(settings.server_cpus))
     except (ValueError, OSError) as exc:
         fail(f"WACLOUD_WORKER_CPUS: {exc}")
+    require_queues(settings)
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     if metrics_port:
@@ -242,6 +249,6 @@ def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-
              "--internal-port", help="port of /metrics on 127.0.0.1")] = 8081,
          keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True) -> None:
     """Run the embedded gateway with the fake provider and show a message going in and out."""
-    from wacloud.demo import run_demo
+    from wacloud.hosting.demo import run_demo
 
     sys.exit(run_demo(data_dir, port, keep_serving, internal_port))

@@ -9,9 +9,9 @@ import typer
 
 from wacloud.adapters.db.errors import failure_reason
 from wacloud.adapters.db.migrate import HEAD, UnknownRevisionError
-from wacloud.adapters.db.registry import RegistryError
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.adapters.db.upgrade import migrate_all
 from wacloud.cli.common import DataDir, JsonOut, app, emit, fail, settings_for
-from wacloud.upgrade import migrate_all
 
 
 @app.command()

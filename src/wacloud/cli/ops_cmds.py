@@ -9,9 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from wacloud.bootstrap import open_registry
-from wacloud.cli.common import DataDir, JsonOut, app, emit, fail, is_tty, settings_for
-from wacloud.operator_status import (
+from wacloud.admin.status import (
     Check,
     StatusReport,
     database_checks,
@@ -22,7 +20,9 @@ from wacloud.operator_status import (
     token_checks,
     webhook_check,
 )
-from wacloud.validation import InvalidValue, api_base_url
+from wacloud.bootstrap import open_registry
+from wacloud.cli.common import DataDir, JsonOut, app, emit, fail, is_tty, settings_for
+from wacloud.domain.validation import InvalidValue, api_base_url
 
 
 def _age(seconds: float | None) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from wacloud.adapters.db.submissions import submit_outbound
+from wacloud.adapters.db.tenant.submissions import submit_outbound
 from wacloud.adapters.db.types import utcnow
 from wacloud.bootstrap import open_registry
 from wacloud.cli.common import (
@@ -19,8 +19,8 @@ from wacloud.cli.common import (
     fail,
     settings_for,
 )
-from wacloud.credentials import CredentialsBroker
-from wacloud.outbound_api import InvalidMessage, parse_submission, parse_validity
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.submission import InvalidMessage, parse_submission, parse_validity
 
 
 @app.command()

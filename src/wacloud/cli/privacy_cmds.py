@@ -13,9 +13,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wacloud.adapters.db.privacy import set_retention
-from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.media.local import LocalMediaStore
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.adapters.db.tenant.privacy import set_retention
+from wacloud.adapters.media import open_media_store
 from wacloud.adapters.queue.base import QueueSpec
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli.common import (
@@ -30,8 +30,8 @@ from wacloud.cli.common import (
     settings_for,
     tenant_app,
 )
-from wacloud.credentials import CredentialsBroker
-from wacloud.privacy import (
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.privacy.lgpd import (
     PrivacyContext,
     PrivacyError,
     erase_contact,
@@ -52,16 +52,18 @@ T = TypeVar("T")
 
 @contextlib.asynccontextmanager
 async def _context(settings: Settings) -> AsyncIterator[PrivacyContext]:
-    """The same stores a running gateway uses: registry, tenant DBs, queue file, media dir."""
+    """The same stores a running gateway uses: registry, tenant DBs, queue file, media store."""
     registry = open_registry(settings)
     broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
     queues = queue_broker(settings)
+    media = open_media_store(settings.media, settings)
     try:
         yield PrivacyContext(
             broker, registry,
             {name: queues.queue(spec) for name, spec in queue_specs(settings).items()},
-            LocalMediaStore(settings.media_dir), lambda name: queues.queue(QueueSpec(name)))
+            media, lambda name: queues.queue(QueueSpec(name)))
     finally:
+        await media.close()
         await queues.close()
         broker.close()
         registry.engine.dispose()

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from wacloud import validation
-from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
 from wacloud.adapters.db.reachability import DatabaseUnreachable
-from wacloud.adapters.db.registry import RegistryError
+from wacloud.adapters.db.registry.api_keys import create_api_key, list_api_keys, revoke_api_key
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.admin.operations import add_tenant, channel_values
 from wacloud.bootstrap import init_data_dir, open_registry
 from wacloud.cli.common import (
     ApiBase,
@@ -29,8 +29,8 @@ from wacloud.cli.common import (
     settings_for,
     tenant_app,
 )
-from wacloud.model import Provider
-from wacloud.operations import add_tenant, channel_values
+from wacloud.domain import validation
+from wacloud.domain.model import Provider
 from wacloud.settings import Settings
 
 MediaHosts = Annotated[list[str] | None, typer.Option(

@@ -11,13 +11,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wacloud.adapters.db.api_keys import create_api_key, list_api_keys, revoke_api_key
-from wacloud.adapters.db.audit import list_audit
-from wacloud.adapters.db.registry import RegistryError
+from wacloud.adapters.db.registry.api_keys import create_api_key, list_api_keys, revoke_api_key
+from wacloud.adapters.db.registry.audit import list_audit
+from wacloud.adapters.db.registry.store import RegistryError
 from wacloud.bootstrap import open_registry
 from wacloud.cli.common import DataDir, JsonOut, app, emit, emit_rows, fail, settings_for
-from wacloud.crypto import SecretError, new_key
-from wacloud.key_rotation import KeyRotationError, prune, reencrypt, rotate, status
+from wacloud.credentials.key_rotation import KeyRotationError, prune, reencrypt, rotate, status
+from wacloud.security.crypto import SecretError, new_key
 
 keys_app = typer.Typer(help="Encryption keys of the stored secrets (rotation).",
                        no_args_is_help=True)

@@ -9,8 +9,8 @@ row the first one made (200, header `Idempotent-Replayed: true`; the first answe
 never a second row; the same key with another body is 409. Bodies are at most
 `max_body_bytes` (413), UTF-8 JSON (400 otherwise): every refusal is a JSON `{"error": ...}`.
 A created or replayed row's answer carries `X-Trace-Id`, the trace id its log lines carry
-(`wacloud.tracing.outbound_trace_id`). While the tenant's database is down, locked or full the
-answer is 503 with `Retry-After` (a JSON error, no traceback).
+(`wacloud.observability.tracing.outbound_trace_id`). While the tenant's database is down, locked
+or full the answer is 503 with `Retry-After` (a JSON error, no traceback).
 """
 
 from __future__ import annotations
@@ -25,22 +25,22 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from wacloud.adapters.db import outbox
-from wacloud.adapters.db.api_keys import ApiKey
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
-from wacloud.adapters.db.submissions import IdempotencyConflict, submit_outbound
+from wacloud.adapters.db.registry.api_keys import ApiKey
+from wacloud.adapters.db.tenant import outbox
+from wacloud.adapters.db.tenant.submissions import IdempotencyConflict, submit_outbound
+from wacloud.adapters.db.tenant.views import outbound_view
 from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.db.views import outbound_view
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import OutboundStatus
-from wacloud.outbound_api import (
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import OutboundStatus
+from wacloud.domain.submission import (
     InvalidMessage,
     parse_idempotency_key,
     parse_submission,
     parse_validity,
     request_hash,
 )
-from wacloud.tracing import outbound_trace_id
+from wacloud.observability.tracing import outbound_trace_id
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 MAX_ROW_ID = 2**63 - 1  # the largest id any of the databases stores

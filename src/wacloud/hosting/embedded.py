@@ -30,8 +30,8 @@ from wacloud.hosting.worker import (
     use_stage_threads,
     worker_groups,
 )
-from wacloud.metrics import enable_multiprocess
-from wacloud.privacy import retention_loop
+from wacloud.observability.metrics import enable_multiprocess
+from wacloud.privacy.lgpd import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
 
@@ -126,19 +126,23 @@ class PublicServer(InternalServer):
 
 async def serve(settings: Settings, host: str, port: int,
                 started: asyncio.Event | None = None,
-                sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
+                sockets: tuple[socket.socket, socket.socket] | None = None,
+                workers: bool = True) -> None:
     """Serve until stopped. `sockets`: (public, internal) already bound and listening (the
-    CLI binds them before anything else); without them uvicorn binds host:port itself."""
+    CLI binds them before anything else); without them uvicorn binds host:port itself.
+    `workers=False`: the HTTP front only (webhooks, API, dashboard); the stages and the
+    collector run in `wacloud worker` processes elsewhere."""
     public_sockets, internal_sockets = ([sockets[0]], [sockets[1]]) if sockets else (None, None)
-    on_server = server_stage_names(settings) if settings.stage_workers > 0 else None
-    groups = worker_groups(settings.stage_workers, on_server or ())
+    on_server = (server_stage_names(settings) if settings.stage_workers > 0 else None
+                 ) if workers else ()
+    groups = worker_groups(settings.stage_workers, on_server or ()) if workers else []
     if groups:
         # Workers write their counters where this process's /metrics adds them up; they
         # inherit the directory through the environment.
         enable_multiprocess(metrics_directory(settings))
     gateway = build_gateway(settings)
-    workers = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
-    app, internal_app = create_apps(gateway, lambda: [w.status() for w in workers])
+    supervised = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
+    app, internal_app = create_apps(gateway, lambda: [w.status() for w in supervised])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server
     # headers: each costs a measurable share of a webhook's CPU.
@@ -171,17 +175,18 @@ async def serve(settings: Settings, host: str, port: int,
         # workers drain theirs within the same grace.
         server.should_exit = True
         gateway.stop.set()
-        for worker in workers:
+        for worker in supervised:
             worker.terminate()
 
     shutdown.install(begin_stop)
-    for worker in workers:
+    for worker in supervised:
         worker.start()
-    supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in workers]
+    supervisors = [asyncio.create_task(w.supervise(gateway.stop)) for w in supervised]
     runs_stages = on_server != ()  # None: every stage, here
     if runs_stages:
         use_stage_threads(asyncio.get_running_loop())
-    stages = asyncio.create_task(run_stages(gateway, stages=runs_stages, names=on_server))
+    stages = asyncio.create_task(run_stages(gateway, stages=runs_stages, collect=workers,
+                                            names=on_server))
     if started is not None:
         async def announce() -> None:
             while not server.started:
@@ -205,6 +210,6 @@ async def serve(settings: Settings, host: str, port: int,
 
         # Our stages and the workers drain side by side; then every pending write is flushed.
         await asyncio.gather(stages_done(), *(asyncio.to_thread(
-            w.stop, grace + shutdown.MARGIN_S + WORKER_EXIT_S) for w in workers))
+            w.stop, grace + shutdown.MARGIN_S + WORKER_EXIT_S) for w in supervised))
         await gateway.close()
         log.info("stopped")

@@ -17,14 +17,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from wacloud import __version__
-from wacloud.adapters.queue.sqlite_queue import SqliteQueue
+from wacloud.adapters.queue.sqlite.queue import SqliteQueue
 from wacloud.admin.api import AdminContext, admin_routes
 from wacloud.bootstrap import Gateway
 from wacloud.hosting.api import api_routes
 from wacloud.hosting.backpressure import IngestGate
 from wacloud.hosting.internal import internal_routes
 from wacloud.hosting.webhooks import ASGIApp, WebhookReceiver
-from wacloud.metrics import render
+from wacloud.observability.metrics import render
 from wacloud.stages import envelopes
 from wacloud.stages.ingest import meta_verify_challenge
 from wacloud.ui.app import UiContext, ui_routes

@@ -13,8 +13,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from wacloud.credentials import CredentialsBroker
-from wacloud.credentials_api import MAX_BODY_BYTES, CredentialsService
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.credentials.service import MAX_BODY_BYTES, CredentialsService
 
 NO_STORE = {"Cache-Control": "no-store"}
 

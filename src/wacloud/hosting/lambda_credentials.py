@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from wacloud.bootstrap import open_registry, secret_box
-from wacloud.credentials import CredentialsBroker
-from wacloud.credentials_api import CredentialsService
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.credentials.service import CredentialsService
 from wacloud.settings import Settings, load_settings
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]

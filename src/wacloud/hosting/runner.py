@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
 from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
-from wacloud.metrics import STAGE_MESSAGES, STAGE_SECONDS
+from wacloud.observability.metrics import STAGE_MESSAGES, STAGE_SECONDS
+from wacloud.observability.tracing import set_stage
 from wacloud.stages.envelopes import Output, RetryLater
-from wacloud.tracing import set_stage
 
 log = logging.getLogger(__name__)
 
@@ -193,13 +193,30 @@ class StageRunner:
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 continue
-            groups: dict[str | None, list[ReceivedMessage]] = defaultdict(list)
-            for message in messages:
-                groups[message.group_id or message.message_id].append(message)
-            for group in groups.values():
+            for group in groups_of(messages):
                 task = asyncio.create_task(self._run_group(group, slots))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
+
+    async def handle_received(self, messages: list[ReceivedMessage]) -> None:
+        """Handle messages a host received itself (AWS Lambda's event source mapping hands
+        over a batch) as `run` handles one receive: in one batch-handler call, or each FIFO
+        group in order, groups side by side. Returns when every message is acked, released
+        or dead-lettered; a failure to do that is logged, and the message stays as it was
+        received (its visibility timeout brings it back)."""
+        self._held.update((m.receipt, m) for m in messages)
+        slots = asyncio.Semaphore(self.concurrency)
+        try:
+            if self.batch_handler is not None:
+                work = [self._run_batch(messages, slots)]
+            else:
+                work = [self._run_group(group, slots) for group in groups_of(messages)]
+            for result in await asyncio.gather(*work, return_exceptions=True):
+                if isinstance(result, Exception):
+                    log.error("stage %s: could not ack or release a message (%s)", self.name,
+                              failure_reason(result))
+        finally:
+            self._let_go(messages)
 
     async def _run_group(self, group: list[ReceivedMessage], slots: asyncio.Semaphore) -> None:
         async with slots:
@@ -294,3 +311,12 @@ class StageRunner:
             by_queue[output.queue].append(output.message)
         for name, messages in by_queue.items():
             await self.outputs[name].send_batch(messages)
+
+
+def groups_of(messages: list[ReceivedMessage]) -> list[list[ReceivedMessage]]:
+    """The messages by FIFO group, each group in the order received; a message without a
+    group is a group of its own."""
+    groups: dict[str, list[ReceivedMessage]] = defaultdict(list)
+    for message in messages:
+        groups[message.group_id or message.message_id].append(message)
+    return list(groups.values())

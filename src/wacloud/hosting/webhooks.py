@@ -18,10 +18,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from wacloud.adapters.queue.base import Queue
-from wacloud.credentials import CredentialsBroker
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Provider
 from wacloud.hosting.backpressure import RETRY_AFTER_S, IngestGate
-from wacloud.metrics import META_OTHER_OBJECTS, WEBHOOKS
-from wacloud.model import Provider
+from wacloud.observability.metrics import META_OTHER_OBJECTS, WEBHOOKS
 from wacloud.stages.ingest import (
     meta_signature_ok,
     other_meta_object,

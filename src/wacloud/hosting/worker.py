@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from wacloud.bootstrap import build_gateway
 from wacloud.hosting.process import tune_garbage_collector
 from wacloud.hosting.shutdown import install as install_stop_signals
-from wacloud.metrics import process_exited
+from wacloud.observability.metrics import process_exited
 from wacloud.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from wacloud.model import JSON, Channel, Event, MediaRef, Provider
+from wacloud.domain.model import JSON, Channel, Event, MediaRef, Provider
 from wacloud.providers import meta
 from wacloud.providers.media import MediaDownload, MediaResolveError
 

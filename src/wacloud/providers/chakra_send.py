@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from wacloud.model import (
+from wacloud.domain.model import (
     JSON,
     Channel,
     OutboundMessage,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from wacloud.model import PayloadError
+from wacloud.domain.model import PayloadError
 
 # Real webhooks nest about ten levels; the rest of the pipeline copes with a few hundred.
 MAX_DEPTH = 64

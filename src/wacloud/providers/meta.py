@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from wacloud.model import (
+from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
+from wacloud.domain.model import (
     JSON,
     Channel,
     Contact,
@@ -27,7 +28,6 @@ from wacloud.model import (
     ProviderRequest,
     StatusUpdate,
 )
-from wacloud.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.providers.jsonload import load_json
 from wacloud.providers.media import MediaDownload, MediaResolveError, lenient_int
 

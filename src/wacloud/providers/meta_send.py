@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from wacloud.model import JSON, Channel, OutboundMessage, ProviderRequest, SendResult
+from wacloud.domain.model import JSON, Channel, OutboundMessage, ProviderRequest, SendResult
 from wacloud.providers.errors import UnsupportedMessage, classify_graph, graph_error, load_json
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})

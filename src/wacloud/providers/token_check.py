@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from wacloud.model import Channel, Provider, ProviderRequest
+from wacloud.domain.model import Channel, Provider, ProviderRequest
 from wacloud.providers.errors import graph_error, load_json, redact_error
 
 META_FIELDS = "id,display_phone_number,verified_name,quality_rating"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from wacloud.model import (
+from wacloud.domain.model import (
     JSON,
     Channel,
     Contact,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from wacloud.model import (
+from wacloud.domain.model import (
     JSON,
     Channel,
     OutboundMessage,

@@ -36,14 +36,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
-from wacloud.adapters.db import claim
 from wacloud.adapters.db.errors import TroubleLog
+from wacloud.adapters.db.tenant import claim
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import OutboundMessage
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import OutboundMessage
+from wacloud.observability.tracing import outbound_trace_id
 from wacloud.stages.envelopes import dumps
-from wacloud.tracing import outbound_trace_id
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

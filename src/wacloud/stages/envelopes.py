@@ -56,7 +56,8 @@ class RawWebhook:
     replay: bool = False
     # Header v1 (before signatures were kept): a Meta webhook checked whole at ingest.
     legacy: bool = False
-    # Follows the webhook's events into the log (see `wacloud.tracing`); hex digits only.
+    # Follows the webhook's events into the log (see `wacloud.observability.tracing`); hex digits
+    # only.
     trace: str | None = None
 
     def encode(self) -> bytes:

@@ -4,15 +4,17 @@ A batch of queued webhooks is parsed (what cannot be is parked) and stored with 
 per tenant: one queue hop and many small transactions fewer than `receive` then `write` through
 `inbound.events`, with the same rows in the end. Media is not tried here: a message is stored at
 once with its media pending and the media stage makes the first try right after, so a slow
-download never holds back a batch. Hosts that scale the two steps apart (Lambda, distributed
-workers) run them as two stages instead.
+download never holds back a batch. AWS Lambda's writer runs it too (a queue hop fewer is
+fewer SQS requests and invocations); a host that scales the two steps apart runs `receive`
+and `write` as two stages instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wacloud.model import Event
+from wacloud.domain.model import Event
+from wacloud.observability.tracing import log_context
 from wacloud.stages.envelopes import Output, RawWebhook
 from wacloud.stages.receive import (
     ReceiveContext,
@@ -22,7 +24,6 @@ from wacloud.stages.receive import (
     taken,
 )
 from wacloud.stages.write import Origin, Trail, WriteContext, write_events
-from wacloud.tracing import log_context
 
 
 @dataclass(slots=True)

@@ -12,11 +12,11 @@ import logging
 import time
 
 from wacloud.adapters.queue.base import OutgoingMessage
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import Provider
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Provider
+from wacloud.observability.tracing import new_trace_id
 from wacloud.providers import meta
 from wacloud.stages.envelopes import INBOUND_RAW, Output, RawWebhook
-from wacloud.tracing import new_trace_id
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import json
 import random
 from dataclasses import dataclass
 
-from wacloud.credentials import CredentialsBroker
-from wacloud.media_copier import MediaCopier, MediaCopyError
-from wacloud.model import InboundMessage, MediaStatus
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import InboundMessage, MediaStatus
+from wacloud.media.copier import MediaCopier, MediaCopyError
 from wacloud.stages.envelopes import Output, RetryLater
 
 

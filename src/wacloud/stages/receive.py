@@ -25,10 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from wacloud.adapters.queue.base import OutgoingMessage
-from wacloud.credentials import CredentialsBroker
-from wacloud.media_copier import MediaCopier, MediaCopyError
-from wacloud.metrics import INBOUND_REFUSED, INGEST_LAG
-from wacloud.model import (
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import (
     Event,
     InboundMessage,
     MediaStatus,
@@ -36,10 +34,12 @@ from wacloud.model import (
     Provider,
     event_from_dict,
 )
+from wacloud.media.copier import MediaCopier, MediaCopyError
+from wacloud.observability.metrics import INBOUND_REFUSED, INGEST_LAG
+from wacloud.observability.tracing import log_context, new_trace_id
 from wacloud.providers import chakra, meta, whapi
 from wacloud.providers.jsonload import load_json
 from wacloud.stages.envelopes import INBOUND_EVENTS, Output, RawWebhook, dumps
-from wacloud.tracing import log_context, new_trace_id
 
 log = logging.getLogger(__name__)
 

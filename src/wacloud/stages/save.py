@@ -15,10 +15,10 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 
-from wacloud.adapters.db import outbox
-from wacloud.credentials import CredentialsBroker
+from wacloud.adapters.db.tenant import outbox
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.observability.tracing import log_context, outbound_trace_id
 from wacloud.stages.envelopes import Output
-from wacloud.tracing import log_context, outbound_trace_id
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ this stage, in the same group commit as the lease, before the message is acknowl
 - channel problem (190, 368, 10, 200-299, 100 about an unknown phone number id, ...) -> the
   channel is paused with the reason and the message goes back to pending, to wait.
 Outcomes other than acceptance only apply while the row is still this attempt's, so nothing
-late or redelivered moves a row backwards (see `wacloud.adapters.db.outbox`).
+late or redelivered moves a row backwards (see `wacloud.adapters.db.tenant.outbox`).
 
 The one window for a duplicate: the process dies after the provider took the message and
 before the acceptance is committed (the answer's way back plus one group commit,
@@ -47,14 +47,13 @@ from typing import Any, NoReturn
 
 import httpx
 
-from wacloud.adapters.db import outbox
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.tenant import outbox
+from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.adapters.db.types import utcnow
+from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.adapters.queue.base import OutgoingMessage, Queue
-from wacloud.credentials import CredentialsBroker
-from wacloud.media_copier import MediaCopier, MediaCopyError
-from wacloud.metrics import OUTBOUND_LATENCY, SENDS, error_label
-from wacloud.model import (
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import (
     Channel,
     OutboundMessage,
     OutboundStatus,
@@ -63,13 +62,14 @@ from wacloud.model import (
     SendOutcome,
     SendResult,
 )
-from wacloud.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
+from wacloud.domain.ratelimit import SendLimits
+from wacloud.media.copier import MediaCopier, MediaCopyError
+from wacloud.observability.metrics import OUTBOUND_LATENCY, SENDS, error_label
+from wacloud.observability.tracing import log_context, outbound_trace_id
 from wacloud.providers import chakra_send, meta_send, whapi_send
 from wacloud.providers.errors import UnsupportedMessage
-from wacloud.ratelimit import SendLimits
+from wacloud.security.urlpolicy import UrlRefused, check_public_url
 from wacloud.stages.envelopes import OUTBOUND_RESULTS, Output, RetryLater, dumps
-from wacloud.tracing import log_context, outbound_trace_id
-from wacloud.urlpolicy import UrlRefused, check_public_url
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
         return SendResult(SendOutcome.RETRY, error=ProviderError("timeout", "provider timed out"))
     except ProviderCallError as exc:
         return SendResult(SendOutcome.RETRY, error=ProviderError("network", exc.kind))
-    except httpx.HTTPError as exc:  # downloading a Chakra media link (wacloud.media_copier)
+    except httpx.HTTPError as exc:  # downloading a Chakra media link (wacloud.media.copier)
         return SendResult(SendOutcome.RETRY, error=ProviderError("network", type(exc).__name__))
     try:
         answer = await ctx.http.perform(request, ctx.timeout)

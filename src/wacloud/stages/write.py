@@ -17,17 +17,23 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from wacloud.adapters.db import outbox
 from wacloud.adapters.db.errors import failure_reason, is_refused_value
-from wacloud.adapters.db.tenant_store import StoreResult, TenantStore
+from wacloud.adapters.db.tenant import outbox
+from wacloud.adapters.db.tenant.store import StoreResult, TenantStore
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage
-from wacloud.credentials import CredentialsBroker
-from wacloud.metrics import INBOUND_LATENCY, MESSAGES_STORED, STATUSES_STORED
-from wacloud.model import Event, InboundMessage, ProviderNotice, StatusUpdate, event_from_dict
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import (
+    Event,
+    InboundMessage,
+    ProviderNotice,
+    StatusUpdate,
+    event_from_dict,
+)
+from wacloud.observability.metrics import INBOUND_LATENCY, MESSAGES_STORED, STATUSES_STORED
+from wacloud.observability.tracing import new_trace_id, outbound_trace_id
 from wacloud.stages.envelopes import INBOUND_MEDIA, Output, dumps
 from wacloud.stages.receive import Park, describe
-from wacloud.tracing import new_trace_id, outbound_trace_id
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ media and channels, read-only). The key is posted once in a form and never put i
 cookie: the session (`wacloud.ui.sessions`) keeps its hash. Every form that changes something
 carries the session's CSRF token and must come from this origin.
 
-The pages read through `wacloud.admin.queries` and act through `wacloud.operations`, the
+The pages read through `wacloud.admin.queries` and act through `wacloud.admin.operations`, the
 functions the admin API uses; blocking calls run off the event loop.
 """
 
@@ -28,23 +28,23 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from wacloud import validation
-from wacloud.adapters.db.api_keys import hash_key
 from wacloud.adapters.db.errors import is_database_unavailable
-from wacloud.adapters.db.registry import RegistryError
-from wacloud.adapters.db.views import MessageFilter
+from wacloud.adapters.db.registry.api_keys import hash_key
+from wacloud.adapters.db.registry.store import RegistryError
+from wacloud.adapters.db.tenant.views import MessageFilter
 from wacloud.adapters.media.base import MediaStore
 from wacloud.admin import models as m
 from wacloud.admin import queries
 from wacloud.admin.api import AdminContext
-from wacloud.model import Provider
-from wacloud.operations import (
+from wacloud.admin.operations import (
     add_channel,
     discard_dead_letters,
     discard_parked,
     replay_parked,
     replay_queue_dead_letters,
 )
+from wacloud.domain import validation
+from wacloud.domain.model import Provider
 from wacloud.stages.envelopes import INBOUND_RAW
 from wacloud.ui import sessions as s
 from wacloud.ui.charts import rate_chart

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.bootstrap import init_data_dir, queue_specs
 from wacloud.cli import app
 from wacloud.settings import load_settings

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 
 from wacloud.bootstrap import open_registry
 from wacloud.cli import app
-from wacloud.crypto import new_key
+from wacloud.security.crypto import new_key
 from wacloud.settings import load_settings
 
 META = ["--phone-number-id", "106540352242922", "--waba-id", "102290129340398",

@@ -22,7 +22,7 @@ from wacloud.adapters.db.migrate import (
     current_revision,
     head_revision,
 )
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.bootstrap import open_registry
 from wacloud.cli import app
 from wacloud.settings import load_settings

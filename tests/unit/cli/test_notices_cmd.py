@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from wacloud.bootstrap import open_registry
 from wacloud.cli import app
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import Provider, ProviderError, ProviderNotice
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Provider, ProviderError, ProviderNotice
 from wacloud.settings import load_settings
 
 

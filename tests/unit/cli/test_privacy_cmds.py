@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from wacloud.bootstrap import open_registry
 from wacloud.cli import app
-from wacloud.credentials import CredentialsBroker
-from wacloud.model import Contact, InboundMessage, Provider
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Contact, InboundMessage, Provider
 from wacloud.settings import load_settings
 
 MARIA, JOAO = "5511987654321", "5521912345678"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from wacloud.bootstrap import open_registry
 from wacloud.cli import app
-from wacloud.model import Provider
+from wacloud.domain.model import Provider
 from wacloud.settings import load_settings
 
 PN = "106540352242922"

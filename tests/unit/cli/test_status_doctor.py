@@ -17,12 +17,12 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
-from wacloud.adapters.db.tenant import outbound_messages
+from wacloud.adapters.db.tenant.tables import outbound_messages
 from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli import app
-from wacloud.model import Provider
+from wacloud.domain.model import Provider
 from wacloud.settings import load_settings
 from wacloud.stages import envelopes
 

@@ -25,17 +25,14 @@ from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from wacloud.adapters.db import tenant as t
-from wacloud.adapters.db.api_keys import create_api_key
-from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.registry.api_keys import create_api_key
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.db.types import utcnow
 from wacloud.admin import models as m
 from wacloud.bootstrap import build_gateway, init_data_dir, open_registry
-from wacloud.credentials import CredentialsBroker
-from wacloud.hosting.http import create_apps
-from wacloud.hosting.http_protocol import HttpProtocol
-from wacloud.hosting.webhooks import WebhookReceiver
-from wacloud.model import (
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import (
     Contact,
     InboundMessage,
     MediaRef,
@@ -46,6 +43,9 @@ from wacloud.model import (
     ProviderNotice,
     StatusUpdate,
 )
+from wacloud.hosting.http import create_apps
+from wacloud.hosting.http_protocol import HttpProtocol
+from wacloud.hosting.webhooks import WebhookReceiver
 from wacloud.settings import load_settings
 from wacloud.stages import envelopes
 from wacloud.stages.envelopes import RawWebhook
@@ -204,7 +204,7 @@ def test_tenants_are_added_only_with_a_database_that_works(admin: Admin) -> None
     assert (admin.data_dir / "tenants" / "beta.db").exists()
     admin.send("POST", "/admin/v1/tenants", {"slug": "beta"}, 409)
     admin.send("POST", "/admin/v1/tenants", {"slug": "../etc"}, 422)
-    # The CLI's rules, in the CLI's words (wacloud.validation).
+    # The CLI's rules, in the CLI's words (wacloud.domain.validation).
     bad = admin.send("POST", "/admin/v1/tenants", {"slug": "Bad Slug!"}, 422)
     assert bad["error"].startswith("invalid tenant slug 'Bad Slug!'")
     admin.send("POST", "/admin/v1/tenants", {"slug": "x", "db_url": "not a url"}, 422)
@@ -583,7 +583,7 @@ def test_the_openapi_document_is_valid_and_covers_every_path(admin: Admin) -> No
 
 
 def test_the_documented_examples_are_accepted_by_the_tenant_api() -> None:
-    from wacloud.outbound_api import parse_submission, parse_validity
+    from wacloud.domain.submission import parse_submission, parse_validity
 
     for name, example in m.SUBMISSION_EXAMPLES.items():
         data = example["value"]

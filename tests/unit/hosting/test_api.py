@@ -19,14 +19,14 @@ import sqlalchemy as sa
 import uvicorn
 from starlette.applications import Starlette
 
-from wacloud.adapters.db import tenant as t
-from wacloud.adapters.db.api_keys import create_api_key
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, new_key
+from wacloud.adapters.db.registry.api_keys import create_api_key
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Provider
 from wacloud.hosting.api import api_routes
-from wacloud.model import Provider
+from wacloud.security.crypto import SecretBox, new_key
 
 PN_A, PN_B = "106540352242922", "106540352242923"
 LIMIT = 4096

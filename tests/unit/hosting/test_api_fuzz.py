@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
 
 from tests.unit.hosting import test_admin_api as base
-from wacloud import validation
+from wacloud.domain import validation
 from wacloud.stages import envelopes
 from wacloud.stages.envelopes import RawWebhook
 

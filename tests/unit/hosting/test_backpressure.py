@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.hosting.backpressure import IngestGate
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from wacloud.adapters.queue.base import QueueSpec, ReceivedMessage
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.hosting import shutdown
 from wacloud.hosting.runner import StageRunner
 from wacloud.stages.envelopes import Output

@@ -11,7 +11,7 @@ from pathlib import Path
 import sqlalchemy.exc as sa_exc
 
 from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec, ReceivedMessage
-from wacloud.adapters.queue.sqlite import SqliteBroker
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.hosting.runner import StageRunner
 from wacloud.stages.envelopes import Output
 
@@ -253,4 +253,28 @@ async def test_a_batch_failing_on_its_database_is_released_without_one_by_one_tr
     await run_until(runner, lambda: batches >= 4 and broker.read_one(
         "SELECT COUNT(*) FROM messages WHERE queue = 'in'", ())[0] == 0)
     assert (await queue.depth())["dead"] == 0
+    await broker.close()
+
+
+async def test_handle_received_keeps_fifo_order_and_runs_other_groups(tmp_path: Path) -> None:
+    broker = SqliteBroker(tmp_path / "q.db")
+    queue = broker.queue(QueueSpec("in.fifo", fifo=True, visibility_timeout=60))
+    for body, group in ((b"a1", "a"), (b"a2", "a"), (b"b1", "b"), (b"a3", "a")):
+        await queue.send(body, group_id=group, dedup_id=body.decode())
+    handled: list[bytes] = []
+
+    async def one(message: ReceivedMessage) -> list[Output]:
+        if message.body == b"a1":
+            raise ValueError("a1 fails")
+        handled.append(message.body)
+        return []
+
+    runner = StageRunner("t", queue, one, {}, error_backoff=30)
+    messages = await queue.receive(10)
+    assert [m.body for m in messages] == [b"a1", b"a2", b"b1", b"a3"]
+    await runner.handle_received(messages)
+    assert handled == [b"b1"]  # a2 and a3 wait behind a1
+    depth = await queue.depth()
+    assert depth["visible"] + depth["delayed"] + depth["in_flight"] == 3
+    assert await queue.receive(10) == []  # a1 backs off, and its group waits for it
     await broker.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from wacloud.model import Channel, InboundMessage, MediaRef, PayloadError, Provider
+from wacloud.domain.model import Channel, InboundMessage, MediaRef, PayloadError, Provider
 from wacloud.providers import chakra
 from wacloud.providers.media import MediaResolveError
 

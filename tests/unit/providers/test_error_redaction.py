@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wacloud.model import SendOutcome
+from wacloud.domain.model import SendOutcome
 from wacloud.providers import chakra_send, meta_send, whapi_send
 
 TOKEN = "tenant-token-Zx81-q"  # not shaped like a Meta token: only the exact value can catch it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from wacloud.model import PayloadError
+from wacloud.domain.model import PayloadError
 from wacloud.providers.jsonload import MAX_DEPTH, load_json
 from wacloud.providers.meta import _maybe_json
 

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from wacloud.model import (
+from wacloud.adapters.http.provider_client import ProviderClient
+from wacloud.domain.model import (
     Channel,
     Direction,
     Event,
@@ -33,7 +34,6 @@ from wacloud.model import (
     ProviderNotice,
     StatusUpdate,
 )
-from wacloud.provider_client import ProviderClient
 from wacloud.providers import meta
 from wacloud.providers.media import MediaResolveError
 
@@ -356,7 +356,7 @@ def test_batch_two_tenants_every_item_in_order() -> None:
 
 
 def test_events_roundtrip_through_dicts() -> None:
-    from wacloud.model import event_from_dict
+    from wacloud.domain.model import event_from_dict
 
     for path in sorted(FIXTURES.glob("*.json")):
         for event in meta.parse_webhook(json.loads(path.read_text(encoding="utf-8"))):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from wacloud.model import Channel, OutboundMessage, Provider, SendOutcome
+from wacloud.domain.model import Channel, OutboundMessage, Provider, SendOutcome
 from wacloud.providers import errors, meta_send
 from wacloud.providers.errors import UnsupportedMessage
 

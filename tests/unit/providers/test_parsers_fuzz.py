@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 
 from tests.fuzzing import bodies, fixtures
-from wacloud.model import PayloadError, event_from_dict
+from wacloud.domain.model import PayloadError, event_from_dict
 from wacloud.stages.envelopes import RawWebhook, dumps
 from wacloud.stages.receive import parse
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wacloud.model import Channel, Provider
+from wacloud.domain.model import Channel, Provider
 from wacloud.providers.token_check import check_request, read_answer
 
 TOKEN = "EAAGm0PX4ZCpsBAKZC0secret0token0value0123456789"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from wacloud.model import (
+from wacloud.domain.model import (
     Channel,
     Direction,
     Event,

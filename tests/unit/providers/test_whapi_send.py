@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from wacloud.model import Channel, OutboundMessage, Provider, SendOutcome
+from wacloud.domain.model import Channel, OutboundMessage, Provider, SendOutcome
 from wacloud.providers import whapi_send
 from wacloud.providers.errors import UnsupportedMessage
 

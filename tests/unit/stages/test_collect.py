@@ -17,16 +17,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
-from wacloud.adapters.queue.sqlite_queue import SqliteQueue
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, new_key
-from wacloud.model import OutboundStatus, Provider
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
+from wacloud.adapters.queue.sqlite.queue import SqliteQueue
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import OutboundStatus, Provider
+from wacloud.security.crypto import SecretBox, new_key
 from wacloud.stages import envelopes
 from wacloud.stages.collect import CollectContext, collect, collect_tenant
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.errors import TroubleLog
-from wacloud.adapters.db.registry import Registry
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.queue.base import QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, new_key
-from wacloud.model import Provider
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Provider
+from wacloud.security.crypto import SecretBox, new_key
 from wacloud.stages import collect as collect_module
 from wacloud.stages import envelopes
 from wacloud.stages.collect import CollectContext, collect

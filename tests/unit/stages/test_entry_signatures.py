@@ -21,19 +21,19 @@ from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry
-from wacloud.adapters.db.views import list_messages
-from wacloud.adapters.media.local import LocalMediaStore
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant.views import list_messages
+from wacloud.adapters.http.provider_client import ProviderClient
+from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.adapters.queue.base import QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, new_key
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
+from wacloud.admin.operations import replay_envelope
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Provider
 from wacloud.hosting.webhooks import WebhookReceiver
-from wacloud.media_copier import MediaCopier
-from wacloud.model import Provider
-from wacloud.operations import replay_envelope
-from wacloud.provider_client import ProviderClient
+from wacloud.media.copier import MediaCopier
 from wacloud.providers.meta import parse_webhook
+from wacloud.security.crypto import SecretBox, new_key
 from wacloud.stages.envelopes import RawWebhook
 from wacloud.stages.inbound import InboundContext, receive_and_write
 from wacloud.stages.ingest import other_meta_object

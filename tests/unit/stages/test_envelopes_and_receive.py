@@ -12,12 +12,11 @@ import httpx
 import pytest
 
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry
-from wacloud.adapters.media.local import LocalMediaStore
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, new_key
-from wacloud.media_copier import MediaCopier
-from wacloud.model import (
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.http.provider_client import ProviderClient
+from wacloud.adapters.media.local.store import LocalMediaStore
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import (
     Event,
     InboundMessage,
     PayloadError,
@@ -25,7 +24,8 @@ from wacloud.model import (
     ProviderError,
     StatusUpdate,
 )
-from wacloud.provider_client import ProviderClient
+from wacloud.media.copier import MediaCopier
+from wacloud.security.crypto import SecretBox, new_key
 from wacloud.stages.envelopes import RawWebhook
 from wacloud.stages.receive import (
     ReceiveContext,

@@ -18,16 +18,16 @@ import sqlalchemy as sa
 from hypothesis import example, given
 
 from tests.fuzzing import bodies, fixtures
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry, parked
-from wacloud.adapters.db.tenant_store import fingerprint
-from wacloud.adapters.media.local import LocalMediaStore
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, new_key
-from wacloud.media_copier import MediaCopier
-from wacloud.model import Event, InboundMessage, PayloadError, Provider, StatusUpdate
-from wacloud.provider_client import ProviderClient
+from wacloud.adapters.db.registry.store import Registry, parked
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.adapters.db.tenant.store import fingerprint
+from wacloud.adapters.http.provider_client import ProviderClient
+from wacloud.adapters.media.local.store import LocalMediaStore
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Event, InboundMessage, PayloadError, Provider, StatusUpdate
+from wacloud.media.copier import MediaCopier
+from wacloud.security.crypto import SecretBox, new_key
 from wacloud.stages.envelopes import RawWebhook
 from wacloud.stages.inbound import InboundContext, receive_and_write
 from wacloud.stages.receive import ReceiveContext, parse, receive

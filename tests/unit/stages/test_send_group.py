@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from wacloud.adapters.queue.sqlite_queue import lane_of
-from wacloud.model import OutboundMessage
+from wacloud.adapters.queue.sqlite.queue import lane_of
+from wacloud.domain.model import OutboundMessage
 from wacloud.stages.collect import send_group
 
 

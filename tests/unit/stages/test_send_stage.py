@@ -19,21 +19,21 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from wacloud.adapters.db import claim, outbox
-from wacloud.adapters.db import tenant as t
 from wacloud.adapters.db.engines import create_engine
-from wacloud.adapters.db.registry import Registry
-from wacloud.adapters.db.tenant_store import TenantStore
+from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.db.tenant import claim, outbox
+from wacloud.adapters.db.tenant import tables as t
+from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.media.local import LocalMediaStore
+from wacloud.adapters.http.provider_client import ProviderClient
+from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.adapters.queue.base import Queue, QueueSpec
-from wacloud.adapters.queue.sqlite import SqliteBroker
-from wacloud.credentials import CredentialsBroker
-from wacloud.crypto import SecretBox, new_key
-from wacloud.media_copier import MediaCopier
-from wacloud.model import Channel, OutboundStatus, Provider
-from wacloud.provider_client import ProviderClient
-from wacloud.ratelimit import SendLimits
+from wacloud.adapters.queue.sqlite.broker import SqliteBroker
+from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.model import Channel, OutboundStatus, Provider
+from wacloud.domain.ratelimit import SendLimits
+from wacloud.media.copier import MediaCopier
+from wacloud.security.crypto import SecretBox, new_key
 from wacloud.stages.collect import outbound_from_row, send_envelope
 from wacloud.stages.envelopes import OUTBOUND_RESULTS, Output, RetryLater
 from wacloud.stages.save import SaveContext, save

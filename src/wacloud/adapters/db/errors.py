@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import sqlalchemy.exc as sa_exc
 
-from wacloud.logging_setup import mask
+from wacloud.observability.logs import mask
 
 REASON_MAX = 500
 

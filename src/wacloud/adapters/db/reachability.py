@@ -15,7 +15,7 @@ from sqlalchemy.pool import NullPool
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.errors import failure_reason
 from wacloud.adapters.db.migrate import Schema, upgrade
-from wacloud.validation import masked_db_url
+from wacloud.domain.validation import masked_db_url
 
 # Seconds to wait for a server database to answer a connection: a firewalled host must not
 # hang a command.

@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from wacloud.settings import Settings
 
 ADAPTERS: dict[str, str] = {
-    "file": "wacloud.adapters.media.local",
+    "file": "wacloud.adapters.media.local.store",
+    "s3": "wacloud.adapters.media.s3",
 }
 
 
 def open_media_store(url: str, settings: Settings) -> MediaStore:
-    """The media store of `url` (`file:///PATH`, ...)."""
+    """The media store of `url` (`file:///PATH`, `s3://BUCKET/PREFIX`)."""
     scheme = urlsplit(url).scheme
     module_name = ADAPTERS.get(scheme)
     if module_name is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from wacloud.adapters.db.registry import metadata
+from wacloud.adapters.db.registry.store import metadata
 
 config = context.config
 connection = config.attributes["connection"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from wacloud.adapters.db.tenant import metadata
+from wacloud.adapters.db.tenant.tables import metadata
 
 config = context.config
 connection = config.attributes["connection"]

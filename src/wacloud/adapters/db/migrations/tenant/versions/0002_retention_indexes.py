@@ -3,7 +3,7 @@
 Revision ID: 0002
 Revises: 0001
 
-The retention purge (`wacloud.privacy.purge_expired`) deletes by age every hour; without these
+The retention purge (`wacloud.privacy.lgpd.purge_expired`) deletes by age every hour; without these
 it would scan each whole table. They grow at the right-hand end only (rows arrive in time
 order), so they cost inserts little. Contact lookups for erasure need no new index: they
 match every written form of a phone number (LIKE), which no B-tree index serves, and run

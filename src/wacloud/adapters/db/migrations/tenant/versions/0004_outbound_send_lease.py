@@ -6,7 +6,7 @@ Revises: 0003
 A per-row send lease, so that however often the queue delivers a row's send message, one
 attempt at a time calls the provider: `send_owner` is a random token of the attempt that holds
 (or last held) the row, `send_lease_until` when its hold ends if it dies mid-call. Results of an
-attempt only apply while the row is still that attempt's (see `wacloud.adapters.db.outbox`).
+attempt only apply while the row is still that attempt's (see `wacloud.adapters.db.tenant.outbox`).
 `retry_since` is when the row first failed temporarily: the retry budget
 (`WACLOUD_SEND_RETRY_PERIOD_S`) is measured from it.
 """

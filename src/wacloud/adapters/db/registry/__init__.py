@@ -1,0 +1,1 @@
+"""The registry ("master") database: tenants, channels, API keys, parked payloads, audit."""

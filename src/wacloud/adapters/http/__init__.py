@@ -1,0 +1,1 @@
+"""HTTP clients at the edge: provider API calls (aiohttp) and media downloads (httpx)."""

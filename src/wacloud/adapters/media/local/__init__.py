@@ -1,0 +1,1 @@
+"""Media on the local disk (embedded mode)."""

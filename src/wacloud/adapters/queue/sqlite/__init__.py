@@ -1,0 +1,1 @@
+"""The embedded queue: SQS semantics in one SQLite file."""

@@ -1,0 +1,1 @@
+"""Copying provider media into our object store."""

@@ -1,0 +1,1 @@
+"""Metrics, logs and trace ids, shared by every hosting mode."""

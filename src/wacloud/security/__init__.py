@@ -1,0 +1,1 @@
+"""Secrets at rest and the SSRF guard for every URL we fetch."""
