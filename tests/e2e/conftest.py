@@ -318,20 +318,6 @@ def gateway_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-E2E_DIR = Path(__file__).resolve().parent
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the marks into work units
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs on two processes (pytest-xdist, `--dist loadgroup`): each end-to-end
-    module goes to one process whole, so that its module-scoped gateway starts once. Modules
-    marked `xdist_group("heavy")` (they load the machine, or wait out timeouts and rates
-    against deadlines) share one group: they run one after another, never beside each other."""
-    for item in items:
-        if item.path.parent == E2E_DIR and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-
-
 @pytest.fixture(scope="session")
 def fake_server() -> Iterator[FakeProviderServer]:
     with FakeProviderServer(FakeProvider(token=TOKEN)) as server:

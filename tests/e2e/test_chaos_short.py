@@ -7,15 +7,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import chaos  # noqa: E402 - bench/ is not a package; its modules import each other by name
-
-# Loads the machine or waits against deadlines: never beside another such module (conftest).
-pytestmark = pytest.mark.xdist_group("heavy")
 
 
 def test_short_chaos_loses_nothing() -> None:

@@ -14,9 +14,6 @@ from tests.e2e.conftest import Harness, make_harness
 from wacloud.testing.fake_provider import FakeProviderServer
 from wacloud.testing.webhooks import dumps, meta_envelope, meta_text, sign
 
-# Loads the machine or waits against deadlines: never beside another such module (conftest).
-pytestmark = pytest.mark.xdist_group("heavy")
-
 
 @pytest.fixture
 def own_harness(tmp_path: Path, fake_server: FakeProviderServer) -> Iterator[Harness]:

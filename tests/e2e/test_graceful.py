@@ -42,9 +42,7 @@ STEADY_ENV = {
     "WACLOUD_SEND_TIMEOUT_S": "20",
 }
 
-# Loads the machine or waits against deadlines: never beside another such module (conftest).
-pytestmark = [pytest.mark.xdist_group("heavy"),
-              pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds workers in /proc")]
+pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds workers in /proc")
 
 
 @pytest.fixture

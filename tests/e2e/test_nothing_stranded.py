@@ -25,9 +25,6 @@ from wacloud.testing.webhooks import meta_envelope, meta_text
 
 TOO_BIG = "9" * 25  # fits no SQL INTEGER
 
-# Loads the machine or waits against deadlines: never beside another such module (conftest).
-pytestmark = pytest.mark.xdist_group("heavy")
-
 
 def dead_letters(harness: Harness) -> list[dict[str, object]]:
     listed = harness.cli("dlq", "list", "--json")

@@ -9,17 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import Harness, wait_for
 from wacloud.domain.model import Provider
 from wacloud.testing.webhooks import meta_envelope
 
 IMAGE = b"\xff\xd8\xff\xe0" + b"jpeg-bytes" * 100
-
-# Loads the machine or waits against deadlines: never beside another such module (conftest).
-# (Its rate test measures arrivals at the provider.)
-pytestmark = pytest.mark.xdist_group("heavy")
 
 META_MESSAGES: list[tuple[str, dict[str, Any]]] = [
     ("text", {"body": "Seu pedido saiu: https://loja.example/r/1", "preview_url": True}),

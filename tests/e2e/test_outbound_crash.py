@@ -12,9 +12,6 @@ import pytest
 from tests.e2e.conftest import GatewayProcess, Harness, free_port, make_harness, wait_for
 from wacloud.testing.fake_provider import FakeProviderServer
 
-# Loads the machine or waits against deadlines: never beside another such module (conftest).
-pytestmark = pytest.mark.xdist_group("heavy")
-
 
 @pytest.fixture
 def own_harness(tmp_path: Path, fake_server: FakeProviderServer) -> Iterator[Harness]:

@@ -15,9 +15,6 @@ from wacloud.testing.fake_provider.send_metrics import max_in_window
 ROWS = 36  # six per recipient
 RECIPIENTS = [f"55619{n:08d}" for n in range(6)]
 
-# Loads the machine or waits against deadlines: never beside another such module (conftest).
-pytestmark = pytest.mark.xdist_group("heavy")
-
 
 @pytest.mark.slow
 def test_slow_answers_at_one_per_second_send_every_row_once_in_order(harness: Harness) -> None:

@@ -33,9 +33,6 @@ def two_free_ports() -> int:
 
 METRICS_PORT = two_free_ports()
 
-# Loads the machine or waits against deadlines: never beside another such module (conftest).
-pytestmark = pytest.mark.xdist_group("heavy")
-
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory,
