@@ -17,6 +17,9 @@ from tests.services import (
     moto_server,
 )
 
+# Statements of the database suites must compile for SQL Server too (see the plugin).
+pytest_plugins = ["tests.mssql_compile"]
+
 TENANT_BACKENDS = ["sqlite", "postgresql", "mariadb"]
 
 # `make test` runs pytest on two processes (pytest-xdist, `-n 2 --dist loadscope`), scheduled by

@@ -8,10 +8,15 @@ afterwards. When a server cannot be reached the test is skipped, unless the envi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NoReturn
 
 import pytest
@@ -145,14 +150,59 @@ def aws_environment(endpoint: str) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+AHEAD = 2  # vhosts made in advance, two at a time
+
+
+class _VhostMaker:
+    """Makes RabbitMQ virtual hosts with rabbitmqctl ahead of need: each rabbitmqctl run starts
+    an Erlang VM (about a second), so the next tests' vhosts are made while the current test
+    runs, and vhosts are deleted in the background. What is left at exit is deleted then."""
+
+    def __init__(self, ctl: str) -> None:
+        self.ctl = ctl
+        self.pool = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="rabbitmq-vhost")
+        self.ahead: list[Future[str]] = []
+        self.deleting: list[subprocess.Popen[bytes]] = []
+        atexit.register(self.finish)
+
+    def _make(self) -> str:
+        name = fresh_name("wacloud")
+        # One VM start for both steps (add_vhost, then set_permissions, would be two).
+        subprocess.run([self.ctl, "eval",
+                        f'ok = rabbit_vhost:add(<<"{name}">>, <<"wacloud-tests">>), '
+                        f'rabbit_auth_backend_internal:set_permissions(<<"guest">>, '
+                        f'<<"{name}">>, <<".*">>, <<".*">>, <<".*">>, <<"wacloud-tests">>).'],
+                       check=True, capture_output=True)
+        return name
+
+    def take(self) -> str:
+        while len(self.ahead) <= AHEAD:
+            self.ahead.append(self.pool.submit(self._make))
+        return self.ahead.pop(0).result()
+
+    def delete(self, name: str) -> None:
+        self.deleting = [p for p in self.deleting if p.poll() is None]
+        self.deleting.append(subprocess.Popen([self.ctl, "-q", "delete_vhost", name],
+                                              stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+
+    def finish(self) -> None:
+        for ahead in self.ahead:
+            with contextlib.suppress(Exception):
+                self.delete(ahead.result())
+        for process in self.deleting:
+            process.wait()
+        self.pool.shutdown()
+
+
+_vhost_maker: _VhostMaker | None = None
+
+
 @contextlib.contextmanager
 def fresh_rabbitmq_vhost() -> Iterator[str]:
     """A new RabbitMQ virtual host (created and deleted with rabbitmqctl); yields its amqp URL.
     Skips (or fails in CI) when RabbitMQ is not reachable."""
-    import shutil
-    import socket
-    import subprocess
-
+    global _vhost_maker
     try:
         socket.create_connection(("127.0.0.1", 5672), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
@@ -160,11 +210,10 @@ def fresh_rabbitmq_vhost() -> Iterator[str]:
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
         unreachable("RabbitMQ", FileNotFoundError("rabbitmqctl is not installed"))
-    name = fresh_name("wacloud")
-    subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True)
+    if _vhost_maker is None:
+        _vhost_maker = _VhostMaker(ctl)
+    name = _vhost_maker.take()
     try:
-        subprocess.run([ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-                       check=True, capture_output=True)
         yield f"{RABBITMQ_URL}{name}"
     finally:
-        subprocess.run([ctl, "delete_vhost", name], capture_output=True)
+        _vhost_maker.delete(name)

@@ -37,7 +37,7 @@ from wacloud.security.crypto import (
 )
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
-from wacloud.stages.collect import CollectContext
+from wacloud.stages.collect import CollectContext, CollectSchedule
 from wacloud.stages.envelopes import Output
 from wacloud.stages.inbound import InboundContext, receive_and_write
 from wacloud.stages.media import MediaContext, fetch_media
@@ -116,6 +116,12 @@ class Gateway:
     limits: SendLimits
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     collect_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    collect_schedule: CollectSchedule = field(default_factory=CollectSchedule)
+
+    def wake_collector(self, tenant: str) -> None:
+        """A row was inserted in `tenant`'s outbox: collect it at once."""
+        self.collect_schedule.wake(tenant)
+        self.collect_wake.set()
 
     async def park(self, *, stage: str, reason: str, payload: str, provider: str | None = None,
                    channel_key: str | None = None, raw_body: str | None = None,
@@ -189,9 +195,12 @@ class Gateway:
 
     def collect_context(self) -> CollectContext:
         s = self.settings
+        self.collect_schedule.poll_s = s.collect_poll_s
+        self.collect_schedule.idle_max_s = s.collect_idle_max_s
         return CollectContext(self.broker, self.queues[envelopes.OUTBOUND_SEND],
                               s.collect_batch, s.reservation_lease_s, s.queued_stale_s,
-                              stop=self.stop)
+                              stop=self.stop, concurrency=s.collect_concurrency,
+                              schedule=self.collect_schedule)
 
     def dead_letter_sources(self) -> dict[str, Queue]:
         """The queues whose dead letters an operator sees and replays (`wacloud dlq`), by name;
@@ -236,7 +245,10 @@ def build_gateway(settings: Settings) -> Gateway:
         registry, tenants_dir=settings.tenants_dir, cache_seconds=settings.credentials_cache_s,
         global_meta_app_secret=settings.meta_app_secret,
         key_loader=lambda: secret_box(settings),
-        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s)
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+        tenant_pool_size=settings.tenant_pool_size,
+        tenant_engines_max=settings.tenant_engines_max,
+        tenant_idle_close_s=settings.tenant_idle_close_s)
     broker.refresh(force=True)
     media_store = open_media_store(settings.media, settings)
     queue_broker = open_queue_broker(settings.queues, settings, media_store)

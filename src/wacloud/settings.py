@@ -69,8 +69,20 @@ class Settings(BaseSettings):
     # How long a write to a tenant's SQLite file waits for a lock another process holds
     # before it counts as database trouble (and is retried as above).
     sqlite_busy_timeout_s: float = 30.0
+    # Tenant databases held open per process: each tenant's engine pools at most this many
+    # connections (server databases; SQLite keeps one), at most `tenant_engines_max` engines
+    # are open at once (least recently used closed first), and one unused this long is closed.
+    tenant_pool_size: int = 4
+    tenant_engines_max: int = 64
+    tenant_idle_close_s: float = 300.0
     # Outbound
-    collect_poll_s: float = 1.0  # rows inserted directly by tenants are found this fast
+    # A tenant whose outbox had rows is looked at again this soon; one that had none, after
+    # twice its last wait, up to `collect_idle_max_s` (a row the API inserts wakes its tenant
+    # at once; a row inserted directly into an idle tenant's database waits up to that long).
+    collect_poll_s: float = 1.0
+    collect_idle_max_s: float = 3.0
+    # Tenants collected at the same time (each a claim on its own database).
+    collect_concurrency: int = 16
     collect_batch: int = 500
     # AWS Lambda's collector: each scheduled invocation runs collect passes for this long
     # (`collect_poll_s` apart; 0 = one pass), so rows wait a poll interval, not the schedule's.

@@ -52,6 +52,29 @@ asyncio.run(main())
 """
 
 
+# The same on RabbitMQ: the queue is declared at its first use (auto_create).
+_RABBITMQ_CHILD = """
+import asyncio, sys
+from wacloud.adapters.queue.base import QueueSpec
+from wacloud.adapters.queue.rabbitmq import RabbitBroker
+from wacloud.adapters.queue.rabbitmq.url import parse_address
+
+async def main() -> None:
+    broker = RabbitBroker(parse_address(sys.argv[1]), auto_create=True)
+    queue = broker.queue(QueueSpec(sys.argv[2]))
+    n = 0
+    async def one(body: bytes) -> None:
+        await queue.send(body)
+        sys.stdout.write(body.decode() + "\\n")
+        sys.stdout.flush()
+    while True:
+        await asyncio.gather(*(one(f"m{n + i}".encode()) for i in range(16)))
+        n += 16
+
+asyncio.run(main())
+"""
+
+
 @dataclass
 class Backend:
     name: str
@@ -93,12 +116,20 @@ SQS_CANNOT = {
 }
 
 
-@pytest.fixture(params=["sqlite", "sqs"])
+@pytest.fixture(params=["sqlite", "sqs", "rabbitmq"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         path = tmp_path / "queues.db"
         return Backend("sqlite", lambda: SqliteBroker(path),
                        lambda qname: [sys.executable, "-c", _SQLITE_CHILD, str(path), qname])
+    if request.param == "rabbitmq":
+        from wacloud.adapters.queue.rabbitmq import RabbitBroker
+        from wacloud.adapters.queue.rabbitmq.url import parse_address
+
+        # A fresh virtual host per test; queues are declared at their first use.
+        url: str = request.getfixturevalue("rabbitmq_url")
+        return Backend("rabbitmq", lambda: RabbitBroker(parse_address(url), auto_create=True),
+                       lambda qname: [sys.executable, "-c", _RABBITMQ_CHILD, url, qname])
     if request.param == "sqs":
         request.getfixturevalue("aws_env")  # moto's server, through the standard variables
         prefix = f"wct{uuid.uuid4().hex[:8]}"

@@ -306,6 +306,8 @@ def gateway_env(data_dir: Path) -> dict[str, str]:
         "WACLOUD_MAX_WEBHOOK_BYTES": str(256 * 1024),
         "WACLOUD_MAX_MEDIA_BYTES": str(8 * 1024 * 1024),
         "WACLOUD_COLLECT_POLL_S": "0.2",
+        # Rows are inserted directly into tenant databases here (no API wake).
+        "WACLOUD_COLLECT_IDLE_MAX_S": "0.2",
         "WACLOUD_RESERVATION_LEASE_S": "5",
         "WACLOUD_SEND_BACKOFF_BASE_S": "0.2",
         "WACLOUD_SEND_BACKOFF_MAX_S": "1",

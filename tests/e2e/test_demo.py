@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -37,3 +38,36 @@ def test_demo_shows_a_message_in_and_one_out(tmp_path: Path) -> None:
     # The API key is shown once, for the instructions; the channel's secrets never are.
     assert "wak_" in out
     assert re.search(r"demo-[0-9a-f]{32}", out + done.stderr) is None  # the channel token
+
+
+def test_demo_json_is_one_object_with_what_was_stored_and_sent(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WACLOUD_")}
+    env["WACLOUD_WORKER_NICE"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-m", "wacloud.cli", "demo", "--data-dir", str(tmp_path / "demo"),
+         "--port", str(free_port()), "--internal-port", str(free_port()), "--exit", "--json"],
+        env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    [line] = done.stdout.splitlines()  # no narration around the JSON
+    result = json.loads(line)
+    assert result["ok"] is True and result["error"] is None
+    assert result["tenant"] == "demo" and result["channel"] == "106540352242922"
+    assert result["data_dir"] == str((tmp_path / "demo").resolve())
+    inbound = result["inbound"]
+    assert inbound["ok"] is True and inbound["webhook_status"] == 200
+    by_id = {m["provider_message_id"]: m for m in inbound["messages"]}
+    assert by_id["wamid.demo-text-1"]["text"] == "Olá! Meu pedido chegou?"
+    assert by_id["wamid.demo-image-1"]["media"]["status"] == "stored"
+    outbound = result["outbound"]
+    assert outbound["ok"] is True and outbound["id"] == 1 and outbound["submit_status"] == 201
+    assert (outbound["status"], outbound["status_code"]) == ("read", 6)
+    assert outbound["provider_message_id"].startswith("wamid.")
+    assert outbound["provider_request"]["body"]["context"] == {
+        "message_id": "wamid.demo-text-1"}
+    for step in ("stored_s",):
+        assert isinstance(inbound[step], float) and inbound[step] >= 0
+    for step in ("accepted_s", "delivered_s", "read_s"):
+        assert isinstance(outbound[step], float) and outbound[step] >= 0
+    assert result["api_key"].startswith("wak_")
+    assert re.search(r"demo-[0-9a-f]{32}", done.stdout + done.stderr) is None  # channel token

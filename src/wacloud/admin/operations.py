@@ -22,9 +22,15 @@ from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain import validation
 from wacloud.domain.model import Channel, MediaStatus, Provider
 from wacloud.observability.logs import mask
-from wacloud.providers.token_check import TokenCheck, check_request, read_answer
-from wacloud.stages.envelopes import INBOUND_RAW, OUTBOUND_SEND, RawWebhook, dumps
-from wacloud.stages.receive import envelope_bytes
+from wacloud.providers import port
+from wacloud.providers.token_check import TokenCheck
+from wacloud.stages.envelopes import (
+    INBOUND_RAW,
+    OUTBOUND_SEND,
+    RawWebhook,
+    dumps,
+    envelope_bytes,
+)
 
 log = logging.getLogger("wacloud.admin.operations")
 DLQ_DISCARDS = "dlq-discards.jsonl"
@@ -90,14 +96,15 @@ def add_channel(registry: Registry, values: dict[str, Any], *, allow_http: bool 
 async def check_channel_token(http: ProviderClient, channel: Channel,
                               timeout: float = 10.0) -> TokenCheck:
     """Ask the provider, with one cheap read-only call, whether the channel's token works."""
+    provider = port(channel.provider)
     try:
-        answer = await http.perform(check_request(channel), timeout)
+        answer = await http.perform(provider.token_check_request(channel), timeout)
     except ProviderTimeout:
         return TokenCheck(False, None, "timeout", "the provider did not answer in time")
     except ProviderCallError as exc:
         return TokenCheck(False, None, "network", f"the provider could not be reached "
                           f"({exc.kind})")
-    return read_answer(channel, answer.status_code, answer.content)
+    return provider.read_token_check(channel, answer.status_code, answer.content)
 
 
 def replay_envelope(item: ParkedItem) -> bytes:
@@ -186,15 +193,18 @@ def dead_letter_summary(queue: str, message: ReceivedMessage) -> dict[str, Any]:
 
 
 async def replay_queue_dead_letters(broker: CredentialsBroker, name: str, queue: Queue,
-                                    ids: list[str] | None) -> list[str]:
+                                    ids: list[str] | None,
+                                    progress: Callable[[int], None] | None = None) -> list[str]:
     """Put dead letters of queue `name` back on it (all, or `ids`): outbound rows go back to
-    queued first. Returns the ids moved."""
+    queued first. Returns the ids moved; `progress` hears of each letter handled."""
     if name == OUTBOUND_SEND:
-        return await replay_dead_letters(broker, queue, ids)
+        return await replay_dead_letters(broker, queue, ids, progress)
     letters = [m.message_id for m in await queue.dead_letters(limit=100_000)
                if ids is None or m.message_id in ids]
     if letters:
         await queue.redrive(letters)
+    if progress is not None:
+        progress(len(letters))
     return letters
 
 
@@ -242,7 +252,8 @@ def _append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 async def replay_dead_letters(broker: CredentialsBroker, send_queue: Queue,
-                              ids: list[str] | None) -> list[str]:
+                              ids: list[str] | None,
+                              progress: Callable[[int], None] | None = None) -> list[str]:
     """Reset each dead letter's row to queued, then move the letters back to the send queue."""
     letters = await send_queue.dead_letters(limit=100_000)
     chosen = [m for m in letters if ids is None or m.message_id in ids]
@@ -250,6 +261,8 @@ async def replay_dead_letters(broker: CredentialsBroker, send_queue: Queue,
         data = json.loads(letter.body)["message"]
         store = await asyncio.to_thread(broker.tenant_store, data["tenant"])
         await asyncio.to_thread(outbox.requeue_failed, store.engine, int(data["row_id"]))
+        if progress is not None:
+            progress(1)
     if chosen:
         await send_queue.redrive([m.message_id for m in chosen])
     return [m.message_id for m in chosen]

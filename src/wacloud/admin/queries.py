@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from wacloud.adapters.db.registry.store import ParkedItem, Registry
 from wacloud.adapters.db.tenant import tables as t
@@ -29,8 +31,8 @@ from wacloud.adapters.queue.base import Queue
 from wacloud.admin.operations import dead_letter_summary
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import DELIVERY_RANK, Channel, OutboundStatus
-from wacloud.stages.envelopes import RawWebhook
-from wacloud.stages.receive import envelope_bytes, envelope_text
+from wacloud.providers import port
+from wacloud.stages.envelopes import RawWebhook, envelope_bytes, envelope_text
 
 # Rows counted as sent in a channel's health: the provider took them.
 SENT_CODES = [c.value for c, r in DELIVERY_RANK.items()
@@ -38,6 +40,7 @@ SENT_CODES = [c.value for c, r in DELIVERY_RANK.items()
               and c not in (OutboundStatus.FAILED, OutboundStatus.FAILED_AFTER_ACCEPT)]
 RATE_LIMIT_CODE = "130429"
 HEALTH_WINDOW = timedelta(hours=1)
+RECENT_MINUTES = 5  # the "now" of `channel_rates`, beside the hour
 # Rows updated in the window are looked for among those created this long before it: the
 # created_at index bounds the scan (receipts rarely come days after a send).
 HEALTH_LOOKBACK = timedelta(days=1)
@@ -61,8 +64,7 @@ def channel_view(channel: Channel, last_inbound_at: datetime | None = None
                  ) -> dict[str, Any]:
     """`channel_summary` with the webhook path providers are pointed at and when the
     channel's webhooks last brought an event."""
-    webhook = ("/webhooks/meta" if channel.provider.value == "meta"
-               else f"/webhooks/{channel.provider.value}/{channel.key}")
+    webhook = port(channel.provider).channel_webhook_path(channel.key)
     return {**channel_summary(channel), "webhook_path": webhook,
             "last_inbound_at": _iso(last_inbound_at)}
 
@@ -106,7 +108,8 @@ def channel_health(registry: Registry, broker: CredentialsBroker,
         stats: dict[str, dict[str, Any]] = {}
         problem = None
         try:
-            stats = _outbox_stats(broker, slug, since)
+            with broker.tenant_store(slug).engine.connect() as conn:
+                stats = outbox_stats(conn, since)
         except Exception as exc:  # one tenant's database down must not hide the others
             problem = f"the tenant database could not be read ({type(exc).__name__})"
         for channel in group:
@@ -125,21 +128,20 @@ def channel_health(registry: Registry, broker: CredentialsBroker,
     return out
 
 
-def _outbox_stats(broker: CredentialsBroker, tenant: str, since: datetime
-                  ) -> dict[str, dict[str, Any]]:
+def outbox_stats(conn: Connection, since: datetime) -> dict[str, dict[str, Any]]:
+    """Per channel key of one tenant's database: outbox rows updated since `since` that the
+    provider took (`sent`) and their error codes (`errors`: code -> rows)."""
     o = t.outbound_messages
-    engine = broker.tenant_store(tenant).engine
     query = sa.select(o.c.channel, o.c.status, o.c.error_code, sa.func.count()).where(
         o.c.created_at >= since - HEALTH_LOOKBACK, o.c.updated_at >= since).group_by(
         o.c.channel, o.c.status, o.c.error_code)
     stats: dict[str, dict[str, Any]] = {}
-    with engine.connect() as conn:
-        for channel, status, code, count in conn.execute(query):
-            entry = stats.setdefault(channel, {"sent": 0, "errors": defaultdict(int)})
-            if status in SENT_CODES:
-                entry["sent"] += count
-            if code:
-                entry["errors"][str(code)] += count
+    for channel, status, code, count in conn.execute(query):
+        entry = stats.setdefault(channel, {"sent": 0, "errors": defaultdict(int)})
+        if status in SENT_CODES:
+            entry["sent"] += count
+        if code:
+            entry["errors"][str(code)] += count
     return stats
 
 
@@ -228,6 +230,80 @@ def _minute_bucket(column: Any, since: datetime, minutes: int) -> Any:
     return sa.case(*whens, else_=0)
 
 
+@dataclass(frozen=True, slots=True)
+class MinuteCounts:
+    """One tenant database's traffic in a window: (channel, minute of the window, messages)
+    for inbound messages and for outbox rows the provider took, and failures per channel."""
+
+    inbound: list[tuple[str, int, int]]
+    outbound: list[tuple[str, int, int]]
+    failed: dict[str, int]
+
+
+def channel_minutes(conn: Connection, since: datetime, minutes: int) -> MinuteCounts:
+    """Inbound rows by `received_at`, outbox rows by `accepted_at` (when the provider took
+    them), per channel and minute since `since`; failures of outbox rows updated since."""
+    m, o = t.messages, t.outbound_messages
+    failed = [OutboundStatus.FAILED.value, OutboundStatus.FAILED_AFTER_ACCEPT.value]
+    bucket = _minute_bucket(m.c.received_at, since, minutes)
+    inbound = conn.execute(sa.select(m.c.channel, bucket, sa.func.count()).where(
+        m.c.received_at >= since, m.c.direction == "in").group_by(m.c.channel, bucket)).all()
+    bucket = _minute_bucket(o.c.accepted_at, since, minutes)
+    outbound = conn.execute(sa.select(o.c.channel, bucket, sa.func.count()).where(
+        o.c.created_at >= since - HEALTH_LOOKBACK, o.c.accepted_at >= since
+    ).group_by(o.c.channel, bucket)).all()
+    failures = conn.execute(sa.select(o.c.channel, sa.func.count()).where(
+        o.c.created_at >= since - HEALTH_LOOKBACK, o.c.updated_at >= since,
+        o.c.status.in_(failed)).group_by(o.c.channel)).all()
+    return MinuteCounts([(str(c), int(b), int(n)) for c, b, n in inbound],
+                        [(str(c), int(b), int(n)) for c, b, n in outbound],
+                        {str(c): int(n) for c, n in failures})
+
+
+def empty_rates() -> dict[str, Any]:
+    """`channel_rates` of a channel without traffic."""
+    return {"in_last_hour": 0, "out_last_hour": 0, "in_last_5m": 0, "out_last_5m": 0,
+            "in_per_min_last_hour": 0.0, "out_per_min_last_hour": 0.0,
+            "in_per_min_last_5m": 0.0, "out_per_min_last_5m": 0.0, "failed_last_hour": 0,
+            "errors_last_hour": 0, "errors_by_code": {}, "rate_limit_hits": 0}
+
+
+def channel_rates(conn: Connection, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """Per channel key of one tenant's database: messages in and out over the last hour and
+    the last RECENT_MINUTES (counts and per-minute rates), failed sends, and the hour's error
+    codes (what `wacloud status` shows; `channel_health` and `traffic` count alike)."""
+    now = now or utcnow()
+    recent_minutes = RECENT_MINUTES
+    minutes = int(HEALTH_WINDOW.total_seconds() // 60)
+    since = now - HEALTH_WINDOW
+    counts = channel_minutes(conn, since, minutes)
+    stats = outbox_stats(conn, since)
+    rates: dict[str, dict[str, Any]] = {}
+
+    def entry(channel: str) -> dict[str, Any]:
+        return rates.setdefault(channel, empty_rates())
+
+    recent = minutes - recent_minutes  # the first minute bucket of the recent window
+    for direction, rows in (("in", counts.inbound), ("out", counts.outbound)):
+        for channel, minute, n in rows:
+            entry(channel)[f"{direction}_last_hour"] += n
+            if minute >= recent:
+                entry(channel)[f"{direction}_last_5m"] += n
+    for channel, n in counts.failed.items():
+        entry(channel)["failed_last_hour"] += n
+    for channel, found in stats.items():
+        entry(channel)["errors_by_code"] = dict(sorted(found["errors"].items()))
+    for item in rates.values():
+        for direction in ("in", "out"):
+            item[f"{direction}_per_min_last_hour"] = round(
+                item[f"{direction}_last_hour"] / minutes, 2)
+            item[f"{direction}_per_min_last_5m"] = round(
+                item[f"{direction}_last_5m"] / recent_minutes, 2)
+        item["errors_last_hour"] = sum(item["errors_by_code"].values())
+        item["rate_limit_hits"] = item["errors_by_code"].get(RATE_LIMIT_CODE, 0)
+    return rates
+
+
 def traffic(broker: CredentialsBroker, tenants: list[str], now: datetime | None = None,
             minutes: int = 60) -> dict[str, Any]:
     """Messages in and out per minute over the last `minutes` (inbound rows by `received_at`,
@@ -247,33 +323,20 @@ def traffic(broker: CredentialsBroker, tenants: list[str], now: datetime | None 
         return rows.setdefault((tenant, channel), {"tenant": tenant, "channel": channel,
                                                    "in": 0, "out": 0, "failed": 0})
 
-    m, o = t.messages, t.outbound_messages
-    failed = [OutboundStatus.FAILED.value, OutboundStatus.FAILED_AFTER_ACCEPT.value]
     for slug in tenants:
         try:
-            engine = broker.tenant_store(slug).engine
-            with engine.connect() as conn:
-                bucket = _minute_bucket(m.c.received_at, since, minutes)
-                inbound = conn.execute(sa.select(m.c.channel, bucket, sa.func.count()).where(
-                    m.c.received_at >= since, m.c.direction == "in").group_by(
-                    m.c.channel, bucket)).all()
-                bucket = _minute_bucket(o.c.accepted_at, since, minutes)
-                outbound = conn.execute(sa.select(o.c.channel, bucket, sa.func.count()).where(
-                    o.c.created_at >= since - HEALTH_LOOKBACK, o.c.accepted_at >= since
-                ).group_by(o.c.channel, bucket)).all()
-                failures = conn.execute(sa.select(o.c.channel, sa.func.count()).where(
-                    o.c.created_at >= since - HEALTH_LOOKBACK, o.c.updated_at >= since,
-                    o.c.status.in_(failed)).group_by(o.c.channel)).all()
+            with broker.tenant_store(slug).engine.connect() as conn:
+                minute_counts = channel_minutes(conn, since, minutes)
         except Exception as exc:  # one tenant's database down must not hide the others
             problems[slug] = f"the tenant database could not be read ({type(exc).__name__})"
             continue
-        for channel, minute, count in inbound:
-            per_in[int(minute)] += count
+        for channel, minute, count in minute_counts.inbound:
+            per_in[minute] += count
             entry(slug, channel)["in"] += count
-        for channel, minute, count in outbound:
-            per_out[int(minute)] += count
+        for channel, minute, count in minute_counts.outbound:
+            per_out[minute] += count
             entry(slug, channel)["out"] += count
-        for channel, count in failures:
+        for channel, count in minute_counts.failed.items():
             entry(slug, channel)["failed"] += count
     return {"since": _iso(since), "minutes": minutes, "in": per_in, "out": per_out,
             "channels": sorted(rows.values(), key=lambda r: (r["tenant"], r["channel"])),

@@ -14,7 +14,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -22,9 +22,10 @@ import sqlalchemy as sa
 
 from wacloud.adapters.db.reachability import SERVER_FIX, ping, probe_engine, short_reason
 from wacloud.adapters.db.registry.store import Registry, Tenant
-from wacloud.adapters.db.tenant.tables import messages, outbound_messages
+from wacloud.adapters.db.tenant.tables import outbound_messages
 from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.queue.sqlite.broker import SqliteBroker
+from wacloud.admin.queries import channel_rates, empty_rates
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.credentials.channel_check import check_token
 from wacloud.domain.model import Channel
@@ -65,19 +66,22 @@ def tenant_db_url(settings: Settings, tenant: Tenant) -> str:
     return tenant.db_url or f"sqlite:///{(settings.tenants_dir / f'{tenant.slug}.db').resolve()}"
 
 
-def outbox_counts(settings: Settings, tenant: Tenant) -> dict[str, Any]:
-    """Pending / reserved / queued rows and the oldest pending row's age, without creating or
-    migrating anything; raises when the database cannot be reached."""
+def tenant_figures(settings: Settings, tenant: Tenant
+                   ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The tenant's outbox (pending / reserved / queued rows, the oldest pending row's age,
+    the last hour's totals) and its channels' rates (`admin.queries.channel_rates`, by
+    channel key), without creating or migrating anything; raises when the database cannot be
+    reached."""
     empty = {"tenant": tenant.slug, "reachable": True, "pending": 0, "reserved": 0,
              "queued": 0, "oldest_pending_age_s": None, "received_last_hour": 0,
              "sent_last_hour": 0, "failed_last_hour": 0}
     if tenant.db_url is None and not (settings.tenants_dir / f"{tenant.slug}.db").exists():
-        return empty
+        return empty, {}
     engine = probe_engine(tenant_db_url(settings, tenant))
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table("outbound_messages"):
-                return empty
+                return empty, {}
             table = outbound_messages
             rows = conn.execute(
                 sa.select(table.c.status, sa.func.count()).where(
@@ -85,16 +89,7 @@ def outbox_counts(settings: Settings, tenant: Tenant) -> dict[str, Any]:
             ).all()
             oldest = conn.execute(sa.select(sa.func.min(table.c.created_at)).where(
                 table.c.status == PENDING)).scalar()
-            since = datetime.now(UTC) - timedelta(hours=1)
-            rates = {
-                "received_last_hour": sa.select(sa.func.count()).select_from(messages).where(
-                    messages.c.direction == "in", messages.c.received_at >= since),
-                "sent_last_hour": sa.select(sa.func.count()).select_from(table).where(
-                    table.c.accepted_at >= since),
-                "failed_last_hour": sa.select(sa.func.count()).select_from(table).where(
-                    table.c.status.in_(FAILED), table.c.updated_at >= since)}
-            last_hour = {name: int(conn.execute(query).scalar() or 0)
-                         for name, query in rates.items()}
+            rates = channel_rates(conn)
     finally:
         engine.dispose()
     counts = {int(status): int(n) for status, n in rows}
@@ -103,10 +98,13 @@ def outbox_counts(settings: Settings, tenant: Tenant) -> dict[str, Any]:
     if isinstance(oldest, datetime) and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
     age = (datetime.now(UTC) - oldest).total_seconds() if isinstance(oldest, datetime) else None
+    last_hour = {name: sum(r[field] for r in rates.values()) for name, field in (
+        ("received_last_hour", "in_last_hour"), ("sent_last_hour", "out_last_hour"),
+        ("failed_last_hour", "failed_last_hour"))}
     return {**empty, **last_hour, "pending": counts.get(PENDING, 0),
             "reserved": counts.get(RESERVED, 0),
             "queued": counts.get(QUEUED, 0),
-            "oldest_pending_age_s": round(age, 1) if age is not None else None}
+            "oldest_pending_age_s": round(age, 1) if age is not None else None}, rates
 
 
 async def queue_depths(settings: Settings) -> list[dict[str, Any]]:
@@ -138,9 +136,14 @@ def readyz(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
     return {"url": url, **data} if isinstance(data, dict) else None
 
 
-def channel_row(channel: Channel) -> dict[str, Any]:
+def channel_row(channel: Channel, rates: dict[str, Any] | None) -> dict[str, Any]:
+    """A channel with its rates (`admin.queries.channel_rates`; empty: no traffic); `rates`
+    None: its tenant database could not be read (every figure null, `reachable` false)."""
+    figures = ({**empty_rates(), **rates} if rates is not None
+               else dict.fromkeys(empty_rates()))
     return {"id": channel.id, "tenant": channel.tenant, "provider": channel.provider.value,
-            "key": channel.key, "paused": channel.paused, "pause_reason": channel.pause_reason}
+            "key": channel.key, "paused": channel.paused, "pause_reason": channel.pause_reason,
+            "reachable": rates is not None, **figures}
 
 
 def paused_problem(channel: Channel) -> Problem:
@@ -178,17 +181,22 @@ def gather_status(settings: Settings) -> StatusReport:
         report.parked = len(registry.parked_items(limit=100_000))
     finally:
         registry.engine.dispose()
-    for channel in channels:
-        report.channels.append(channel_row(channel))
-        if channel.paused:
-            report.problems.append(paused_problem(channel))
+    rates: dict[str, dict[str, dict[str, Any]] | None] = {}
     for tenant in tenants:
         try:
-            report.outbox.append(outbox_counts(settings, tenant))
+            outbox, rates[tenant.slug] = tenant_figures(settings, tenant)
+            report.outbox.append(outbox)
         except Exception as exc:  # a down database is the answer, shown as a problem
+            rates[tenant.slug] = None
             report.outbox.append({"tenant": tenant.slug, "reachable": False,
                                   "error": short_reason(exc)})
             report.problems.append(tenant_db_problem(settings, tenant, short_reason(exc)))
+    for channel in channels:
+        mine = rates.get(channel.tenant, {})
+        report.channels.append(channel_row(channel, None if mine is None
+                                           else mine.get(channel.key, {})))
+        if channel.paused:
+            report.problems.append(paused_problem(channel))
     report.queues = asyncio.run(queue_depths(settings))
     for queue in report.queues:
         if queue["dead_letters"]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click import exceptions as click_errors  # typer's own click (0.29+)
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -52,7 +53,33 @@ def describe_unexpected(exc: BaseException) -> str:
 
 
 class WacloudGroup(TyperGroup):
-    """The top-level command group: the one handler for exceptions no command expected."""
+    """The top-level command group: the one handler for exceptions no command expected, and
+    for usage errors (an unknown option, a missing or invalid value): one line too, naming the
+    command's --help, instead of click's usage block."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
+        except click_errors.NoArgsIsHelpError as exc:  # `wacloud tenant`: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            where = exc.ctx.command_path if isinstance(exc, click_errors.UsageError) and exc.ctx \
+                else None
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            hint = f"; see `{where} --help`" if where else ""
+            typer.echo(f"error: {message}{hint}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -114,17 +141,30 @@ ApiBase = Annotated[str | None, typer.Option("--api-base-url",
 Mps = Annotated[int, typer.Option("--mps", help="Messages per second allowed on this number.")]
 
 
-def settings_for(data_dir: Path | None) -> Settings:
-    return load_settings(data_dir)
+def settings_for(data_dir: Path | None, *, must_exist: bool = True) -> Settings:
+    """The settings, with `--data-dir` applied. A command that reads or changes what is there
+    stops at once when there is no data dir (nor a registry URL), before it creates any file;
+    `init`, `tenant add`, `serve` and `worker` create it (`must_exist=False`; `doctor` and
+    `media url` check for themselves)."""
+    settings = load_settings(data_dir)
+    if must_exist and settings.registry_url is None and not settings.data_dir.is_dir():
+        fail(f"no data dir at {settings.data_dir.resolve()} (run `wacloud init`, or give "
+             "--data-dir or WACLOUD_DATA_DIR)")
+    return settings
+
+
+# Output goes to `sys.stdout` / `sys.stderr` as they are at the time: while a progress bar is
+# shown they are rich's proxies, which print above the bar (click's own stream would not).
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {message}", file=sys.stderr)
     raise typer.Exit(1)
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
-    typer.echo(json.dumps(data, ensure_ascii=False, default=str) if as_json else text)
+    typer.echo(json.dumps(data, ensure_ascii=False, default=str) if as_json else text,
+               file=sys.stdout)
 
 
 def is_tty(stream: Any = None) -> bool:
@@ -150,11 +190,14 @@ def emit_rows(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[s
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(*columns, title=title)
     for cell_row in cells if cells is not None else [line.split("\t") for line in lines]:
         shown = [str(cell) for cell in cell_row]
-        table.add_row(*(shown + [""] * (len(columns) - len(shown)))[:len(columns)])
+        # Text: values (message texts, reasons) are never read as rich markup.
+        table.add_row(*(Text(cell) for cell in
+                        (shown + [""] * (len(columns) - len(shown)))[:len(columns)]))
     Console().print(table)
 
 
@@ -165,19 +208,40 @@ def queue_broker(settings: Settings) -> QueueBroker:
                              open_media_store(settings.media, settings))
 
 
+class Advance:
+    """What `progress` yields: call it with the number of items done; `set_total` when the
+    count is known only once the work has started (e.g. the tenants of `migrate`)."""
+
+    def __init__(self, step: Callable[[int], None] | None = None,
+                 total: Callable[[int], None] | None = None) -> None:
+        self._step = step
+        self._total = total
+
+    def __call__(self, n: int) -> None:
+        if self._step is not None:
+            self._step(n)
+
+    def set_total(self, total: int) -> None:
+        if self._total is not None:
+            self._total(total)
 
 
 @contextlib.contextmanager
-def progress(description: str, total: int | None, as_json: bool
-             ) -> Iterator[Callable[[int], None]]:
-    """A progress bar (a spinner when `total` is None) on stderr, only when stderr is a
-    terminal and the output is not --json; yields `advance(n)`."""
+def progress(description: str, total: int | None, as_json: bool) -> Iterator[Advance]:
+    """A progress bar (a spinner while the total is unknown) on stderr, only when stderr is a
+    terminal and the output is not --json; yields an `Advance`.
+
+    Lines a command prints meanwhile go above the bar when stdout is the same terminal; piped
+    stdout is left alone (rich would otherwise send it to the bar's stream)."""
     if as_json or not is_tty(sys.stderr):
-        yield lambda _n: None
+        yield Advance()
         return
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import MofNCompleteColumn, Progress
 
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True,
+                  redirect_stdout=is_tty(sys.stdout)) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield Advance(lambda n: bar.advance(task, n),
+                      lambda n: bar.update(task, total=n))

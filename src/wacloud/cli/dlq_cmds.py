@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wacloud.adapters.queue.base import Queue
+from wacloud.adapters.queue.base import Queue, QueueMissing
 from wacloud.admin.operations import (
     dead_letter_summary,
     discard_dead_letters,
@@ -29,6 +29,7 @@ from wacloud.cli.common import (
     emit,
     emit_rows,
     fail,
+    progress,
     queue_broker,
     settings_for,
 )
@@ -69,7 +70,11 @@ def _with_queues(settings: Settings,
         finally:
             await broker.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except QueueMissing as exc:  # a broker provisioned beforehand (RabbitMQ, SQS)
+        fail(str(exc))
+        raise
 
 
 def _who(item: dict[str, Any]) -> list[str]:
@@ -122,11 +127,14 @@ def dlq_replay(ids: Ids = None, all_items: All = False, queue: QueueOpt = None,
     async def work(queues: dict[str, Queue]) -> list[str]:
         broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
         try:
-            return await replay_queue_dead_letters(broker, name, queues[name], chosen)
+            count = len(chosen) if chosen is not None else (await queues[name].depth())["dead"]
+            advance.set_total(count)
+            return await replay_queue_dead_letters(broker, name, queues[name], chosen, advance)
         finally:
             broker.close()
 
-    replayed = _with_queues(settings, work)
+    with progress(f"replaying dead letters of {name}", None, as_json) as advance:
+        replayed = _with_queues(settings, work)
     emit({"queue": name, "replayed": replayed}, as_json,
          f"replayed {len(replayed)} message(s) to {name}")
 

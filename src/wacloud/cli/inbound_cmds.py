@@ -4,18 +4,16 @@ demo."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from wacloud.adapters.db.registry.store import RegistryError
 from wacloud.adapters.db.tenant.views import list_messages, list_notices
-from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.admin.operations import (
     refetch_media,
     replay_parked,
@@ -31,6 +29,7 @@ from wacloud.cli.common import (
     media_app,
     parked_app,
     progress,
+    queue_broker,
     settings_for,
 )
 from wacloud.cli.queue_cmds import require_queues
@@ -58,7 +57,7 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus, resolve_auto_cpus
 
     limit_malloc_arenas()
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)
     configure_logging(settings)
     try:
         server_cpus, worker_cpus = resolve_auto_cpus(settings.server_cpus, settings.worker_cpus)
@@ -105,8 +104,10 @@ def worker(data_dir: DataDir = None,
                "--stages", help="comma-separated stage names (default: all)")] = None,
            metrics_port: Annotated[int | None, typer.Option(
                "--metrics-port", help="serve this worker's /metrics on 127.0.0.1:PORT")] = None,
-           parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None
-           ) -> None:
+           parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None,
+           as_json: Annotated[bool, typer.Option(
+               "--json", help="Print one JSON line when started (pid, stages, collect).")
+           ] = False) -> None:
     """Run the stages without the HTTP server (`serve` starts these itself)."""
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus
     from wacloud.hosting.worker import STAGES, die_with_parent, run_worker
@@ -117,7 +118,7 @@ def worker(data_dir: DataDir = None,
     names = tuple(n.strip() for n in stages.split(",") if n.strip()) if stages else None
     if names is not None and not set(names) <= set(STAGES):
         fail(f"unknown stage(s) {sorted(set(names) - set(STAGES))}; known: {sorted(STAGES)}")
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)
     configure_logging(settings)
     try:
         pin_to_cpus(settings.worker_cpus, unpin_if_empty=bool(settings.server_cpus))
@@ -130,8 +131,17 @@ def worker(data_dir: DataDir = None,
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="127.0.0.1")
+    if as_json:
+        emit({"worker": os.getpid(), "stages": list(names or STAGES), "collect": collect,
+              "data_dir": str(settings.data_dir)}, True, "")
+        sys.stdout.flush()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run_worker(settings, collect=collect, stages=names))
+
+
+def _media_suffix(row: dict[str, Any]) -> str:
+    # The line format scripts already read: ` [status key]`, the key possibly empty.
+    return f" [{row['media']['status']} {row['media']['key'] or ''}]" if row["media"] else ""
 
 
 @app.command()
@@ -140,23 +150,28 @@ def messages(tenant: Annotated[str, typer.Option("--tenant")],
                  "--direction", help="in or out")] = None,
              limit: Annotated[int, typer.Option("--limit")] = 1000,
              data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Messages stored for a tenant, one JSON object per line."""
+    """Messages stored for a tenant (a table on a terminal; --json: one object per line)."""
     if direction not in (None, "in", "out"):
         fail("--direction must be 'in' or 'out'")
     settings = settings_for(data_dir)
     broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
-    if not broker.has_tenant(tenant):
-        fail(f"unknown tenant {tenant!r}")
-    rows = list_messages(broker.tenant_store(tenant).engine, direction, limit)
-    for row in rows:
-        if as_json:
-            typer.echo(json.dumps(row, ensure_ascii=False, default=str))
-        else:
-            media = f" [{row['media']['status']} {row['media']['key'] or ''}]" if row[
-                "media"] else ""
-            typer.echo(f"{row['direction']:>3} {row['type']:<12} {row['from']} -> {row['to']}: "
-                       f"{row['text'] or ''}{media} ({row['status']})")
-    broker.close()
+    try:
+        if not broker.has_tenant(tenant):
+            fail(f"unknown tenant {tenant!r}")
+        rows = list_messages(broker.tenant_store(tenant).engine, direction, limit)
+    finally:
+        broker.close()
+
+    def media(row: dict[str, Any]) -> str:
+        return f"{row['media']['status']} {row['media']['key'] or ''}".strip() if row[
+            "media"] else ""
+
+    emit_rows(rows, as_json, ["id", "dir", "type", "from", "to", "text", "media", "status"],
+              [f"{row['direction']:>3} {row['type']:<12} {row['from']} -> {row['to']}: "
+               f"{row['text'] or ''}{_media_suffix(row)} "
+               f"({row['status']})" for row in rows],
+              cells=[[row["id"], row["direction"], row["type"], row["from"], row["to"],
+                      row["text"] or "", media(row), row["status"]] for row in rows])
 
 
 @app.command()
@@ -167,16 +182,21 @@ def notices(tenant: Annotated[str, typer.Option("--tenant")],
     and template updates): the latest ones, oldest first."""
     settings = settings_for(data_dir)
     broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
-    if not broker.has_tenant(tenant):
-        fail(f"unknown tenant {tenant!r}")
-    for row in list_notices(broker.tenant_store(tenant).engine, limit):
-        if as_json:
-            typer.echo(json.dumps(row, ensure_ascii=False, default=str))
-        else:
-            errors = "; ".join(f"{e.get('code')} {e.get('reason')}" for e in row["errors"])
-            typer.echo(f"{row['received_at']} {row['provider']} {row['channel']} "
-                       f"{row['field']}: {errors or '(no errors)'}")
-    broker.close()
+    try:
+        if not broker.has_tenant(tenant):
+            fail(f"unknown tenant {tenant!r}")
+        rows = list_notices(broker.tenant_store(tenant).engine, limit)
+    finally:
+        broker.close()
+
+    def errors(row: dict[str, Any]) -> str:
+        return "; ".join(f"{e.get('code')} {e.get('reason')}" for e in row["errors"])
+
+    emit_rows(rows, as_json, ["received at", "provider", "channel", "field", "errors"],
+              [f"{row['received_at']} {row['provider']} {row['channel']} "
+               f"{row['field']}: {errors(row) or '(no errors)'}" for row in rows],
+              cells=[[row["received_at"], row["provider"], row["channel"], row["field"],
+                      errors(row) or "(no errors)"] for row in rows])
 
 
 @parked_app.callback(invoke_without_command=True)
@@ -206,7 +226,7 @@ def parked_replay(item_id: Annotated[int | None, typer.Argument()] = None,
         fail(str(exc))
 
     async def run(advance: Callable[[int], None]) -> list[int]:
-        broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+        broker = queue_broker(settings)
         try:
             raw = broker.queue(queue_specs(settings)[envelopes.INBOUND_RAW])
             return await replay_parked(registry, raw, items, advance)
@@ -230,7 +250,7 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
     statuses = ["failed", "pending"] if include_pending else ["failed"]
 
     async def run() -> int:
-        queues = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
+        queues = queue_broker(settings)
         try:
             media = queues.queue(queue_specs(settings)[envelopes.INBOUND_MEDIA])
             return await refetch_media(broker, tenant, media, statuses)
@@ -247,8 +267,11 @@ def demo(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".wacloud-
          port: Annotated[int, typer.Option("--port")] = 8080,
          internal_port: Annotated[int, typer.Option(
              "--internal-port", help="port of /metrics on 127.0.0.1")] = 8081,
-         keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True) -> None:
+         keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit")] = True,
+         as_json: Annotated[bool, typer.Option(
+             "--json", help="No narration: one JSON object with what was stored and sent, "
+             "the ids and each step's seconds.")] = False) -> None:
     """Run the embedded gateway with the fake provider and show a message going in and out."""
     from wacloud.hosting.demo import run_demo
 
-    sys.exit(run_demo(data_dir, port, keep_serving, internal_port))
+    sys.exit(run_demo(data_dir, port, keep_serving, internal_port, as_json))

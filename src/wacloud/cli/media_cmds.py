@@ -34,7 +34,7 @@ def url(key: Annotated[str, typer.Argument(help="A stored media key (a message's
             help="Seconds the URL stays valid (S3; a file:// URL does not expire).")] = 3600,
         data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Print a URL to fetch one media object (presigned on S3)."""
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)  # S3 media needs no data dir
     if settings.media_url is None and not settings.data_dir.is_dir():
         fail(f"no data dir at {settings.data_dir} (run `wacloud init`)")
     try:

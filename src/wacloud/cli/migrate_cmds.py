@@ -11,7 +11,7 @@ from wacloud.adapters.db.errors import failure_reason
 from wacloud.adapters.db.migrate import HEAD, UnknownRevisionError
 from wacloud.adapters.db.registry.store import RegistryError
 from wacloud.adapters.db.upgrade import migrate_all
-from wacloud.cli.common import DataDir, JsonOut, app, emit, fail, settings_for
+from wacloud.cli.common import DataDir, JsonOut, app, emit, fail, progress, settings_for
 
 
 @app.command()
@@ -32,10 +32,14 @@ def migrate(
     settings = settings_for(data_dir)
     failed = False
     try:
-        for result in migrate_all(settings, tenant=tenant, dry_run=dry_run,
-                                  registry_to=registry_to, tenant_to=tenant_to):
-            failed = failed or result.error is not None
-            emit(result.summary(), as_json, result.text())
+        with progress("checking databases" if dry_run else "migrating databases", None,
+                      as_json) as advance:
+            for result in migrate_all(settings, tenant=tenant, dry_run=dry_run,
+                                      registry_to=registry_to, tenant_to=tenant_to,
+                                      on_count=advance.set_total):
+                failed = failed or result.error is not None
+                emit(result.summary(), as_json, result.text())
+                advance(1)
     except (RegistryError, UnknownRevisionError) as exc:
         fail(str(exc))
     except sa.exc.SQLAlchemyError as exc:  # the registry itself could not be read

@@ -40,10 +40,11 @@ def _section(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) 
     if is_tty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(*columns, title=title, title_justify="left")
-        for row in rows:
-            table.add_row(*(str(cell) for cell in row))
+        for row in rows:  # Text: values (reasons, URLs) are never read as markup
+            table.add_row(*(Text(str(cell)) for cell in row))
         Console().print(table)
         return
     typer.echo(f"{title}:")
@@ -54,11 +55,31 @@ def _section(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) 
                    .rstrip())
 
 
+def _rate(channel: dict[str, Any], direction: str) -> str:
+    """`1h / 5m` messages per minute."""
+    if not channel["reachable"]:
+        return "?"
+    return (f"{channel[f'{direction}_per_min_last_hour']:g} / "
+            f"{channel[f'{direction}_per_min_last_5m']:g}")
+
+
+def _errors(channel: dict[str, Any]) -> str:
+    if not channel["reachable"]:
+        return "database unreachable"
+    shown = ", ".join(f"{code} x{n}" for code, n in channel["errors_by_code"].items())
+    return shown or "-"
+
+
 def _print_status(report: StatusReport) -> None:
     if report.channels:
-        _section("channels", ["id", "tenant", "provider", "channel", "state"],
+        _section("channels (in/min, out/min: last hour / last 5 minutes; failed and "
+                 "errors by code: last hour)",
+                 ["id", "tenant", "provider", "channel", "state", "in/min", "out/min",
+                  "failed", "errors"],
                  [[c["id"], c["tenant"], c["provider"], c["key"],
-                   f"PAUSED: {c['pause_reason']}" if c["paused"] else "active"]
+                   f"PAUSED: {c['pause_reason']}" if c["paused"] else "active",
+                   _rate(c, "in"), _rate(c, "out"),
+                   c["failed_last_hour"] if c["reachable"] else "?", _errors(c)]
                   for c in report.channels])
     else:
         typer.echo("channels: none (add one with `wacloud channel add`)")
@@ -98,9 +119,6 @@ def status(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """One screen: channels, queues, outboxes, parked items and problems (a database that is
     down, paused channels, dead letters, stage workers of a running serve)."""
     settings = settings_for(data_dir)
-    if settings.registry_url is None and not settings.data_dir.is_dir():
-        fail(f"no data dir at {settings.data_dir.resolve()} (run `wacloud init`, or give "
-             "--data-dir)")
     report = gather_status(settings)
     if as_json:
         emit(report.to_json(), True, "")
@@ -109,6 +127,18 @@ def status(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 
 
 def _print_checks(checks: list[Check]) -> None:
+    if is_tty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table("", "check", "detail", "fix")
+        for check in checks:  # Text: a URL like http://[::1] is not markup
+            table.add_row(Text("ok") if check.ok else Text("FAIL", style="bold red"),
+                          Text(check.name), Text(check.detail),
+                          Text("" if check.ok else check.fix or ""))
+        Console().print(table)
+        return
     for check in checks:
         typer.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
         if not check.ok and check.fix:
@@ -125,7 +155,7 @@ def doctor(public_url: Annotated[str | None, typer.Option(
            data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Check settings, keys, databases, the queue, tokens and the webhook URL; print each
     problem with its fix; exit code 1 when any check fails."""
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)  # a missing one is a finding
     if public_url is not None:
         try:
             public_url = api_base_url(public_url, allow_http=settings.dev_allow_local_urls)

@@ -71,8 +71,6 @@ async def _context(settings: Settings) -> AsyncIterator[PrivacyContext]:
 
 def _run(data_dir: Path | None, action: Callable[[PrivacyContext], Awaitable[T]]) -> T:
     settings = settings_for(data_dir)
-    if not settings.data_dir.is_dir():
-        fail(f"no data dir at {settings.data_dir} (run `wacloud init`)")
 
     async def run() -> T:
         async with _context(settings) as ctx:
@@ -119,18 +117,27 @@ def export(tenant: Tenant, contact: ContactOpt,
            output: Annotated[Path | None, typer.Option(
                "--output", "-o", help="Write to this file (mode 0600) instead of stdout.")
            ] = None,
-           data_dir: DataDir = None) -> None:
+           data_dir: DataDir = None,
+           as_json: Annotated[bool, typer.Option(
+               "--json", help="The document on one line; with --output, "
+               "{\"exported\": FILE} on stdout.")] = False) -> None:
     """Everything stored about a contact in a tenant, as one JSON document (right of access)."""
     data = _run(data_dir, lambda ctx: export_contact(ctx, tenant, contact))
-    text = json.dumps(data, ensure_ascii=False, indent=2, default=str)
+    text = json.dumps(data, ensure_ascii=False, indent=None if as_json else 2, default=str)
     if output is None:
         typer.echo(text)
         return
     # Personal data: readable by the operator only, from the moment the file exists.
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror}")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")
-    typer.echo(f"exported to {output}", err=True)
+    if as_json:
+        emit({"exported": str(output)}, True, "")
+    else:
+        typer.echo(f"exported to {output}", err=True)
 
 
 @privacy_app.command("purge")
@@ -147,8 +154,13 @@ def purge(tenant: Annotated[str | None, typer.Option(
     if not results:
         typer.echo("no tenant has a retention period" if tenant is None
                    else f"tenant {tenant} has no retention period")
-    for slug, counts in results.items():
-        typer.echo(f"{slug}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return
+    emit_rows([{"tenant": slug, **counts} for slug, counts in results.items()], False,
+              ["tenant", "purged"],
+              [f"{slug}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+               for slug, counts in results.items()],
+              cells=[[slug, ", ".join(f"{k} {v}" for k, v in counts.items())]
+                     for slug, counts in results.items()])
 
 
 @privacy_app.command("retention")

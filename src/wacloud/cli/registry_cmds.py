@@ -41,7 +41,7 @@ MediaHosts = Annotated[list[str] | None, typer.Option(
 @app.command()
 def init(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Create the data dir, the registry DB and an encryption key if none exists."""
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)
     created = init_data_dir(settings)
     emit({"data_dir": str(settings.data_dir.resolve()), "key_created": created}, as_json,
          f"initialized {settings.data_dir.resolve()}"
@@ -54,7 +54,7 @@ def tenant_add(slug: str, db_url: Annotated[str | None, typer.Option(
         data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Add a tenant (its database is reached and migrated first: if it cannot be, nothing is
     registered)."""
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=False)
     init_data_dir(settings)
     registry = open_registry(settings)
     try:
@@ -74,7 +74,9 @@ def tenant_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     registry = open_registry(settings_for(data_dir))
     found = registry.tenants()
     emit_rows([{"id": t.id, "slug": t.slug, "own_db": t.db_url is not None} for t in found],
-              as_json, ["tenant"], [t.slug for t in found])
+              as_json, ["id", "tenant", "database"], [t.slug for t in found],
+              cells=[[t.id, t.slug, "own" if t.db_url else "SQLite file in the data dir"]
+                     for t in found])
 
 
 def _validated(settings: Settings, values: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,13 @@ Every stage gets credentials only through here. It serves lookups from an in-mem
 of the registry that is rebuilt when the registry's change counter moves (polled every
 `registry_poll_s`) and at the latest every `credentials_cache_s`, so a CLI change reaches a
 running gateway within seconds and a stale entry can never live long.
+
+Tenant databases are opened on first use and kept open, within bounds, so that 1,000 tenants
+on one database server do not hold thousands of connections: each tenant's engine pools at
+most `tenant_pool_size` connections, at most `tenant_engines_max` engines are open at once (a
+new one closes the least recently used idle one), and an engine unused for `tenant_idle_close_s`
+is closed (`close_idle`, run by `watch`). A closed tenant is opened again when next needed,
+without migrating again.
 """
 
 from __future__ import annotations
@@ -17,15 +24,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.pool import QueuePool
+
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.errors import TroubleLog
 from wacloud.adapters.db.registry.api_keys import ApiKey, active_key_hashes, hash_key
 from wacloud.adapters.db.registry.store import Registry
 from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.domain.model import Channel, Provider
+from wacloud.providers import PROVIDERS, port
+from wacloud.providers.base import WebhookAuth
 from wacloud.security.crypto import SecretBox
 
 log = logging.getLogger(__name__)
+# Alembic keeps the running migration in module globals (`alembic.op`, `alembic.context`):
+# two migrations in one process at once would mix up their databases.
+_MIGRATIONS = threading.Lock()
+
+# Providers whose webhooks are signed with an app secret (Meta): their channels' app secrets
+# are kept apart, per provider, to check signatures with.
+SIGNED_BODY = tuple(provider for provider, found in PROVIDERS.items()
+                    if found.webhook_auth is WebhookAuth.SIGNED_BODY)
 
 
 @dataclass(slots=True)
@@ -35,19 +54,35 @@ class Snapshot:
     by_key: dict[tuple[Provider, str], Channel] = field(default_factory=dict)
     by_waba: dict[str, list[Channel]] = field(default_factory=dict)
     tenant_urls: dict[str, str | None] = field(default_factory=dict)
-    meta_app_secrets: list[str] = field(default_factory=list)
-    # Set when every Meta channel (and the global setting) uses one app secret: the usual
-    # single-app deployment, where a signature can be checked without parsing the payload.
-    uniform_meta_secret: str | None = None
+    # Per signed-body provider (Meta): every app secret its channels have.
+    app_secrets: dict[Provider, list[str]] = field(default_factory=dict)
+    # A signed-body provider is here when every one of its channels (and the global setting)
+    # uses one app secret: the usual single-app deployment, where a signature can be checked
+    # without parsing the payload.
+    uniform_app_secret: dict[Provider, str] = field(default_factory=dict)
     by_tenant: dict[str, dict[str, Channel]] = field(default_factory=dict)
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _OpenStore:
+    url: str | None  # the registry's URL for the tenant (None: its SQLite file)
+    store: TenantStore
+    last_used: float
+
+
+def _busy(store: TenantStore) -> bool:
+    """A connection of the store's pool is in use (closing it now would not free that one)."""
+    pool = store.engine.pool
+    return isinstance(pool, QueuePool) and pool.checkedout() > 0
 
 
 class CredentialsBroker:
     def __init__(self, registry: Registry, *, tenants_dir: Path, cache_seconds: float = 30.0,
                  global_meta_app_secret: str | None = None,
                  key_loader: Callable[[], SecretBox] | None = None,
-                 sqlite_busy_timeout_s: float = 30.0) -> None:
+                 sqlite_busy_timeout_s: float = 30.0, tenant_pool_size: int = 4,
+                 tenant_engines_max: int = 64, tenant_idle_close_s: float = 300.0) -> None:
         self.registry = registry
         # How long a write to a tenant's SQLite file waits for a lock another process holds.
         self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
@@ -56,8 +91,15 @@ class CredentialsBroker:
         self.global_meta_app_secret = global_meta_app_secret
         self._key_loader = key_loader
         self._snapshot = Snapshot()
-        self._stores: dict[str, tuple[str | None, TenantStore]] = {}
-        self._lock = threading.Lock()
+        self.tenant_pool_size = tenant_pool_size
+        self.tenant_engines_max = max(tenant_engines_max, 1)
+        self.tenant_idle_close_s = tenant_idle_close_s
+        self._stores: dict[str, _OpenStore] = {}
+        # (slug, engine URL) brought to the schema's head by this process: reopening a closed
+        # tenant does not run the migrations' checks again.
+        self._migrated: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()  # guards `_stores`, held only briefly
+        self._opening: dict[str, threading.Lock] = {}  # one per tenant being opened
         self._last_miss_refresh = 0.0
 
     # -- snapshot --------------------------------------------------------------------------
@@ -77,21 +119,21 @@ class CredentialsBroker:
             new.tenant_urls[tenant.slug] = tenant.db_url
             new.by_tenant[tenant.slug] = {}
         new.api_keys = active_key_hashes(self.registry)
-        secrets: list[str] = []
+        new.app_secrets = {provider: [] for provider in SIGNED_BODY}
         for channel in self.registry.channels():
             new.by_key[(channel.provider, channel.key)] = channel
             new.by_tenant.setdefault(channel.tenant, {})[channel.key] = channel
             if channel.waba_id:
                 new.by_waba.setdefault(channel.waba_id, []).append(channel)
-            if (channel.provider is Provider.META and channel.app_secret
-                    and channel.app_secret not in secrets):
+            secrets = new.app_secrets.get(channel.provider)
+            if secrets is not None and channel.app_secret and channel.app_secret not in secrets:
                 secrets.append(channel.app_secret)
-        new.meta_app_secrets = secrets
-        every_secret = {c.app_secret for c in new.by_key.values() if c.provider is Provider.META}
-        if self.global_meta_app_secret:
-            every_secret.add(self.global_meta_app_secret)
-        if len(every_secret) == 1 and None not in every_secret and "" not in every_secret:
-            new.uniform_meta_secret = every_secret.pop()
+        for provider in SIGNED_BODY:
+            every_secret = {c.app_secret for c in new.by_key.values() if c.provider is provider}
+            if self.global_meta_app_secret:
+                every_secret.add(self.global_meta_app_secret)
+            if len(every_secret) == 1 and None not in every_secret and "" not in every_secret:
+                new.uniform_app_secret[provider] = str(every_secret.pop())
         self._snapshot = new
         return True
 
@@ -109,6 +151,10 @@ class CredentialsBroker:
                 trouble.failed("the registry", "credentials refresh", exc)
             else:
                 trouble.succeeded("the registry")
+            try:
+                await asyncio.to_thread(self.close_idle)
+            except Exception:  # closing is best effort; the next round tries again
+                log.exception("closing idle tenant databases failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
@@ -116,51 +162,59 @@ class CredentialsBroker:
 
     def channel(self, provider: Provider, key: str, account_key: str | None = None
                 ) -> Channel | None:
-        """The channel a provider id routes to; Meta falls back to the WABA id."""
+        """The channel a provider id routes to; a provider that `routes_by_account` (Meta)
+        falls back to the account id (the WABA id) when it has a single channel."""
         self.ensure_fresh()
         snap = self._snapshot
         found = snap.by_key.get((provider, key))
-        if found is None and account_key and provider is Provider.META:
+        if found is None and account_key and port(provider).routes_by_account:
             candidates = [c for c in snap.by_waba.get(account_key, [])
-                          if c.provider is Provider.META]
+                          if c.provider is provider]
             if len(candidates) == 1:
                 found = candidates[0]
         return found
 
-    def meta_secrets_for(self, phone_number_ids: set[str], waba_ids: set[str]) -> list[str]:
-        """App secrets that may sign a Meta payload naming these ids: the named channels'
-        secrets if any is known, else every configured secret (the payload is then parked)."""
+    def app_secrets_for(self, provider: Provider, channel_keys: set[str],
+                        account_keys: set[str]) -> list[str]:
+        """App secrets that may sign a signed-body provider's payload naming these channel
+        keys (Meta: phone number ids) and account ids (WABA ids): the named channels' secrets
+        if any is known, else every configured secret (the payload is then parked); the
+        global one (`WACLOUD_META_APP_SECRET`) last."""
         self.ensure_fresh()
         snap = self._snapshot
         named: list[str] = []
-        for pnid in phone_number_ids:
-            channel = snap.by_key.get((Provider.META, pnid))
+        for key in channel_keys:
+            channel = snap.by_key.get((provider, key))
             if channel and channel.app_secret and channel.app_secret not in named:
                 named.append(channel.app_secret)
-        for waba in waba_ids:
-            for channel in snap.by_waba.get(waba, []):
-                if channel.app_secret and channel.app_secret not in named:
+        for account in account_keys:
+            for channel in snap.by_waba.get(account, []):
+                if (channel.provider is provider and channel.app_secret
+                        and channel.app_secret not in named):
                     named.append(channel.app_secret)
-        pool = named if named or self._names_known(phone_number_ids, waba_ids) else list(
-            snap.meta_app_secrets)
+        pool = named if named or self._names_known(provider, channel_keys, account_keys) else (
+            list(snap.app_secrets.get(provider, ())))
         if self.global_meta_app_secret:
             pool = [*pool, self.global_meta_app_secret]
         return pool
 
-    def uniform_meta_secret(self) -> str | None:
-        """The one app secret every Meta payload must be signed with, if there is just one."""
+    def uniform_app_secret(self, provider: Provider) -> str | None:
+        """The one app secret every payload of a signed-body provider must be signed with, if
+        there is just one."""
         self.ensure_fresh()
-        return self._snapshot.uniform_meta_secret
+        return self._snapshot.uniform_app_secret.get(provider)
 
-    def _names_known(self, phone_number_ids: set[str], waba_ids: set[str]) -> bool:
+    def _names_known(self, provider: Provider, channel_keys: set[str],
+                     account_keys: set[str]) -> bool:
         snap = self._snapshot
-        return any((Provider.META, p) in snap.by_key for p in phone_number_ids) or any(
-            w in snap.by_waba for w in waba_ids)
+        return any((provider, k) in snap.by_key for k in channel_keys) or any(
+            a in snap.by_waba for a in account_keys)
 
-    def meta_verify_tokens(self) -> list[str]:
+    def verify_tokens(self, provider: Provider) -> list[str]:
+        """The verify tokens of a signed-body provider's channels (its GET handshake)."""
         self.ensure_fresh()
         return [c.verify_token for c in self._snapshot.by_key.values()
-                if c.provider is Provider.META and c.verify_token]
+                if c.provider is provider and c.verify_token]
 
     def tenant_channel(self, tenant: str, key: str) -> Channel | None:
         """A tenant's own channel by its provider id: a tenant can only send through its own."""
@@ -213,8 +267,10 @@ class CredentialsBroker:
         """`tenant_store` for stages: the cached store at once, a thread only to open one."""
         snap = self._snapshot
         cached = self._stores.get(slug)
-        if cached is not None and slug in snap.tenant_urls and cached[0] == snap.tenant_urls[slug]:
-            return cached[1]
+        if (cached is not None and slug in snap.tenant_urls
+                and cached.url == snap.tenant_urls[slug] and not cached.store.closed):
+            cached.last_used = time.monotonic()
+            return cached.store
         return await asyncio.to_thread(self.tenant_store, slug)
 
     def tenant_store(self, slug: str) -> TenantStore:
@@ -227,20 +283,86 @@ class CredentialsBroker:
         url = self._snapshot.tenant_urls[slug]
         with self._lock:
             cached = self._stores.get(slug)
-            if cached is not None and cached[0] == url:
-                return cached[1]
-            engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
-            self.tenants_dir.mkdir(parents=True, exist_ok=True)
-            store = TenantStore(slug, create_engine(
-                engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s))
-            store.create_schema()
-            if cached is not None:
-                cached[1].close()
-            self._stores[slug] = (url, store)
+            if cached is not None and cached.url == url and not cached.store.closed:
+                cached.last_used = time.monotonic()
+                return cached.store
+            opening = self._opening.setdefault(slug, threading.Lock())
+        # Opening (a connection, maybe the migrations) holds only this tenant's lock: a
+        # database that hangs must not hold up the other tenants' look-ups.
+        with opening:
+            with self._lock:
+                cached = self._stores.get(slug)
+                if cached is not None and cached.url == url and not cached.store.closed:
+                    cached.last_used = time.monotonic()
+                    return cached.store
+            store = self._open(slug, url)
+            with self._lock:
+                replaced = self._stores.get(slug)
+                self._stores[slug] = _OpenStore(url, store, time.monotonic())
+                self._evict_over_cap(keep=slug)
+            if replaced is not None and replaced.store is not store:
+                replaced.store.close()
             return store
+
+    def _open(self, slug: str, url: str | None) -> TenantStore:
+        engine_url = url or f"sqlite:///{(self.tenants_dir / f'{slug}.db').resolve()}"
+        self.tenants_dir.mkdir(parents=True, exist_ok=True)
+        store = TenantStore(slug, create_engine(
+            engine_url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s,
+            pool_size=self.tenant_pool_size, max_overflow=0))
+        if (slug, engine_url) not in self._migrated:
+            try:
+                # Connect first, outside the lock below: a database that hangs holds up
+                # only its own tenant.
+                with store.engine.connect():
+                    pass
+                with _MIGRATIONS:
+                    store.create_schema()
+            except BaseException:
+                store.close()
+                raise
+            self._migrated.add((slug, engine_url))
+        return store
+
+    def _evict_over_cap(self, keep: str) -> None:
+        """Close least recently used stores until at most `tenant_engines_max` are open. A
+        store with a connection in use is passed over (the cap is exceeded until it is idle:
+        closing it would not free that connection). Called with `_lock` held."""
+        excess = len(self._stores) - self.tenant_engines_max
+        if excess <= 0:
+            return
+        by_age = sorted((entry.last_used, slug) for slug, entry in self._stores.items()
+                        if slug != keep)
+        for _, slug in by_age:
+            if excess <= 0:
+                break
+            entry = self._stores[slug]
+            if _busy(entry.store):
+                continue
+            del self._stores[slug]
+            entry.store.close()
+            excess -= 1
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close the stores unused for `tenant_idle_close_s`; returns how many."""
+        now = time.monotonic() if now is None else now
+        closed = 0
+        with self._lock:
+            for slug, entry in list(self._stores.items()):
+                if now - entry.last_used >= self.tenant_idle_close_s and not _busy(entry.store):
+                    del self._stores[slug]
+                    entry.store.close()
+                    closed += 1
+        if closed:
+            log.debug("closed %d idle tenant databases", closed)
+        return closed
+
+    def open_tenant_count(self) -> int:
+        """How many tenant databases this broker holds open."""
+        return len(self._stores)
 
     def close(self) -> None:
         with self._lock:
-            for _, store in self._stores.values():
-                store.close()
+            for entry in self._stores.values():
+                entry.store.close()
             self._stores.clear()

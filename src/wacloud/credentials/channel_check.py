@@ -1,8 +1,6 @@
-"""Does a channel's token still work? One cheap read call to its provider, nothing sent.
-
-- Meta: `GET /{version}/{phone_number_id}?fields=id` on the Graph API;
-- Chakra: the same Graph read through the channel's plugin (`/v1/ext/plugin/whatsapp/{id}/api`);
-- Whapi: `GET /health` of the channel.
+"""Does a channel's token still work? One cheap read call to its provider, nothing sent
+(the provider's `number_check_request`: Meta's Graph read of the number, the same through a
+Chakra plugin, Whapi's `GET /health`).
 
 200 means the token opens the number; 401, or Meta error 190 (any status), means it does not
 (replace it with `wacloud channel set-token`); a 403 or a Meta permission error (10, 200-299)
@@ -13,13 +11,12 @@ and Meta's error code.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote
 
 from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient
-from wacloud.domain.model import Channel, Provider, ProviderRequest
+from wacloud.domain.model import Channel
+from wacloud.providers import port
 
 Verdict = Literal["valid", "invalid", "no_permission", "unknown"]
 
@@ -41,31 +38,9 @@ class TokenCheck:
                 "error_code": self.error_code, "detail": self.detail, "fix": self.fix}
 
 
-def token_check_request(channel: Channel) -> ProviderRequest:
-    headers = {"Authorization": f"Bearer {channel.token}"}
-    if channel.provider is Provider.WHAPI:
-        return ProviderRequest(method="GET", url=f"{channel.base_url}/health", headers=headers)
-    number = quote(channel.phone_number_id or channel.key, safe="")
-    if channel.provider is Provider.CHAKRA:
-        base = (f"{channel.base_url}/v1/ext/plugin/whatsapp/{quote(channel.key, safe='')}"
-                f"/api/{channel.graph_version}")
-    else:
-        base = f"{channel.base_url}/{channel.graph_version}"
-    return ProviderRequest(method="GET", url=f"{base}/{number}?fields=id", headers=headers)
-
-
-def _meta_error_code(body: bytes) -> int | None:
-    try:
-        error = json.loads(body).get("error")
-        code = error.get("code") if isinstance(error, dict) else None
-    except (ValueError, AttributeError):
-        return None
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
 def judge(channel: Channel, status: int, body: bytes) -> TokenCheck:
-    """The verdict on the provider's answer to `token_check_request`."""
-    code = None if channel.provider is Provider.WHAPI else _meta_error_code(body)
+    """The verdict on the provider's answer to its `number_check_request`."""
+    code = port(channel.provider).check_error_code(body)
     replace = (f"replace the token: wacloud channel set-token {channel.id} --token -  "
                "(reads it from standard input)")
     if 200 <= status < 300:
@@ -88,7 +63,8 @@ async def check_token(channel: Channel, client: ProviderClient, timeout: float =
                       ) -> TokenCheck:
     """Ask the provider whether the channel's token works (one read call)."""
     try:
-        response = await client.perform(token_check_request(channel), timeout)
+        response = await client.perform(port(channel.provider).number_check_request(channel),
+                                         timeout)
     except ProviderCallError as exc:
         return TokenCheck("unknown", None, None, f"no answer from the provider ({exc.kind})",
                           f"check that {channel.base_url} is reachable from here")

@@ -27,6 +27,7 @@ from wacloud.adapters.db.registry.store import Registry, RegistryError
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import Channel, Provider
 from wacloud.observability.metrics import CREDENTIALS_UNAUTHENTICATED
+from wacloud.providers import port
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -116,7 +117,7 @@ class CredentialsService:
     def _find(self, provider: Provider, lookup_id: str) -> Channel | None:
         # Cheap when nothing changed (one version read); a Lambda has no background watcher.
         self.broker.refresh()
-        account = lookup_id if provider is Provider.META else None
+        account = lookup_id if port(provider).routes_by_account else None
         channel = self.broker.channel(provider, lookup_id, account)
         if channel is None and self.broker.refresh_after_miss():
             channel = self.broker.channel(provider, lookup_id, account)
@@ -130,7 +131,7 @@ class CredentialsService:
 
 def credentials_body(channel: Channel, db_url: str) -> dict[str, Any]:
     number = channel.phone_number_id or (
-        channel.key if channel.provider is Provider.META else None)  # a Meta key is the number
+        channel.key if port(channel.provider).key_is_number else None)
     return {"tenant": channel.tenant, "channel": channel.key, "channel_id": channel.id,
             "provider": channel.provider.value, "phone_number_id": number,
             "waba_id": channel.waba_id, "base_url": channel.base_url,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 JSON = dict[str, Any]
 
@@ -288,11 +288,10 @@ class Channel:
     verify_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
 
-    DEFAULT_BASE_URLS = {
-        Provider.META: "https://graph.facebook.com",
-        Provider.WHAPI: "https://gate.whapi.cloud",
-        Provider.CHAKRA: "https://api.chakrahq.com",
-    }
+    # Each provider's API origin, for channels that set no `api_base_url`: filled by the
+    # provider registry (`wacloud.providers`, from each port's `default_base_url`), so this
+    # module names no provider.
+    DEFAULT_BASE_URLS: ClassVar[dict[Provider, str]] = {}
 
     @property
     def base_url(self) -> str:

@@ -122,7 +122,7 @@ def submission_view(row: Any) -> dict[str, Any]:
             "expires_at": expires.isoformat() if expires is not None else None}
 
 
-def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None], *,
+def api_routes(broker: CredentialsBroker, wake_collector: Callable[[str], None], *,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> list[Route]:
     async def submit(request: Request) -> Response:
         key = await authenticate(request, broker)
@@ -162,7 +162,7 @@ def api_routes(broker: CredentialsBroker, wake_collector: Callable[[], None], *,
         if not created:
             return JSONResponse(submission_view(row), status_code=200,
                                 headers={"Idempotent-Replayed": "true", "X-Trace-Id": trace})
-        wake_collector()
+        wake_collector(key.tenant)
         log.debug("message submitted", extra={
             "trace_id": trace, "tenant": key.tenant, "channel": submission.channel,
             "message_id": row["id"], "stage": "api"})

@@ -1,9 +1,9 @@
-"""The HTTP apps. Public (the webhook port): provider webhooks (the plain-ASGI hot path in
-`webhooks.py`), the Meta verification handshake, the tenant API, the admin API with
-`/openapi.json` (`wacloud.admin.api`), the dashboard at `/ui` (`wacloud.ui`) and health.
-Internal (its own listener, 127.0.0.1:8081 by default): metrics and the credentials
-endpoint, which must not be reachable where Meta and the tenants are; health answers there
-too. Thin: checks, queues, answers."""
+"""The HTTP apps. Public (the webhook port): provider webhooks and their verification
+handshakes (all of `/webhooks/*`, the plain-ASGI hot path in `webhooks.py`), the tenant API,
+the admin API with `/openapi.json` (`wacloud.admin.api`), the dashboard at `/ui`
+(`wacloud.ui`) and health. Internal (its own listener, 127.0.0.1:8081 by default): metrics and
+the credentials endpoint, which must not be reachable where Meta and the tenants are; health
+answers there too. Thin: checks, queues, answers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wacloud import __version__
@@ -26,7 +26,6 @@ from wacloud.hosting.internal import internal_routes
 from wacloud.hosting.webhooks import ASGIApp, WebhookReceiver
 from wacloud.observability.metrics import render
 from wacloud.stages import envelopes
-from wacloud.stages.ingest import meta_verify_challenge
 from wacloud.ui.app import UiContext, ui_routes
 from wacloud.ui.sessions import SessionStore
 
@@ -48,14 +47,6 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
     gate = IngestGate(raw_queue.holds_at_least if isinstance(raw_queue, SqliteQueue)
                       else lambda _limit: False, settings.data_dir,
                       settings.inbound_queue_limit, settings.min_free_disk_mb)
-
-    async def meta_verify(request: Request) -> Response:
-        params = request.query_params
-        challenge = meta_verify_challenge(params.get("hub.mode"), params.get("hub.verify_token"),
-                                          params.get("hub.challenge"), broker)
-        if challenge is None:
-            return PlainTextResponse("forbidden", status_code=403)
-        return PlainTextResponse(challenge)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -92,9 +83,8 @@ def create_apps(gateway: Gateway, workers: Callable[[], list[dict[str, object]]]
         gateway.settings.data_dir, gateway.settings.tenants_dir, gateway.send_http,
         allow_http=gateway.settings.dev_allow_local_urls)
     routes = [
-        Route("/webhooks/meta", meta_verify, methods=["GET"]),
         *health,
-        *api_routes(broker, gateway.collect_wake.set,
+        *api_routes(broker, gateway.wake_collector,
                     max_body_bytes=gateway.settings.api_max_body_bytes),
         *admin_routes(admin),
         *ui_routes(UiContext(admin, gateway.media_store, SessionStore())),

@@ -1,33 +1,36 @@
 """Webhook receivers as plain ASGI: the hot path, kept free of framework layers.
 
-`POST /webhooks/meta`, `/webhooks/whapi/{channel_id}` and `/webhooks/chakra/{plugin_id}` are
-answered here; every other request goes to the Starlette app. A webhook is answered 200 only
-after its raw body is durably queued (the SQLite queue's group commit makes that cheap under
-concurrency), so a crash right after the answer loses nothing; while the queue is full or
-the disk nearly so (`hosting.backpressure`) it is answered 503 with Retry-After. A signed Meta
-body of another product (`object` "page", "instagram", ...) is answered 200 and only counted, unless
-`WACLOUD_PARK_OTHER_META_OBJECTS` asks to queue (and so park) it. Measured with `bench/ingest.py`:
-routing through Starlette cost about a fifth of the CPU of each webhook.
+All of `/webhooks/*` is answered here, for every provider of the registry
+(`wacloud.providers.PROVIDERS`), by how it authenticates its webhooks: a signed-body
+provider's path (`POST /webhooks/meta`, and its GET verification handshake) or a
+channel-secret provider's per-channel path (`POST /webhooks/whapi/{channel_id}`,
+`/webhooks/chakra/{plugin_id}`). Every other request goes to the Starlette app.
+
+A webhook is answered 200 only after its raw body is durably queued (the SQLite queue's group
+commit makes that cheap under concurrency), so a crash right after the answer loses nothing;
+while the queue is full or the disk nearly so (`hosting.backpressure`) it is answered 503 with
+Retry-After. A signed body of another product (Meta: `object` "page", "instagram", ...) is
+answered 200 and only counted, unless `WACLOUD_PARK_OTHER_META_OBJECTS` asks to queue (and so
+park) it. Measured with `bench/ingest.py`: routing through Starlette cost about a fifth of the
+CPU of each webhook.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 from wacloud.adapters.queue.base import Queue
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import Provider
 from wacloud.hosting.backpressure import RETRY_AFTER_S, IngestGate
 from wacloud.observability.metrics import META_OTHER_OBJECTS, WEBHOOKS
-from wacloud.stages.ingest import (
-    meta_signature_ok,
-    other_meta_object,
-    raw_output,
-    shared_secret_ok,
-)
+from wacloud.providers import PROVIDERS
+from wacloud.providers.base import ProviderPort, WebhookAuth
+from wacloud.stages.ingest import raw_output, shared_secret_ok, signature_ok, verify_challenge
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,12 +39,22 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 OK_BODY = b'{"ok":true}'
-SECRET_PREFIXES = {b"/webhooks/whapi/": Provider.WHAPI, b"/webhooks/chakra/": Provider.CHAKRA}
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRoute:
+    """A signed-body provider's webhook path: its port, its signature header (lower case, as
+    ASGI gives headers) and the answer to a body without a valid signature."""
+
+    provider: ProviderPort
+    signature_header: bytes
+    refusal: str
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -71,9 +84,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 async def respond(send: Send, status: int, body: bytes,
-                  extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                  extra_headers: list[tuple[bytes, bytes]] | None = None,
+                  content_type: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
     # With a length uvicorn sends the body as is, not as chunked transfer encoding.
-    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()),
+    headers = [*content_type, (b"content-length", str(len(body)).encode()),
                *(extra_headers or ())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -104,17 +118,48 @@ class WebhookReceiver:
         self.raw_queue = raw_queue
         self.max_bytes = max_bytes
         self._accepted = {p: WEBHOOKS.labels(p.value, "accepted") for p in Provider}
+        # The routes, from the registry once: an exact path per signed-body provider, a
+        # prefix (followed by the channel key) per channel-secret one.
+        self._signed: dict[bytes, SignedRoute] = {}
+        self._keyed: list[tuple[bytes, ProviderPort]] = []
+        for provider in PROVIDERS.values():
+            path = provider.webhook_path.encode()
+            if provider.webhook_auth is WebhookAuth.SIGNED_BODY:
+                name = provider.signature_header or ""
+                self._signed[path] = SignedRoute(provider, name.encode(),
+                                                 f"missing or invalid {_header_name(name)}")
+            else:
+                self._keyed.append((path, provider))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             path: bytes = scope.get("raw_path") or scope["path"].encode()
-            if path == b"/webhooks/meta":
-                return await self.meta(scope, receive, send)
-            for prefix, provider in SECRET_PREFIXES.items():
-                if path.startswith(prefix) and b"/" not in path[len(prefix):]:
-                    key = scope["path"][len(prefix):]
-                    return await self.with_secret(provider, key, scope, receive, send)
+            signed = self._signed.get(path)
+            if scope["method"] == "POST":
+                if signed is not None:
+                    return await self.signed_body(signed, scope, receive, send)
+                for prefix, provider in self._keyed:
+                    if path.startswith(prefix) and b"/" not in path[len(prefix):]:
+                        key = scope["path"][len(prefix):]
+                        return await self.with_secret(provider.provider, key, scope, receive,
+                                                      send)
+            elif signed is not None:
+                return await self.handshake(signed, scope, send)
         await self.fallback(scope, receive, send)
+
+    async def handshake(self, route: SignedRoute, scope: Scope, send: Send) -> None:
+        """GET on a signed-body provider's path: the provider proves the URL is ours (Meta's
+        `hub.challenge`). Other methods than GET, HEAD and POST are not allowed."""
+        if scope["method"] not in ("GET", "HEAD"):
+            return await respond(send, 405, b"Method Not Allowed",
+                                 [(b"allow", b"GET, HEAD, POST")], TEXT_HEADERS)
+        # Like Starlette's query parameters: blank values kept, the last of a name wins.
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                               keep_blank_values=True))
+        answer = verify_challenge(route.provider, query, self.broker)
+        if answer is None:
+            return await respond(send, 403, b"forbidden", None, TEXT_HEADERS)
+        await respond(send, 200, answer.encode(), None, TEXT_HEADERS)
 
     async def refuse(self, send: Send, provider: Provider, status: int, reason: str) -> None:
         WEBHOOKS.labels(provider.value, str(status)).inc()
@@ -144,28 +189,29 @@ class WebhookReceiver:
         self._accepted[provider].inc()
         await respond(send, 200, OK_BODY)
 
-    async def meta(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.admit() and await self.refused(send, Provider.META):
+    async def signed_body(self, route: SignedRoute, scope: Scope, receive: Receive,
+                          send: Send) -> None:
+        provider = route.provider
+        name = provider.provider
+        if not self.admit() and await self.refused(send, name):
             return
         try:
             body = await read_body(scope, receive, self.max_bytes)
         except BodyTooLarge:
-            return await self.refuse(send, Provider.META, 413,
-                                     f"body over {self.max_bytes} bytes")
+            return await self.refuse(send, name, 413, f"body over {self.max_bytes} bytes")
         except ConnectionError:  # gone, or cut off by the read deadline: nobody to answer
             return
-        signature = header(scope, b"x-hub-signature-256")
+        signature = header(scope, route.signature_header)
         # The worker checks each entry again, with the secret of the channel it routes to.
-        if not meta_signature_ok(body, signature, self.broker):
-            return await self.refuse(send, Provider.META, 401,
-                                     "missing or invalid X-Hub-Signature-256")
+        if not signature_ok(provider, body, signature, self.broker):
+            return await self.refuse(send, name, 401, route.refusal)
         if not self.park_other_objects:
-            other = other_meta_object(body)
-            if other is not None:  # another Meta product on the same callback URL
+            other = provider.other_object(body)
+            if other is not None:  # another product on the same callback URL
                 META_OTHER_OBJECTS.labels(other).inc()
-                WEBHOOKS.labels(Provider.META.value, "other_object").inc()
+                WEBHOOKS.labels(name.value, "other_object").inc()
                 return await respond(send, 200, OK_BODY)
-        await self.accept(send, Provider.META, body, None, signature)
+        await self.accept(send, name, body, None, signature)
 
     async def with_secret(self, provider: Provider, key: str, scope: Scope, receive: Receive,
                           send: Send) -> None:
@@ -183,3 +229,9 @@ class WebhookReceiver:
         except ConnectionError:
             return
         await self.accept(send, provider, body, key)
+
+
+def _header_name(lower: str) -> str:
+    """A header's name as providers document it ("x-hub-signature-256" ->
+    "X-Hub-Signature-256"), for error answers."""
+    return "-".join(part[:1].upper() + part[1:] for part in lower.split("-"))

@@ -25,11 +25,12 @@ from urllib.parse import urljoin
 import httpx
 
 from wacloud.adapters.http.download_clients import ClientShards
-from wacloud.adapters.http.provider_client import ProviderClient
+from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.adapters.media.base import MediaStore
 from wacloud.domain.mediatypes import extension_for, real_type
-from wacloud.domain.model import Channel, MediaRef, MediaStatus, Provider
-from wacloud.providers import chakra, meta, whapi
+from wacloud.domain.model import Channel, MediaRef, MediaStatus, ProviderRequest
+from wacloud.providers import PROVIDERS
+from wacloud.providers.base import ProviderPort
 from wacloud.providers.media import MediaDownload, MediaResolveError
 from wacloud.security.urlpolicy import (
     MAX_REDIRECTS,
@@ -41,6 +42,9 @@ from wacloud.security.urlpolicy import (
 )
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
+# A provider's media lookup call (Meta's Graph API: media id -> URL); the copy's own timeout
+# bounds it too.
+LOOKUP_TIMEOUT_S = 30.0
 
 
 @dataclass(slots=True)
@@ -70,6 +74,23 @@ def digest_matches(expected: str, digest: bytes) -> bool:
         return base64.b64decode(value + "=" * (-len(value) % 4), validate=False) == digest
     except (binascii.Error, ValueError):
         return False
+
+
+async def look_up(api: ProviderClient, provider: ProviderPort, channel: Channel, media: MediaRef,
+                  request: ProviderRequest, timeout: float = LOOKUP_TIMEOUT_S) -> MediaDownload:
+    """Perform a provider's media lookup (`ProviderPort.media_lookup`) and read its answer:
+    where the file is. MediaResolveError when the provider will not say (temporary when it
+    did not answer)."""
+    media_id = media.provider_media_id
+    try:
+        answer = await api.perform(request, timeout)
+    except ProviderTimeout:
+        raise MediaResolveError(f"timed out resolving media {media_id}",
+                                temporary=True) from None
+    except ProviderCallError as exc:
+        raise MediaResolveError(f"could not reach {provider.api_name} for media {media_id}: "
+                                f"{exc.kind}", temporary=True) from None
+    return provider.read_media_lookup(channel, media, answer.status_code, answer.content)
 
 
 class MediaCopier:
@@ -108,19 +129,15 @@ class MediaCopier:
 
     async def _download_spec(self, channel: Channel, media: MediaRef,
                              allowed: HostAllowList) -> MediaDownload:
-        if channel.provider is Provider.META:
-            if media.link and not media.provider_media_id:
-                return MediaDownload(url=media.link, headers={}, mime_type=media.mime_type,
-                                     sha256=media.sha256, size=media.size,
-                                     filename=media.filename)
-            # The Graph API origin comes from the registry, not from a payload; checked anyway
-            # so a misconfigured base URL cannot reach an internal address. This one call is
-            # not pinned to the checked address (it goes through the provider module).
-            await self.policy.check(channel.base_url, allowed)
-            return await meta.resolve_media(self.api, channel, media)
-        if channel.provider is Provider.WHAPI:
-            return whapi.media_download(channel, media)
-        return chakra.media_download(channel, media)
+        provider = PROVIDERS[channel.provider]
+        lookup = provider.media_lookup(channel, media)
+        if lookup is None:
+            return provider.media_download(channel, media)
+        # The API origin comes from the registry, not from a payload; checked anyway so a
+        # misconfigured base URL cannot reach an internal address. This one call is not
+        # pinned to the checked address (it goes through the provider client).
+        await self.policy.check(channel.base_url, allowed)
+        return await look_up(self.api, provider, channel, media, lookup)
 
     async def copy(self, channel: Channel, media: MediaRef, *, timeout: float) -> MediaRef:
         """Return the media as stored, or raise MediaCopyError. `timeout` bounds the whole

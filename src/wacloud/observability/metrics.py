@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,8 +162,12 @@ def enable_multiprocess(directory: Path, *, clean: bool = True) -> None:
     # prometheus_client picks its value class from the environment at import time; this
     # process imported it already. Series created before now live in memory only: drop them.
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-    for metric in _OWN:
-        metric.clear()
+    with warnings.catch_warnings():
+        # prometheus_client warns that clearing is not implemented in multiprocess mode: it
+        # means the files, which are new and empty here; the in-memory series do go.
+        warnings.simplefilter("ignore", UserWarning)
+        for metric in _OWN:
+            metric.clear()
     _multiprocess_dir = directory
 
 

@@ -70,6 +70,11 @@ class ContactMatcher:
         digits = phone_digits(given)
         if digits is None and _PHONE.fullmatch(_strip_chat_suffix(given)):
             raise ValueError(f"a phone number needs at least {MIN_PHONE_DIGITS} digits")
+        if digits is None and any(c.isspace() for c in given):
+            # Not a phone number, and no user id, group id or BSUID has spaces: a typo
+            # would otherwise "erase" nothing and report success.
+            raise ValueError(f"{given!r} is neither a phone number nor a user id (a BSUID "
+                             "such as BR.1502576394655843, or a WhatsApp id)")
         return cls(given, digits)
 
     @property

@@ -22,15 +22,11 @@ from wacloud.adapters.queue.base import Queue, ReceivedMessage
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import Event, InboundMessage, PayloadError, Provider, event_from_dict
 from wacloud.privacy.match import ContactMatcher, MessageRef, anonymize_event
+from wacloud.providers import port
+from wacloud.providers.base import WebhookAuth
 from wacloud.stages import envelopes
-from wacloud.stages.envelopes import RawWebhook, dumps
-from wacloud.stages.receive import (
-    check_entries,
-    envelope_bytes,
-    envelope_text,
-    parse,
-    refuse,
-)
+from wacloud.stages.envelopes import RawWebhook, dumps, envelope_bytes, envelope_text
+from wacloud.stages.receive import check_entries, parse, refuse
 
 Action = Literal["keep", "delete", "rewrite"]
 _PARSE_ERRORS = (PayloadError, ValueError, KeyError, TypeError, UnicodeDecodeError)
@@ -127,7 +123,8 @@ def _events_envelope(raw: RawWebhook, events: list[Event], scope: Scope) -> byte
     webhook, without a signature to check again (the signed body holds the contact's data and
     cannot stay). So a queued Meta webhook's events are checked here, as the receive stage
     would: those its signature does not authenticate are refused now."""
-    if raw.provider == Provider.META.value and raw.kind == "webhook" and not raw.legacy:
+    if (raw.kind == "webhook" and not raw.legacy
+            and port(raw.provider).webhook_auth is WebhookAuth.SIGNED_BODY):
         authentic, refused, unroutable = check_entries(events, raw.body, raw.signature,
                                                        scope.broker)
         if refused:

@@ -310,3 +310,13 @@ def classify_graph(status: int, body: bytes, headers: Mapping[str, str], *,
     return SendResult(outcome, error=provider_error, retry_after=retry_after, http_status=status,
                       response_excerpt=text, recipient_throttled=code == 131056,
                       channel_throttled=code == 130429)
+
+
+def graph_error_code(body: bytes) -> int | None:
+    """The numeric `error.code` of a Graph error answer, or None."""
+    try:
+        error = json.loads(body).get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None

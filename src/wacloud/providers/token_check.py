@@ -1,13 +1,8 @@
-"""Is a channel's token accepted? One cheap, read-only provider call per provider, and what
-its answer means.
+"""Is a channel's token accepted? What every provider's answer to its token check shares.
 
-- Meta: `GET /{version}/{phone_number_id}?fields=...` (the number's own object: it needs a
-  token allowed to use that number).
-- Whapi: `GET /health` (the channel of the token, with its session state: `AUTH` is good,
-  `QR`, `STOP`, ... mean the session cannot send).
-- Chakra: `GET /v1/health` (what Chakra's integrations use to test a key).
-
-The answer never carries the token: errors are redacted like send errors.
+Each provider builds its own cheap, read-only call and reads a success its own way
+(`ProviderPort.token_check_request`, `read_token_check`); an error answer is read here, the
+same for all. The answer never carries the token: errors are redacted like send errors.
 """
 
 from __future__ import annotations
@@ -15,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from wacloud.domain.model import Channel, Provider, ProviderRequest
+from wacloud.domain.model import Channel
 from wacloud.providers.errors import graph_error, load_json, redact_error
-
-META_FIELDS = "id,display_phone_number,verified_name,quality_rating"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,51 +29,21 @@ class TokenCheck:
                 "error": self.error, "details": self.details or {}}
 
 
-def check_request(channel: Channel) -> ProviderRequest:
-    headers = {"Authorization": f"Bearer {channel.token}", "Accept": "application/json"}
-    if channel.provider is Provider.META:
-        number = channel.phone_number_id or channel.key
-        return ProviderRequest(
-            "GET", f"{channel.base_url}/{channel.graph_version}/{number}?fields={META_FIELDS}",
-            headers)
-    if channel.provider is Provider.WHAPI:
-        return ProviderRequest("GET", f"{channel.base_url}/health", headers)
-    return ProviderRequest("GET", f"{channel.base_url}/v1/health", headers)
-
-
-def _pick(data: Any, *names: str) -> dict[str, Any]:
+def pick(data: Any, *names: str) -> dict[str, Any]:
+    """The plain (text, number, flag) values of `names` in an answer."""
     if not isinstance(data, dict):
         return {}
     return {name: data[name] for name in names
             if isinstance(data.get(name), str | int | float | bool)}
 
 
-def read_answer(channel: Channel, status: int, body: bytes) -> TokenCheck:
-    """What the provider's answer to `check_request` says about the token."""
+def answer_data(body: bytes) -> dict[str, Any]:
     payload = load_json(body)
-    data: dict[str, Any] = payload if isinstance(payload, dict) else {}
-    if channel.provider is Provider.CHAKRA and ("_data" in data or "_errors" in data):
-        # Chakra's wrapper: `{_data, _meta, _errors}`, Meta's error possibly passed through.
-        found_data = data.get("_data")
-        inner: dict[str, Any] = found_data if isinstance(found_data, dict) else {}
-        errors = data.get("_errors")
-        wrapped = inner.get("error") or (errors[0] if isinstance(errors, list) and errors
-                                         else None)
-        data = {**inner, **({"error": wrapped} if wrapped else {})}
-    if 200 <= status < 300:
-        if channel.provider is Provider.WHAPI:
-            state = data.get("status")
-            text = state.get("text") if isinstance(state, dict) else None
-            details = {"channel_id": data.get("channel_id"), "status": text}
-            if text is not None and text != "AUTH":
-                return TokenCheck(False, status, "session",
-                                  f"the token is accepted but the session is {text}: it "
-                                  "cannot send until it is fixed (QR scan, subscription)",
-                                  details)
-            return TokenCheck(True, status, details=details)
-        if channel.provider is Provider.META:
-            return TokenCheck(True, status, details=_pick(data, *META_FIELDS.split(",")))
-        return TokenCheck(True, status)
+    return payload if isinstance(payload, dict) else {}
+
+
+def refused(channel: Channel, status: int, data: dict[str, Any]) -> TokenCheck:
+    """A non-2xx answer: the provider's error (Graph's `error`, or Whapi's own `message`)."""
     found = graph_error(data.get("error")) if "error" in data else None
     if found is None and isinstance(data.get("message"), str):  # Whapi's own error shape
         found = graph_error({"message": data["message"], "code": data.get("code")})

@@ -5,7 +5,7 @@ attacker can choose it. Every URL we fetch, and every redirect hop of it, must p
 
 - scheme https (plain http only in development, see below), no credentials in the URL;
 - for inbound media, a host allowed for the channel: its own API origin, the provider's media
-  hosts (`PROVIDER_MEDIA_HOSTS`, default port only) or the channel's own `media_hosts` list;
+  hosts (its port's `media_hosts`, default port only) or the channel's own `media_hosts`;
   outbound links a tenant gives us may name any host;
 - every address the host resolves to is public: no loopback, private, link-local (cloud
   metadata at 169.254.169.254), multicast, reserved or unspecified address, also not when
@@ -36,20 +36,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlsplit
 
-from wacloud.domain.model import Channel, Provider
+from wacloud.domain.model import Channel
+from wacloud.providers import port as provider_port
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # host, port -> the addresses (as text) a connection could go to. Injectable for tests.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
-
-# Hosts each provider legitimately serves media from, besides the channel's API origin. A
-# leading dot means "any subdomain of". Only the scheme's default port is allowed on these.
-PROVIDER_MEDIA_HOSTS: dict[Provider, tuple[str, ...]] = {
-    Provider.META: ("graph.facebook.com", "lookaside.fbsbx.com", ".fbcdn.net", ".whatsapp.net"),
-    # Whapi's "Auto Download" links point at its Wasabi S3 buckets.
-    Provider.WHAPI: ("gate.whapi.cloud", ".whapi.cloud", ".wasabisys.com"),
-    Provider.CHAKRA: ("api.chakrahq.com", ".chakrahq.com"),
-}
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
 # Redirects we follow (each hop checked again); providers' CDNs use one or two.
@@ -148,7 +140,7 @@ class HostAllowList:
         api_host = (api.hostname or "").lower()
         if api_host:
             origins.add((api_host, _port(api)))
-        patterns = list(PROVIDER_MEDIA_HOSTS[channel.provider])
+        patterns = list(provider_port(channel.provider).media_hosts)
         for entry in channel.media_hosts:
             host, _, port = entry.lower().partition(":")
             if port.isdigit():

@@ -23,14 +23,22 @@ the row (a row already accepted or being sent is not sent again). A row in a lon
 backoff is also `queued` and may look stale: it gets such a harmless copy. A row whose send
 lease is still set gets none: its attempt may have reached the provider, and its outcome waits
 for the tenant database in `outbound.results` (see `claim.stale_queued`).
+
+A pass looks at up to `concurrency` tenants at once (each tenant by one task, so its rows keep
+their order), and a tenant with no pending row costs one read, not a claim. With a
+`CollectSchedule`, a pass looks only at the tenants that are due: a tenant that had nothing is
+looked at again after a wait that doubles up to the schedule's maximum, and `wake(tenant)` (the
+API, when it inserts a row) makes it due at once. Reclaim passes look at every tenant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Collection, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -51,6 +59,63 @@ _TROUBLE = TroubleLog(log)
 
 
 @dataclass(slots=True)
+class _Pace:
+    due: float = 0.0  # monotonic time of the tenant's next look
+    wait: float = 0.0  # the last wait after a look that found nothing
+    woken: float = -1.0  # monotonic time of the last `wake`
+
+
+@dataclass(slots=True)
+class CollectSchedule:
+    """When each tenant is looked at next: at the next pass after it had rows (or was woken);
+    after a look that found nothing (or failed), after `poll_s`, then twice the last wait, up
+    to `idle_max_s`. Unknown tenants are due."""
+
+    poll_s: float = 1.0
+    idle_max_s: float = 10.0
+    _pace: dict[str, _Pace] = field(default_factory=dict)
+    # Woken tenants, taken before the rest of a pass that is under way.
+    _woken: dict[str, None] = field(default_factory=dict)
+
+    def due(self, tenants: list[str], now: float) -> list[str]:
+        return [t for t in tenants if (p := self._pace.get(t)) is None or p.due <= now]
+
+    def wake(self, tenant: str) -> None:
+        """A row was inserted for `tenant`: look at it at the next pass."""
+        pace = self._pace.setdefault(tenant, _Pace())
+        pace.due, pace.wait, pace.woken = 0.0, 0.0, time.monotonic()
+        self._woken[tenant] = None
+
+    def take_woken(self) -> str | None:
+        """The longest-waiting woken tenant, if any (each is taken once)."""
+        if not self._woken:
+            return None
+        tenant = next(iter(self._woken))
+        del self._woken[tenant]
+        return tenant
+
+    def looked(self, tenant: str, found: int, started: float) -> None:
+        """A look that began at `started` queued `found` rows."""
+        pace = self._pace.setdefault(tenant, _Pace())
+        if found or pace.woken >= started:
+            # Rows, or a wake during the look (its row may have come after the look read
+            # the outbox): due at the next pass.
+            pace.due, pace.wait = 0.0, 0.0
+            return
+        pace.wait = min(max(pace.wait * 2, self.poll_s), max(self.idle_max_s, self.poll_s))
+        # Up to a tenth later: tenants idle since the same pass do not all fall due together.
+        pace.due = time.monotonic() + pace.wait * (1 + random.random() / 10)
+
+    def forget(self, keep: Collection[str]) -> None:
+        """Drop the pace of tenants no longer registered."""
+        known = set(keep)
+        for tenant in [t for t in self._pace if t not in known]:
+            del self._pace[tenant]
+        for tenant in [t for t in self._woken if t not in known]:
+            del self._woken[tenant]
+
+
+@dataclass(slots=True)
 class CollectContext:
     broker: CredentialsBroker
     send_queue: Queue
@@ -60,6 +125,10 @@ class CollectContext:
     queued_stale_seconds: float = 900.0
     # Set at a stop: a pass ends after the tenant it is on.
     stop: asyncio.Event | None = None
+    # Tenants collected at the same time; 1 is one after another.
+    concurrency: int = 16
+    # Which tenants a pass looks at; None: every tenant at every pass.
+    schedule: CollectSchedule | None = None
 
 
 def outbound_from_row(tenant: str, row: Any) -> OutboundMessage:
@@ -161,6 +230,8 @@ async def collect_tenant(tenant: str, ctx: CollectContext, *, reclaim: bool = Fa
         if stale:
             log.warning("tenant %s: %d stale reservations returned to pending", tenant, stale)
         await requeue_stale(tenant, ctx, engine)
+    if not await asyncio.to_thread(claim.has_pending, engine):
+        return 0  # a read, where a claim would take SQLite's write lock for nothing
     paused = ctx.broker.paused_channel_keys(tenant)
     return await uninterrupted(claim_and_queue(tenant, ctx, engine, paused))
 
@@ -218,16 +289,50 @@ async def claim_and_queue(tenant: str, ctx: CollectContext, engine: Engine,
 
 
 async def collect(ctx: CollectContext, *, reclaim: bool = False) -> int:
-    """One pass over every tenant (a Lambda schedule calls this; embedded mode loops it)."""
+    """One pass over every tenant that is due (a Lambda schedule calls this; embedded mode
+    loops it), `ctx.concurrency` tenants at a time; returns how many rows were queued."""
+    tenants = ctx.broker.tenant_slugs()
+    schedule = ctx.schedule
+    if schedule is not None:
+        schedule.forget(tenants)
+        if not reclaim:
+            tenants = schedule.due(tenants, time.monotonic())
+    todo = iter(tenants)
+    busy: set[str] = set()  # tenants a worker is on: never two looks at one at once (order)
     total = 0
-    for tenant in ctx.broker.tenant_slugs():
-        if ctx.stop is not None and ctx.stop.is_set():
-            break  # stopping: the other tenants' rows wait, pending, for the next start
-        try:
-            total += await collect_tenant(tenant, ctx, reclaim=reclaim)
-        except Exception as exc:  # one tenant's broken DB must not stop the others
-            # A database that is down: a warning a minute, not a traceback per poll.
-            _TROUBLE.failed(f"tenant {tenant}", "collect", exc)
-        else:
-            _TROUBLE.succeeded(f"tenant {tenant}")
+
+    def next_tenant() -> str | None:
+        # Woken tenants first: a row the API just inserted need not wait for the whole pass.
+        # One a worker is on is left: `looked` sees its wake, and it is due at the next pass.
+        while schedule is not None and (woken := schedule.take_woken()) is not None:
+            if woken not in busy:
+                return woken
+        for tenant in todo:
+            if tenant not in busy:
+                return tenant
+        return None
+
+    async def worker() -> None:
+        nonlocal total
+        while (tenant := next_tenant()) is not None:
+            if ctx.stop is not None and ctx.stop.is_set():
+                return  # stopping: the other tenants' rows wait, pending, for the next start
+            busy.add(tenant)
+            queued = 0
+            started = time.monotonic()
+            try:
+                queued = await collect_tenant(tenant, ctx, reclaim=reclaim)
+            except Exception as exc:  # one tenant's broken DB must not stop the others
+                # A database that is down: a warning a minute, not a traceback per poll.
+                _TROUBLE.failed(f"tenant {tenant}", "collect", exc)
+            else:
+                _TROUBLE.succeeded(f"tenant {tenant}")
+            finally:
+                busy.discard(tenant)
+            total += queued
+            if schedule is not None:
+                schedule.looked(tenant, queued, started)
+
+    workers = max(1, min(ctx.concurrency, len(tenants)))
+    await asyncio.gather(*(worker() for _ in range(workers)))
     return total

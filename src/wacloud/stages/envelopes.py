@@ -4,18 +4,23 @@
 (the bytes the signature was checked over). The header keeps Meta's `X-Hub-Signature-256`, so
 the worker can check each entry against the app secret of the channel it routes to, and the
 webhook's trace id (`trace`, absent from headers written before it existed). The other queues
-carry JSON.
+carry JSON. Also here: how a parked envelope is kept as text (`envelope_text`,
+`envelope_bytes`), the body of an "events" envelope and the signed webhook it keeps, and
+`Park`, the callable stages park what they cannot process with.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from wacloud.adapters.queue.base import OutgoingMessage
+from wacloud.domain.model import Event
 
 INBOUND_RAW = "inbound.raw"
 INBOUND_EVENTS = "inbound.events"
@@ -23,6 +28,9 @@ INBOUND_MEDIA = "inbound.media"
 OUTBOUND_SEND = "outbound.send"
 OUTBOUND_SEND_DEAD = "outbound.send.dlq"
 OUTBOUND_RESULTS = "outbound.results"
+
+# Parks what a stage cannot process (`Registry.park`'s keyword arguments): never dropped.
+Park = Callable[..., Awaitable[int]]
 
 
 @dataclass(slots=True)
@@ -97,3 +105,35 @@ def _quoted(text: str) -> str:
 
 def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def envelope_text(data: bytes) -> str:
+    """A parked raw envelope as text an operator can read, lossless for any bytes."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(data).decode()
+
+
+def envelope_bytes(text: str) -> bytes:
+    if text.startswith("base64:"):
+        return base64.b64decode(text[len("base64:"):])
+    return text.encode("utf-8")
+
+
+def events_body(events: list[Event], webhook: bytes | None) -> bytes:
+    """The body of an "events" envelope; with the signed webhook they came from, when kept."""
+    items = [e.to_dict() for e in events]
+    if webhook is None:
+        return dumps(items)
+    return dumps({"events": items, "webhook": envelope_text(webhook)})
+
+
+def signed_webhook(raw: RawWebhook) -> bytes | None:
+    """The bytes `raw.signature` covers: the body of a webhook, or the webhook an "events"
+    envelope (a parked replay) kept beside its events."""
+    if raw.kind != "events":
+        return raw.body
+    data = json.loads(raw.body)
+    webhook = data.get("webhook") if isinstance(data, dict) else None
+    return envelope_bytes(webhook) if isinstance(webhook, str) else None

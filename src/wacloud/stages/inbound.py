@@ -15,14 +15,8 @@ from dataclasses import dataclass
 
 from wacloud.domain.model import Event
 from wacloud.observability.tracing import log_context
-from wacloud.stages.envelopes import Output, RawWebhook
-from wacloud.stages.receive import (
-    ReceiveContext,
-    envelope_text,
-    receive_events,
-    signed_webhook,
-    taken,
-)
+from wacloud.stages.envelopes import Output, RawWebhook, envelope_text, signed_webhook
+from wacloud.stages.receive import ReceiveContext, receive_events, taken
 from wacloud.stages.write import Origin, Trail, WriteContext, write_events
 
 

@@ -15,12 +15,10 @@ retry, so a message is never held back long by its media.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,20 +29,25 @@ from wacloud.domain.model import (
     InboundMessage,
     MediaStatus,
     PayloadError,
-    Provider,
     event_from_dict,
 )
 from wacloud.media.copier import MediaCopier, MediaCopyError
 from wacloud.observability.metrics import INBOUND_REFUSED, INGEST_LAG
 from wacloud.observability.tracing import log_context, new_trace_id
-from wacloud.providers import chakra, meta, whapi
+from wacloud.providers import port
+from wacloud.providers.base import WebhookAuth
 from wacloud.providers.jsonload import load_json
-from wacloud.stages.envelopes import INBOUND_EVENTS, Output, RawWebhook, dumps
+from wacloud.stages.envelopes import (
+    INBOUND_EVENTS,
+    Output,
+    Park,
+    RawWebhook,
+    dumps,
+    envelope_text,
+    signed_webhook,
+)
 
 log = logging.getLogger(__name__)
-
-Park = Callable[..., Awaitable[int]]
-
 
 @dataclass(slots=True)
 class ReceiveContext:
@@ -62,54 +65,19 @@ def parse(raw: RawWebhook) -> list[Event]:
     payload: Any = load_json(raw.body)
     if not isinstance(payload, dict):
         raise PayloadError("body is not a JSON object")
-    provider = Provider(raw.provider)
-    if provider is Provider.META:
-        return meta.parse_webhook(payload)
-    if provider is Provider.WHAPI:
-        return whapi.parse_webhook(payload, channel_key=raw.channel_key)
-    if not raw.channel_key:
-        raise PayloadError("chakra webhook without a plugin id")
-    return chakra.parse_webhook(payload, plugin_id=raw.channel_key)
-
-
-def envelope_text(data: bytes) -> str:
-    """A parked raw envelope as text an operator can read, lossless for any bytes."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(data).decode()
-
-
-def envelope_bytes(text: str) -> bytes:
-    if text.startswith("base64:"):
-        return base64.b64decode(text[len("base64:"):])
-    return text.encode("utf-8")
-
-
-def events_body(events: list[Event], webhook: bytes | None) -> bytes:
-    """The body of an "events" envelope; with the signed webhook they came from, when kept."""
-    items = [e.to_dict() for e in events]
-    if webhook is None:
-        return dumps(items)
-    return dumps({"events": items, "webhook": envelope_text(webhook)})
-
-
-def signed_webhook(raw: RawWebhook) -> bytes | None:
-    """The bytes `raw.signature` covers: the body of a webhook, or the webhook an "events"
-    envelope (a parked replay) kept beside its events."""
-    if raw.kind != "events":
-        return raw.body
-    data = json.loads(raw.body)
-    webhook = data.get("webhook") if isinstance(data, dict) else None
-    return envelope_bytes(webhook) if isinstance(webhook, str) else None
+    return port(raw.provider).parse_webhook(payload, raw.channel_key)
 
 
 def check_entries(events: list[Event], webhook: bytes, signature: str | None,
                   broker: CredentialsBroker
                   ) -> tuple[list[Event], list[Event], list[Event]]:
-    """(authentic, refused, unroutable) Meta events: each is authentic when `signature`
-    verifies `webhook` with the app secret of the channel it routes to (or the global one).
-    One HMAC per distinct secret, so one app for every tenant costs one per body."""
+    """(authentic, refused, unroutable) events of a signed-body provider (one webhook's, so
+    one provider's): each is authentic when `signature` verifies `webhook` with the app secret
+    of the channel it routes to (or the global one). One HMAC per distinct secret, so one app
+    for every tenant costs one per body."""
+    if not events:
+        return [], [], []
+    provider = port(events[0].provider)
     authentic: list[Event] = []
     refused: list[Event] = []
     unroutable: list[Event] = []
@@ -122,7 +90,7 @@ def check_entries(events: list[Event], webhook: bytes, signature: str | None,
         secrets = tuple(s for s in (channel.app_secret, broker.global_meta_app_secret) if s)
         verdict = verdicts.get(secrets)
         if verdict is None:
-            verdict = verdicts[secrets] = meta.verify_signature(webhook, signature, secrets)
+            verdict = verdicts[secrets] = provider.verify_signature(webhook, signature, secrets)
         (authentic if verdict else refused).append(event)
     return authentic, refused, unroutable
 
@@ -132,16 +100,18 @@ def refuse(events: list[Event], reason: str, why: str) -> None:
     by_channel: dict[str, int] = defaultdict(int)
     for event in events:
         by_channel[event.channel_key] += 1
+    provider = events[0].provider.value if events else ""
     for channel_key, count in by_channel.items():
-        INBOUND_REFUSED.labels(Provider.META.value, reason).inc(count)
-        log.warning("refused %d meta event(s) for channel %r: %s", count, channel_key, why)
+        INBOUND_REFUSED.labels(provider, reason).inc(count)
+        log.warning("refused %d %s event(s) for channel %r: %s", count, provider, channel_key,
+                    why)
 
 
 async def authenticate(raw: RawWebhook, events: list[Event], ctx: ReceiveContext
                        ) -> list[Event]:
-    """The events of `raw` that may be stored: see the module docstring. Unroutable Meta
-    events are parked here with their proof; the rest go on."""
-    if raw.provider != Provider.META.value or not events:
+    """The events of `raw` that may be stored: see the module docstring. Unroutable events of
+    a signed-body provider (Meta) are parked here with their proof; the rest go on."""
+    if not events or port(raw.provider).webhook_auth is not WebhookAuth.SIGNED_BODY:
         return events  # Whapi and Chakra: the channel's secret in the URL named the channel
     if raw.legacy and raw.kind == "webhook":
         return events  # queued by a version that checked the whole body at ingest

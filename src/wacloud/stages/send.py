@@ -43,7 +43,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import httpx
 
@@ -57,7 +57,6 @@ from wacloud.domain.model import (
     Channel,
     OutboundMessage,
     OutboundStatus,
-    Provider,
     ProviderError,
     SendOutcome,
     SendResult,
@@ -66,18 +65,18 @@ from wacloud.domain.ratelimit import SendLimits
 from wacloud.media.copier import MediaCopier, MediaCopyError
 from wacloud.observability.metrics import OUTBOUND_LATENCY, SENDS, error_label
 from wacloud.observability.tracing import log_context, outbound_trace_id
-from wacloud.providers import chakra_send, meta_send, whapi_send
+from wacloud.providers import PROVIDERS
+from wacloud.providers.base import ChannelMisconfigured, ProviderPort, UploadError
 from wacloud.providers.errors import UnsupportedMessage
 from wacloud.security.urlpolicy import UrlRefused, check_public_url
 from wacloud.stages.envelopes import OUTBOUND_RESULTS, Output, RetryLater, dumps
 
 log = logging.getLogger(__name__)
 
-BUILDERS = {Provider.META: meta_send, Provider.WHAPI: whapi_send, Provider.CHAKRA: chakra_send}
 # A message released to wait for its rate-limit slot comes back this much before the slot: the
 # receive and the row check happen meanwhile, and the send still starts on time.
 RETURN_LEAD_S = 0.5
-# A send lease covers the longest attempt: a Chakra media send is a download, an upload and
+# A send lease covers the longest attempt: a re-hosted media send is a download, an upload and
 # the send, each up to the timeout; plus the inline pacing wait and a margin (the default of
 # WACLOUD_SEND_LEASE_MARGIN_S).
 LEASE_CALLS = 3
@@ -166,33 +165,31 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0.5, 1.0) * min(cap, base * 2.0 ** max(0, attempt - 1))
 
 
-async def rehost_on_chakra(channel: Channel, message: OutboundMessage, ctx: SendContext
-                           ) -> OutboundMessage:
-    """Chakra sends media links through its own public media host, as the original did."""
-    link = chakra_send.media_link(message)
-    if link is None:
-        return message
+async def rehost(provider: ProviderPort, channel: Channel, message: OutboundMessage, link: str,
+                 ctx: SendContext) -> OutboundMessage:
+    """Download a media link and upload it to the provider, which sends media from its own
+    host (Chakra's public media store, as the original did): the message with the new link."""
     await check_public_url(link, allow_local=ctx.allow_local)
     download = await ctx.copier.fetch_to_file(link, {}, ctx.timeout)
     try:
         filename = str(message.content.get("filename") or link.rsplit("/", 1)[-1] or "file")
         mime = (download.content_type or "application/octet-stream").split(";")[0]
-        upload = chakra_send.upload_request(channel, filename, str(download.path), mime)
+        upload = provider.upload_request(channel, filename, str(download.path), mime)
         answer = await ctx.http.perform(upload, ctx.timeout)
-        rehosted: OutboundMessage = chakra_send.with_link(message, chakra_send.parse_upload(
-            answer.status_code, answer.content))
-        return rehosted
+        return provider.with_link(message, provider.read_upload(answer.status_code,
+                                                                answer.content))
     finally:
         download.path.unlink(missing_ok=True)
 
 
 async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendContext
                         ) -> SendResult:
-    module: Any = BUILDERS[channel.provider]
+    provider = PROVIDERS[channel.provider]
     try:
-        if channel.provider is Provider.CHAKRA:
-            message = await rehost_on_chakra(channel, message, ctx)
-        request = module.build_send(channel, message)
+        link = provider.rehost_link(message)
+        if link is not None:
+            message = await rehost(provider, channel, message, link, ctx)
+        request = provider.build_send(channel, message)
     except UnsupportedMessage as exc:
         return SendResult(SendOutcome.FAILED, error=ProviderError("unsupported", str(exc)))
     except UrlRefused as exc:
@@ -200,9 +197,9 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
         if exc.temporary:
             return SendResult(SendOutcome.RETRY, error=ProviderError("media", str(exc)))
         return SendResult(SendOutcome.FAILED, error=ProviderError("unsupported", str(exc)))
-    except chakra_send.ChannelMisconfigured as exc:
+    except ChannelMisconfigured as exc:
         return SendResult(SendOutcome.PAUSE, error=ProviderError("channel", str(exc)))
-    except chakra_send.UploadError as exc:
+    except UploadError as exc:
         outcome = SendOutcome.RETRY if exc.temporary else SendOutcome.FAILED
         return SendResult(outcome, error=ProviderError("media", exc.reason))
     except MediaCopyError as exc:
@@ -212,7 +209,7 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
         return SendResult(SendOutcome.RETRY, error=ProviderError("timeout", "provider timed out"))
     except ProviderCallError as exc:
         return SendResult(SendOutcome.RETRY, error=ProviderError("network", exc.kind))
-    except httpx.HTTPError as exc:  # downloading a Chakra media link (wacloud.media.copier)
+    except httpx.HTTPError as exc:  # downloading a media link to re-host (wacloud.media.copier)
         return SendResult(SendOutcome.RETRY, error=ProviderError("network", type(exc).__name__))
     try:
         answer = await ctx.http.perform(request, ctx.timeout)
@@ -220,9 +217,8 @@ async def call_provider(channel: Channel, message: OutboundMessage, ctx: SendCon
         return SendResult(SendOutcome.RETRY, error=ProviderError("timeout", "provider timed out"))
     except ProviderCallError as exc:
         return SendResult(SendOutcome.RETRY, error=ProviderError("network", exc.kind))
-    classified: SendResult = module.classify(answer.status_code, answer.content, answer.headers,
-                                             secrets=[channel.token])
-    return classified
+    return provider.classify(answer.status_code, answer.content, answer.headers,
+                             secrets=[channel.token])
 
 
 def count(ctx: SendContext, message: OutboundMessage, result: str,

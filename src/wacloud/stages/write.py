@@ -32,8 +32,8 @@ from wacloud.domain.model import (
 )
 from wacloud.observability.metrics import INBOUND_LATENCY, MESSAGES_STORED, STATUSES_STORED
 from wacloud.observability.tracing import new_trace_id, outbound_trace_id
-from wacloud.stages.envelopes import INBOUND_MEDIA, Output, dumps
-from wacloud.stages.receive import Park, describe
+from wacloud.stages.envelopes import INBOUND_MEDIA, Output, Park, dumps
+from wacloud.stages.receive import describe
 
 log = logging.getLogger(__name__)
 

@@ -148,7 +148,8 @@ def test_wacloud_debug_environment_variable_keeps_the_traceback(tmp_path: Path) 
 
 
 def test_an_error_written_for_the_operator_is_shown_as_it_is(tmp_path: Path) -> None:
-    line = one_error_line(invoke(tmp_path / "nothing-here", "tenant", "list"))
+    (tmp_path / "no-key").mkdir()  # a data dir, but no key in it nor in the environment
+    line = one_error_line(invoke(tmp_path / "no-key", "tenant", "list"))
     assert line == "error: no encryption key configured (run `wacloud init`)"
 
 
@@ -166,3 +167,48 @@ def test_tenant_add_migrates_a_reachable_postgresql_before_registering(tmp_path:
         finally:
             engine.dispose()
     assert tenants(tmp_path) == ["globex"]
+
+
+@pytest.mark.parametrize("args", [["tenant", "list"], ["dlq", "list"], ["dlq", "replay", "--all"],
+                                  ["keys", "rotate"], ["status"], ["migrate"],
+                                  ["channel", "pause", "1"]])
+def test_a_missing_data_dir_is_one_line_and_creates_nothing(tmp_path: Path,
+                                                            args: list[str]) -> None:
+    data_dir = tmp_path / "nowhere"
+    line = one_error_line(invoke(data_dir, *args))
+    assert line == (f"error: no data dir at {data_dir.resolve()} (run `wacloud init`, or give "
+                    "--data-dir or WACLOUD_DATA_DIR)")
+    assert not data_dir.exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["channel", "resume", "abc"], "error: Invalid value for 'channel_id': "),
+    (["messages"], "error: Missing option '--tenant'; see `wacloud messages --help`"),
+    (["tenant", "add"], "error: Missing argument 'slug'; see `wacloud tenant add --help`"),
+    (["channel", "list", "--bogus"], "error: No such option: --bogus; see `wacloud channel "
+                                     "list --help`"),
+    (["nosuch"], "error: No such command 'nosuch'; see `wacloud --help`")])
+def test_usage_errors_are_one_line_naming_the_help(tmp_path: Path, args: list[str],
+                                                   expected: str) -> None:
+    result = CliRunner().invoke(app, args, prog_name="wacloud")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(expected), line
+
+
+def test_no_arguments_still_show_the_help() -> None:
+    result = CliRunner().invoke(app, ["tenant"], prog_name="wacloud")
+    assert "Usage: wacloud tenant" in result.output and "add" in result.output
+
+
+def test_privacy_refuses_a_contact_that_is_no_phone_nor_id_and_an_unwritable_file(
+        tmp_path: Path) -> None:
+    assert invoke(tmp_path, "tenant", "add", "acme").exit_code == 0
+    line = one_error_line(invoke(tmp_path, "privacy", "erase", "--tenant", "acme",
+                                 "--contact", "not a phone"))
+    assert "'not a phone' is neither a phone number nor a user id" in line
+    target = tmp_path / "missing-dir" / "export.json"
+    line = one_error_line(invoke(tmp_path, "privacy", "export", "--tenant", "acme",
+                                 "--contact", "5511987654321", "-o", str(target)))
+    assert line == f"error: cannot write {target}: No such file or directory"

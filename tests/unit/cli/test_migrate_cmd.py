@@ -195,3 +195,22 @@ def test_a_registry_on_postgresql_is_migrated_with_its_tenants(
         ("tenant", "acme", OLD["tenant"], head_revision("tenant"))]
     assert revision(postgres_url, "registry") == head_revision("registry")
     assert revision(postgres_url, "tenant") == head_revision("tenant")
+
+
+def test_tenants_on_postgresql_and_mariadb_at_once_are_migrated_together(
+        tmp_path: Path, postgres_url: str, mariadb_url: str) -> None:
+    """One `wacloud migrate` over tenants on different engines: a SQLite file, PostgreSQL and
+    MariaDB, each from the old revision to head."""
+    urls = {"pg": postgres_url, "maria": mariadb_url}
+    cli(tmp_path, "tenant", "add", "local")
+    for slug, url in urls.items():
+        cli(tmp_path, "tenant", "add", slug, "--db-url", url)
+        downgrade(url, "tenant", OLD["tenant"])
+    downgrade(f"sqlite:///{tmp_path / 'tenants' / 'local.db'}", "tenant", OLD["tenant"])
+
+    done = migrate_json(tmp_path)
+    assert [(r["tenant"], r["from"], r["to"], r["error"]) for r in done[1:]] == [
+        (slug, OLD["tenant"], head_revision("tenant"), None)
+        for slug in ("local", "maria", "pg")]
+    for url in urls.values():
+        assert revision(url, "tenant") == head_revision("tenant")

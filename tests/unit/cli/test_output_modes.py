@@ -4,9 +4,12 @@ working); --json is one object per line and never mixed with tables or progress 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from wacloud.bootstrap import open_registry
@@ -61,3 +64,45 @@ def test_keys_generate_has_json() -> None:
     assert result.exit_code == 0, result.output
     key = json.loads(result.stdout)["key"]
     assert isinstance(key, str) and len(key) == 44
+
+
+def _commands(command: Any, path: list[str]) -> Iterator[tuple[str, Any]]:
+    """Every command of the `wacloud` tree (a group that runs on its own counts too)."""
+    if hasattr(command, "commands"):
+        if path and getattr(command, "invoke_without_command", False):
+            yield " ".join(path), command
+        for name, sub in command.commands.items():
+            yield from _commands(sub, [*path, name])
+    else:
+        yield " ".join(path), command
+
+
+def test_every_command_takes_json() -> None:
+    tree = list(_commands(typer.main.get_command(app), []))
+    assert len(tree) > 40  # the walk found the groups' commands
+    missing = [name for name, command in tree
+               if "--json" not in {opt for param in command.params
+                                   for opt in getattr(param, "opts", [])}]
+    assert missing == []
+
+
+def test_messages_and_notices_are_tables_on_a_terminal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run(tmp_path, "tenant", "add", "acme")
+    run(tmp_path, "channel", "add", "whapi", "--tenant", "acme", "--channel-id", "MANTIS-1",
+        "--token", "tok", "--webhook-secret", "hook")
+    run(tmp_path, "send", "--tenant", "acme", "--channel", "MANTIS-1", "--to", "5511987654321",
+        "--text", "[b]oi[/b]")
+    piped = run(tmp_path, "messages", "--tenant", "acme")
+    assert piped == "out text         MANTIS-1 -> 5511987654321: [b]oi[/b] (pending)\n"
+    [row] = [json.loads(line) for line in run(tmp_path, "messages", "--tenant", "acme",
+                                              "--json").splitlines()]
+    assert row["text"] == "[b]oi[/b]"
+
+    monkeypatch.setattr(common, "is_tty", lambda stream=None: True)
+    table = run(tmp_path, "messages", "--tenant", "acme")
+    assert "┃" in table and "status" in table
+    assert "[b]oi[/b]" in table  # shown as written, never read as markup
+    assert "┃" in run(tmp_path, "tenant", "list") and "SQLite file" in run(
+        tmp_path, "tenant", "list")
+    assert run(tmp_path, "notices", "--tenant", "acme") == ""  # none yet, no empty table

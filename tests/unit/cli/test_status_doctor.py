@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,12 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
-from wacloud.adapters.db.tenant.tables import outbound_messages
+from wacloud.adapters.db.tenant.tables import messages, outbound_messages
 from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.bootstrap import open_registry, queue_specs
 from wacloud.cli import app
-from wacloud.domain.model import Provider
+from wacloud.domain.model import OutboundStatus, Provider
 from wacloud.settings import load_settings
 from wacloud.stages import envelopes
 
@@ -157,6 +158,75 @@ def test_status_shows_channels_queues_outbox_parked_and_problems(tmp_path: Path,
     assert "pw-secret" not in text and GOOD not in text and BAD not in text
     assert "PAUSED: token refused (190)" in text and "problems (3):" in text
     assert "fix: fix the cause, then `wacloud channel resume 2`" in text
+
+
+def test_status_shows_each_channels_rates_errors_and_pause(tmp_path: Path,
+                                                          server: str) -> None:
+    add_world(tmp_path, server)
+    ok(invoke(tmp_path, "channel", "pause", "2", "--reason", "token refused (190)"))
+    registry = open_registry(load_settings(tmp_path))
+    registry.add_channel(tenant="down", provider=Provider.WHAPI, key="DOWN-1", token=GOOD,
+                         webhook_secret="hook", api_base_url=server)
+    registry.engine.dispose()
+    now = utcnow()
+
+    def inbound(minutes_ago: float, channel: str, n: int) -> dict[str, object]:
+        at = now - timedelta(minutes=minutes_ago)
+        return {"provider": "meta", "channel": channel, "direction": "in", "type": "text",
+                "provider_message_id": f"wamid.{channel}.{n}", "status": "received",
+                "received_at": at, "updated_at": at}
+
+    def outbound(minutes_ago: float, channel: str, status: OutboundStatus,
+                 code: str | None = None) -> dict[str, object]:
+        at = now - timedelta(minutes=minutes_ago)
+        accepted = status.value >= OutboundStatus.ACCEPTED.value
+        return {"channel": channel, "recipient": "5511987654321", "type": "text",
+                "content": {"body": "oi"}, "status": status.value, "created_at": at,
+                "updated_at": at, "accepted_at": at if accepted else None, "error_code": code}
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'tenants' / 'acme.db'}")
+    with engine.begin() as conn:
+        # Meta: 12 in over the hour (6 of them in the last 5 minutes), 3 out (1 recently),
+        # 2 failed (131026 twice); Whapi: 1 in recently, 1 refused by the rate limit; an
+        # inbound message older than the hour counts nowhere.
+        conn.execute(messages.insert(), [
+            *(inbound(1 + n * 0.5, PN, n) for n in range(6)),
+            *(inbound(20 + n, PN, 10 + n) for n in range(6)),
+            inbound(0.5, "MANTIS-1", 100), inbound(90, PN, 200)])
+        conn.execute(outbound_messages.insert(), [
+            outbound(2, PN, OutboundStatus.DELIVERED), outbound(30, PN, OutboundStatus.READ),
+            outbound(40, PN, OutboundStatus.ACCEPTED),
+            outbound(3, PN, OutboundStatus.FAILED, "131026"),
+            outbound(50, PN, OutboundStatus.FAILED, "131026"),
+            outbound(4, "MANTIS-1", OutboundStatus.QUEUED, "130429")])
+    engine.dispose()
+
+    report = json.loads(ok(invoke(tmp_path, "status", "--json")).stdout)
+
+    meta, whapi, down = report["channels"]
+    assert down["key"] == "DOWN-1" and down["reachable"] is False
+    assert down["in_per_min_last_hour"] is None and down["errors_by_code"] is None
+    assert (meta["in_last_hour"], meta["in_last_5m"], meta["out_last_hour"],
+            meta["out_last_5m"]) == (12, 6, 3, 1)
+    assert (meta["in_per_min_last_hour"], meta["in_per_min_last_5m"],
+            meta["out_per_min_last_hour"], meta["out_per_min_last_5m"]) == (0.2, 1.2, 0.05, 0.2)
+    assert meta["failed_last_hour"] == 2 and meta["errors_by_code"] == {"131026": 2}
+    assert meta["paused"] is False and meta["reachable"] is True
+    assert (whapi["in_last_5m"], whapi["out_last_hour"], whapi["errors_by_code"],
+            whapi["rate_limit_hits"]) == (1, 0, {"130429": 1}, 1)
+    assert whapi["paused"] is True and whapi["pause_reason"] == "token refused (190)"
+    acme = next(o for o in report["outbox"] if o["tenant"] == "acme")
+    assert (acme["received_last_hour"], acme["sent_last_hour"], acme["failed_last_hour"]) == (
+        13, 3, 2)
+
+    text = ok(invoke(tmp_path, "status")).stdout
+    [meta_line] = [line for line in text.splitlines() if line.split()[:2] == ["1", "acme"]]
+    assert "0.2 / 1.2" in meta_line and "0.05 / 0.2" in meta_line
+    assert "131026 x2" in meta_line and "active" in meta_line
+    [whapi_line] = [line for line in text.splitlines() if line.split()[:2] == ["2", "acme"]]
+    assert "PAUSED: token refused (190)" in whapi_line and "130429 x1" in whapi_line
+    [down_line] = [line for line in text.splitlines() if line.split()[:2] == ["3", "down"]]
+    assert "database unreachable" in down_line
 
 
 def test_status_reports_stage_workers_of_a_running_serve(tmp_path: Path, server: str) -> None:

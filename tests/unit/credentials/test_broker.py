@@ -100,17 +100,17 @@ def test_waba_fallback_only_for_meta_and_counts_only_meta_channels(
     assert broker.channel(Provider.WHAPI, "unknown", account_key="W3") is None
 
 
-def test_meta_secrets_for_a_named_channel_is_its_secret_plus_global(
+def test_app_secrets_for_a_named_channel_is_its_secret_plus_global(
         registry: Registry, broker: CredentialsBroker) -> None:
     add_meta(registry, "111", waba="W1", secret="secret-111")
     add_meta(registry, "222", waba="W2", secret="secret-222")
 
-    assert broker.meta_secrets_for({"111"}, set()) == ["secret-111", GLOBAL_SECRET]
-    assert broker.meta_secrets_for({"111"}, {"W1"}) == ["secret-111", GLOBAL_SECRET]
-    assert broker.meta_secrets_for(set(), {"W2"}) == ["secret-222", GLOBAL_SECRET]
+    assert broker.app_secrets_for(Provider.META, {"111"}, set()) == ["secret-111", GLOBAL_SECRET]
+    assert broker.app_secrets_for(Provider.META, {"111"}, {"W1"}) == ["secret-111", GLOBAL_SECRET]
+    assert broker.app_secrets_for(Provider.META, set(), {"W2"}) == ["secret-222", GLOBAL_SECRET]
 
 
-def test_meta_secrets_for_unknown_ids_is_every_secret_plus_global(
+def test_app_secrets_for_unknown_ids_is_every_secret_plus_global(
         registry: Registry, broker: CredentialsBroker) -> None:
     add_meta(registry, "111", waba="W1", secret="secret-111")
     add_meta(registry, "222", waba="W2", secret="secret-222")
@@ -118,24 +118,24 @@ def test_meta_secrets_for_unknown_ids_is_every_secret_plus_global(
     registry.add_channel(tenant="beta", provider=Provider.WHAPI, key="wh", token="t",
                          webhook_secret="whapi-hook-secret")
 
-    assert broker.meta_secrets_for({"999"}, {"W9"}) == ["secret-111", "secret-222",
+    assert broker.app_secrets_for(Provider.META, {"999"}, {"W9"}) == ["secret-111", "secret-222",
                                                         GLOBAL_SECRET]
 
 
-def test_meta_secrets_for_named_channel_without_secret_is_only_global(
+def test_app_secrets_for_named_channel_without_secret_is_only_global(
         registry: Registry, broker: CredentialsBroker) -> None:
     add_meta(registry, "111", waba="W1", secret=None)
     add_meta(registry, "222", waba="W2", secret="secret-222")
 
-    assert broker.meta_secrets_for({"111"}, set()) == [GLOBAL_SECRET]
+    assert broker.app_secrets_for(Provider.META, {"111"}, set()) == [GLOBAL_SECRET]
 
 
 def test_meta_secrets_without_global_secret(registry: Registry, tmp_path: Path) -> None:
     add_meta(registry, "111", waba="W1", secret="secret-111")
     broker = make_broker(registry, tmp_path, global_secret=None)
 
-    assert broker.meta_secrets_for({"111"}, set()) == ["secret-111"]
-    assert broker.meta_secrets_for({"999"}, set()) == ["secret-111"]
+    assert broker.app_secrets_for(Provider.META, {"111"}, set()) == ["secret-111"]
+    assert broker.app_secrets_for(Provider.META, {"999"}, set()) == ["secret-111"]
 
 
 def test_refresh_picks_up_a_change_and_ignores_when_unchanged(
@@ -213,39 +213,42 @@ def test_registry_stores_secrets_encrypted(registry: Registry) -> None:
     assert registry.tenant("pg").db_url == "postgresql://app:db-PASSWORD@db/pg"
 
 
-def test_uniform_meta_secret_only_when_every_channel_shares_one(
+def test_uniform_app_secret_only_when_every_channel_shares_one(
         registry: Registry, tmp_path: Path) -> None:
     broker = make_broker(registry, tmp_path, global_secret=None)
     add_meta(registry, "111", waba="W1", secret="shared")
     add_meta(registry, "222", waba="W2", secret="shared", tenant="beta")
     broker.refresh(force=True)
-    assert broker.uniform_meta_secret() == "shared"
+    assert broker.uniform_app_secret(Provider.META) == "shared"
 
     add_meta(registry, "333", waba="W3", secret=None)  # a channel without one: no shortcut
     broker.refresh(force=True)
-    assert broker.uniform_meta_secret() is None
+    assert broker.uniform_app_secret(Provider.META) is None
 
 
-def test_uniform_meta_secret_counts_the_global_secret(
+def test_uniform_app_secret_counts_the_global_secret(
         registry: Registry, broker: CredentialsBroker) -> None:
     add_meta(registry, "111", waba="W1", secret="secret-111")
-    assert broker.uniform_meta_secret() is None  # the global one differs
+    assert broker.uniform_app_secret(Provider.META) is None  # the global one differs
     registry.add_channel(tenant="beta", provider=Provider.WHAPI, key="w1", token="t")
     broker.refresh(force=True)
-    assert broker.uniform_meta_secret() is None
+    assert broker.uniform_app_secret(Provider.META) is None
 
 
 def test_signature_shortcut_accepts_and_refuses_like_the_full_check(
         registry: Registry, tmp_path: Path) -> None:
-    from wacloud.stages.ingest import meta_signature_ok
+    from wacloud.providers import port
+    from wacloud.stages.ingest import signature_ok
     from wacloud.testing.webhooks import sign
+
+    meta = port(Provider.META)
 
     broker = make_broker(registry, tmp_path, global_secret=None)
     add_meta(registry, "111", waba="W1", secret="shared")
     broker.refresh(force=True)
-    assert broker.uniform_meta_secret() == "shared"
+    assert broker.uniform_app_secret(Provider.META) == "shared"
     body = b'{"object":"whatsapp_business_account","entry":[]}'
-    assert meta_signature_ok(body, sign(body, "shared"), broker)
-    assert not meta_signature_ok(body, sign(body, "other"), broker)
-    assert not meta_signature_ok(body + b" ", sign(body, "shared"), broker)
-    assert not meta_signature_ok(body, None, broker)
+    assert signature_ok(meta, body, sign(body, "shared"), broker)
+    assert not signature_ok(meta, body, sign(body, "other"), broker)
+    assert not signature_ok(meta, body + b" ", sign(body, "shared"), broker)
+    assert not signature_ok(meta, body, None, broker)

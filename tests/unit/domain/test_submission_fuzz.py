@@ -135,7 +135,7 @@ def api() -> Iterator[tuple[httpx.Client, str]]:
                              phone_number_id=CHANNEL, waba_id="W", token="tok")
         key = create_api_key(registry, tenant="acme")[1]
         broker = CredentialsBroker(registry, tenants_dir=root / "tenants")
-        app = Starlette(routes=api_routes(broker, lambda: None, max_body_bytes=256 * 1024))
+        app = Starlette(routes=api_routes(broker, lambda tenant: None, max_body_bytes=256 * 1024))
         try:
             with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
                 yield client, key

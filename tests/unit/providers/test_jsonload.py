@@ -7,7 +7,7 @@ import pytest
 
 from wacloud.domain.model import PayloadError
 from wacloud.providers.jsonload import MAX_DEPTH, load_json
-from wacloud.providers.meta import _maybe_json
+from wacloud.providers.meta.inbound import _maybe_json
 
 
 @pytest.mark.parametrize(("body", "reason"), [

@@ -1,5 +1,6 @@
-"""What each provider's answer to a token check means (`wacloud.providers.token_check`); the
-calls themselves run against the fake provider in tests/unit/hosting/test_admin_api.py."""
+"""What each provider's answer to a token check means (each port's `token_check_request` and
+`read_token_check`, sharing `wacloud.providers.token_check`); the calls themselves run against
+the fake provider in tests/unit/hosting/test_admin_api.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 
 import pytest
 
-from wacloud.domain.model import Channel, Provider
-from wacloud.providers.token_check import check_request, read_answer
+from wacloud.domain.model import Channel, Provider, ProviderRequest
+from wacloud.providers import port
+from wacloud.providers.token_check import TokenCheck
 
 TOKEN = "EAAGm0PX4ZCpsBAKZC0secret0token0value0123456789"
 
@@ -16,6 +18,14 @@ TOKEN = "EAAGm0PX4ZCpsBAKZC0secret0token0value0123456789"
 def channel(provider: Provider) -> Channel:
     return Channel(id=1, tenant="acme", provider=provider, key="K1", phone_number_id="555",
                    token=TOKEN)
+
+
+def check_request(checked: Channel) -> ProviderRequest:
+    return port(checked.provider).token_check_request(checked)
+
+
+def read_answer(checked: Channel, status: int, body: bytes) -> TokenCheck:
+    return port(checked.provider).read_token_check(checked, status, body)
 
 
 def test_the_requests_are_cheap_reads_of_each_provider() -> None:

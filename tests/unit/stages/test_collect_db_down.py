@@ -69,6 +69,8 @@ def test_down_tenant_is_one_warning_per_interval(tmp_path: Path,
     assert [r.levelno for r in records] == [logging.WARNING, logging.WARNING]
     assert all(r.exc_info is None for r in records)
     assert "tenant down: database unreachable" in records[0].getMessage()
+    # One line each, though psycopg's reason has a second line ("Is the server running ...").
+    assert all("\n" not in r.getMessage() for r in records)
     assert "2 more failure(s) since the last warning" in records[1].getMessage()
     assert "pw" not in " ".join(r.getMessage() for r in records).replace("psycopg", "")
 

@@ -32,12 +32,12 @@ from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import Provider
 from wacloud.hosting.webhooks import WebhookReceiver
 from wacloud.media.copier import MediaCopier
-from wacloud.providers.meta import parse_webhook
+from wacloud.providers.meta.inbound import parse_webhook
+from wacloud.providers.meta.webhook_auth import other_object
 from wacloud.security.crypto import SecretBox, new_key
-from wacloud.stages.envelopes import RawWebhook
+from wacloud.stages.envelopes import RawWebhook, envelope_text
 from wacloud.stages.inbound import InboundContext, receive_and_write
-from wacloud.stages.ingest import other_meta_object
-from wacloud.stages.receive import ReceiveContext, envelope_text
+from wacloud.stages.receive import ReceiveContext
 from wacloud.stages.write import WriteContext
 from wacloud.testing.webhooks import dumps, meta_envelope, meta_text, sign
 
@@ -245,7 +245,7 @@ def test_the_envelope_keeps_the_signature_and_the_replay_mark() -> None:
     (b"[1]", None),
 ])
 def test_other_meta_objects_are_recognized(body: bytes, expected: str | None) -> None:
-    assert other_meta_object(body) == expected
+    assert other_object(body) == expected
 
 
 @pytest.mark.parametrize("park_them", [False, True])

@@ -26,14 +26,8 @@ from wacloud.domain.model import (
 )
 from wacloud.media.copier import MediaCopier
 from wacloud.security.crypto import SecretBox, new_key
-from wacloud.stages.envelopes import RawWebhook
-from wacloud.stages.receive import (
-    ReceiveContext,
-    envelope_bytes,
-    envelope_text,
-    parse,
-    receive,
-)
+from wacloud.stages.envelopes import RawWebhook, envelope_bytes, envelope_text
+from wacloud.stages.receive import ReceiveContext, parse, receive
 
 ARBITRARY_BODIES = [
     b"",

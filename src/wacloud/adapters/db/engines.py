@@ -8,10 +8,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+# Seconds to wait for a server database to accept a connection (PyMySQL's own default).
+CONNECT_TIMEOUT_S = 10
+
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL",
-                  sqlite_busy_timeout_s: float = 30.0) -> Engine:
-    """An engine with settings that suit many short transactions from several threads."""
+                  sqlite_busy_timeout_s: float = 30.0, pool_size: int = 5,
+                  max_overflow: int = 10) -> Engine:
+    """An engine with settings that suit many short transactions from several threads.
+
+    `pool_size` and `max_overflow` bound a server database's connections from this engine
+    (a tenant's engine gets `WACLOUD_TENANT_POOL_SIZE` and no overflow: with many tenants on
+    one server, each one's pool is what adds up). SQLite keeps its one connection."""
     if url.startswith("sqlite"):
         # One connection per process and file: SQLite runs one writer at a time anyway, and
         # threads queueing on the pool wake as soon as it is free, where several connections
@@ -33,9 +41,13 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL",
             cursor.close()
 
         return engine
-    if url.startswith("mssql"):
-        return sa.create_engine(url, pool_pre_ping=True)
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        # libpq waits for the operating system's TCP timeout (minutes) by default: a server
+        # that does not answer would hold a collect pass and a worker thread that long.
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size,
+                            max_overflow=max_overflow, connect_args=connect_args)
 
 
 def create_throwaway_engine(url: str) -> Engine:

@@ -93,7 +93,7 @@ class TroubleLog:
         repeats = self._suppressed.pop(key, 0)
         self.logger.warning(
             "%s: database unreachable (%s); %s waits and retries%s", key,
-            failure_reason(exc), what,
+            " ".join(failure_reason(exc).split()), what,  # one line (drivers add hints)
             f" ({repeats} more failure(s) since the last warning)" if repeats else "")
         return True
 

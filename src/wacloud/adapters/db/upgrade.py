@@ -8,7 +8,7 @@ rolling back to an older wacloud.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,9 +103,11 @@ def _sqlite_exists(url: str) -> bool:
 
 
 def migrate_all(settings: Settings, *, tenant: str | None = None, dry_run: bool = False,
-                registry_to: str = HEAD, tenant_to: str = HEAD) -> Iterator[DatabaseMigration]:
+                registry_to: str = HEAD, tenant_to: str = HEAD,
+                on_count: Callable[[int], None] | None = None) -> Iterator[DatabaseMigration]:
     """The registry, then each tenant database (or only `tenant`'s), one result each as it is
-    done. Raises RegistryError for an unknown `tenant` or a registry that does not exist, and
+    done; `on_count` hears how many databases there are before the first one (a progress bar's
+    total). Raises RegistryError for an unknown `tenant` or a registry that does not exist, and
     UnknownRevisionError for a target revision that does not exist."""
     check_known("registry", None, registry_to)  # a typo fails before anything changes
     check_known("tenant", None, tenant_to)
@@ -118,6 +120,8 @@ def migrate_all(settings: Settings, *, tenant: str | None = None, dry_run: bool 
         slugs_and_urls = [(slug, url) for slug, url in slugs_and_urls if slug == tenant]
         if not slugs_and_urls:
             raise RegistryError(f"unknown tenant {tenant!r}")
+    if on_count is not None:
+        on_count(1 + len(slugs_and_urls))
     yield _migrate_one("registry", None, registry_url, registry_to, dry_run)
     if not dry_run:
         settings.tenants_dir.mkdir(parents=True, exist_ok=True)

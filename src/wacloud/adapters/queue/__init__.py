@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 ADAPTERS: dict[str, str] = {
     "sqlite": "wacloud.adapters.queue.sqlite.broker",
     "sqs": "wacloud.adapters.queue.sqs",
+    "amqp": "wacloud.adapters.queue.rabbitmq",
+    "amqps": "wacloud.adapters.queue.rabbitmq",
 }
 
 

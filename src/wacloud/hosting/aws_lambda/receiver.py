@@ -5,45 +5,31 @@ The checks are `wacloud serve`'s own (`hosting.webhooks.WebhookReceiver`): Meta'
 `X-Hub-Signature-256` against the app secrets of the channels it names, the Whapi / Chakra
 channel secret before the body is looked at, the size limit, other Meta products answered and
 only counted. What no channel routes to is parked by the writer, as in `serve`. Meta's
-verification handshake (`GET /webhooks/meta`) and `GET /healthz` are answered too; nothing
-else is served here (the admin API and the dashboard stay off the public function).
-Backpressure needs no gate: SQS does not fill up.
+verification handshake (`GET /webhooks/meta`, by the same receiver) and `GET /healthz` are
+answered too; nothing else is served here (the admin API and the dashboard stay off the public
+function). Backpressure needs no gate: SQS does not fill up.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qs
 
 from wacloud import __version__
-from wacloud.credentials.broker import CredentialsBroker
 from wacloud.hosting.aws_lambda import http_event
 from wacloud.hosting.aws_lambda.runtime import Container, container
 from wacloud.hosting.webhooks import ASGIApp, Receive, Scope, Send, WebhookReceiver, respond
 from wacloud.stages.envelopes import INBOUND_RAW
-from wacloud.stages.ingest import meta_verify_challenge
 
 _app: tuple[Container, ASGIApp] | None = None  # built once per container
 
 
-def other_requests(broker: CredentialsBroker) -> ASGIApp:
-    """What `WebhookReceiver` passes on: the Meta handshake and health; 404 for the rest."""
+def other_requests() -> ASGIApp:
+    """What `WebhookReceiver` passes on (it answers all of `/webhooks/*`, the handshake too):
+    health; 404 for the rest."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        path, method = scope["path"], scope["method"]
-        if method == "GET" and path == "/webhooks/meta":
-            params = {k: v[0] for k, v in parse_qs(scope["query_string"].decode("latin-1"))
-                      .items()}
-            challenge = meta_verify_challenge(params.get("hub.mode"),
-                                              params.get("hub.verify_token"),
-                                              params.get("hub.challenge"), broker)
-            # As `serve` answers it: the challenge, or "forbidden", as plain text.
-            status, text = (403, "forbidden") if challenge is None else (200, challenge)
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-            return await send({"type": "http.response.body", "body": text.encode()})
-        if method == "GET" and path == "/healthz":
+        if scope["method"] == "GET" and scope["path"] == "/healthz":
             return await respond(send, 200, json.dumps({"status": "ok",
                                                         "version": __version__}).encode())
         await respond(send, 404, b'{"error":"not found"}')
@@ -57,7 +43,7 @@ def app_of(current: Container) -> ASGIApp:
         gateway = current.gateway
         settings = current.settings
         _app = (current, WebhookReceiver(
-            other_requests(gateway.broker), gateway.broker, gateway.queues[INBOUND_RAW],
+            other_requests(), gateway.broker, gateway.queues[INBOUND_RAW],
             settings.max_webhook_bytes, settings.park_other_meta_objects))
     return _app[1]
 

@@ -248,6 +248,15 @@ def release(engine: Engine, ids: Sequence[int], reason: str | None) -> None:
                  "error_reason": reason, "updated_at": utcnow()})
 
 
+_ANY_PENDING = sa.select(_c.id).where(_c.status == PENDING).limit(1)
+
+
+def has_pending(engine: Engine) -> bool:
+    """Whether any row is pending: one indexed read (status, id), no lock taken."""
+    with engine.connect() as conn:
+        return conn.execute(_ANY_PENDING).first() is not None
+
+
 def pending_count(engine: Engine) -> int:
     with engine.connect() as conn:
         count = conn.execute(

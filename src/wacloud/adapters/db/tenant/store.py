@@ -5,15 +5,17 @@ Everything here is synchronous SQLAlchemy Core; stages call it through a thread.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
 
 from wacloud.adapters.db.dialect import insert_ignore
 from wacloud.adapters.db.migrate import upgrade
@@ -34,6 +36,8 @@ from wacloud.domain.model import (
     StatusUpdate,
     receipt_rank,
 )
+
+T = TypeVar("T")
 
 # Status names of message rows (echoes of our own messages) ranked like receipts.
 MESSAGE_STATUS_RANK = {"received": 0, "pending": 1, "accepted": 3, "sent": 4, "failed": 5,
@@ -126,27 +130,58 @@ def set_media_in(conn: Connection, channel: str, provider_message_id: str,
     return result.rowcount > 0
 
 
+class DirectWrites:
+    """The writes of a closed store: each in a transaction of its own (see `TenantStore.close`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        def in_transaction() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn)
+        return await asyncio.to_thread(in_transaction)
+
+
 class TenantStore:
     def __init__(self, slug: str, engine: Engine) -> None:
         self.slug = slug
         self.engine = engine
+        self.closed = False
         self._writes: GroupCommit | None = None
         self._writes_lock = threading.Lock()
 
     @property
-    def writes(self) -> GroupCommit:
+    def writes(self) -> GroupCommit | DirectWrites:
         """Small writes from many tasks, grouped into shared transactions."""
         with self._writes_lock:
+            if self.closed:
+                return DirectWrites(self.engine)
             if self._writes is None:
                 self._writes = GroupCommit(self.engine, self.slug)
             return self._writes
 
     def close(self) -> None:
+        """Close the writer thread and every pooled connection.
+
+        The credentials broker closes stores that were idle or least recently used while a
+        task that fetched one just before may still use it once: from then on each use opens
+        a connection of its own and closes it when done (a NullPool), and writes run one
+        transaction each, so a late user neither fails nor leaves a pool open behind the
+        broker's bounds."""
         with self._writes_lock:
+            self.closed = True
             if self._writes is not None:
                 self._writes.close()
                 self._writes = None
-        self.engine.dispose()
+        old = self.engine.pool
+        # Swapped before the old pool is emptied, so no thread checks out of a pool that
+        # nobody would empty again. `recreate()`'s arguments: the same creator and events
+        # (SQLite's PRAGMAs), pre-ping and dialect.
+        self.engine.pool = NullPool(
+            old._creator, pre_ping=old._pre_ping, _dispatch=old.dispatch,
+            dialect=old._dialect)
+        old.dispose()
 
     def create_schema(self) -> None:
         upgrade(self.engine, "tenant")

@@ -41,3 +41,17 @@ def test_mssql_claim_binds_values_and_result_types() -> None:
     assert params["excluded"] == ["x"]
     # Result columns carry the table's types (UTC datetimes, JSON content).
     assert {c.name for c in stmt.selected_columns} >= {"id", "status", "reserved_at", "content"}
+
+
+def test_mssql_pending_check_is_a_top_1_read_without_locks() -> None:
+    from wacloud.adapters.db.tenant.claim import _ANY_PENDING
+
+    sql = str(_ANY_PENDING.compile(dialect=pymssql.dialect(),  # type: ignore[no-untyped-call]
+                                   compile_kwargs={"render_postcompile": True}))
+    assert sql.startswith("SELECT TOP 1 outbound_messages.id"), sql
+    assert "LOCK" not in sql.upper()
+
+
+# Every other statement of the claim, the tenant store, outbox, submissions, views, privacy and
+# the registry: tests/unit/adapters/db/test_mssql_statements.py; the migrations:
+# tests/unit/adapters/db/test_migrations_mssql.py.

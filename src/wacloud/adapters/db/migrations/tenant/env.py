@@ -7,9 +7,13 @@ from alembic import context
 from wacloud.adapters.db.tenant.tables import metadata
 
 config = context.config
-connection = config.attributes["connection"]
+# Offline (`--sql`, e.g. to read or check the SQL for SQL Server without a server): the URL
+# names the dialect; otherwise wacloud passes the connection it opened.
+connection = None if context.is_offline_mode() else config.attributes["connection"]
 context.configure(
     connection=connection,
+    url=config.get_main_option("sqlalchemy.url") if connection is None else None,
+    literal_binds=connection is None,
     target_metadata=metadata,
     version_table="wacloud_tenant_version",
     render_as_batch=True,

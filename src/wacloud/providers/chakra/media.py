@@ -1,21 +1,12 @@
-"""Chakra (chakrahq.com): a BSP proxy that forwards Meta-format webhooks for its plugins.
-
-Events are parsed by the Meta parser but routed by the Chakra plugin id, and media is fetched
-through Chakra's own endpoint because the Meta app (and its token) belong to Chakra.
-"""
+"""Chakra, media: a file's bytes stream through Chakra's own "show media" endpoint, because the
+Meta app (and its token) belong to Chakra. No lookup call is needed."""
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
-from wacloud.domain.model import JSON, Channel, Event, MediaRef, Provider
-from wacloud.providers import meta
+from wacloud.domain.model import Channel, MediaRef
 from wacloud.providers.media import MediaDownload, MediaResolveError
-
-
-def parse_webhook(payload: JSON, *, plugin_id: str) -> list[Event]:
-    """Events of a Chakra pass-through webhook, keyed by `plugin_id` (the webhook URL's)."""
-    return meta.parse_webhook(payload, provider=Provider.CHAKRA, channel_key=plugin_id)
 
 
 def media_download(channel: Channel, media: MediaRef) -> MediaDownload:

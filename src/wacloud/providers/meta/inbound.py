@@ -1,4 +1,4 @@
-"""Meta WhatsApp Cloud API: webhook bodies to normalized events, signature check, media lookup.
+"""Meta WhatsApp Cloud API, inbound: webhook bodies to normalized events.
 
 Chakra forwards Meta's envelope unchanged, so `wacloud.providers.chakra` reuses `parse_webhook`
 with its own provider and channel key.
@@ -6,17 +6,10 @@ with its own provider and channel key.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, urlencode
 
-from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.domain.model import (
     JSON,
-    Channel,
     Contact,
     Event,
     InboundMessage,
@@ -25,11 +18,10 @@ from wacloud.domain.model import (
     Provider,
     ProviderError,
     ProviderNotice,
-    ProviderRequest,
     StatusUpdate,
 )
 from wacloud.providers.jsonload import load_json
-from wacloud.providers.media import MediaDownload, MediaResolveError, lenient_int
+from wacloud.providers.media import lenient_int
 
 # "voice" is the older name of a voice note (`type: "voice"` with a `voice` media object).
 MEDIA_TYPES = frozenset({"image", "video", "audio", "voice", "document", "sticker"})
@@ -38,9 +30,6 @@ MEDIA_TYPES = frozenset({"image", "video", "audio", "voice", "document", "sticke
 # value is surfaced as a notice so new Meta features are logged rather than silently lost.
 _VALUE_KEYS = frozenset({"messaging_product", "metadata", "contacts", "messages", "statuses",
                          "errors"})
-
-# Graph error codes that mean "overloaded or throttled" even when the HTTP status is 4xx.
-_TEMPORARY_GRAPH_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131057, 133004})
 
 
 def as_id(value: Any) -> str | None:
@@ -276,106 +265,3 @@ def _parse_message(message: JSON, provider: Provider, channel_key: str, account_
         timestamp=lenient_int(message.get("timestamp")), content=content, media=media,
         errors=parse_errors(message.get("errors")), raw=message,
         group_id=as_id(message.get("group_id")))
-
-
-def routing_ids(payload: Any) -> tuple[set[str], set[str]]:
-    """(phone_number_ids, WABA ids) a body names, to pick the app secret that signed it.
-    Never raises: junk yields two empty sets."""
-    phone_ids: set[str] = set()
-    waba_ids: set[str] = set()
-    if not isinstance(payload, dict):
-        return phone_ids, waba_ids
-    for entry in as_list(payload.get("entry")):
-        if not isinstance(entry, dict):
-            continue
-        waba_id = as_id(entry.get("id"))
-        if waba_id:
-            waba_ids.add(waba_id)
-        for change in as_list(entry.get("changes")):
-            value = as_dict(as_dict(change).get("value"))
-            for candidate in (as_dict(value.get("metadata")).get("phone_number_id"),
-                              value.get("phone_number_id")):
-                phone_id = as_id(candidate)
-                if phone_id:
-                    phone_ids.add(phone_id)
-    return phone_ids, waba_ids
-
-
-def verify_signature(body: bytes, header: str | None, secrets: Iterable[str]) -> bool:
-    """True if `X-Hub-Signature-256: sha256=<hex>` is the HMAC-SHA256 of `body` under any of
-    `secrets`. Every secret is tried so timing does not reveal which one matched."""
-    if not header:
-        return False
-    scheme, _, given = header.strip().partition("=")
-    if scheme.strip().lower() != "sha256" or not given:
-        return False
-    expected = given.strip().lower().encode("utf-8", "replace")
-    matched = False
-    for secret in secrets:
-        if not secret:
-            continue
-        digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-        if hmac.compare_digest(digest.encode("ascii"), expected):
-            matched = True
-    return matched
-
-
-def _graph_error(body: bytes, token: str) -> tuple[str, bool]:
-    """A short, token-free description of a Graph error body, and whether its code is a
-    throttle/overload one (Meta answers those with HTTP 400 too)."""
-    try:
-        error = as_dict(as_dict(json.loads(body)).get("error"))
-    except ValueError:
-        return "", False
-    code = error.get("code")
-    message = str(error.get("message") or "")[:200]
-    if token:
-        message = message.replace(token, "***")
-    throttled = isinstance(code, int) and code in _TEMPORARY_GRAPH_CODES
-    return (f" (code {code}: {message})" if code is not None or message else ""), throttled
-
-
-async def resolve_media(client: ProviderClient, channel: Channel, media: MediaRef, *,
-                        timeout: float = 30.0) -> MediaDownload:
-    """Ask the Graph API where a media id's file is. The returned URL lives about five minutes
-    and needs the same bearer token, so download it right away."""
-    media_id = media.provider_media_id
-    if not media_id:
-        raise MediaResolveError("media has no provider media id", temporary=False)
-    url = f"{channel.base_url}/{channel.graph_version}/{quote(media_id, safe='')}"
-    if channel.phone_number_id:
-        url += "?" + urlencode({"phone_number_id": channel.phone_number_id})
-    headers = {"Authorization": f"Bearer {channel.token}"}
-    try:
-        response = await client.perform(ProviderRequest("GET", url, headers=headers), timeout)
-    except ProviderTimeout:
-        raise MediaResolveError(f"timed out resolving media {media_id}",
-                                temporary=True) from None
-    except ProviderCallError as exc:
-        raise MediaResolveError(f"could not reach the Graph API for media {media_id}: "
-                                f"{exc.kind}", temporary=True) from None
-    status = response.status_code
-    if not 200 <= status < 300:
-        detail, throttled = _graph_error(response.content, channel.token)
-        temporary = throttled or status >= 500 or status in (408, 429)
-        raise MediaResolveError(f"Graph API answered HTTP {status} for media {media_id}{detail}",
-                                temporary=temporary)
-    try:
-        data = as_dict(json.loads(response.content))
-    except ValueError:
-        raise MediaResolveError(f"Graph API sent a non-JSON answer for media {media_id}",
-                                temporary=True) from None
-    download_url = as_str(data.get("url"))
-    if not download_url:
-        raise MediaResolveError(f"Graph API answer for media {media_id} has no url",
-                                temporary=False)
-    return MediaDownload(
-        url=download_url, headers=dict(headers),
-        mime_type=as_str(data.get("mime_type")) or media.mime_type,
-        sha256=as_str(data.get("sha256")) or media.sha256,
-        size=_first_int(data.get("file_size"), media.size), filename=media.filename)
-
-
-def _first_int(value: Any, fallback: int | None) -> int | None:
-    parsed = lenient_int(value)
-    return fallback if parsed is None else parsed

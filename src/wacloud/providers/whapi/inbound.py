@@ -1,4 +1,4 @@
-"""Whapi.Cloud: webhook bodies to normalized events, and where to download a message's media.
+"""Whapi.Cloud, inbound: webhook bodies to normalized events.
 
 Whapi has its own format (top-level `messages[]`, `statuses[]`, `event`, `channel_id`); its
 message ids are not wamids and it echoes our own sends back with `from_me: true`.
@@ -7,11 +7,9 @@ message ids are not wamids and it echoes our own sends back with `from_me: true`
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 from wacloud.domain.model import (
     JSON,
-    Channel,
     Contact,
     Direction,
     Event,
@@ -23,8 +21,8 @@ from wacloud.domain.model import (
     ProviderNotice,
     StatusUpdate,
 )
-from wacloud.providers.media import MediaDownload, MediaResolveError, lenient_int
-from wacloud.providers.meta import as_dict, as_id, as_list, as_str
+from wacloud.providers.media import lenient_int
+from wacloud.providers.meta.inbound import as_dict, as_id, as_list, as_str
 
 # Group chats of WhatsApp Web ids; personal chats end in "@s.whatsapp.net".
 GROUP_CHAT_SUFFIX = "@g.us"
@@ -189,32 +187,3 @@ def _parse_message(message: JSON, channel: str) -> InboundMessage:
         timestamp=lenient_int(message.get("timestamp")), content=content, media=media,
         errors=_errors(message.get("errors")), raw=message,
         group_id=chat_id if chat_id and chat_id.endswith(GROUP_CHAT_SUFFIX) else None)
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return scheme, (parts.hostname or "").lower(), port or {"https": 443, "http": 80}.get(scheme)
-
-
-def media_download(channel: Channel, media: MediaRef) -> MediaDownload:
-    """The GET that returns a Whapi media file: the auto-download `link` when the webhook had
-    one, else the media endpoint by id. The channel token is only sent to the channel's own
-    API origin, never to a third-party host a link might point at."""
-    if media.link:
-        headers: dict[str, str] = {}
-        if _origin(media.link) == _origin(channel.base_url):
-            headers["Authorization"] = f"Bearer {channel.token}"
-        url = media.link
-    elif media.provider_media_id:
-        url = f"{channel.base_url}/media/{quote(media.provider_media_id, safe='')}"
-        headers = {"Authorization": f"Bearer {channel.token}"}
-    else:
-        raise MediaResolveError("media has neither a link nor a provider media id",
-                                temporary=False)
-    return MediaDownload(url=url, headers=headers, mime_type=media.mime_type,
-                         sha256=media.sha256, size=media.size, filename=media.filename)

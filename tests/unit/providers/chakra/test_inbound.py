@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from wacloud.domain.model import Channel, InboundMessage, MediaRef, PayloadError, Provider
-from wacloud.providers import chakra
+from wacloud.providers.chakra import inbound as chakra
+from wacloud.providers.chakra import media as chakra_media
 from wacloud.providers.media import MediaResolveError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "chakra"
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "chakra"
 PLUGIN = "3f1c2a9e-8b7d-4c6e-9a51-0d2e4f6b8c10"
 TOKEN = "chakra-token-never-shown-55"
 
@@ -59,7 +60,7 @@ def _channel() -> Channel:
 def test_media_download() -> None:
     media = MediaRef(provider_media_id="1038542891735201", mime_type="image/jpeg", sha256="s=",
                      filename="f.jpg")
-    download = chakra.media_download(_channel(), media)
+    download = chakra_media.media_download(_channel(), media)
     assert download.url == (
         "https://api.chakrahq.com/v1/whatsapp/v23.0/media/1038542891735201/show")
     assert download.headers == {"Authorization": f"Bearer {TOKEN}"}
@@ -70,5 +71,5 @@ def test_media_download() -> None:
 
 def test_media_download_without_id() -> None:
     with pytest.raises(MediaResolveError) as info:
-        chakra.media_download(_channel(), MediaRef(link="https://x.example/a"))
+        chakra_media.media_download(_channel(), MediaRef(link="https://x.example/a"))
     assert not info.value.temporary

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from wacloud.domain.model import Channel, OutboundMessage, Provider, SendOutcome
-from wacloud.providers import errors, meta_send
+from wacloud.providers import errors
 from wacloud.providers.errors import UnsupportedMessage
+from wacloud.providers.meta import outbound as meta_outbound
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "meta" / "send"
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "meta" / "send"
 TOKEN = "EAAGm0PX4ZCpsBAKZBmeta-token-never-shown-91"
 URL = "https://graph.facebook.com/v23.0/106540352242922/messages"
 WAMID = "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABEYEjA4RkY3QTAxMjk3MUMxRUJBQQA="
@@ -88,7 +89,7 @@ CASES = [
 
 @pytest.mark.parametrize(("type_", "content"), CASES)
 def test_build_every_type(type_: str, content: dict[str, Any]) -> None:
-    request = meta_send.build_send(channel(), message(type_, content))
+    request = meta_outbound.build_send(channel(), message(type_, content))
     assert request.method == "POST"
     assert request.url == URL
     assert request.headers == {"Authorization": f"Bearer {TOKEN}",
@@ -99,25 +100,25 @@ def test_build_every_type(type_: str, content: dict[str, Any]) -> None:
 
 def test_build_reaction_has_no_context() -> None:
     content = {"message_id": WAMID, "emoji": "👍"}
-    request = meta_send.build_send(channel(), message("reaction", content, reply_to=WAMID))
+    request = meta_outbound.build_send(channel(), message("reaction", content, reply_to=WAMID))
     assert request.json == envelope("reaction", content)
 
 
 @pytest.mark.parametrize("content", [[CONTACT], {"contacts": [CONTACT]}, CONTACT])
 def test_build_contacts(content: Any) -> None:
-    request = meta_send.build_send(channel(), message("contacts", content))
+    request = meta_outbound.build_send(channel(), message("contacts", content))
     assert request.json == envelope("contacts", [CONTACT])
 
 
 def test_build_reply_context() -> None:
     content = {"body": "Sim, saiu hoje."}
-    request = meta_send.build_send(channel(), message("text", content, reply_to=WAMID))
+    request = meta_outbound.build_send(channel(), message("text", content, reply_to=WAMID))
     assert request.json == envelope("text", content, context={"message_id": WAMID})
 
 
 @pytest.mark.parametrize("recipient", ["BR.1502576394655843", "US.ENT.118273645"])
 def test_build_bsuid_recipient(recipient: str) -> None:
-    request = meta_send.build_send(channel(), message("text", {"body": "Oi"},
+    request = meta_outbound.build_send(channel(), message("text", {"body": "Oi"},
                                                       recipient=recipient))
     assert request.json == {"messaging_product": "whatsapp", "recipient_type": "individual",
                             "recipient": recipient, "type": "text", "text": {"body": "Oi"}}
@@ -125,11 +126,11 @@ def test_build_bsuid_recipient(recipient: str) -> None:
 
 @pytest.mark.parametrize("recipient", ["5511987654321", "+5511987654321", "551198765432"])
 def test_phone_is_not_bsuid(recipient: str) -> None:
-    assert not meta_send.is_bsuid(recipient)
+    assert not meta_outbound.is_bsuid(recipient)
 
 
 def test_build_mark_as_read() -> None:
-    request = meta_send.build_send(channel(), message("read", {"message_id": WAMID},
+    request = meta_outbound.build_send(channel(), message("read", {"message_id": WAMID},
                                                       recipient=None))
     assert request.url == URL
     assert request.json == {"messaging_product": "whatsapp", "status": "read",
@@ -138,7 +139,7 @@ def test_build_mark_as_read() -> None:
 
 def test_build_mark_as_read_with_typing() -> None:
     content = {"message_id": WAMID, "typing_indicator": {"type": "text"}}
-    request = meta_send.build_send(channel(), message("read", content))
+    request = meta_outbound.build_send(channel(), message("read", content))
     assert request.json == {"messaging_product": "whatsapp", "status": "read",
                             "message_id": WAMID, "typing_indicator": {"type": "text"}}
 
@@ -146,7 +147,7 @@ def test_build_mark_as_read_with_typing() -> None:
 def test_url_uses_key_without_phone_number_id_and_custom_base() -> None:
     ch = channel(phone_number_id=None, api_base_url="https://graph.example.net/",
                  graph_version="v25.0")
-    request = meta_send.build_send(ch, message("text", {"body": "Oi"}))
+    request = meta_outbound.build_send(ch, message("text", {"body": "Oi"}))
     assert request.url == "https://graph.example.net/v25.0/106540352242922/messages"
 
 
@@ -161,7 +162,7 @@ def test_url_uses_key_without_phone_number_id_and_custom_base() -> None:
 def test_build_unsupported(type_: str | None, content: Any, recipient: str | None,
                            reason: str) -> None:
     with pytest.raises(UnsupportedMessage, match=reason) as info:
-        meta_send.build_send(channel(), message(type_, content, recipient=recipient))
+        meta_outbound.build_send(channel(), message(type_, content, recipient=recipient))
     assert isinstance(info.value, ValueError)
     assert reason in info.value.reason
 
@@ -177,7 +178,7 @@ def legacy(url: str = URL, headers: str | None = None) -> OutboundMessage:
 def test_legacy_replayed_as_is_without_its_authorization() -> None:
     row = legacy(headers="Content-Type:application/json; charset=utf-8;"
                          "Authorization:Bearer OLD-LEAKED-TOKEN;X-Trace:abc;authorization:x")
-    request = meta_send.build_send(channel(), row)
+    request = meta_outbound.build_send(channel(), row)
     assert request.method == "POST"
     assert request.url == URL
     assert request.content == LEGACY_BODY.encode("utf-8")
@@ -187,14 +188,14 @@ def test_legacy_replayed_as_is_without_its_authorization() -> None:
 
 
 def test_legacy_defaults_content_type() -> None:
-    request = meta_send.build_send(channel(), legacy(headers=None))
+    request = meta_outbound.build_send(channel(), legacy(headers=None))
     assert request.headers == {"Content-Type": "application/json",
                                "Authorization": f"Bearer {TOKEN}"}
 
 
 def test_legacy_same_origin_with_explicit_default_port() -> None:
     url = "https://GRAPH.facebook.com:443/v17.0/106540352242922/messages"
-    assert meta_send.build_send(channel(), legacy(url)).url == url
+    assert meta_outbound.build_send(channel(), legacy(url)).url == url
 
 
 @pytest.mark.parametrize("url", [
@@ -207,13 +208,13 @@ def test_legacy_same_origin_with_explicit_default_port() -> None:
 ])
 def test_legacy_foreign_host_refused(url: str) -> None:
     with pytest.raises(UnsupportedMessage, match="not the channel's API host"):
-        meta_send.build_send(channel(), legacy(url))
+        meta_outbound.build_send(channel(), legacy(url))
 
 
 # ---- classification ----------------------------------------------------------------------
 
 def test_accepted() -> None:
-    result = meta_send.classify(200, load("accepted"), {})
+    result = meta_outbound.classify(200, load("accepted"), {})
     assert result.outcome is SendOutcome.ACCEPTED
     assert result.provider_message_id == WAMID
     assert result.http_status == 200
@@ -221,14 +222,14 @@ def test_accepted() -> None:
 
 
 def test_accepted_by_bsuid_without_wa_id() -> None:
-    result = meta_send.classify(200, load("accepted_bsuid"), {})
+    result = meta_outbound.classify(200, load("accepted_bsuid"), {})
     assert result.outcome is SendOutcome.ACCEPTED
     assert result.provider_message_id == (
         "wamid.HBgMQlIuMTUwMjU3NjM5NBUCABEYEjQ0QkQ1MDc3RTMzRjRFNjkA")
 
 
 def test_mark_as_read_success_is_accepted_without_id() -> None:
-    result = meta_send.classify(200, load("read_success"), {})
+    result = meta_outbound.classify(200, load("read_success"), {})
     assert result.outcome is SendOutcome.ACCEPTED
     assert result.provider_message_id is None
 
@@ -236,13 +237,13 @@ def test_mark_as_read_success_is_accepted_without_id() -> None:
 def test_2xx_without_message_id_is_accepted_not_retried() -> None:
     # It may have been sent: a retry could duplicate it, a failure would be a lie.
     for body in (load("accepted_no_id"), b"", b"<html>ok</html>"):
-        result = meta_send.classify(200, body, {})
+        result = meta_outbound.classify(200, body, {})
         assert result.outcome is SendOutcome.ACCEPTED
         assert result.provider_message_id is None
 
 
 def test_success_false_fails() -> None:
-    result = meta_send.classify(200, b'{"success": false}', {})
+    result = meta_outbound.classify(200, b'{"success": false}', {})
     assert result.outcome is SendOutcome.FAILED
 
 
@@ -264,7 +265,7 @@ def test_fixture_covers_every_code() -> None:
 def test_classify_every_code(code: int, outcome: SendOutcome) -> None:
     case = ERRORS[str(code)]
     body = json.dumps(case["body"]).encode()
-    result = meta_send.classify(case["status"], body, {})
+    result = meta_outbound.classify(case["status"], body, {})
     assert result.outcome is outcome
     assert result.http_status == case["status"]
     assert result.provider_message_id is None
@@ -280,7 +281,7 @@ def test_classify_every_code(code: int, outcome: SendOutcome) -> None:
 def test_code_100_about_an_unknown_phone_number_id_pauses_the_channel() -> None:
     # Subcode 33: the phone number id does not exist or this token cannot see it. Every row of
     # the channel would fail the same way: the channel pauses and its rows wait.
-    result = meta_send.classify(400, load("error_unknown_phone_number_id"), {})
+    result = meta_outbound.classify(400, load("error_unknown_phone_number_id"), {})
     assert result.outcome is SendOutcome.PAUSE
     assert result.error is not None and result.error.code == "100"
     assert "does not exist" in result.error.reason
@@ -288,12 +289,12 @@ def test_code_100_about_an_unknown_phone_number_id_pauses_the_channel() -> None:
     # Without the subcode (a wrapper dropped it) the message still says so.
     payload = json.loads(load("error_unknown_phone_number_id"))
     del payload["error"]["error_subcode"]
-    assert meta_send.classify(400, json.dumps(payload).encode(), {}).outcome \
+    assert meta_outbound.classify(400, json.dumps(payload).encode(), {}).outcome \
         is SendOutcome.PAUSE
 
 
 def test_code_100_about_a_parameter_of_the_message_fails_only_that_message() -> None:
-    result = meta_send.classify(400, load("error_invalid_recipient"), {})
+    result = meta_outbound.classify(400, load("error_invalid_recipient"), {})
     assert result.outcome is SendOutcome.FAILED
     assert result.error is not None and result.error.code == "100"
     assert result.error.details is not None and "to is not a valid" in result.error.details
@@ -302,28 +303,28 @@ def test_code_100_about_a_parameter_of_the_message_fails_only_that_message() -> 
 
 def test_code_not_http_status_decides() -> None:
     # 131056 comes as HTTP 400 and must be retried; 132001 as 404 and must fail.
-    assert meta_send.classify(400, json.dumps(ERRORS["131056"]["body"]).encode(),
+    assert meta_outbound.classify(400, json.dumps(ERRORS["131056"]["body"]).encode(),
                               {}).outcome is SendOutcome.RETRY
-    assert meta_send.classify(500, json.dumps(ERRORS["3"]["body"]).encode(),
+    assert meta_outbound.classify(500, json.dumps(ERRORS["3"]["body"]).encode(),
                               {}).outcome is SendOutcome.FAILED
 
 
 def test_retry_after_seconds_honoured() -> None:
     body = json.dumps(ERRORS["130429"]["body"]).encode()
-    result = meta_send.classify(429, body, {"retry-after": "17"})
+    result = meta_outbound.classify(429, body, {"retry-after": "17"})
     assert result.outcome is SendOutcome.RETRY
     assert result.retry_after == 17.0
 
 
 def test_maintenance_defaults_to_a_minute() -> None:
     body = json.dumps(ERRORS["131057"]["body"]).encode()
-    assert meta_send.classify(500, body, {}).retry_after == 60.0
-    assert meta_send.classify(500, body, {"Retry-After": "5"}).retry_after == 5.0
+    assert meta_outbound.classify(500, body, {}).retry_after == 60.0
+    assert meta_outbound.classify(500, body, {"Retry-After": "5"}).retry_after == 5.0
 
 
 def test_failed_has_no_retry_after() -> None:
     body = json.dumps(ERRORS["131047"]["body"]).encode()
-    assert meta_send.classify(400, body, {"Retry-After": "5"}).retry_after is None
+    assert meta_outbound.classify(400, body, {"Retry-After": "5"}).retry_after is None
 
 
 @pytest.mark.parametrize(("status", "body", "outcome"), [
@@ -339,13 +340,13 @@ def test_failed_has_no_retry_after() -> None:
 ])
 def test_unknown_code_falls_back_to_status(status: int, body: bytes,
                                            outcome: SendOutcome) -> None:
-    result = meta_send.classify(status, body, {})
+    result = meta_outbound.classify(status, body, {})
     assert result.outcome is outcome
     assert result.error is not None
 
 
 def test_http_only_error_has_synthetic_code() -> None:
-    result = meta_send.classify(502, b"Bad gateway", {})
+    result = meta_outbound.classify(502, b"Bad gateway", {})
     assert result.error is not None
     assert result.error.code == "http_502"
     assert result.response_excerpt == "Bad gateway"
@@ -353,7 +354,7 @@ def test_http_only_error_has_synthetic_code() -> None:
 
 def test_code_parsed_from_message_when_missing() -> None:
     body = b'{"error": {"message": "(#131026) Message Undeliverable"}}'
-    result = meta_send.classify(400, body, {})
+    result = meta_outbound.classify(400, body, {})
     assert result.outcome is SendOutcome.FAILED
     assert result.error is not None and result.error.code == "131026"
 
@@ -363,7 +364,7 @@ def test_excerpt_never_echoes_a_token() -> None:
         "message": f"Invalid OAuth access token: Bearer {TOKEN}", "code": 190,
         "debug": {"access_token": "abc123secret", "url": f"https://x/?access_token={TOKEN}"},
         "other": "EAAGm0PX4ZCpsBAKZBxyzxyzxyzxyzxyz"}}).encode()
-    result = meta_send.classify(401, body, {}, secrets=[TOKEN])
+    result = meta_outbound.classify(401, body, {}, secrets=[TOKEN])
     assert result.outcome is SendOutcome.PAUSE
     assert result.response_excerpt is not None
     assert TOKEN not in result.response_excerpt
@@ -374,7 +375,7 @@ def test_excerpt_never_echoes_a_token() -> None:
 
 def test_excerpt_is_cut_at_500() -> None:
     body = json.dumps({"error": {"message": "x " * 1000, "code": 100}}).encode()
-    excerpt = meta_send.classify(400, body, {}).response_excerpt
+    excerpt = meta_outbound.classify(400, body, {}).response_excerpt
     assert excerpt is not None and len(excerpt) == 500
 
 
@@ -407,7 +408,7 @@ def test_header_lookup_is_case_insensitive() -> None:
 
 def test_build_group_recipient() -> None:
     group = "Y2FwaV9ncm91cDo1NTExOTQwMDAxMjM0OjEyMDM2MzA0MDQ2OTQyMzM4MjAZD"
-    request = meta_send.build_send(channel(), message(
+    request = meta_outbound.build_send(channel(), message(
         "text", {"body": "Abre sim, das 9h às 13h"}, recipient=group, recipient_type="group",
         reply_to=WAMID))
     assert request.json == {"messaging_product": "whatsapp", "recipient_type": "group",

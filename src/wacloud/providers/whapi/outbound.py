@@ -21,7 +21,6 @@ from wacloud.domain.model import (
     SendOutcome,
     SendResult,
 )
-from wacloud.providers import meta_send
 from wacloud.providers.errors import (
     UnsupportedMessage,
     excerpt,
@@ -30,7 +29,8 @@ from wacloud.providers.errors import (
     parse_retry_after,
     redact_error,
 )
-from wacloud.providers.meta import as_dict
+from wacloud.providers.meta import outbound as meta_outbound
+from wacloud.providers.meta.inbound import as_dict
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 
@@ -156,7 +156,7 @@ def _post_body(message: OutboundMessage, content: JSON) -> tuple[str, JSON]:
                                  "longitude": content.get("longitude")},
                                 name=content.get("name"), address=content.get("address"))
     if kind == "contacts":
-        contacts = meta_send.contacts_list(message.content)
+        contacts = meta_outbound.contacts_list(message.content)
         if not isinstance(contacts[0], dict):
             raise UnsupportedMessage("contacts message has no contact object")
         name, card = vcard(contacts[0])
@@ -171,7 +171,7 @@ def _post_body(message: OutboundMessage, content: JSON) -> tuple[str, JSON]:
 def build_send(channel: Channel, message: OutboundMessage) -> ProviderRequest:
     """The Whapi request that sends `message` through `channel`."""
     if message.is_legacy:
-        return meta_send.legacy_request(channel, message)
+        return meta_outbound.legacy_request(channel, message)
     content = message.content if isinstance(message.content, dict) else {}
     if message.type in ("read", "reaction"):
         target = content.get("message_id")

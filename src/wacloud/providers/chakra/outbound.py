@@ -25,7 +25,7 @@ from wacloud.domain.model import (
     ProviderRequest,
     SendResult,
 )
-from wacloud.providers import meta_send
+from wacloud.providers.base import ChannelMisconfigured, UploadError
 from wacloud.providers.errors import (
     GraphError,
     UnsupportedMessage,
@@ -34,24 +34,11 @@ from wacloud.providers.errors import (
     graph_error,
     load_json,
 )
+from wacloud.providers.meta import outbound as meta_outbound
 
 # Links already on Chakra's own hosts (for instance a retried row that was re-hosted before)
 # are not uploaded again.
 CHAKRA_HOST_SUFFIX = "chakrahq.com"
-
-
-class ChannelMisconfigured(Exception):
-    """The channel lacks something every send needs (here: Meta's phone_number_id). Not the
-    message's fault: the caller should pause the channel, not fail the row."""
-
-
-class UploadError(ValueError):
-    """Chakra did not return a public media URL. `temporary` is True for 429/5xx answers."""
-
-    def __init__(self, reason: str, temporary: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.temporary = temporary
 
 
 def _plugin_url(channel: Channel) -> str:
@@ -61,13 +48,13 @@ def _plugin_url(channel: Channel) -> str:
 def build_send(channel: Channel, message: OutboundMessage) -> ProviderRequest:
     """Chakra's pass-through send: Meta's exact body under the plugin's URL."""
     if message.is_legacy:
-        return meta_send.legacy_request(channel, message)
+        return meta_outbound.legacy_request(channel, message)
     if not channel.phone_number_id:
         raise ChannelMisconfigured(f"Chakra channel {channel.id} has no phone_number_id")
     url = (f"{_plugin_url(channel)}/api/{channel.graph_version}/"
            f"{quote(channel.phone_number_id, safe='')}/messages")
-    return ProviderRequest(method="POST", url=url, headers=meta_send.auth_headers(channel),
-                           json=meta_send.message_body(message))
+    return ProviderRequest(method="POST", url=url, headers=meta_outbound.auth_headers(channel),
+                           json=meta_outbound.message_body(message))
 
 
 def upload_request(channel: Channel, filename: str, path: str, mime_type: str) -> ProviderRequest:
@@ -113,7 +100,7 @@ def _media_object(message: OutboundMessage) -> JSON | None:
         media = body.get(kind) if body and isinstance(kind, str) else None
     else:
         kind, media = message.type, message.content
-    if kind not in meta_send.MEDIA_TYPES or not isinstance(media, dict):
+    if kind not in meta_outbound.MEDIA_TYPES or not isinstance(media, dict):
         return None
     return media
 
@@ -140,7 +127,7 @@ def with_link(message: OutboundMessage, url: str) -> OutboundMessage:
             raise UnsupportedMessage("legacy row is not a media message")
         body[kind] = {**body[kind], "link": url}
         return dataclasses.replace(message, request_body=json.dumps(body, ensure_ascii=False))
-    if message.type not in meta_send.MEDIA_TYPES:
+    if message.type not in meta_outbound.MEDIA_TYPES:
         raise UnsupportedMessage(f"{message.type!r} message has no media link")
     return dataclasses.replace(message, content={**message.content, "link": url})
 
@@ -151,7 +138,7 @@ def message_id(payload: Any) -> str | None:
     wamid = data.get("whatsappMessageId")
     if isinstance(wamid, str) and wamid:
         return wamid
-    return meta_send.message_id(data) or meta_send.message_id(payload)
+    return meta_outbound.message_id(data) or meta_outbound.message_id(payload)
 
 
 def _error(payload: Any) -> GraphError | None:

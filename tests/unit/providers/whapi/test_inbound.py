@@ -22,10 +22,11 @@ from wacloud.domain.model import (
     StatusUpdate,
     event_from_dict,
 )
-from wacloud.providers import whapi
 from wacloud.providers.media import MediaResolveError
+from wacloud.providers.whapi import inbound as whapi
+from wacloud.providers.whapi import media as whapi_media
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "whapi"
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "whapi"
 CHANNEL = "MANTIS-M72HC"
 TOKEN = "whapi-token-never-shown-77"
 
@@ -298,7 +299,7 @@ def _channel(base_url: str | None = None) -> Channel:
 def test_media_download_by_id() -> None:
     media = MediaRef(provider_media_id="jpeg-9b2f3c4d5e6f7a8b-gNEIDpL.CQ", mime_type="image/jpeg",
                      sha256="abc=", size=25950, filename="x.jpg")
-    download = whapi.media_download(_channel(), media)
+    download = whapi_media.media_download(_channel(), media)
     assert download.url == "https://gate.whapi.cloud/media/jpeg-9b2f3c4d5e6f7a8b-gNEIDpL.CQ"
     assert download.headers == {"Authorization": f"Bearer {TOKEN}"}
     assert (download.mime_type, download.sha256, download.size, download.filename) == (
@@ -307,14 +308,14 @@ def test_media_download_by_id() -> None:
 
 
 def test_media_download_id_is_escaped() -> None:
-    download = whapi.media_download(_channel(), MediaRef(provider_media_id="../settings?x=1"))
+    download = whapi_media.media_download(_channel(), MediaRef(provider_media_id="../settings?x=1"))
     assert download.url == "https://gate.whapi.cloud/media/..%2Fsettings%3Fx%3D1"
 
 
 def test_media_download_foreign_link_gets_no_token() -> None:
     msg = inbound("image_autodownload")
     assert msg.media is not None
-    download = whapi.media_download(_channel(), msg.media)
+    download = whapi_media.media_download(_channel(), msg.media)
     assert download.url == msg.raw["image"]["link"]
     assert download.headers == {}
 
@@ -328,22 +329,23 @@ def test_media_download_foreign_link_gets_no_token() -> None:
     ("https://user@evil.example/gate.whapi.cloud/oga-1", False),
 ])
 def test_media_download_link_token_only_for_own_origin(link: str, authorized: bool) -> None:
-    download = whapi.media_download(_channel(), MediaRef(link=link, provider_media_id="oga-1"))
+    download = whapi_media.media_download(_channel(),
+                                          MediaRef(link=link, provider_media_id="oga-1"))
     assert download.url == link
     assert ("Authorization" in download.headers) is authorized
 
 
 def test_media_download_custom_base_url() -> None:
     channel = _channel("http://127.0.0.1:8089/")
-    download = whapi.media_download(channel, MediaRef(link="http://127.0.0.1:8089/files/a.ogg"))
+    download = whapi_media.media_download(channel, MediaRef(link="http://127.0.0.1:8089/files/a.ogg"))
     assert download.headers == {"Authorization": f"Bearer {TOKEN}"}
-    download = whapi.media_download(channel, MediaRef(provider_media_id="a"))
+    download = whapi_media.media_download(channel, MediaRef(provider_media_id="a"))
     assert download.url == "http://127.0.0.1:8089/media/a"
 
 
 def test_media_download_without_id_or_link() -> None:
     with pytest.raises(MediaResolveError) as info:
-        whapi.media_download(_channel(), MediaRef())
+        whapi_media.media_download(_channel(), MediaRef())
     assert not info.value.temporary
 
 

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from wacloud.domain.model import Channel, OutboundMessage, Provider, SendOutcome
-from wacloud.providers import chakra_send, meta_send
+from wacloud.providers.chakra import outbound as chakra_outbound
 from wacloud.providers.errors import UnsupportedMessage
+from wacloud.providers.meta import outbound as meta_outbound
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
 PLUGIN = "3f1c2a9e-8b7d-4c6e-9a51-0d2e4f6b8c10"
 TOKEN = "chakra-token-never-shown-55"
 BASE = "https://api.chakrahq.com"
@@ -60,16 +61,16 @@ CASES = [
 def test_build_is_meta_body_under_plugin_url(type_: str, content: Any,
                                              reply_to: str | None) -> None:
     row = message(type_, content, reply_to=reply_to)
-    request = chakra_send.build_send(channel(), row)
+    request = chakra_outbound.build_send(channel(), row)
     assert request.method == "POST"
     assert request.url == SEND_URL
     assert request.headers == {"Authorization": f"Bearer {TOKEN}",
                                "Content-Type": "application/json"}
-    assert request.json == meta_send.message_body(row)
+    assert request.json == meta_outbound.message_body(row)
 
 
 def test_build_exact_body_with_bsuid() -> None:
-    request = chakra_send.build_send(channel(), message("text", {"body": "Oi"},
+    request = chakra_outbound.build_send(channel(), message("text", {"body": "Oi"},
                                                         recipient="BR.1502576394655843"))
     assert request.json == {"messaging_product": "whatsapp", "recipient_type": "individual",
                             "recipient": "BR.1502576394655843", "type": "text",
@@ -77,13 +78,13 @@ def test_build_exact_body_with_bsuid() -> None:
 
 
 def test_build_needs_phone_number_id() -> None:
-    with pytest.raises(chakra_send.ChannelMisconfigured):
-        chakra_send.build_send(channel(phone_number_id=None), message("text", {"body": "x"}))
+    with pytest.raises(chakra_outbound.ChannelMisconfigured):
+        chakra_outbound.build_send(channel(phone_number_id=None), message("text", {"body": "x"}))
 
 
 def test_build_unknown_type_refused() -> None:
     with pytest.raises(UnsupportedMessage):
-        chakra_send.build_send(channel(), message("order", {"x": 1}))
+        chakra_outbound.build_send(channel(), message("order", {"x": 1}))
 
 
 def test_legacy_row_to_chakra() -> None:
@@ -91,20 +92,20 @@ def test_legacy_row_to_chakra() -> None:
                        "image": {"link": "https://files.example.com/a.jpg"}})
     row = message(None, {}, request_url=SEND_URL.replace("v23.0", "v19.0"), request_body=body,
                   request_headers="Authorization:Bearer stale;Accept:application/json")
-    request = chakra_send.build_send(channel(), row)
+    request = chakra_outbound.build_send(channel(), row)
     assert request.url == SEND_URL.replace("v23.0", "v19.0")
     assert request.headers == {"Accept": "application/json", "Content-Type": "application/json",
                                "Authorization": f"Bearer {TOKEN}"}
     assert request.content == body.encode()
     with pytest.raises(UnsupportedMessage):
-        chakra_send.build_send(channel(), message(
+        chakra_outbound.build_send(channel(), message(
             None, {}, request_url="https://chakra.evil.example/x", request_body=body))
 
 
 # ---- media re-hosting ----------------------------------------------------------------------
 
 def test_upload_request() -> None:
-    request = chakra_send.upload_request(channel(), "foto.jpg", "/tmp/spool/abc", "image/jpeg")
+    request = chakra_outbound.upload_request(channel(), "foto.jpg", "/tmp/spool/abc", "image/jpeg")
     assert request.method == "POST"
     assert request.url == f"{PLUGIN_URL}/upload-public-media"
     assert request.headers == {"Authorization": f"Bearer {TOKEN}"}
@@ -114,7 +115,7 @@ def test_upload_request() -> None:
 
 
 def test_parse_upload() -> None:
-    assert chakra_send.parse_upload(200, load("upload")) == PUBLIC
+    assert chakra_outbound.parse_upload(200, load("upload")) == PUBLIC
 
 
 @pytest.mark.parametrize(("status", "body", "temporary", "reason"), [
@@ -126,20 +127,20 @@ def test_parse_upload() -> None:
 ])
 def test_parse_upload_errors(status: int, body: bytes, temporary: bool, reason: str) -> None:
     with pytest.raises(ValueError, match=reason) as info:
-        chakra_send.parse_upload(status, body)
-    assert isinstance(info.value, chakra_send.UploadError)
+        chakra_outbound.parse_upload(status, body)
+    assert isinstance(info.value, chakra_outbound.UploadError)
     assert info.value.temporary is temporary
 
 
 def test_media_link_and_with_link() -> None:
     row = message("document", {"link": "https://files.example.com/nf.pdf",
                                "filename": "NF.pdf", "caption": "Nota"})
-    assert chakra_send.media_link(row) == "https://files.example.com/nf.pdf"
-    moved = chakra_send.with_link(row, PUBLIC)
+    assert chakra_outbound.media_link(row) == "https://files.example.com/nf.pdf"
+    moved = chakra_outbound.with_link(row, PUBLIC)
     assert moved.content == {"link": PUBLIC, "filename": "NF.pdf", "caption": "Nota"}
     assert row.content["link"] == "https://files.example.com/nf.pdf"  # the original is untouched
-    assert chakra_send.media_link(moved) is None  # already on Chakra: not uploaded twice
-    assert chakra_send.build_send(channel(), moved).json == {
+    assert chakra_outbound.media_link(moved) is None  # already on Chakra: not uploaded twice
+    assert chakra_outbound.build_send(channel(), moved).json == {
         "messaging_product": "whatsapp", "recipient_type": "individual",
         "to": "5511987654321", "type": "document",
         "document": {"link": PUBLIC, "filename": "NF.pdf", "caption": "Nota"}}
@@ -151,23 +152,23 @@ def test_media_link_and_with_link() -> None:
     message("template", {"name": "x"}),
 ])
 def test_media_link_none(row: OutboundMessage) -> None:
-    assert chakra_send.media_link(row) is None
+    assert chakra_outbound.media_link(row) is None
 
 
 def test_with_link_refuses_non_media() -> None:
     with pytest.raises(UnsupportedMessage):
-        chakra_send.with_link(message("text", {"body": "x"}), PUBLIC)
+        chakra_outbound.with_link(message("text", {"body": "x"}), PUBLIC)
 
 
 def test_legacy_media_link_rewritten() -> None:
     body = {"messaging_product": "whatsapp", "to": "5511987654321", "type": "image",
             "image": {"link": "https://files.example.com/a.jpg", "caption": "Olá"}}
     row = message(None, {}, request_url=SEND_URL, request_body=json.dumps(body))
-    assert chakra_send.media_link(row) == "https://files.example.com/a.jpg"
-    moved = chakra_send.with_link(row, PUBLIC)
+    assert chakra_outbound.media_link(row) == "https://files.example.com/a.jpg"
+    moved = chakra_outbound.with_link(row, PUBLIC)
     assert json.loads(moved.request_body or "") == {
         **body, "image": {"link": PUBLIC, "caption": "Olá"}}
-    assert chakra_send.media_link(message(None, {}, request_url=SEND_URL,
+    assert chakra_outbound.media_link(message(None, {}, request_url=SEND_URL,
                                           request_body="not json")) is None
 
 
@@ -180,7 +181,7 @@ def test_legacy_media_link_rewritten() -> None:
     ("read_success", None),
 ])
 def test_accepted(fixture: str, wamid: str | None) -> None:
-    result = chakra_send.classify(200, load(fixture), {})
+    result = chakra_outbound.classify(200, load(fixture), {})
     assert result.outcome is SendOutcome.ACCEPTED
     assert result.provider_message_id == wamid
 
@@ -196,7 +197,7 @@ def test_accepted(fixture: str, wamid: str | None) -> None:
     ("error_unknown_phone_number_id", 400, SendOutcome.PAUSE, "100"),
 ])
 def test_classify_errors(fixture: str, status: int, outcome: SendOutcome, code: str) -> None:
-    result = chakra_send.classify(status, load(fixture), {"Retry-After": "12"})
+    result = chakra_outbound.classify(status, load(fixture), {"Retry-After": "12"})
     assert result.outcome is outcome
     assert result.error is not None
     assert result.error.code == code
@@ -207,7 +208,7 @@ def test_classify_errors(fixture: str, status: int, outcome: SendOutcome, code: 
 
 
 def test_wrapped_error_details() -> None:
-    result = chakra_send.classify(400, load("error_wrapped"), {})
+    result = chakra_outbound.classify(400, load("error_wrapped"), {})
     assert result.error is not None
     assert result.error.reason == "(#131047) Re-engagement message"
     assert result.error.details is not None and "24 hours" in result.error.details
@@ -217,8 +218,8 @@ def test_shares_meta_code_table() -> None:
     table = json.loads((FIXTURES / "meta" / "send" / "errors.json").read_text(encoding="utf-8"))
     for code, case in table.items():
         wrapped = json.dumps({"_data": None, "_errors": [{"error": case["body"]["error"]}]})
-        chakra = chakra_send.classify(case["status"], wrapped.encode(), {})
-        meta = meta_send.classify(case["status"], json.dumps(case["body"]).encode(), {})
+        chakra = chakra_outbound.classify(case["status"], wrapped.encode(), {})
+        meta = meta_outbound.classify(case["status"], json.dumps(case["body"]).encode(), {})
         assert (chakra.outcome, chakra.error) == (meta.outcome, meta.error), code
 
 
@@ -227,21 +228,21 @@ def test_shares_meta_code_table() -> None:
     (401, SendOutcome.PAUSE), (400, SendOutcome.FAILED), (404, SendOutcome.FAILED),
 ])
 def test_no_code_falls_back_to_status(status: int, outcome: SendOutcome) -> None:
-    assert chakra_send.classify(status, b'{"_data": null, "_errors": []}', {}).outcome \
+    assert chakra_outbound.classify(status, b'{"_data": null, "_errors": []}', {}).outcome \
         is outcome
 
 
 def test_excerpt_hides_token() -> None:
     body = json.dumps({"_errors": [{"message": f"token {TOKEN} is invalid",
                                     "headers": {"Authorization": f"Bearer {TOKEN}"}}]})
-    result = chakra_send.classify(401, body.encode(), {}, secrets=[TOKEN])
+    result = chakra_outbound.classify(401, body.encode(), {}, secrets=[TOKEN])
     assert result.response_excerpt is not None
     assert TOKEN not in result.response_excerpt
 
 
 def test_message_only_error_without_code_gets_http_code() -> None:
     body = b'{"_errors": ["Something failed upstream"]}'
-    result = chakra_send.classify(502, body, {})
+    result = chakra_outbound.classify(502, body, {})
     assert result.outcome is SendOutcome.RETRY
     assert result.error is not None
     assert (result.error.code, result.error.reason) == ("http_502", "Something failed upstream")

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from wacloud.domain.model import Channel, OutboundMessage, Provider, SendOutcome
-from wacloud.providers import whapi_send
 from wacloud.providers.errors import UnsupportedMessage
+from wacloud.providers.whapi import outbound as whapi_outbound
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "whapi" / "send"
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "whapi" / "send"
 TOKEN = "wHaPiT0kenNeverShown8c1f2a9b3d4e"
 BASE = "https://gate.whapi.cloud"
 TO = "5511987654321"
@@ -109,7 +109,7 @@ POST_CASES = [
 
 @pytest.mark.parametrize(("type_", "content", "kind", "fields"), POST_CASES)
 def test_build_post(type_: str, content: Any, kind: str, fields: dict[str, Any]) -> None:
-    request = whapi_send.build_send(channel(), message(type_, content))
+    request = whapi_outbound.build_send(channel(), message(type_, content))
     assert request.method == "POST"
     assert request.url == f"{BASE}/messages/{kind}"
     assert request.headers == HEADERS
@@ -117,14 +117,14 @@ def test_build_post(type_: str, content: Any, kind: str, fields: dict[str, Any])
 
 
 def test_reply_becomes_quoted_and_chat_id_kept() -> None:
-    request = whapi_send.build_send(channel(), message(
+    request = whapi_outbound.build_send(channel(), message(
         "text", {"body": "Oi"}, reply_to=QUOTED, recipient="5511987654321@s.whatsapp.net"))
     assert request.json == {"to": "5511987654321@s.whatsapp.net", "quoted": QUOTED,
                             "body": "Oi", "no_link_preview": True}
 
 
 def test_reaction_is_put() -> None:
-    request = whapi_send.build_send(channel(), message(
+    request = whapi_outbound.build_send(channel(), message(
         "reaction", {"message_id": QUOTED, "emoji": "👍"}))
     assert request.method == "PUT"
     assert request.url == f"{BASE}/messages/{QUOTED}/reaction"
@@ -132,7 +132,7 @@ def test_reaction_is_put() -> None:
 
 
 def test_read_is_put_without_body() -> None:
-    request = whapi_send.build_send(channel(), message("read", {"message_id": "a/b c"},
+    request = whapi_outbound.build_send(channel(), message("read", {"message_id": "a/b c"},
                                                        recipient=None))
     assert request.method == "PUT"
     assert request.url == f"{BASE}/messages/a%2Fb%20c"
@@ -155,29 +155,29 @@ def test_read_is_put_without_body() -> None:
 ])
 def test_unsupported(type_: str | None, content: Any, reason: str) -> None:
     with pytest.raises(UnsupportedMessage, match=reason):
-        whapi_send.build_send(channel(), message(type_, content))
+        whapi_outbound.build_send(channel(), message(type_, content))
 
 
 def test_missing_recipient() -> None:
     with pytest.raises(UnsupportedMessage, match="no recipient"):
-        whapi_send.build_send(channel(), message("text", {"body": "x"}, recipient=None))
+        whapi_outbound.build_send(channel(), message("text", {"body": "x"}, recipient=None))
 
 
 def test_legacy_row_goes_to_whapi_host_only() -> None:
     row = message(None, {}, request_url=f"{BASE}/messages/text",
                   request_body='{"to":"5511987654321","body":"Oi"}',
                   request_headers="Authorization:Bearer other")
-    request = whapi_send.build_send(channel(), row)
+    request = whapi_outbound.build_send(channel(), row)
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert request.content == b'{"to":"5511987654321","body":"Oi"}'
     with pytest.raises(UnsupportedMessage):
-        whapi_send.build_send(channel(), message(
+        whapi_outbound.build_send(channel(), message(
             None, {}, request_url="https://graph.facebook.com/v23.0/1/messages",
             request_body="{}"))
 
 
 def test_vcard_escapes_and_builds_name() -> None:
-    name, card = whapi_send.vcard({"name": {"first_name": "Ana", "last_name": "Souza; Lima"}})
+    name, card = whapi_outbound.vcard({"name": {"first_name": "Ana", "last_name": "Souza; Lima"}})
     assert name == "Ana Souza; Lima"
     assert "FN:Ana Souza\\; Lima" in card
     assert "N:Souza\\; Lima;Ana;;;" in card
@@ -191,20 +191,20 @@ def test_vcard_escapes_and_builds_name() -> None:
     ("success", None),
 ])
 def test_accepted(fixture: str, wamid: str | None) -> None:
-    result = whapi_send.classify(200, load(fixture), {})
+    result = whapi_outbound.classify(200, load(fixture), {})
     assert result.outcome is SendOutcome.ACCEPTED
     assert result.provider_message_id == wamid
     assert result.error is None
 
 
 def test_bare_2xx_accepted_without_id() -> None:
-    result = whapi_send.classify(201, b"", {})
+    result = whapi_outbound.classify(201, b"", {})
     assert result.outcome is SendOutcome.ACCEPTED
     assert result.provider_message_id is None
 
 
 def test_sent_false_fails() -> None:
-    result = whapi_send.classify(200, load("not_sent"), {})
+    result = whapi_outbound.classify(200, load("not_sent"), {})
     assert result.outcome is SendOutcome.FAILED
     assert result.error is not None
 
@@ -221,7 +221,7 @@ def test_sent_false_fails() -> None:
     ("error_not_found", 404, SendOutcome.FAILED),
 ])
 def test_classify_errors(fixture: str, status: int, outcome: SendOutcome) -> None:
-    result = whapi_send.classify(status, load(fixture), {"Retry-After": "30"})
+    result = whapi_outbound.classify(status, load(fixture), {"Retry-After": "30"})
     assert result.outcome is outcome
     assert result.http_status == status
     assert result.error is not None
@@ -232,24 +232,24 @@ def test_classify_errors(fixture: str, status: int, outcome: SendOutcome) -> Non
 
 
 def test_error_message_is_reported() -> None:
-    result = whapi_send.classify(400, load("error_bad_request"), {})
+    result = whapi_outbound.classify(400, load("error_bad_request"), {})
     assert result.error is not None
     assert result.error.reason == "Bad Request"
     assert result.error.details == '"to" must be a valid phone number or chat id'
 
 
 def test_non_json_errors() -> None:
-    assert whapi_send.classify(502, b"<html>Bad gateway</html>", {}).outcome \
+    assert whapi_outbound.classify(502, b"<html>Bad gateway</html>", {}).outcome \
         is SendOutcome.RETRY
-    assert whapi_send.classify(400, b"channel not authorized", {}).outcome \
+    assert whapi_outbound.classify(400, b"channel not authorized", {}).outcome \
         is SendOutcome.PAUSE
-    result = whapi_send.classify(400, b"bad", {})
+    result = whapi_outbound.classify(400, b"bad", {})
     assert result.outcome is SendOutcome.FAILED
     assert result.error is not None and result.error.code == "http_400"
 
 
 def test_excerpt_hides_token() -> None:
     body = f'{{"error": {{"code": 401, "message": "bad token {TOKEN}"}}}}'.encode()
-    result = whapi_send.classify(401, body, {}, secrets=[TOKEN])
+    result = whapi_outbound.classify(401, body, {}, secrets=[TOKEN])
     assert result.response_excerpt is not None
     assert TOKEN not in result.response_excerpt
