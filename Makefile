@@ -33,7 +33,7 @@ run: $(STAMP)
 	$(BIN)/wacloud demo --data-dir .wacloud-demo --port $${PORT:-8080}
 
 test: $(STAMP) sam
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadscope $(PYTEST_ARGS)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 

@@ -108,6 +108,9 @@ GATEWAY_ENV = {
     # A row the collector reserved when `serve` was killed goes back to pending after this
     # (default 300 s, longer than a run's drain).
     "WACLOUD_RESERVATION_LEASE_S": "10",
+    # A row whose send was at the provider at a kill is sent again after its send lease: 3 x
+    # the send timeout + 2 s + this margin (default 30 s, more than a short run's drain).
+    "WACLOUD_SEND_LEASE_MARGIN_S": "2",
     "WACLOUD_REGISTRY_POLL_S": "0.5",
     "WACLOUD_PAIR_BURST": "1000000",
     # The data dir is a 192 MB tmpfs: keep ingest's free-space floor (503 below it) under

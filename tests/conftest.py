@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,37 @@ from tests.services import (
 pytest_plugins = ["tests.mssql_compile"]
 
 TENANT_BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+# `make test` runs pytest on two processes (pytest-xdist, `-n 2 --dist loadscope`), scheduled by
+# `pytest_xdist_make_scheduler` below: an end-to-end module goes to one process whole (its
+# module-scoped gateway starts once), every other test on its own, and these modules, which
+# load the machine or wait out timeouts, leases and rates against deadlines, form one unit:
+# they run one after another on one process, never beside each other.
+HEAVY_MODULES = frozenset(f"tests/e2e/{name}.py" for name in (
+    "test_chaos_short", "test_crash_recovery", "test_graceful", "test_nothing_stranded",
+    "test_outbound", "test_outbound_crash", "test_outbound_rate", "test_stage_workers"))
+
+
+def suite_scope(nodeid: str) -> str:
+    """The unit of work a test belongs to: "heavy", its e2e module, or itself."""
+    path = nodeid.split("::", 1)[0]
+    if path in HEAVY_MODULES:
+        return "heavy"
+    return path if path.startswith("tests/e2e/") else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `--dist loadscope`, the units of `suite_scope` (pytest-xdist's `loadgroup` marks
+    cannot rename pytest 9's nodes, so units are chosen here, from the node ids)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SuiteScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return suite_scope(nodeid)
+
+    return SuiteScheduling(config, log)
 
 
 @pytest.fixture

@@ -217,7 +217,7 @@ class Gateway:
             self.broker, self.send_http, self.limits, self.copier, self.queues[
                 envelopes.OUTBOUND_SEND_DEAD], s.dev_allow_local_urls, s.send_max_attempts,
             s.send_backoff_base_s, s.send_backoff_max_s, s.send_timeout_s,
-            retry_period=s.send_retry_period_s)
+            retry_period=s.send_retry_period_s, lease_margin=s.send_lease_margin_s)
         save_ctx = SaveContext(self.broker)
 
         async def inbound_batch(messages: list[ReceivedMessage]) -> list[Output]:

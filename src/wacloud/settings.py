@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     send_backoff_base_s: float = 1.0
     send_backoff_max_s: float = 300.0
     send_timeout_s: float = 30.0
+    # A send attempt holds its row for its longest possible run (3 x the send timeout, plus
+    # the inline pacing wait) and this margin: for slow commits and clocks that differ between
+    # hosts. A row whose send was at the provider when its process died is sent again only
+    # after the lease, so a smaller margin recovers sooner where clocks agree.
+    send_lease_margin_s: float = Field(default=30.0, ge=0)
     # A number's limit counts sends by when they start; its window is this much longer than
     # a second, for the jitter between our start and the provider's arrival.
     send_rate_margin: float = 0.05

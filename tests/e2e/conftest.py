@@ -84,12 +84,18 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.internal_port}"
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "wacloud.cli", "serve", "--port", str(self.port),
-             "--internal-port", str(self.internal_port), "--data-dir", str(self.data_dir)],
-            env=self.env, stdout=log, stderr=log)
-        wait_for(self._healthy, 30, message="gateway /healthz")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "wacloud.cli", "serve", "--port", str(self.port),
+                 "--internal-port", str(self.internal_port), "--data-dir", str(self.data_dir)],
+                env=self.env, stdout=log, stderr=log)
+        try:
+            wait_for(self._healthy, 30, message="gateway /healthz")
+        except BaseException:
+            # One that never answered must not outlive its test: left running, each such
+            # gateway loads the machine further and the next ones miss their deadline too.
+            self.kill()
+            raise
 
     def _healthy(self) -> bool:
         assert self.process is not None
@@ -329,7 +335,12 @@ def make_harness(tmp_path: Path, fake_server: FakeProviderServer,
     registry = open_registry(settings)
     broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir, cache_seconds=0)
     gateway = GatewayProcess(data_dir, free_port(), env)
-    gateway.start()
+    try:
+        gateway.start()
+    except BaseException:
+        broker.close()
+        registry.engine.dispose()
+        raise
     client = httpx.Client(base_url=gateway.base_url, timeout=10)
     internal = httpx.Client(base_url=gateway.internal_url, timeout=10)
     try:

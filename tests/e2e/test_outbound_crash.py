@@ -15,7 +15,9 @@ from wacloud.testing.fake_provider import FakeProviderServer
 
 @pytest.fixture
 def own_harness(tmp_path: Path, fake_server: FakeProviderServer) -> Iterator[Harness]:
-    yield from make_harness(tmp_path, fake_server)
+    # A row whose send was at the provider at the kill is sent again after its send lease
+    # (3 x the send timeout + 2 s + this margin; 30 s by default): keep the wait short.
+    yield from make_harness(tmp_path, fake_server, {"WACLOUD_SEND_LEASE_MARGIN_S": "2"})
 
 
 def test_sigkill_while_sending_every_row_ends_final_and_only_in_flight_repeat(

@@ -71,7 +71,6 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     settings = settings.model_copy(update=update)
     if (settings.internal_host, settings.internal_port) == (host, port):
         fail("the internal listener needs its own port (--internal-port)")
-    require_queues(settings)
     # Both ports first: a busy one stops here, before a worker or the collector starts.
     from wacloud.hosting.listen import ListenError, bind_listener
 
@@ -84,6 +83,13 @@ def serve(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
         for sock in bound:
             sock.close()
         fail(str(exc))
+    # Then the queues, before anything takes work: a missing one is named with the fix.
+    try:
+        require_queues(settings)
+    except typer.Exit:
+        for sock in bound:
+            sock.close()
+        raise
     internal_url = f"http://{settings.internal_host}:{settings.internal_port}"
     emit({"serving": f"http://{host}:{port}", "internal": internal_url,
           "data_dir": str(settings.data_dir)}, as_json,

@@ -77,7 +77,8 @@ log = logging.getLogger(__name__)
 # receive and the row check happen meanwhile, and the send still starts on time.
 RETURN_LEAD_S = 0.5
 # A send lease covers the longest attempt: a re-hosted media send is a download, an upload and
-# the send, each up to the timeout; plus the inline pacing wait and a margin.
+# the send, each up to the timeout; plus the inline pacing wait and a margin (the default of
+# WACLOUD_SEND_LEASE_MARGIN_S).
 LEASE_CALLS = 3
 LEASE_MARGIN_S = 30.0
 # A copy that finds the row leased but cannot see until when (its transaction's snapshot is
@@ -102,11 +103,14 @@ class SendContext:
     max_inline_wait: float = 2.0
     # Temporary trouble is retried this long from the row's first temporary failure.
     retry_period: float = 3600.0
-    # How long an attempt holds its row; 0 = long enough for the longest attempt.
+    # How long an attempt holds its row; 0 = long enough for the longest attempt, plus
+    # `lease_margin`.
     lease: float = 0.0
+    lease_margin: float = LEASE_MARGIN_S
 
     def lease_seconds(self) -> float:
-        return self.lease or LEASE_CALLS * self.timeout + self.max_inline_wait + LEASE_MARGIN_S
+        return self.lease or (LEASE_CALLS * self.timeout + self.max_inline_wait
+                              + self.lease_margin)
 
 
 @dataclass(slots=True)

@@ -152,6 +152,23 @@ async def test_a_copy_delivered_while_the_first_is_at_the_provider_does_not_send
     assert world.row(data)["attempts"] == 1
 
 
+async def test_the_lease_is_the_longest_attempt_plus_the_configured_margin(
+        world: World) -> None:
+    # WACLOUD_SEND_LEASE_MARGIN_S: a row whose sender died waits this much less (or more).
+    world.ctx.lease_margin = 4.0
+    data = world.queue_row()
+    world.fake.script(TO, times=1, status=200, delay=1.0)  # held at the provider meanwhile
+    before = utcnow()
+    first = asyncio.create_task(send(data, world.ctx))
+    await wait_until(lambda: world.row(data)["attempts"] == 1)
+    after = utcnow()
+    longest_attempt = timedelta(seconds=3 * world.ctx.timeout + world.ctx.max_inline_wait)
+    lease_until = world.row(data)["send_lease_until"]
+    assert before + longest_attempt + timedelta(seconds=4) <= lease_until
+    assert lease_until <= after + longest_attempt + timedelta(seconds=4)
+    assert statuses(await first) == [OutboundStatus.ACCEPTED]
+
+
 async def test_a_copy_after_the_acceptance_and_before_the_save_stage_does_not_send(
         world: World) -> None:
     data = world.queue_row()
