@@ -1,12 +1,20 @@
-"""The composition root: the one place that reads settings and wires adapters into stages."""
+"""The composition root: the one place that reads settings and wires adapters into stages.
+
+`build_gateway(settings)` opens every adapter the settings name; its keyword seams take ready
+ones instead (a test's in-memory queue broker and media store, another host's HTTP client).
+`Gateway.stages()` says what each stage consumes, produces and runs; `hosting/` turns those
+specs into runners. The openers here (`open_registry`, `open_credentials`, `open_media`,
+`open_queues`, `opened_queues`) are what the CLI and the admin tools use, so every command
+reaches the same backends as a running gateway.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
@@ -20,7 +28,6 @@ from wacloud.adapters.queue import open_queue_broker
 from wacloud.adapters.queue.base import Queue, QueueBroker, QueueSpec, ReceivedMessage
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.ratelimit import SendLimits
-from wacloud.hosting.runner import StageRunner
 from wacloud.media.copier import MediaCopier
 from wacloud.observability.metrics import (
     PARKED,
@@ -44,7 +51,7 @@ from wacloud.stages.media import MediaContext, fetch_media
 from wacloud.stages.receive import ReceiveContext
 from wacloud.stages.save import SaveContext, save
 from wacloud.stages.send import SendContext, send
-from wacloud.stages.write import WriteContext, write
+from wacloud.stages.write import WriteContext
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +107,68 @@ def open_registry(settings: Settings) -> Registry:
     return Registry(create_engine(settings.registry), secret_box(settings))
 
 
+def open_credentials(settings: Settings, registry: Registry | None = None) -> CredentialsBroker:
+    """The credentials broker every process and command uses, built one way from the settings
+    (the registry of `settings` unless one is given; the broker does not dispose it)."""
+    return CredentialsBroker(
+        registry if registry is not None else open_registry(settings),
+        tenants_dir=settings.tenants_dir, cache_seconds=settings.credentials_cache_s,
+        global_meta_app_secret=settings.meta_app_secret,
+        key_loader=lambda: secret_box(settings),
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+        tenant_pool_size=settings.tenant_pool_size,
+        tenant_engines_max=settings.tenant_engines_max,
+        tenant_idle_close_s=settings.tenant_idle_close_s)
+
+
+def open_media(settings: Settings) -> MediaStore:
+    """The media store of `WACLOUD_MEDIA_URL` (the local folder by default)."""
+    return open_media_store(settings.media, settings)
+
+
+def open_queues(settings: Settings, media_store: MediaStore) -> QueueBroker:
+    """The queue broker of `WACLOUD_QUEUE_URL` (the embedded SQLite file by default);
+    `media_store` keeps bodies too large for a backend's messages (SQS)."""
+    return open_queue_broker(settings.queues, settings, media_store)
+
+
+@contextlib.asynccontextmanager
+async def opened_queues(settings: Settings) -> AsyncIterator[QueueBroker]:
+    """The configured queue broker with its media store, both closed on the way out: for a
+    command that reads or feeds a few queues."""
+    media_store = open_media(settings)
+    try:
+        broker = open_queues(settings, media_store)
+        try:
+            yield broker
+        finally:
+            await broker.close()
+    finally:
+        await media_store.close()
+
+
+Handler = Callable[[ReceivedMessage], Awaitable[list[Output]]]
+BatchHandler = Callable[[list[ReceivedMessage]], Awaitable[list[Output]]]
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """One stage as a host runs it: the queue it consumes, the queues its outputs go to, its
+    handler (and batch handler), and how many messages it takes on at once."""
+
+    name: str
+    consumes: str
+    produces: tuple[str, ...]
+    handler: Handler
+    batch_handler: BatchHandler | None = None
+    concurrency: int = 8
+    batch: int = 10
+    wait_seconds: float = 1.0
+    # While `defer_to` has messages waiting, run only `deferred_concurrency` at a time.
+    defer_to: str | None = None
+    deferred_concurrency: int = 1
+
+
 @dataclass
 class Gateway:
     """Everything a hosting mode needs, built from one Settings object."""
@@ -134,33 +203,16 @@ class Gateway:
         log.warning("parked item %d from stage %s: %s", item, stage, reason)
         return item
 
-    def runners(self) -> list[StageRunner]:
+    def stages(self) -> list[StageSpec]:
+        """Every queue-driven stage, wired to this gateway's adapters. `inbound` runs receive
+        and write fused (`stages/inbound.py`): nothing feeds `inbound.events`, so no stage
+        polls it."""
         s = self.settings
         receive_ctx = ReceiveContext(self.broker, self.copier, self.park,
                                      s.media_first_try_timeout_s)
-        write_ctx = WriteContext(self.broker, self.park)
+        inbound_ctx = InboundContext(receive_ctx, WriteContext(self.broker, self.park))
         media_ctx = MediaContext(self.broker, self.copier, s.media_max_attempts,
                                  s.media_backoff_base_s, s.media_backoff_max_s, s.media_timeout_s)
-
-        def handler(fn: Callable[..., Awaitable[list[Output]]], ctx: Any
-                    ) -> Callable[[ReceivedMessage], Awaitable[list[Output]]]:
-            async def run(message: ReceivedMessage) -> list[Output]:
-                return await fn(message.body, ctx)
-            return run
-
-        async def media_handler(message: ReceivedMessage) -> list[Output]:
-            return await fetch_media(message.body, message.receive_count, media_ctx)
-
-        # Receive and write run fused here (one process hosts both); `write` still serves
-        # whatever reaches `inbound.events`.
-        inbound_ctx = InboundContext(receive_ctx, write_ctx)
-
-        async def inbound_batch(messages: list[ReceivedMessage]) -> list[Output]:
-            return await receive_and_write([m.body for m in messages], inbound_ctx)
-
-        async def inbound_one(message: ReceivedMessage) -> list[Output]:
-            return await inbound_batch([message])
-
         send_ctx = SendContext(
             self.broker, self.send_http, self.limits, self.copier, self.queues[
                 envelopes.OUTBOUND_SEND_DEAD], s.dev_allow_local_urls, s.send_max_attempts,
@@ -168,30 +220,37 @@ class Gateway:
             retry_period=s.send_retry_period_s, lease_margin=s.send_lease_margin_s)
         save_ctx = SaveContext(self.broker)
 
+        async def inbound_batch(messages: list[ReceivedMessage]) -> list[Output]:
+            return await receive_and_write([m.body for m in messages], inbound_ctx)
+
+        async def inbound_one(message: ReceivedMessage) -> list[Output]:
+            return await inbound_batch([message])
+
+        async def media_one(message: ReceivedMessage) -> list[Output]:
+            return await fetch_media(message.body, message.receive_count, media_ctx)
+
+        async def send_one(message: ReceivedMessage) -> list[Output]:
+            return await send(message.body, send_ctx)
+
+        async def save_one(message: ReceivedMessage) -> list[Output]:
+            return await save(message.body, save_ctx)
+
         async def save_batch(messages: list[ReceivedMessage]) -> list[Output]:
             # Results of many sends at once; the tenant's group commit makes them few commits.
             done = await asyncio.gather(*(save(m.body, save_ctx) for m in messages))
             return [output for outputs in done for output in outputs]
-        q = self.queues
-        runners = [
-            StageRunner("send", q[envelopes.OUTBOUND_SEND], handler(send, send_ctx), q,
-                        concurrency=s.send_concurrency, wait_seconds=0.5),
-            StageRunner("save", q[envelopes.OUTBOUND_RESULTS], handler(save, save_ctx), q,
-                        concurrency=4, batch=100, batch_handler=save_batch),
-            StageRunner("receive", q[envelopes.INBOUND_RAW], inbound_one, q, concurrency=4,
-                        batch=150, batch_handler=inbound_batch),
-            StageRunner("write", q[envelopes.INBOUND_EVENTS], handler(write, write_ctx), q,
-                        concurrency=8),
-            StageRunner("media", q[envelopes.INBOUND_MEDIA], media_handler, q,
-                        concurrency=s.media_concurrency, defer_to=q[envelopes.INBOUND_RAW],
-                        deferred_concurrency=MEDIA_CONCURRENCY_DURING_BURSTS),
+
+        return [
+            StageSpec("send", envelopes.OUTBOUND_SEND, (envelopes.OUTBOUND_RESULTS,), send_one,
+                      concurrency=s.send_concurrency, wait_seconds=0.5),
+            StageSpec("save", envelopes.OUTBOUND_RESULTS, (), save_one, save_batch,
+                      concurrency=4, batch=100),
+            StageSpec("inbound", envelopes.INBOUND_RAW, (envelopes.INBOUND_MEDIA,), inbound_one,
+                      inbound_batch, concurrency=4, batch=150),
+            StageSpec("media", envelopes.INBOUND_MEDIA, (), media_one,
+                      concurrency=s.media_concurrency, defer_to=envelopes.INBOUND_RAW,
+                      deferred_concurrency=MEDIA_CONCURRENCY_DURING_BURSTS),
         ]
-        # A tenant database that is down delays these stages for hours, never loses their input.
-        for runner in runners:
-            runner.db_retry_period = s.db_retry_period_s
-            runner.db_retry_max_delay = s.db_retry_max_delay_s
-            runner.shutdown_grace = s.shutdown_grace_s
-        return runners
 
     def collect_context(self) -> CollectContext:
         s = self.settings
@@ -234,28 +293,27 @@ class Gateway:
         await self.send_http.aclose()
         await self.media_http.aclose()
         await self.queue_broker.close()
+        await self.media_store.close()
         self.broker.close()
         self.registry.engine.dispose()
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(settings: Settings, *, queue_broker: QueueBroker | None = None,
+                  media_store: MediaStore | None = None,
+                  provider_client: ProviderClient | None = None) -> Gateway:
+    """The gateway of `settings`. The seams take ready adapters instead of those the settings
+    name (tests, other hosts); the gateway owns them from then on (`close` closes them)."""
     init_data_dir(settings)
-    registry = open_registry(settings)
-    broker = CredentialsBroker(
-        registry, tenants_dir=settings.tenants_dir, cache_seconds=settings.credentials_cache_s,
-        global_meta_app_secret=settings.meta_app_secret,
-        key_loader=lambda: secret_box(settings),
-        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
-        tenant_pool_size=settings.tenant_pool_size,
-        tenant_engines_max=settings.tenant_engines_max,
-        tenant_idle_close_s=settings.tenant_idle_close_s)
+    broker = open_credentials(settings)
     broker.refresh(force=True)
-    media_store = open_media_store(settings.media, settings)
-    queue_broker = open_queue_broker(settings.queues, settings, media_store)
+    media_store = media_store if media_store is not None else open_media(settings)
+    if queue_broker is None:
+        queue_broker = open_queues(settings, media_store)
     queues = {name: queue_broker.queue(spec) for name, spec in queue_specs(settings).items()}
     media_http = ClientShards(8, timeout=httpx.Timeout(30.0, connect=10.0),
                               limits=httpx.Limits(max_connections=64))
-    send_http = ProviderClient(connections_per_host=max(settings.send_concurrency, 1))
+    send_http = provider_client if provider_client is not None else ProviderClient(
+        connections_per_host=max(settings.send_concurrency, 1))
     copier = MediaCopier(media_store, media_http, tmp_dir=settings.data_dir / "tmp",
                          max_bytes=settings.max_media_bytes,
                          allow_local=settings.dev_allow_local_urls, api=send_http)
@@ -264,5 +322,5 @@ def build_gateway(settings: Settings) -> Gateway:
     set_dead_letter_source(lambda: {name: count for name, queue in queues.items()
                                     if not name.endswith(".dlq")
                                     and (count := queue.count_dead()) is not None})
-    return Gateway(settings, registry, broker, queue_broker, queues, media_store, send_http,
-                   media_http, copier, limits)
+    return Gateway(settings, broker.registry, broker, queue_broker, queues, media_store,
+                   send_http, media_http, copier, limits)

@@ -21,6 +21,7 @@ from wacloud.adapters.queue.sqlite.queue import SqliteQueue
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import OutboundStatus, Provider
+from wacloud.hosting.runners import stage_runners
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 from wacloud.stages.collect import (
@@ -120,7 +121,7 @@ async def running(world: World, *loops: Callable[[asyncio.Event], Awaitable[None
                   until: Callable[[], bool]) -> None:
     """Run the send and save stages and `loops` until `until()` holds."""
     stop = asyncio.Event()
-    runners = [r for r in world.gateway.runners() if r.name in ("send", "save")]
+    runners = stage_runners(world.gateway, ("send", "save"))
     tasks = [asyncio.create_task(r.run(stop)) for r in runners]
     tasks += [asyncio.create_task(loop(stop)) for loop in loops]
     try:

@@ -1,7 +1,8 @@
 """Contract for the queue port: every QueueBroker implementation must pass these.
 
 To add a backend, add a param to `backend` that knows how to open brokers on one shared store
-(two brokers stand in for two processes) and, if it can, how to start a child sender.
+(two brokers stand in for two processes) and, if it can, how to start a child sender. The
+in-memory broker of `wacloud.testing` passes it too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from wacloud.adapters.queue.base import (
 from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.adapters.queue.sqs import SqsBroker
 from wacloud.adapters.queue.sqs.names import source_of
+from wacloud.testing.memory_queue import MemoryQueueBroker, MemoryQueues
 
 # Sends forever, 16 at a time, printing each body once its send has returned (is durable).
 _SQLITE_CHILD = """
@@ -116,8 +118,12 @@ SQS_CANNOT = {
 }
 
 
-@pytest.fixture(params=["sqlite", "sqs", "rabbitmq"])
+@pytest.fixture(params=["sqlite", "sqs", "rabbitmq", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "memory":
+        place = MemoryQueues()
+        return Backend("memory", lambda: MemoryQueueBroker(place), cannot={
+            "child_sender": "an in-memory queue lives only as long as its process"})
     if request.param == "sqlite":
         path = tmp_path / "queues.db"
         return Backend("sqlite", lambda: SqliteBroker(path),

@@ -5,6 +5,7 @@ Every test runs once per database through the `tenant_db_url` fixture (tests/con
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -339,6 +340,35 @@ def test_set_media_returns_false_for_an_unknown_row(store: TenantStore) -> None:
 
     assert store.set_media(CHANNEL, "wamid.NOPE", media) is False
     assert count(store, t.messages) == 0
+
+
+async def test_set_media_grouped_and_writes_share_one_transaction_per_group(
+        store: TenantStore) -> None:
+    """`set_media_grouped` goes through `writes` (the group commit): concurrent copies that
+    finish together all land, and an unknown row answers False without touching the rest."""
+    names = [f"wamid.G{i}" for i in range(6)]
+    store.store_events([inbound(n, text=None, media=MediaRef(provider_media_id=n,
+                                                             mime_type="image/jpeg"))
+                        for n in names], [], [])
+    done = await asyncio.gather(*(store.set_media_grouped(CHANNEL, n, MediaRef(
+        provider_media_id=n, mime_type="image/jpeg", key=f"acme/{n}.jpg",
+        status=MediaStatus.STORED)) for n in [*names, "wamid.NOPE"]))
+    assert done == [True] * 6 + [False]
+    assert {store.media_status(CHANNEL, n) for n in names} == {"stored"}
+    assert store.media_status(CHANNEL, "wamid.NOPE") is None
+    assert sorted(m.media.key for m in store.messages_with_media(["stored"])
+                  if m.media is not None) == sorted(f"acme/{n}.jpg" for n in names)
+
+
+async def test_a_closed_store_opens_again_with_a_fresh_group_commit(
+        store: TenantStore) -> None:
+    assert await store.writes.run(lambda conn: conn.execute(sa.select(1)).scalar()) == 1
+    store.close()
+    # The same store again (as the broker does after a failover): a fresh group commit.
+    store.store_events([inbound("wamid.AFTER")], [], [])
+    assert await store.set_media_grouped(CHANNEL, "wamid.AFTER", MediaRef(
+        key="acme/after.jpg", status=MediaStatus.STORED)) is True
+    assert store.media_status(CHANNEL, "wamid.AFTER") == "stored"
 
 
 # -- read model ------------------------------------------------------------------------------

@@ -354,7 +354,7 @@ def test_inbound_and_outbound_pipelines_on_postgresql_and_mariadb(cluster: Clust
                 assert cluster.stored_media(row["media_key"]) == images[wamid]
     assert all(cluster.handled(f"inbound-{n}", "media") >= 1 for n in (0, 1)), \
         "both media workers copied media"
-    assert sum(cluster.handled(f"inbound-{n}", "receive") for n in (0, 1)) >= 1
+    assert sum(cluster.handled(f"inbound-{n}", "inbound") for n in (0, 1)) >= 1
 
     # Outbound: rows the tenants insert, three for each of four recipients, interleaved; the
     # two sending workers both collect (two collector processes on each database at once).

@@ -27,7 +27,7 @@ SENDER = "5511987654321"
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory,
             fake_server: FakeProviderServer) -> Iterator[Harness]:
-    # One stage worker holds receive, write and save (and media once rows are stored);
+    # One stage worker holds inbound and save (and media once rows are stored);
     # send runs in the server.
     yield from make_harness(tmp_path_factory.mktemp("metrics-logs"), fake_server, {
         "WACLOUD_STAGE_WORKERS": "1", "WACLOUD_SERVER_STAGES": "media,send",
@@ -72,7 +72,7 @@ def test_server_metrics_count_what_the_worker_stored(harness: Harness) -> None:
     assert stored == 1.0
     assert harness.metric("wacloud_inbound_latency_seconds_count", tenant=tenant) == 1.0
     assert harness.metric("wacloud_ingest_lag_seconds_count", provider="meta") >= 1.0
-    assert harness.metric("wacloud_stage_messages_total", stage="receive", result="ok") >= 1.0
+    assert harness.metric("wacloud_stage_messages_total", stage="inbound", result="ok") >= 1.0
     assert harness.metric("wacloud_stage_worker_up") == 1.0  # the one worker runs
     text = harness.internal.get("/metrics").text
     assert 'wacloud_queue_depth{queue="inbound.raw",state="visible"}' in text
@@ -125,7 +125,7 @@ def test_a_webhook_trace_id_reaches_the_stored_row_line(harness: Harness) -> Non
     line = stored[0]
     assert line["message_id"] == mask(wamid)
     assert line["channel"] == mask(channel.key)
-    assert line["stage"] == "receive" and line["direction"] == "in"
+    assert line["stage"] == "inbound" and line["direction"] == "in"
     assert line["level"] == "DEBUG" and line["logger"] == "wacloud.stages.write"
     received = find(harness, message="webhook received", trace_id=line["trace_id"])
     assert len(received) == 1 and received[0]["provider"] == "meta"

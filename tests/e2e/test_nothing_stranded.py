@@ -205,7 +205,7 @@ def test_a_tenant_database_locked_longer_than_the_retry_budget_loses_nothing(
             assert locked.post_meta(payload, channel.app_secret).status_code == 200
 
         def fewest_tries() -> int:
-            tries = tries_by_message(locked, log_start, "receive")
+            tries = tries_by_message(locked, log_start, "inbound")
             return min(tries.values()) if len(tries) == webhooks else 0
 
         # The fault lasts until every webhook has waited out the lock twice: each wait alone

@@ -74,7 +74,7 @@ def workers(harness: Harness) -> dict[str, int]:
 def test_two_workers_share_the_stages_and_a_dead_one_is_restarted(harness: Harness) -> None:
     running = wait_for(lambda: workers(harness) if len(workers(harness)) == 2 else None,
                        message="two stage workers")
-    assert set(running) == {"receive,write,save", "media,send"}
+    assert set(running) == {"inbound,save", "media,send"}
     # /readyz reports them (pid, alive, restarts) beside the queue depth.
     reported = {w["stages"]: w for w in harness.client.get("/readyz").json()["workers"]}
     assert {k: (w["pid"], w["alive"], w["restarts"]) for k, w in reported.items()} == {
@@ -98,23 +98,23 @@ def test_two_workers_share_the_stages_and_a_dead_one_is_restarted(harness: Harne
         r["provider_message_id"] for r in rows})
     harness.wait_outbox(tenant, lambda rows: rows[first_out]["status"] == 3)
     # Each worker reports its own stages' metrics on its port (counted just after the ack).
-    wait_for(lambda: stage_count(METRICS_PORT, "receive") >= 1
+    wait_for(lambda: stage_count(METRICS_PORT, "inbound") >= 1
              and stage_count(METRICS_PORT, "save") >= 1
              and stage_count(METRICS_PORT + 1, "send") >= 1, message="stage metrics")
-    assert stage_count(METRICS_PORT + 1, "receive") == 0
+    assert stage_count(METRICS_PORT + 1, "inbound") == 0
 
     # A worker killed hard: serve starts another; what was queued meanwhile is not lost.
-    os.kill(running["receive,write,save"], signal.SIGKILL)
+    os.kill(running["inbound,save"], signal.SIGKILL)
     second_in = post("durante")
     second_out = harness.insert_outbox(tenant, channel.key, "5511987650000", "text",
                                        {"body": "resposta 2"})
-    restarted = wait_for(lambda: workers(harness).get("receive,write,save"), timeout=30,
+    restarted = wait_for(lambda: workers(harness).get("inbound,save"), timeout=30,
                          message="a new storing worker")
-    assert restarted != running["receive,write,save"]
+    assert restarted != running["inbound,save"]
     harness.wait_rows(tenant, 2, predicate=lambda rows: second_in in {
         r["provider_message_id"] for r in rows}, timeout=30)
     harness.wait_outbox(tenant, lambda rows: rows[second_out]["status"] == 3, timeout=30)
     reported = {w["stages"]: w for w in harness.client.get("/readyz").json()["workers"]}
-    assert (reported["receive,write,save"]["pid"], reported["receive,write,save"]["restarts"]) \
+    assert (reported["inbound,save"]["pid"], reported["inbound,save"]["restarts"]) \
         == (restarted, 1)
     assert reported["media,send"]["restarts"] == 0

@@ -41,7 +41,7 @@ HANDLERS = {
     "CredentialsFunction": "wacloud.hosting.aws_lambda.credentials.handler",
 }
 CONSUMERS = {  # function -> the port queues its SQS events are
-    "WriterFunction": {"inbound.raw", "inbound.events"},
+    "WriterFunction": {"inbound.raw"},
     "MediaFunction": {"inbound.media"},
     "SenderFunction": {"outbound.send"},
     "SaverFunction": {"outbound.results"},

@@ -24,9 +24,8 @@ from wacloud.adapters.db.reachability import SERVER_FIX, ping, probe_engine, sho
 from wacloud.adapters.db.registry.store import Registry, Tenant
 from wacloud.adapters.db.tenant.tables import outbound_messages
 from wacloud.adapters.http.provider_client import ProviderClient
-from wacloud.adapters.queue.sqlite.broker import SqliteBroker
 from wacloud.admin.queries import channel_rates, empty_rates
-from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.bootstrap import open_registry, opened_queues, queue_specs
 from wacloud.credentials.channel_check import check_token
 from wacloud.domain.model import Channel
 from wacloud.domain.validation import masked_db_url
@@ -108,8 +107,7 @@ def tenant_figures(settings: Settings, tenant: Tenant
 
 
 async def queue_depths(settings: Settings) -> list[dict[str, Any]]:
-    broker = SqliteBroker(settings.queue_path, synchronous=settings.queue_synchronous)
-    try:
+    async with opened_queues(settings) as broker:
         out = []
         for name, spec in queue_specs(settings).items():
             if name.endswith(".dlq"):
@@ -118,8 +116,6 @@ async def queue_depths(settings: Settings) -> list[dict[str, Any]]:
             out.append({"name": name, "depth": depth["visible"], "in_flight": depth["in_flight"],
                         "delayed": depth["delayed"], "dead_letters": depth["dead"]})
         return out
-    finally:
-        await broker.close()
 
 
 def readyz(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:

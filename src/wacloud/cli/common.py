@@ -24,9 +24,6 @@ from typer.exceptions import TyperException
 from wacloud import __version__
 from wacloud.adapters.db.errors import failure_reason, is_database_unavailable
 from wacloud.adapters.db.registry.store import RegistryError
-from wacloud.adapters.media import open_media_store
-from wacloud.adapters.queue import open_queue_broker
-from wacloud.adapters.queue.base import QueueBroker
 from wacloud.admin.queries import channel_summary as channel_summary  # shared with the admin API
 from wacloud.observability.logs import mask
 from wacloud.security.crypto import SecretError
@@ -199,13 +196,6 @@ def emit_rows(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[s
         table.add_row(*(Text(cell) for cell in
                         (shown + [""] * (len(columns) - len(shown)))[:len(columns)]))
     Console().print(table)
-
-
-def queue_broker(settings: Settings) -> QueueBroker:
-    """The broker of `WACLOUD_QUEUE_URL` (the embedded SQLite file by default), with the media
-    store of `WACLOUD_MEDIA_URL` for bodies too large for a message (SQS)."""
-    return open_queue_broker(settings.queues, settings,
-                             open_media_store(settings.media, settings))
 
 
 class Advance:

@@ -21,7 +21,7 @@ from wacloud.admin.operations import (
     discard_dead_letters,
     replay_queue_dead_letters,
 )
-from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.bootstrap import open_credentials, opened_queues, queue_specs
 from wacloud.cli.common import (
     DataDir,
     JsonOut,
@@ -30,10 +30,8 @@ from wacloud.cli.common import (
     emit_rows,
     fail,
     progress,
-    queue_broker,
     settings_for,
 )
-from wacloud.credentials.broker import CredentialsBroker
 from wacloud.settings import Settings
 from wacloud.stages import envelopes
 
@@ -63,12 +61,9 @@ def _source_name(settings: Settings, name: str) -> str:
 def _with_queues(settings: Settings,
                  work: Callable[[dict[str, Queue]], Awaitable[T]]) -> T:
     async def run() -> T:
-        broker = queue_broker(settings)
-        try:
+        async with opened_queues(settings) as broker:
             specs = queue_specs(settings)
             return await work({name: broker.queue(specs[name]) for name in _queue_names(settings)})
-        finally:
-            await broker.close()
 
     try:
         return asyncio.run(run())
@@ -125,7 +120,7 @@ def dlq_replay(ids: Ids = None, all_items: All = False, queue: QueueOpt = None,
     chosen = None if all_items else list(ids or [])
 
     async def work(queues: dict[str, Queue]) -> list[str]:
-        broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+        broker = open_credentials(settings)
         try:
             count = len(chosen) if chosen is not None else (await queues[name].depth())["dead"]
             advance.set_total(count)

@@ -18,7 +18,7 @@ from wacloud.admin.operations import (
     refetch_media,
     replay_parked,
 )
-from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.bootstrap import open_credentials, open_registry, opened_queues, queue_specs
 from wacloud.cli.common import (
     DataDir,
     JsonOut,
@@ -29,11 +29,9 @@ from wacloud.cli.common import (
     media_app,
     parked_app,
     progress,
-    queue_broker,
     settings_for,
 )
 from wacloud.cli.queue_cmds import require_queues
-from wacloud.credentials.broker import CredentialsBroker
 from wacloud.hosting.loop import event_loop_factory
 from wacloud.observability.logs import configure_logging
 from wacloud.stages import envelopes
@@ -116,14 +114,23 @@ def worker(data_dir: DataDir = None,
            ] = False) -> None:
     """Run the stages without the HTTP server (`serve` starts these itself)."""
     from wacloud.hosting.process import limit_malloc_arenas, pin_to_cpus
-    from wacloud.hosting.worker import STAGES, die_with_parent, run_worker
+    from wacloud.hosting.worker import (
+        STAGES,
+        die_with_parent,
+        known_stage,
+        run_worker,
+        stage_names,
+    )
 
     limit_malloc_arenas()
     if parent_pid is not None:
         die_with_parent(parent_pid)
-    names = tuple(n.strip() for n in stages.split(",") if n.strip()) if stages else None
-    if names is not None and not set(names) <= set(STAGES):
-        fail(f"unknown stage(s) {sorted(set(names) - set(STAGES))}; known: {sorted(STAGES)}")
+    given = [n.strip() for n in stages.split(",") if n.strip()] if stages else None
+    unknown = sorted(n for n in given or () if not known_stage(n))
+    if unknown:
+        fail(f"unknown stage(s) {unknown}; known: {sorted(STAGES)} (receive and write: "
+             "inbound)")
+    names = stage_names(given) if given is not None else None
     settings = settings_for(data_dir, must_exist=False)
     configure_logging(settings)
     try:
@@ -160,7 +167,7 @@ def messages(tenant: Annotated[str, typer.Option("--tenant")],
     if direction not in (None, "in", "out"):
         fail("--direction must be 'in' or 'out'")
     settings = settings_for(data_dir)
-    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+    broker = open_credentials(settings)
     try:
         if not broker.has_tenant(tenant):
             fail(f"unknown tenant {tenant!r}")
@@ -187,7 +194,7 @@ def notices(tenant: Annotated[str, typer.Option("--tenant")],
     """What providers reported besides messages and receipts (webhook-level errors, account
     and template updates): the latest ones, oldest first."""
     settings = settings_for(data_dir)
-    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+    broker = open_credentials(settings)
     try:
         if not broker.has_tenant(tenant):
             fail(f"unknown tenant {tenant!r}")
@@ -232,12 +239,9 @@ def parked_replay(item_id: Annotated[int | None, typer.Argument()] = None,
         fail(str(exc))
 
     async def run(advance: Callable[[int], None]) -> list[int]:
-        broker = queue_broker(settings)
-        try:
+        async with opened_queues(settings) as broker:
             raw = broker.queue(queue_specs(settings)[envelopes.INBOUND_RAW])
             return await replay_parked(registry, raw, items, advance)
-        finally:
-            await broker.close()
 
     with progress("replaying parked items", len(items), as_json) as advance:
         replayed = asyncio.run(run(advance))
@@ -250,18 +254,15 @@ def media_refetch(tenant: Annotated[str, typer.Option("--tenant")],
                   data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Queue another copy attempt for a tenant's media that failed (or is still pending)."""
     settings = settings_for(data_dir)
-    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+    broker = open_credentials(settings)
     if not broker.has_tenant(tenant):
         fail(f"unknown tenant {tenant!r}")
     statuses = ["failed", "pending"] if include_pending else ["failed"]
 
     async def run() -> int:
-        queues = queue_broker(settings)
-        try:
+        async with opened_queues(settings) as queues:
             media = queues.queue(queue_specs(settings)[envelopes.INBOUND_MEDIA])
             return await refetch_media(broker, tenant, media, statuses)
-        finally:
-            await queues.close()
 
     with progress(f"queueing media downloads of {tenant}", None, as_json):
         count = asyncio.run(run())

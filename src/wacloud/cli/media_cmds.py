@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from wacloud.adapters.media import open_media_store
 from wacloud.adapters.media.base import MediaStoreMissing
+from wacloud.bootstrap import open_media
 from wacloud.cli.common import DataDir, JsonOut, emit, fail, media_app, settings_for
 from wacloud.settings import Settings
 
@@ -18,7 +18,7 @@ MAX_EXPIRES_S = 7 * 24 * 3600  # what a SigV4 presigned URL allows
 
 
 async def _url(settings: Settings, key: str, expires_s: int) -> str | None:
-    store = open_media_store(settings.media, settings)
+    store = open_media(settings)
     try:
         if not await store.exists(key):
             return None

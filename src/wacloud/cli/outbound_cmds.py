@@ -10,7 +10,7 @@ import typer
 
 from wacloud.adapters.db.tenant.submissions import submit_outbound
 from wacloud.adapters.db.types import utcnow
-from wacloud.bootstrap import open_registry
+from wacloud.bootstrap import open_credentials
 from wacloud.cli.common import (
     DataDir,
     JsonOut,
@@ -19,7 +19,6 @@ from wacloud.cli.common import (
     fail,
     settings_for,
 )
-from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.submission import InvalidMessage, parse_submission, parse_validity
 
 
@@ -49,7 +48,7 @@ def send(tenant: Annotated[str, typer.Option("--tenant")],
     except InvalidMessage as exc:
         fail(str(exc))
     settings = settings_for(data_dir)
-    broker = CredentialsBroker(open_registry(settings), tenants_dir=settings.tenants_dir)
+    broker = open_credentials(settings)
     if broker.tenant_channel(tenant, submission.channel) is None:
         fail(f"tenant {tenant!r} has no channel {submission.channel!r}")
     row, _ = submit_outbound(broker.tenant_store(tenant).engine, channel=submission.channel,

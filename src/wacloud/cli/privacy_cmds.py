@@ -15,9 +15,14 @@ import typer
 
 from wacloud.adapters.db.registry.store import RegistryError
 from wacloud.adapters.db.tenant.privacy import set_retention
-from wacloud.adapters.media import open_media_store
 from wacloud.adapters.queue.base import QueueSpec
-from wacloud.bootstrap import open_registry, queue_specs
+from wacloud.bootstrap import (
+    open_credentials,
+    open_media,
+    open_queues,
+    open_registry,
+    queue_specs,
+)
 from wacloud.cli.common import (
     DataDir,
     JsonOut,
@@ -26,11 +31,9 @@ from wacloud.cli.common import (
     emit_rows,
     fail,
     progress,
-    queue_broker,
     settings_for,
     tenant_app,
 )
-from wacloud.credentials.broker import CredentialsBroker
 from wacloud.privacy.lgpd import (
     PrivacyContext,
     PrivacyError,
@@ -54,9 +57,9 @@ T = TypeVar("T")
 async def _context(settings: Settings) -> AsyncIterator[PrivacyContext]:
     """The same stores a running gateway uses: registry, tenant DBs, queue file, media store."""
     registry = open_registry(settings)
-    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
-    queues = queue_broker(settings)
-    media = open_media_store(settings.media, settings)
+    broker = open_credentials(settings, registry)
+    media = open_media(settings)
+    queues = open_queues(settings, media)
     try:
         yield PrivacyContext(
             broker, registry,

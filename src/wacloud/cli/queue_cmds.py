@@ -10,10 +10,9 @@ from urllib.parse import urlsplit
 
 import typer
 
-from wacloud.adapters.media import open_media_store
-from wacloud.adapters.queue import open_queue_broker, public_queue_url, verify_queues
+from wacloud.adapters.queue import public_queue_url, verify_queues
 from wacloud.adapters.queue.base import QueueMissing
-from wacloud.bootstrap import queue_specs
+from wacloud.bootstrap import open_media, open_queues, opened_queues, queue_specs
 from wacloud.cli.common import DataDir, JsonOut, app, emit, fail, settings_for
 from wacloud.settings import Settings
 
@@ -23,10 +22,10 @@ app.add_typer(queues_app, name="queues")
 
 
 async def _create(settings: Settings) -> dict[str, Any]:
-    media = open_media_store(settings.media, settings)
+    media = open_media(settings)
     try:
         bucket = await media.ensure_bucket()
-        broker = open_queue_broker(settings.queues, settings, media)
+        broker = open_queues(settings, media)
         try:
             names = await broker.create_queues(list(queue_specs(settings).values()))
         finally:
@@ -58,12 +57,8 @@ def create(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
 
 
 async def _verify(settings: Settings) -> None:
-    broker = open_queue_broker(settings.queues, settings, open_media_store(settings.media,
-                                                                             settings))
-    try:
+    async with opened_queues(settings) as broker:
         await verify_queues(broker, queue_specs(settings).values())
-    finally:
-        await broker.close()
 
 
 def require_queues(settings: Settings) -> None:

@@ -29,8 +29,7 @@ import httpx
 
 from wacloud.adapters.db.registry.api_keys import create_api_key
 from wacloud.adapters.db.tenant.views import list_messages
-from wacloud.bootstrap import init_data_dir, open_registry
-from wacloud.credentials.broker import CredentialsBroker
+from wacloud.bootstrap import init_data_dir, open_credentials, open_registry
 from wacloud.domain.model import Provider
 from wacloud.hosting.embedded import serve
 from wacloud.settings import load_settings
@@ -253,7 +252,7 @@ async def demo(data_dir: Path, port: int, keep_serving: bool, internal_port: int
         base = f"http://127.0.0.1:{port}"
         result.gateway = base
         say(f"gateway on {base}")
-        broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir)
+        broker = open_credentials(settings, registry)
         engine = broker.tenant_store("demo").engine
 
         async with httpx.AsyncClient(timeout=10) as client:

@@ -23,6 +23,7 @@ from wacloud.hosting import shutdown
 from wacloud.hosting.http import create_apps
 from wacloud.hosting.http_protocol import HttpProtocol
 from wacloud.hosting.process import tune_garbage_collector
+from wacloud.hosting.runners import stage_runners
 from wacloud.hosting.shutdown import wait_stopping
 from wacloud.hosting.worker import (
     WorkerSupervisor,
@@ -62,7 +63,7 @@ async def run_stages(gateway: Gateway, *, stages: bool = True, collect: bool = T
                      names: Collection[str] | None = None) -> None:
     """Run the stages (all, or those `names`) and/or the collector, and the registry watcher,
     until `gateway.stop` is set."""
-    runners = [r for r in gateway.runners() if names is None or r.name in names]
+    runners = stage_runners(gateway, names)
     tasks = [asyncio.create_task(r.run(gateway.stop)) for r in runners] if stages else []
     tasks.append(asyncio.create_task(
         gateway.broker.watch(gateway.settings.registry_poll_s, gateway.stop)))

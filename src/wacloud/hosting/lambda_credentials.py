@@ -17,8 +17,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from wacloud.bootstrap import open_registry, secret_box
-from wacloud.credentials.broker import CredentialsBroker
+from wacloud.bootstrap import open_credentials, open_registry
 from wacloud.credentials.service import CredentialsService
 from wacloud.settings import Settings, load_settings
 
@@ -44,9 +43,7 @@ def _source(event: dict[str, Any]) -> str | None:
 
 def build_handler(settings: Settings) -> Handler:
     registry = open_registry(settings)
-    broker = CredentialsBroker(registry, tenants_dir=settings.tenants_dir,
-                               cache_seconds=settings.credentials_cache_s,
-                               key_loader=lambda: secret_box(settings))
+    broker = open_credentials(settings, registry)
     service = CredentialsService(broker, settings.tenants_dir)
 
     def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 `wacloud serve` starts them (`WACLOUD_STAGE_WORKERS`, default 1) so that answering webhooks
 never waits for the GIL behind parsing and storing. The network-bound stages (media downloads,
 sends) run on the server's own loop by default (`WACLOUD_SERVER_STAGES`): they mostly wait, and
-there they get a GIL apart from the storing stages (receive, write, save) without the memory
+there they get a GIL apart from the storing stages (inbound, save) without the memory
 of a third process; with 2 workers and no server stages, each group gets a worker.
 The send stage stays in one process: its per-number rate limits are counted there.
 
@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from wacloud.bootstrap import build_gateway
@@ -37,15 +38,27 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_MAX_S = 30.0
-STORING = ("receive", "write", "save")
+STORING = ("inbound", "save")
 NETWORK = ("media", "send")
 STAGES = STORING + NETWORK
+# `inbound` runs receive and write fused; their own names, from before it was named after
+# what it runs, still select it (`--stages`, `WACLOUD_SERVER_STAGES`).
+ALIASES = {"receive": "inbound", "write": "inbound"}
+
+
+def known_stage(name: str) -> bool:
+    return name in STAGES or name in ALIASES
+
+
+def stage_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The stages `names` select (aliases resolved, unknown names left out), in STAGES order."""
+    wanted = {ALIASES.get(name.strip(), name.strip()) for name in names}
+    return tuple(name for name in STAGES if name in wanted)
 
 
 def server_stage_names(settings: Settings) -> tuple[str, ...]:
     """The stages the HTTP server hosts itself (`WACLOUD_SERVER_STAGES`), in STAGES order."""
-    wanted = {name.strip() for name in settings.server_stages.split(",") if name.strip()}
-    return tuple(name for name in STAGES if name in wanted)
+    return stage_names(settings.server_stages.split(","))
 
 
 def worker_groups(count: int, on_server: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -58,7 +71,7 @@ def worker_groups(count: int, on_server: tuple[str, ...] = ()) -> list[tuple[str
     if "media" in on_server:
         # Media copies give way to rows (see StageRunner.defer_to); once a burst of rows is
         # stored, the storing worker's idle CPU copies media beside the server.
-        kept = [(*group, "media") if "receive" in group else group for group in kept]
+        kept = [(*group, "media") if "inbound" in group else group for group in kept]
     return [group for group in kept if group]
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from wacloud.adapters.media import open_media_store
 from wacloud.adapters.queue import open_queue_broker
-from wacloud.bootstrap import init_data_dir, queue_specs
+from wacloud.bootstrap import init_data_dir, open_registry, queue_specs
 from wacloud.cli import app
 from wacloud.settings import load_settings
 from wacloud.stages import envelopes
@@ -101,3 +101,31 @@ def test_dlq_commands_on_sqs(tmp_path: Path, aws_env: dict[str, str],
     assert discarded["discarded"] == [items[envelopes.INBOUND_MEDIA]["id"]]
     assert lines(run(tmp_path, "dlq", "list", "--json")) == []
     assert stored_bodies(tmp_path) == []  # the large body went with the replayed one's ack
+
+
+def test_status_and_parked_replay_read_and_feed_the_configured_queues(
+        tmp_path: Path, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`status` counts the SQS queues (not an embedded file nobody uses) and `parked replay`
+    queues on SQS, where the stage workers of this deployment receive."""
+    monkeypatch.setenv("WACLOUD_QUEUE_URL", f"sqs://?prefix=wcli{uuid.uuid4().hex[:8]}")
+    settings = load_settings(tmp_path)
+    init_data_dir(settings)
+    asyncio.run(provision_and_dead_letter(tmp_path, [
+        (envelopes.INBOUND_MEDIA, dumps({"tenant": "acme"}), "KeyError: 'x'")]))
+    report = json.loads(run(tmp_path, "status", "--json"))
+    dead = {q["name"]: q["dead_letters"] for q in report["queues"]}
+    assert dead[envelopes.INBOUND_MEDIA] == 1 and dead[envelopes.INBOUND_RAW] == 0
+    assert not (tmp_path / "queues.db").exists()
+
+    registry = open_registry(settings)
+    try:
+        registry.park(stage="receive", reason="cannot parse", payload=dumps(
+            {"v": 2, "provider": "whapi", "channel_key": "CH", "received_at": 1.0,
+             "kind": "webhook", "signature": None}).decode() + "\n{}", provider="whapi",
+                      channel_key="CH")
+    finally:
+        registry.engine.dispose()
+    replayed = json.loads(run(tmp_path, "parked", "replay", "--all", "--json"))
+    assert len(replayed["replayed"]) == 1
+    [body] = asyncio.run(live_bodies(tmp_path, envelopes.INBOUND_RAW))
+    assert RawWebhook.decode(body).provider == "whapi"

@@ -49,7 +49,7 @@ def test_scrape_gauges_are_rendered_with_their_labels() -> None:
         queue_depth={("inbound.raw", "visible"): 3, ("inbound.raw", "in_flight"): 1},
         queue_oldest={"inbound.raw": 12.5},
         channels_paused=[("acme", "1065", "meta", True), ("acme", "CH-1", "whapi", False)],
-        workers=[("receive,write,save", True, 2)])
+        workers=[("inbound,save", True, 2)])
 
     text = render(snapshot).decode()
 
@@ -58,8 +58,8 @@ def test_scrape_gauges_are_rendered_with_their_labels() -> None:
     assert 'wacloud_queue_oldest_age_seconds{queue="inbound.raw"} 12.5' in text
     assert 'wacloud_channel_paused{channel="1065",provider="meta",tenant="acme"} 1.0' in text
     assert 'wacloud_channel_paused{channel="CH-1",provider="whapi",tenant="acme"} 0.0' in text
-    assert 'wacloud_stage_worker_up{stages="receive,write,save"} 1.0' in text
-    assert 'wacloud_stage_worker_restarts{stages="receive,write,save"} 2.0' in text
+    assert 'wacloud_stage_worker_up{stages="inbound,save"} 1.0' in text
+    assert 'wacloud_stage_worker_restarts{stages="inbound,save"} 2.0' in text
     names = metric_names(text)
     assert {"wacloud_sends_total", "wacloud_inbound_latency_seconds_bucket",
             "wacloud_outbound_latency_seconds_count", "wacloud_dead_letters"} <= names

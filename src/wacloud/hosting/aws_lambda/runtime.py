@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from wacloud.adapters.db.errors import TroubleLog
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.runner import StageRunner
+from wacloud.hosting.runners import stage_runners
 from wacloud.hosting.worker import use_stage_threads
 from wacloud.observability.logs import configure_logging
 from wacloud.settings import Settings
@@ -72,11 +73,10 @@ class Container:
             _TROUBLE.succeeded("the registry")
 
     def runner(self, name: str) -> StageRunner:
-        """The stage runner `name` of `Gateway.runners`, as this container uses it."""
+        """The runner of the gateway's stage `name`, as this container uses it."""
         runner = self.runners.get(name)
         if runner is None:
-            found = {r.name: r for r in self.gateway.runners()}
-            runner = found[name]
+            [runner] = stage_runners(self.gateway, (name,))
             # Each function has its own CPU: nothing to give way to (`StageRunner.defer_to`).
             runner.defer_to = None
             self.runners[name] = runner

@@ -24,12 +24,10 @@ from wacloud.domain.model import OutboundStatus, Provider
 from wacloud.hosting.aws_lambda import collector, receiver, runtime, saver, sender, writer
 from wacloud.settings import Settings
 from wacloud.stages.envelopes import (
-    INBOUND_EVENTS,
     INBOUND_RAW,
     OUTBOUND_RESULTS,
     OUTBOUND_SEND,
 )
-from wacloud.stages.receive import ReceiveContext, receive
 from wacloud.testing.webhooks import dumps, meta_envelope, meta_text
 
 SENDER = "5511987650000"
@@ -158,21 +156,6 @@ def test_one_poisoned_record_is_the_only_one_reported_failed(world: LambdaWorld)
     # Released with backoff (ChangeMessageVisibility), not deleted and not visible at once.
     depth = world.depth(INBOUND_RAW)
     assert depth["visible"] == 0 and depth["delayed"] + depth["in_flight"] == 1
-
-
-def test_inbound_events_are_written_by_the_writer_too(world: LambdaWorld) -> None:
-    event = meta_event(text_webhook("parsed elsewhere", "wamid.events-1"), APP_SECRET)
-    assert world.invoke("receiver", receiver.handler, event)["statusCode"] == 200
-    # What a receive stage hosted apart puts on `inbound.events`: the parsed events.
-    [raw] = world.receive(INBOUND_RAW)
-    gateway = world.app.gateway
-    context = ReceiveContext(gateway.broker, gateway.copier, gateway.park)
-    [output] = world.app.run(receive(raw.body, context))
-    world.app.run(world.queue(INBOUND_EVENTS).send(output.message.body))
-    _, failed = world.deliver(INBOUND_EVENTS, "writer", writer.handler)
-    assert failed == []
-    [row] = world.inbound_rows("acme")
-    assert row["provider_message_id"] == "wamid.events-1"
 
 
 def insert_rows(world: LambdaWorld, recipients: list[str]) -> list[int]:
