@@ -10,7 +10,7 @@ import typer
 from wacloud.adapters.db.errors import failure_reason
 from wacloud.adapters.db.migrate import HEAD, UnknownRevisionError
 from wacloud.adapters.db.registry.store import RegistryError
-from wacloud.adapters.db.upgrade import migrate_all
+from wacloud.admin.upgrade import migrate_all
 from wacloud.cli.common import DataDir, JsonOut, app, emit, fail, progress, settings_for
 
 

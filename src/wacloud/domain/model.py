@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -125,6 +126,15 @@ class MediaRef:
         values = dict(data)
         values["status"] = MediaStatus(values.get("status", MediaStatus.PENDING))
         return cls(**values)
+
+
+# Meta's business-scoped user id: a country code, then dot-separated letters and digits.
+_BSUID = re.compile(r"^[A-Za-z]{2}(?:\.[A-Za-z0-9]+)+$")
+
+
+def is_bsuid(recipient: str) -> bool:
+    """Whether a recipient is a Meta BSUID rather than a phone number / wa_id."""
+    return bool(_BSUID.match(recipient))
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from wacloud.providers.meta.outbound import is_bsuid
+from wacloud.domain.model import is_bsuid
 
 # Longest validity: also what keeps a timestamp inside every database's DATETIME range.
 MAX_TTL_S = 30 * 24 * 3600

@@ -29,7 +29,7 @@ from wacloud.adapters.db.types import utcnow
 from wacloud.adapters.media.base import MediaStore
 from wacloud.adapters.queue.base import Queue
 from wacloud.credentials.broker import CredentialsBroker
-from wacloud.privacy.match import ContactMatcher
+from wacloud.domain.contacts import ContactMatcher
 from wacloud.privacy.queues import (
     Plan,
     QueueFinding,

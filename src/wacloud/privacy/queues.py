@@ -20,8 +20,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from wacloud.adapters.queue.base import Queue, ReceivedMessage
 from wacloud.credentials.broker import CredentialsBroker
+from wacloud.domain.contacts import ContactMatcher, MessageRef, anonymize_event
 from wacloud.domain.model import Event, InboundMessage, PayloadError, Provider, event_from_dict
-from wacloud.privacy.match import ContactMatcher, MessageRef, anonymize_event
 from wacloud.providers import port
 from wacloud.providers.base import WebhookAuth
 from wacloud.stages import envelopes

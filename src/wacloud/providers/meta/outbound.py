@@ -9,12 +9,18 @@ with the channel's token and only to the channel's own API host. Chakra reuses `
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from wacloud.domain.model import JSON, Channel, OutboundMessage, ProviderRequest, SendResult
+from wacloud.domain.model import (
+    JSON,
+    Channel,
+    OutboundMessage,
+    ProviderRequest,
+    SendResult,
+    is_bsuid,
+)
 from wacloud.providers.errors import UnsupportedMessage, classify_graph, graph_error, load_json
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
@@ -24,17 +30,11 @@ READ = "read"
 
 # A business-scoped user id: ISO country code, a dot, alphanumerics ("BR.1502576394655843"),
 # possibly with more dotted parts ("US.ENT.1180..."). Phone numbers never contain letters.
-_BSUID = re.compile(r"^[A-Za-z]{2}(?:\.[A-Za-z0-9]+)+$")
 
 # Headers a legacy row may not set: credentials come from the channel, framing from the client.
 _DROPPED_LEGACY_HEADERS = frozenset({"authorization", "host", "content-length",
                                      "transfer-encoding", "connection"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def is_bsuid(recipient: str) -> bool:
-    """Whether a recipient is a Meta BSUID rather than a phone number / wa_id."""
-    return bool(_BSUID.match(recipient))
 
 
 def auth_headers(channel: Channel) -> dict[str, str]:

@@ -20,8 +20,8 @@ from wacloud.adapters.db.registry.store import ParkedItem, Registry, RegistryErr
 from wacloud.adapters.db.registry.store import tenants as tenants_table
 from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.db.tenant.views import message_view, outbound_view
+from wacloud.domain.contacts import ContactMatcher, MessageRef
 from wacloud.domain.model import OutboundStatus
-from wacloud.privacy.match import ContactMatcher, MessageRef
 
 CHUNK = 500
 PURGE_BATCH = 1000

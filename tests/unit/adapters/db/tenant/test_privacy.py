@@ -16,6 +16,7 @@ from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.db.tenant.outbox import insert_outbound
 from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.adapters.db.types import utcnow
+from wacloud.domain.contacts import ContactMatcher
 from wacloud.domain.model import (
     Contact,
     InboundMessage,
@@ -24,7 +25,6 @@ from wacloud.domain.model import (
     Provider,
     StatusUpdate,
 )
-from wacloud.privacy.match import ContactMatcher
 
 MARIA, JOAO = "5511987654321", "5521912345678"
 

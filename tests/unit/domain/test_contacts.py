@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from wacloud.domain.contacts import ContactMatcher, anonymize_event, phone_digits
 from wacloud.domain.model import Contact, InboundMessage, Provider, ProviderNotice, StatusUpdate
-from wacloud.privacy.match import ContactMatcher, anonymize_event, phone_digits
 
 
 @pytest.mark.parametrize("value, digits", [
