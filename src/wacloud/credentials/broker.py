@@ -101,11 +101,19 @@ class CredentialsBroker:
         self._lock = threading.Lock()  # guards `_stores`, held only briefly
         self._opening: dict[str, threading.Lock] = {}  # one per tenant being opened
         self._last_miss_refresh = 0.0
+        # One rebuild at a time: two at once (the watcher's and a stage's after a miss) could
+        # finish in the wrong order, the one that read the registry first replacing the newer
+        # snapshot, and a channel added a moment ago vanished again (its rows failed).
+        self._refresh_lock = threading.Lock()
 
     # -- snapshot --------------------------------------------------------------------------
 
     def refresh(self, *, force: bool = False) -> bool:
         """Reload the snapshot if the registry changed or the cache aged out."""
+        with self._refresh_lock:
+            return self._refresh(force)
+
+    def _refresh(self, force: bool) -> bool:
         version = self.registry.version()
         snap = self._snapshot
         if (not force and version == snap.version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -252,3 +253,43 @@ def test_signature_shortcut_accepts_and_refuses_like_the_full_check(
     assert not signature_ok(meta, body, sign(body, "other"), broker)
     assert not signature_ok(meta, body + b" ", sign(body, "shared"), broker)
     assert not signature_ok(meta, body, None, broker)
+
+
+class _SlowChannels(Registry):
+    """A registry whose first `channels()` read waits until released: a rebuild that read the
+    registry before a change and finishes after a newer one."""
+
+    def __init__(self, inner: Registry) -> None:
+        super().__init__(inner.engine, inner.secrets)
+        self.reading = threading.Event()
+        self.release = threading.Event()
+        self.first = True
+
+    def channels(self) -> list[Channel]:
+        found = super().channels()
+        if self.first:
+            self.first = False
+            self.reading.set()
+            self.release.wait(10)
+        return found
+
+
+def test_a_slow_older_rebuild_never_replaces_a_newer_snapshot(registry: Registry,
+                                                              tmp_path: Path) -> None:
+    slow = _SlowChannels(registry)
+    broker = CredentialsBroker(slow, tenants_dir=tmp_path / "tenants", cache_seconds=3600)
+    try:
+        older = threading.Thread(target=broker.refresh, kwargs={"force": True})
+        older.start()  # reads the registry without the channel, then waits
+        assert slow.reading.wait(10)
+        add_meta(registry, "222", waba="W2", secret="s-222")  # a channel added meanwhile
+        newer = threading.Thread(target=broker.refresh)  # a stage's look after a miss
+        newer.start()
+        newer.join(2)  # without one rebuild at a time, it finishes first (not a sync: a bound)
+        slow.release.set()
+        older.join(10)
+        newer.join(10)
+        assert broker.tenant_channel("acme", "222") is not None
+    finally:
+        slow.release.set()
+        broker.close()
