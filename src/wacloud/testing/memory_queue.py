@@ -74,10 +74,6 @@ class MemoryQueue(Queue):
     def _held(self, receipt: str) -> Stored | None:
         return next((m for m in self._live.values() if m.receipt == receipt), None)
 
-    async def send(self, body: bytes, *, group_id: str | None = None,
-                   dedup_id: str | None = None, delay: float = 0.0) -> None:
-        await self.send_batch([OutgoingMessage(body, group_id, dedup_id, delay)])
-
     async def send_batch(self, messages: list[OutgoingMessage]) -> None:
         now = time.time()
         for message in messages:

@@ -63,9 +63,10 @@ class Queue(abc.ABC):
 
     spec: QueueSpec
 
-    @abc.abstractmethod
     async def send(self, body: bytes, *, group_id: str | None = None,
-                   dedup_id: str | None = None, delay: float = 0.0) -> None: ...
+                   dedup_id: str | None = None, delay: float = 0.0) -> None:
+        """One message: a batch of one (every adapter's `send_batch` has the semantics)."""
+        await self.send_batch([OutgoingMessage(body, group_id, dedup_id, delay)])
 
     @abc.abstractmethod
     async def send_batch(self, messages: list[OutgoingMessage]) -> None: ...

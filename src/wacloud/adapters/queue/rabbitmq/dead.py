@@ -50,12 +50,6 @@ class RabbitQueueBase(Queue, abc.ABC):
         """The broker queue a message of this queue is published to."""
         return self.layout.main
 
-    async def send(self, body: bytes, *, group_id: str | None = None,
-                   dedup_id: str | None = None, delay: float = 0.0) -> None:
-        from wacloud.adapters.queue.base import OutgoingMessage
-
-        await self.send_batch([OutgoingMessage(body, group_id, dedup_id, delay)])
-
     async def depth(self) -> dict[str, int]:
         await self.ensure()
         names = [*self.layout.receive_from, self.layout.dead]

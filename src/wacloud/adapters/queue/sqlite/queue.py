@@ -101,10 +101,6 @@ class SqliteQueue(Queue):
         self._turn = 0  # which lane a FIFO receive serves first
         self._adopted = False
 
-    async def send(self, body: bytes, *, group_id: str | None = None,
-                   dedup_id: str | None = None, delay: float = 0.0) -> None:
-        await self.send_batch([OutgoingMessage(body, group_id, dedup_id, delay)])
-
     async def send_batch(self, messages: list[OutgoingMessage]) -> None:
         if not messages:
             return
