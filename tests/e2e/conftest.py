@@ -358,3 +358,44 @@ def make_harness(tmp_path: Path, fake_server: FakeProviderServer,
 def harness(tmp_path_factory: pytest.TempPathFactory,
             fake_server: FakeProviderServer) -> Iterator[Harness]:
     yield from make_harness(tmp_path_factory.mktemp("gateway"), fake_server)
+
+
+def two_free_ports() -> int:
+    """A port p such that p and p + 1 are both free (one per worker)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def stage_count(port: int, stage: str) -> float:
+    """`wacloud_stage_messages_total{stage=..., result="ok"}` as a worker reports it."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("wacloud_stage_messages_total{") and f'stage="{stage}"' in line \
+                and 'result="ok"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def worker_pids(harness: Harness) -> dict[str, int]:
+    """`--stages` argument -> pid of each live worker child of `serve`."""
+    assert harness.gateway.process is not None
+    parent = harness.gateway.process.pid
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == parent and b"worker" in argv and b"--stages" in argv:
+            found[argv[argv.index(b"--stages") + 1].decode()] = int(entry.name)
+    return found
