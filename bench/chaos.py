@@ -113,8 +113,9 @@ GATEWAY_ENV = {
     "WACLOUD_SEND_LEASE_MARGIN_S": "2",
     "WACLOUD_REGISTRY_POLL_S": "0.5",
     "WACLOUD_PAIR_BURST": "1000000",
-    # The data dir is a 192 MB tmpfs: keep ingest's free-space floor (503 below it) under
-    # what the run uses, so only the disk-full fault reaches it.
+    # The data dir is a tmpfs twice the run's needs (`Config.tmpfs_size_mb`): keep ingest's
+    # free-space floor (503 below it) under what the run leaves free, so only the disk-full
+    # fault reaches it.
     "WACLOUD_MIN_FREE_DISK_MB": "32",
     "WACLOUD_LOG_LEVEL": "WARNING",
 }
@@ -206,6 +207,11 @@ class Book:
 
 # ------------------------------------------------------------------------------ the harness
 
+MEDIA_BYTES = (20_000, 200_000)  # a media file's size, uniform in this range
+MEDIA_MEAN_BYTES = sum(MEDIA_BYTES) / 2
+MESSAGES_PER_WEBHOOK = 2  # 1-3
+
+
 @dataclass
 class Config:
     seed: int = 1
@@ -218,9 +224,17 @@ class Config:
     kinds: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
     use_postgres: bool = True
     use_tmpfs: bool = True
-    tmpfs_mb: int = 192
+    tmpfs_mb: int = 192  # at least; more when the run's media need it (`tmpfs_size_mb`)
     media_stall_s: float = 20.0  # how long a stalled download goes silent
     keep: bool = False
+
+    def tmpfs_size_mb(self) -> int:
+        """Room for everything the run stores, twice, so that only the disk-full fault fills
+        the disk: a 4-minute run stores ~200 MB of media (files of 20-200 kB), which filled
+        the 192 MB it once had and left ingest answering 503 to the end."""
+        media_mb = (self.inbound_rate * self.duration * MESSAGES_PER_WEBHOOK * self.media_share
+                    * MEDIA_MEAN_BYTES / 1e6)
+        return max(self.tmpfs_mb, int(64 + 2 * media_mb))
 
 
 @dataclass
@@ -319,7 +333,7 @@ class Harness:
     def _mount_tmpfs(self) -> str | None:
         if os.geteuid() != 0:
             return "not root: cannot mount a tmpfs"
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.cfg.tmpfs_mb}m",
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.cfg.tmpfs_size_mb()}m",
                                "tmpfs", str(self.data_dir)], capture_output=True, text=True)
         if done.returncode:
             return f"mount -t tmpfs failed: {done.stderr.strip()[:200]}"
@@ -497,7 +511,7 @@ class Harness:
             kind, mime, name = "image", "image/jpeg", None
         else:
             kind, mime, name = "document", "application/pdf", f"nota-{uuid.uuid4().hex[:6]}.pdf"
-        params: dict[str, Any] = {"mime_type": mime, "size": self.rng.randrange(20_000, 200_000),
+        params: dict[str, Any] = {"mime_type": mime, "size": self.rng.randrange(*MEDIA_BYTES),
                                   "provider": "meta"}
         if name:
             params["filename"] = name
@@ -643,6 +657,8 @@ class Harness:
                     statuses = [meta_status(record["message_id"], s, record["recipient"])
                                 for s in ("read", "delivered", "sent")]
                     acked = 0
+                    if stop.is_set():
+                        break
                     for status in statuses:
                         payload = meta_envelope(channel.phone_number_id, channel.waba_id,
                                                 channel.display_number, None, [status], None)
@@ -651,6 +667,8 @@ class Harness:
                         for _ in range(20):
                             if await self.post_hook(gw, hook):
                                 acked += 1
+                                break
+                            if stop.is_set():  # the load is over: no more receipts
                                 break
                             await asyncio.sleep(0.5)
                     if acked == len(statuses):  # only acknowledged receipts can be checked
@@ -849,7 +867,8 @@ def check(h: Harness, drain_s: float) -> Result:
             dup_rows += count > 1
 
     sends = sends_by_tag(h.fake_url)
-    serve_kills = [at for kind, at in book.kills if kind == "kill_serve"]
+    # Both processes send: `serve` splits the send stage by number with its worker.
+    sender_kills = [at for kind, at in book.kills if kind in ("kill_serve", "kill_worker")]
     rows_by_tag: dict[str, list[tuple[int, int, str | None, str | None]]] = defaultdict(list)
     for rows in tables.outbound.values():
         for row_id, status, content, provider_id, accepted_at in rows:
@@ -866,11 +885,11 @@ def check(h: Harness, drain_s: float) -> Result:
         found = rows_by_tag.get(item.tag, [])
         accepted = sends.get(item.tag, [])
         # In flight at a kill: the fake took a send of this row up to one send timeout before
-        # a SIGKILL of `serve` (which runs the send stage) and the acceptance was not on the
-        # row yet when the kill came.
+        # a SIGKILL of `serve` or of its worker (each sends for half of the numbers) and the
+        # acceptance was not on the row yet when the kill came.
         committed = [parse_db_time(r[3]) for r in found if r[3]]
         flight = any(k - SEND_TIMEOUT_S <= s["time"] <= k and not any(c < k for c in committed)
-                     for s in accepted for k in serve_kills)
+                     for s in accepted for k in sender_kills)
         faults = per_kind(with_kills(item.faults, item.posted_at))
         for kind in faults:
             stats[kind]["created"] += item.row_id is not None

@@ -160,6 +160,9 @@ async def settle(ctx: SendContext, message: OutboundMessage, status: OutboundSta
                     "stage", message.tenant, message.row_id, status.label, type(exc).__name__)
         return [result(message, status, provider_message_id=provider_message_id, error=error,
                        excerpt=excerpt, owner=owner)]
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("send result saved", extra={"status": status.value,
+                                              "error_code": error.code if error else None})
     return []
 
 
