@@ -3,6 +3,7 @@ tenants with their own SQLite databases."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -88,7 +89,7 @@ class GatewayProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "wacloud.cli", "serve", "--port", str(self.port),
                  "--internal-port", str(self.internal_port), "--data-dir", str(self.data_dir)],
-                env=self.env, stdout=log, stderr=log)
+                env=self.env, stdout=log, stderr=log, start_new_session=True)
         try:
             wait_for(self._healthy, 30, message="gateway /healthz")
         except BaseException:
@@ -111,8 +112,12 @@ class GatewayProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def kill(self) -> None:
+        """SIGKILL to `serve` and its stage worker at once, as a crash of the host: a worker
+        that outlives its parent by even a few milliseconds (until Linux delivers its death
+        signal) may still send, after a test has taken the moment of the kill."""
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
     def stop(self) -> None:
