@@ -80,12 +80,17 @@ class RabbitFifoQueue(ConsumerQueue):
         """Nothing is sent to the roll call; whatever is, is dropped (consumed without ack)."""
 
     async def _count_consumers(self) -> int:
+        """The processes consuming this queue (1 while this one is not on the roll call)."""
         if self._roll_call is None or self._roll_call.is_closed:
             return 1
         try:
             [(_, consumers)] = await self.broker.stats([self.layout.roll_call], self.spec.name)
         except QueueMissing:
             return 1
+        except Exception as exc:  # a hint only: a receive must not fail for it
+            log.debug("queue %s: cannot count its consumers (%s)", self.spec.name,
+                      type(exc).__name__)
+            return self._spread.consumers
         return max(consumers, 1)
 
     async def stop(self) -> None:
