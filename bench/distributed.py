@@ -17,7 +17,12 @@ receive,write,media,save --no-collect` (inbound, and saving send results) and `-
 - outbound: N pending rows inserted in one transaction (what a tenant's system does); messages/s
   from the commit to the last row accepted (status 3) by the fake provider.
 - CPU per message (from /proc) of the HTTP front, each worker group, and the servers they
-  lean on (RabbitMQ's beam.smp, every postgres process, moto's server), over each run.
+  lean on (RabbitMQ's beam.smp, every postgres process, moto's server), over each run; and how
+  the sends of each outbound run split between the sender processes (their /metrics).
+- After the second worker of each group starts, the run waits `JOIN_SETTLE_S` before measuring:
+  on RabbitMQ the senders spread the send queue's partitions among themselves then (one look
+  a second, see `adapters/queue/rabbitmq/spread.py`), so that the figure is the steady state
+  of two senders, not the moment one joins.
 - moto's ceiling: boto3 straight against moto, the same calls a message costs on a standard
   queue (send in batches of 10, receive 10, delete in batches of 10), messages/s;
   `sqs_ratio` = wacloud's inbound rate on SQS / that ceiling.
@@ -76,6 +81,7 @@ INBOUND = "receive,write,media,save"
 OUTBOUND = "send"
 ACCEPTED = 3
 POST_CONCURRENCY = 16
+JOIN_SETTLE_S = 3.0
 
 
 @dataclass
@@ -281,6 +287,23 @@ def outbound_rate(setup: Setup, engine: sa.Engine, count: int, tag: str) -> floa
     return count / (done - started)
 
 
+def sends_by_worker(setup: Setup) -> list[float]:
+    """Messages each sender process's send stage handled so far (from its /metrics)."""
+    out = []
+    for proc in setup.workers:
+        if "-send-" not in proc.name or proc.port is None:
+            continue
+        sent = 0.0
+        with contextlib.suppress(httpx.HTTPError):
+            text = httpx.get(f"http://{HOST}:{proc.port}/metrics", timeout=5).text
+            for line in text.splitlines():
+                if line.startswith("wacloud_stage_messages_total{") and 'stage="send"' in line \
+                        and 'result="ok"' in line:
+                    sent += float(line.rsplit(" ", 1)[1])
+        out.append(sent)
+    return out
+
+
 def per_message(used: dict[str, float], count: int) -> str:
     return ", ".join(f"{role} {1000 * seconds / count:.2f}" for role, seconds in used.items()
                      if seconds > 0.005)
@@ -290,11 +313,16 @@ def measure(setup: Setup, engine: sa.Engine, count: int, label: str,
             moto_pid: int | None = None) -> tuple[float, float]:
     with cpu_meter(setup, moto_pid) as used_in:
         inbound = inbound_rate(setup, engine, count, f"{label}in")
+    sent_before = sends_by_worker(setup)
     with cpu_meter(setup, moto_pid) as used_out:
         outbound = outbound_rate(setup, engine, count, f"{label}out")
+    sent = [after - before for after, before in zip(sends_by_worker(setup), sent_before,
+                                                    strict=True)]
     log(f"{label}: inbound {fmt(inbound)} msg/s, outbound {fmt(outbound)} msg/s")
     log(f"  CPU ms per inbound message: {per_message(used_in, count)}")
     log(f"  CPU ms per outbound message: {per_message(used_out, count)}")
+    if sent:
+        log(f"  sends per sender process: {', '.join(f'{n:.0f}' for n in sent)}")
     return inbound, outbound
 
 
@@ -358,6 +386,7 @@ def run_rabbitmq(procs: Processes, stack: contextlib.ExitStack, work: Path, fake
         setup, engine, count, "rabbitmq, 1 worker per stage")
     setup.start_worker(procs, INBOUND)
     setup.start_worker(procs, OUTBOUND)
+    time.sleep(JOIN_SETTLE_S)  # the senders spread the send partitions (see the docstring)
     results["inbound_2w"], results["outbound_2w"] = measure(
         setup, engine, count, "rabbitmq, 2 workers per stage")
     stop_all(procs, setup)

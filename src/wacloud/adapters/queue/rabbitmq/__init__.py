@@ -3,11 +3,12 @@
 Durable quorum queues, publisher confirms (a send is durable when it returns), manual acks,
 dead-letter queues fed after `max_receives` receives (`x-delivery-limit` as a safety net),
 delayed retries without plugins (TTL wait queues that dead-letter back) and order per group on
-partition queues with a single active consumer each. Modules: `url.py` (the URL; the password
-never leaves it), `layout.py` (broker queues of a port queue), `envelope.py` (headers),
-`broker.py` (connection, publishing, provisioning), `consumer.py` (receiving: the port's rules
-over what a consumer holds, with `buffer.py`), `standard.py` and `fifo.py` (the two kinds of
-queue), `dead.py` (dead letters, erasure).
+partition queues with a single active consumer each, spread over the processes that consume
+them. Modules: `url.py` (the URL; the password never leaves it), `layout.py` (broker queues of
+a port queue), `envelope.py` (headers), `broker.py` (connection, publishing, provisioning),
+`consumer.py` (receiving: the port's rules over what a consumer holds, with `buffer.py`),
+`standard.py` and `fifo.py` (the two kinds of queue), `spread.py` (which process is the
+active consumer of which partition), `dead.py` (dead letters, erasure).
 
 How the port's semantics map (RabbitMQ has no visibility timeout: an unacked message stays
 with the channel that got it until it is acked, rejected or the channel closes):

@@ -134,6 +134,10 @@ class RabbitBroker(QueueBroker):
 
     async def counts(self, names: list[str], logical: str) -> list[int]:
         """Messages ready in each broker queue (not those delivered and unacked)."""
+        return [ready for ready, _ in await self.stats(names, logical)]
+
+    async def stats(self, names: list[str], logical: str) -> list[tuple[int, int]]:
+        """(messages ready, consumers) of each broker queue, from passive declares."""
         async with self._stats_lock:
             if self._stats is None or self._stats.is_closed:
                 self._stats = await (await self.connection()).channel(publisher_confirms=False)
@@ -146,7 +150,7 @@ class RabbitBroker(QueueBroker):
                     self._stats = None  # the failed declare closed it
                     self._ready.discard(name)
                     raise QueueMissing(logical, self.address.safe) from None
-                out.append(int(ok.message_count or 0))
+                out.append((int(ok.message_count or 0), int(ok.consumer_count or 0)))
             return out
 
     # -- provisioning --

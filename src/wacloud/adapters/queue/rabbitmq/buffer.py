@@ -100,12 +100,14 @@ class GroupBuffer:
         for entry in [e for e in self if e.partition == partition]:
             self.remove(entry)
 
-    def pick(self, limit: int, now: float, max_receives: int) -> tuple[list[Entry], list[Entry]]:
+    def pick(self, limit: int, now: float, max_receives: int,
+             paused: frozenset[int] = frozenset()) -> tuple[list[Entry], list[Entry]]:
         """What to hand out (heads in lane turns, each followed by the visible rest of its
-        group) and heads to dead-letter (received `max_receives` times already)."""
+        group) and heads to dead-letter (received `max_receives` times already). Nothing of
+        the `paused` partitions (being handed over to another process)."""
         lanes: dict[str, list[str]] = {}
         for name, group in self.groups.items():
-            if group[0].visible_at <= now:
+            if group[0].visible_at <= now and group[0].partition not in paused:
                 lanes.setdefault(lane_of(group[0].envelope.group_id), []).append(name)
         if not lanes:
             return [], []
@@ -150,6 +152,15 @@ class GroupBuffer:
         entry.received += 1
         entry.visible_at = until
         self.receipts[receipt] = entry
+
+    def by_partition(self, partitions: int) -> tuple[list[int], list[int]]:
+        """(held, handed out) per partition: handed out means received and not yet acked,
+        released or dead-lettered (its visibility may have run out meanwhile)."""
+        held, out = [0] * partitions, [0] * partitions
+        for entry in self:
+            held[entry.partition] += 1
+            out[entry.partition] += entry.receipt is not None
+        return held, out
 
     def counts(self, now: float) -> tuple[int, int, int]:
         """(visible, in flight, delayed) of the held messages."""

@@ -2,14 +2,15 @@
 
 RabbitMQ has no visibility timeout: a delivered message stays with the channel that got it
 until it is acked, rejected or the channel closes. So each process consumes its queue's broker
-queues (`basic.consume`, manual acks, `prefetch` unacked at most per queue) into a
-`GroupBuffer`, and the port's receive, visibility timeout, `extend_visibility`, release without
-delay and receive counts are applied there; only acks, dead-lettering and re-publishing reach
-the broker. (`basic.get` would be exact without a buffer, but on a quorum queue every get is a
-consensus round: about 200 messages/s here against thousands for a consumer.)
+queues (`basic.consume` on a channel per broker queue, manual acks, `prefetch` unacked at most
+per queue) into a `GroupBuffer`, and the port's receive, visibility timeout,
+`extend_visibility`, release without delay and receive counts are applied there; only acks,
+dead-lettering and re-publishing reach the broker. (`basic.get` would be exact without a
+buffer, but on a quorum queue every get is a consensus round: about 200 messages/s here
+against thousands for a consumer.)
 
 Consequences: receipts, and the reasons and counts of receives in this process, live in the
-process that holds the message; if it dies the broker redelivers everything its channel held,
+process that holds the message; if it dies the broker redelivers everything its channels held,
 handed out or not, each counted as one delivery (`x-delivery-count`), so a crash brings up to
 `prefetch` messages one receive nearer the DLQ. A receive first asks the broker how many
 messages are ready and gives them up to `SETTLE_S` to arrive (deliveries are pushed), so that
@@ -26,6 +27,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from functools import partial
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -41,6 +43,17 @@ POLL_INTERVAL_S = 0.05
 SETTLE_S = 0.5
 
 
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One broker queue consumed on a channel of its own: closing it gives back to the broker
+    what it holds of that queue alone (and, on a FIFO partition, makes the next waiting
+    consumer the active one)."""
+
+    channel: AbstractChannel
+    queue: AbstractQueue | None = None
+    tag: str = ""
+
+
 class ConsumerQueue(RabbitQueueBase, abc.ABC):
     prefetch: int  # unacked messages per consumed broker queue
 
@@ -48,49 +61,86 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
         super().__init__(broker, spec)
         self._sources = self.layout.receive_from
         self._buffer = GroupBuffer(grouped=spec.fifo)
-        self._channel: AbstractChannel | None = None
-        self._orphan: AbstractChannel | None = None
+        self._subs: list[Subscription | None] = [None] * len(self._sources)
+        self._orphans: list[AbstractChannel] = []
         self._start_lock = asyncio.Lock()
         self._arrived = asyncio.Event()
         self._delivered = [0] * len(self._sources)
         self._standby: set[int] = set()  # sources another process consumes (as far as known)
-        self._consumers: list[tuple[AbstractQueue, str]] = []
 
     def in_flight_count(self) -> tuple[int, int, int]:
         return self._buffer.counts(time.time())
 
     # -- consuming --
 
+    def _live(self) -> bool:
+        return all(s is not None and not s.channel.is_closed for s in self._subs)
+
     async def _start(self) -> None:
-        if self._channel is not None and not self._channel.is_closed:
+        if self._live():
             return
         async with self._start_lock:
-            if self._channel is not None and not self._channel.is_closed:
-                return
-            if self._orphan is not None:
+            orphans, self._orphans = self._orphans, []
+            for orphan in orphans:
                 # A reconnection reopens a channel but not consumers made on it this way.
                 with contextlib.suppress(Exception):
-                    await self._orphan.close()
-                self._orphan = None
-            channel = await self.broker.channel()
+                    await orphan.close()
+            for index, sub in enumerate(self._subs):
+                if sub is None or sub.channel.is_closed:
+                    await self._subscribe(index)
+
+    async def _subscribe(self, index: int) -> None:
+        """Consume source `index` on a new channel (behind the consumers already there)."""
+        channel = await self.broker.channel()
+        sub = Subscription(channel)
+        try:
             # Per consumer (global_ would be per channel: quorum queues refuse it and the
             # connection is closed).
             await channel.set_qos(prefetch_count=self.prefetch)
-            channel.close_callbacks.add(self._on_close)
-            self._consumers = []
-            for index, name in enumerate(self._sources):
-                source = await channel.get_queue(name, ensure=False)
-                tag = await source.consume(partial(self._on_message, index), no_ack=False)
-                self._consumers.append((source, tag))
-            self._channel = channel
+            channel.close_callbacks.add(partial(self._on_close, index, sub))
+            sub.queue = await channel.get_queue(self._sources[index], ensure=False)
+            self._subs[index] = sub  # before the first delivery can come
+            sub.tag = await sub.queue.consume(partial(self._on_message, index, sub),
+                                              no_ack=False)
+        except BaseException:
+            self._subs[index] = None
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
 
-    def _on_close(self, *_: object) -> None:
+    def _on_close(self, index: int, sub: Subscription, *_: object) -> None:
         # Whatever this channel held went back to the broker: those receipts are stale now,
-        # and the next receive consumes on a new channel.
-        self._orphan, self._channel = self._channel, None
-        self._buffer = GroupBuffer(grouped=self.spec.fifo)
+        # and the next receive consumes that source on a new channel.
+        if self._subs[index] is not sub:
+            return  # given up on purpose (see `_resubscribe`), or an earlier one
+        self._subs[index] = None
+        self._orphans.append(sub.channel)
+        self._forget(index)
 
-    async def _on_message(self, index: int, message: AbstractIncomingMessage) -> None:
+    def _forget(self, index: int) -> None:
+        """What source `index`'s channel held is the broker's again."""
+        self._buffer.clear_partition(index)
+
+    async def _resubscribe(self, index: int) -> None:
+        """Give source `index` back to the broker (close its channel: what it holds is
+        redelivered, in order) and consume it again, behind the other consumers."""
+        async with self._start_lock:
+            sub, self._subs[index] = self._subs[index], None
+            self._forget(index)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.channel.close()
+            self._standby.add(index)
+        with contextlib.suppress(Exception):  # else the next receive subscribes again
+            await self._start()
+
+    def _delivered_on(self, index: int) -> None:
+        """A delivery came from our current consumer of source `index`."""
+
+    async def _on_message(self, index: int, sub: Subscription,
+                          message: AbstractIncomingMessage) -> None:
+        if self._subs[index] is not sub:
+            return  # its channel is gone or going: the broker has the message back
         envelope, delivered = read(message, self.spec.name)
         newest = 0
         if self.spec.fifo:
@@ -105,6 +155,7 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
             return
         self._delivered[index] += 1
         self._standby.discard(index)
+        self._delivered_on(index)
         self._arrived.set()
 
     async def _settle(self, *, all_of_them: bool) -> None:
@@ -115,9 +166,7 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
         # Counted from before the question: what arrives while it is asked counts too.
         start = list(self._delivered)
         counts = await self.broker.counts(self._sources, self.spec.name)
-        held = [0] * len(self._sources)
-        for entry in self._buffer:
-            held[entry.partition] += 1
+        held = self._buffer.by_partition(len(self._sources))[0]
         expected = {i: min(c, self.prefetch - held[i]) for i, c in enumerate(counts)
                     if c > 0 and i not in self._standby and held[i] < self.prefetch}
         if not expected:
@@ -150,6 +199,7 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
         deadline = time.monotonic() + wait_seconds
         if self.spec.fifo:
             await self._settle(all_of_them=True)  # lanes take turns over all that is there
+            await self._rebalance()
         elif wait_seconds <= 0 and not self._buffer.counts(time.time())[0]:
             await self._settle(all_of_them=False)
         while True:
@@ -161,9 +211,16 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), min(POLL_INTERVAL_S, remaining))
 
+    async def _rebalance(self) -> None:
+        """Hand over what this process should not be the consumer of (see `spread.py`)."""
+
+    def _paused(self) -> frozenset[int]:
+        """Sources of which nothing is handed out (being handed over)."""
+        return frozenset()
+
     async def _take(self, limit: int, timeout: float) -> list[ReceivedMessage]:
         now = time.time()
-        live, dead = self._buffer.pick(limit, now, self.spec.max_receives)
+        live, dead = self._buffer.pick(limit, now, self.spec.max_receives, self._paused())
         for entry in dead:
             self._buffer.remove(entry)
             await self._to_dead(entry, entry.received, entry.envelope.reason)
@@ -238,22 +295,26 @@ class ConsumerQueue(RabbitQueueBase, abc.ABC):
         return len(chosen)
 
     async def stop(self) -> None:
-        # Nothing more is delivered here (not even what is handed back below).
-        for source, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await source.cancel(tag)
-        self._consumers = []
+        subs = [s for s in self._subs if s is not None]
+        if not self.spec.fifo:
+            # Nothing more is delivered here (not even what is handed back below). Not on a
+            # FIFO partition: a cancelled active consumer keeps what it holds while the next
+            # one starts on the messages behind them; closing the channel gives them back
+            # first, in order.
+            for sub in subs:
+                if sub.queue is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.queue.cancel(sub.tag)
+        self._subs = [None] * len(self._sources)  # what still comes goes back at the close
         try:
             await self._hand_back()
         except Exception as exc:  # the broker gets them back when the channel closes
             log.warning("queue %s: could not hand back held messages at the stop (%s)",
                         self.spec.name, type(exc).__name__)
-        channel, self._channel = self._channel, None
-        for closing in (channel, self._orphan):
-            if closing is not None:
-                with contextlib.suppress(Exception):
-                    await closing.close()  # the broker takes back what is still held
-        self._orphan = None
+        orphans, self._orphans = self._orphans, []
+        for closing in [*(s.channel for s in subs), *orphans]:
+            with contextlib.suppress(Exception):
+                await closing.close()  # the broker takes back what is still held
         self._buffer = GroupBuffer(grouped=self.spec.fifo)
 
     async def _hand_back(self) -> None:

@@ -5,7 +5,11 @@ For a port queue NAME (broker names carry the URL's prefix, see `BrokerAddress.n
   target; `NAME.wait.<ms>`, one durable classic queue per delay tier whose queue-level TTL
   dead-letters back into NAME (no plugin; one TTL per queue, so no head-of-line blocking);
 - FIFO: `NAME.p0` ... `NAME.p<N-1>`, quorum queues with `x-single-active-consumer`: a group is
-  hashed onto one of them, so one consumer at a time receives it, in order;
+  hashed onto one of them, so one consumer at a time receives it, in order; and
+  `NAME.consumers`, a classic auto-delete queue that never holds a message: every process
+  consuming the partitions consumes it too, so its consumer count is how many they are (a
+  quorum queue counts only its active consumer; see `spread.py`). The processes declare it
+  themselves (it goes away with the last of them), not `create_queues`;
 - both: `NAME.dlq`, a durable classic queue (see `declarations`).
 """
 
@@ -82,6 +86,11 @@ class Layout:
     @property
     def partition_names(self) -> list[str]:
         return [self.partition(i) for i in range(self.partitions)]
+
+    @property
+    def roll_call(self) -> str:
+        """The queue whose consumers are the processes consuming a FIFO queue's partitions."""
+        return self.name(f"{self.spec.name}.consumers")
 
     def partition_for(self, group_id: str | None) -> str:
         return self.partition(partition_of(group_id, self.partitions))
