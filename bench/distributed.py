@@ -265,7 +265,15 @@ def inbound_pids(setup: Setup) -> list[int]:
     if setup.workers:
         return [p.pid for p in setup.workers if "-receive-" in p.name]
     assert setup.front is not None
-    return [pid for pid in process_tree(setup.front.pid) if pid != setup.front.pid]
+    front = setup.front.pid
+    # `serve` binds its port before it starts its worker: a run that began at once found no
+    # worker to stop, and measured rows stored as they came (up to 1.8 million "messages/s").
+    deadline = time.monotonic() + 60
+    while not (children := [pid for pid in process_tree(front) if pid != front]):
+        if time.monotonic() > deadline:
+            raise RuntimeError("serve started no stage worker within 60 s")
+        time.sleep(0.1)  # a poll period, not synchronization
+    return children
 
 
 def outbound_rate(setup: Setup, engine: sa.Engine, count: int, tag: str) -> float:
