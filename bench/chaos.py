@@ -84,7 +84,7 @@ from _common import (
     start_fake_provider,
     wamid,
 )
-from chaos_broker import ENGINES, BrokerSide
+from chaos_broker import ENGINES, LOAD, BrokerSide
 
 from wacloud.bootstrap import init_data_dir, open_registry
 from wacloud.settings import load_settings
@@ -1164,8 +1164,10 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help="a ~60 s run with 6 kills")
     parser.add_argument("--duration", type=float, help="seconds of load (default 240)")
     parser.add_argument("--kills", type=int, help="SIGKILLs (default 24)")
-    parser.add_argument("--inbound-rate", type=float, default=25.0, help="webhooks/s")
-    parser.add_argument("--outbound-rate", type=float, default=10.0, help="API messages/s")
+    parser.add_argument("--inbound-rate", type=float,
+                        help="webhooks/s (25; 8 on SQS, moto's ceiling)")
+    parser.add_argument("--outbound-rate", type=float,
+                        help="API messages/s (10; 3 on SQS)")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-tmpfs", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -1179,8 +1181,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.real_broker_restart and args.engine != "rabbitmq":
         parser.error("--real-broker-restart is for --engine rabbitmq")
-    cfg = Config(seed=args.seed, inbound_rate=args.inbound_rate,
-                 outbound_rate=args.outbound_rate, use_postgres=not args.no_postgres,
+    inbound, outbound = LOAD.get(args.engine, (Config.inbound_rate, Config.outbound_rate))
+    cfg = Config(seed=args.seed, inbound_rate=args.inbound_rate or inbound,
+                 outbound_rate=args.outbound_rate or outbound, use_postgres=not args.no_postgres,
                  use_tmpfs=not args.no_tmpfs, keep=args.keep, engine=args.engine,
                  real_broker_restart=args.real_broker_restart)
     if args.short:
