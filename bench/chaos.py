@@ -371,12 +371,21 @@ class Harness:
     def _mount_tmpfs(self) -> str | None:
         if os.geteuid() != 0:
             return "not root: cannot mount a tmpfs"
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.cfg.tmpfs_mb}m",
+        size = max(self.cfg.tmpfs_mb, self.media_room_mb())
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m",
                                "tmpfs", str(self.data_dir)], capture_output=True, text=True)
         if done.returncode:
             return f"mount -t tmpfs failed: {done.stderr.strip()[:200]}"
         self.mounted = True
         return None
+
+    def media_room_mb(self) -> int:
+        """Room for the media the load brings (1-3 messages a webhook, `media_share` of them
+        110 KB on average, kept in the data dir), twice over, beside 192 MB for the rest: a
+        full-length run filled a 192 MB tmpfs with media alone, and ingest then refused
+        webhooks (free space under WACLOUD_MIN_FREE_DISK_MB) for good."""
+        media = self.cfg.inbound_rate * 2 * self.cfg.media_share * 0.11 * self.cfg.duration
+        return 192 + round(2 * media)
 
     def _create_pg_db(self) -> str | None:
         try:
@@ -437,8 +446,11 @@ class Harness:
         deadline = time.monotonic() + START_DEADLINE_S
         while True:
             try:
-                self.roles[role] = self.procs.start(name, argv, port=port, env=self.env,
-                                                    ready_timeout=60)
+                proc = self.procs.start(name, argv, port=port, env=self.env, ready_timeout=60)
+                if role == "serve" and self.distributed:
+                    # `serve` binds its port before it checks the queues: up means answering.
+                    wait_healthy(proc, self.port)
+                self.roles[role] = proc
                 return
             except RuntimeError:
                 # It exited (or never opened its port): make sure it is gone.
@@ -634,18 +646,18 @@ class Harness:
                                   "provider": "meta"}
         if name:
             params["filename"] = name
-        answer = await fake.post("/_fake/media", params=params)
+        answer = await fake_post(fake, "/_fake/media", params=params)
         answer.raise_for_status()
         info = answer.json()
         media_id = info["id"]
         if "media_fail" in active:
-            await fake.post("/_fake/fail", json={"media_id": media_id, "times": 2,
-                                                 "status": 500})
+            await fake_post(fake, "/_fake/fail", json={"media_id": media_id, "times": 2,
+                                                       "status": 500})
         if "media_stall" in active:
-            await fake.post("/_fake/stall", json={"media_id": media_id, "times": 1,
-                                                  "seconds": self.cfg.media_stall_s})
+            await fake_post(fake, "/_fake/stall", json={"media_id": media_id, "times": 1,
+                                                        "seconds": self.cfg.media_stall_s})
         if "media_damaged" in active:
-            await fake.post("/_fake/damage", json={"media_id": media_id})
+            await fake_post(fake, "/_fake/damage", json={"media_id": media_id})
             self.damaged.append(media_id)
         return media_id, kind, info["sha256_hex"], name
 
@@ -806,12 +818,38 @@ class Harness:
 
 # ---------------------------------------------------------------------------- faults' tools
 
+async def fake_post(fake: httpx.AsyncClient, path: str, **kwargs: Any) -> httpx.Response:
+    """A POST to the fake's control API, tried again when the connection fails (a kept-alive
+    one the busy fake closed just then): the load must not stop for the harness's own calls."""
+    for attempt in range(5):
+        try:
+            return await fake.post(path, **kwargs)
+        except httpx.TransportError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
 def pg_admin() -> Any:
     """An autocommit connection to the PostgreSQL server's `postgres` database."""
     import psycopg
 
     return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres",
                            autocommit=True, connect_timeout=3)
+
+
+def wait_healthy(proc: Proc, port: int, timeout: float = 60.0) -> None:
+    """Until `/healthz` answers 200; RuntimeError if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} at its start")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} did not answer /healthz in {timeout:.0f} s")
+        time.sleep(0.1)  # a poll period
 
 
 def group_alive(pgid: int) -> bool:
