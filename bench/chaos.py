@@ -1140,6 +1140,7 @@ def run(cfg: Config, report: Callable[[str], None] = say) -> Result:
     tests/e2e/test_chaos_short.py."""
     tmp = Path(tempfile.mkdtemp(prefix="wacloud-chaos-", dir="/tmp"))
     ok = False
+    loaded = False  # past the setup: there is evidence to keep if the run fails
     harness: Harness | None = None
     try:
         with Processes(tmp) as procs:
@@ -1157,6 +1158,7 @@ def run(cfg: Config, report: Callable[[str], None] = say) -> Result:
             for fault in harness.schedule:
                 report(f"  t={fault.at:6.1f}s  {fault.kind}"
                        + (f" for {fault.duration:.1f}s" if fault.duration else ""))
+            loaded = True
             harness.start_gateway()
             report("== load and faults")
             asyncio.run(harness.run_load())
@@ -1181,7 +1183,8 @@ def run(cfg: Config, report: Callable[[str], None] = say) -> Result:
             ok = result.ok
             return result
     finally:
-        if harness is not None and not ok:
+        keep = cfg.keep or (loaded and not ok)  # not a setup that stopped (a skip)
+        if harness is not None and keep:
             # The evidence outlives the tmpfs and the PostgreSQL database.
             with contextlib.suppress(OSError):
                 shutil.copytree(harness.data_dir, tmp / "data-kept", dirs_exist_ok=True)
@@ -1190,7 +1193,7 @@ def run(cfg: Config, report: Callable[[str], None] = say) -> Result:
                 harness.pg_db = None
         if harness is not None:
             harness.cleanup()
-        if cfg.keep or not ok:
+        if keep:
             report(f"(kept {tmp} for inspection)")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
