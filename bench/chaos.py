@@ -91,6 +91,10 @@ from wacloud.settings import load_settings
 from wacloud.testing.webhooks import meta_envelope, meta_media, meta_status
 
 SEND_TIMEOUT_S = 2.0
+# A send the fake records this soon after a kill still counts as in flight at it: the worker of
+# a killed `serve` lives until Linux delivers its death signal (milliseconds, more on a loaded
+# machine), and the fake stamps a request when its own loop gets to it.
+KILL_SETTLE_S = 0.25
 FINAL_STATUSES = {3, 4, 5, 6, 7, -99, -100, -101}
 OPEN_STATUSES = {0, 1, 2}
 INSTANT_WINDOW_S = 3.0  # messages posted this long after a kill count as "under" that kill
@@ -129,8 +133,9 @@ GATEWAY_ENV = {
     "WACLOUD_SEND_LEASE_MARGIN_S": "2",
     "WACLOUD_REGISTRY_POLL_S": "0.5",
     "WACLOUD_PAIR_BURST": "1000000",
-    # The data dir is a 192 MB tmpfs: keep ingest's free-space floor (503 below it) under
-    # what the run uses, so only the disk-full fault reaches it.
+    # The data dir is a tmpfs twice the run's needs (`Config.tmpfs_size_mb`): keep ingest's
+    # free-space floor (503 below it) under what the run leaves free, so only the disk-full
+    # fault reaches it.
     "WACLOUD_MIN_FREE_DISK_MB": "32",
     "WACLOUD_LOG_LEVEL": "WARNING",
 }
@@ -207,8 +212,8 @@ class Book:
     inbound: list[Inbound] = field(default_factory=list)
     outbound: list[Outbound] = field(default_factory=list)
     kills: list[tuple[str, float]] = field(default_factory=list)  # (kind, wall time)
-    # Kills of the process that runs the send stage (wall times): a send it had at the provider
-    # may be made again, and is counted as in flight at a kill.
+    # Distributed: kills of the outbound worker, the process that sends (wall times): a send
+    # it had at the provider may be made again, and is counted as in flight at a kill.
     sender_kills: list[float] = field(default_factory=list)
     # Starts that failed because the broker was away, tried again (distributed engines).
     start_retries: int = 0
@@ -229,6 +234,11 @@ class Book:
 
 # ------------------------------------------------------------------------------ the harness
 
+MEDIA_BYTES = (20_000, 200_000)  # a media file's size, uniform in this range
+MEDIA_MEAN_BYTES = sum(MEDIA_BYTES) / 2
+MESSAGES_PER_WEBHOOK = 2  # 1-3
+
+
 @dataclass
 class Config:
     seed: int = 1
@@ -241,7 +251,7 @@ class Config:
     kinds: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
     use_postgres: bool = True
     use_tmpfs: bool = True
-    tmpfs_mb: int = 192
+    tmpfs_mb: int = 192  # at least; more when the run's media need it (`tmpfs_size_mb`)
     media_stall_s: float = 20.0  # how long a stalled download goes silent
     keep: bool = False
     engine: str = "embedded"  # or "rabbitmq", "sqs"
@@ -252,6 +262,14 @@ class Config:
             raise ValueError(f"engine {self.engine!r}: one of {', '.join(ENGINES)}")
         if self.engine != "embedded" and "broker_outage" not in self.kinds:
             self.kinds = [*self.kinds, *BROKER_KINDS]
+
+    def tmpfs_size_mb(self) -> int:
+        """Room for everything the run stores, twice, so that only the disk-full fault fills
+        the disk: a 4-minute run stores ~200 MB of media (files of 20-200 kB), which filled
+        the 192 MB it once had and left ingest answering 503 to the end."""
+        media_mb = (self.inbound_rate * self.duration * MESSAGES_PER_WEBHOOK * self.media_share
+                    * MEDIA_MEAN_BYTES / 1e6)
+        return max(self.tmpfs_mb, int(64 + 2 * media_mb))
 
 
 @dataclass
@@ -371,21 +389,12 @@ class Harness:
     def _mount_tmpfs(self) -> str | None:
         if os.geteuid() != 0:
             return "not root: cannot mount a tmpfs"
-        size = max(self.cfg.tmpfs_mb, self.media_room_mb())
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m",
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.cfg.tmpfs_size_mb()}m",
                                "tmpfs", str(self.data_dir)], capture_output=True, text=True)
         if done.returncode:
             return f"mount -t tmpfs failed: {done.stderr.strip()[:200]}"
         self.mounted = True
         return None
-
-    def media_room_mb(self) -> int:
-        """Room for the media the load brings (1-3 messages a webhook, `media_share` of them
-        110 KB on average, kept in the data dir), twice over, beside 192 MB for the rest: a
-        full-length run filled a 192 MB tmpfs with media alone, and ingest then refused
-        webhooks (free space under WACLOUD_MIN_FREE_DISK_MB) for good."""
-        media = self.cfg.inbound_rate * 2 * self.cfg.media_share * 0.11 * self.cfg.duration
-        return 192 + round(2 * media)
 
     def _create_pg_db(self) -> str | None:
         try:
@@ -494,8 +503,6 @@ class Harness:
             self.restart_if_dead()
         gateway = self.gateway
         self.book.kills.append(("kill_serve", time.time()))
-        if not self.distributed:  # embedded: `serve` runs the send stage on its own loop
-            self.book.sender_kills.append(time.time())
         with contextlib.suppress(ProcessLookupError):
             os.kill(gateway.pid, signal.SIGKILL)
         gateway.popen.wait(10)
@@ -642,7 +649,7 @@ class Harness:
             kind, mime, name = "image", "image/jpeg", None
         else:
             kind, mime, name = "document", "application/pdf", f"nota-{uuid.uuid4().hex[:6]}.pdf"
-        params: dict[str, Any] = {"mime_type": mime, "size": self.rng.randrange(20_000, 200_000),
+        params: dict[str, Any] = {"mime_type": mime, "size": self.rng.randrange(*MEDIA_BYTES),
                                   "provider": "meta"}
         if name:
             params["filename"] = name
@@ -788,6 +795,8 @@ class Harness:
                     statuses = [meta_status(record["message_id"], s, record["recipient"])
                                 for s in ("read", "delivered", "sent")]
                     acked = 0
+                    if stop.is_set():
+                        break
                     for status in statuses:
                         payload = meta_envelope(channel.phone_number_id, channel.waba_id,
                                                 channel.display_number, None, [status], None)
@@ -796,6 +805,8 @@ class Harness:
                         for _ in range(20):
                             if await self.post_hook(gw, hook):
                                 acked += 1
+                                break
+                            if stop.is_set():  # the load is over: no more receipts
                                 break
                             await asyncio.sleep(0.5)
                     if acked == len(statuses):  # only acknowledged receipts can be checked
@@ -1024,7 +1035,10 @@ def check(h: Harness, drain_s: float) -> Result:
             dup_rows += count > 1
 
     sends = sends_by_tag(h.fake_url)
-    sender_kills = book.sender_kills
+    # Embedded, both processes send: `serve` splits the send stage by number with its worker.
+    # Distributed, the outbound worker sends (`Book.sender_kills`).
+    sender_kills = (book.sender_kills if h.distributed else
+                    [at for kind, at in book.kills if kind in ("kill_serve", "kill_worker")])
     rows_by_tag: dict[str, list[tuple[int, int, str | None, str | None]]] = defaultdict(list)
     for rows in tables.outbound.values():
         for row_id, status, content, provider_id, accepted_at in rows:
@@ -1041,10 +1055,12 @@ def check(h: Harness, drain_s: float) -> Result:
         found = rows_by_tag.get(item.tag, [])
         accepted = sends.get(item.tag, [])
         # In flight at a kill: the fake took a send of this row up to one send timeout before
-        # a SIGKILL of the process that runs the send stage (`serve` when embedded, the
-        # outbound worker when distributed) and the acceptance was not on the row yet then.
+        # a SIGKILL of a process that sends (embedded: `serve` or its worker, each sending for
+        # half of the numbers; distributed: the outbound worker) and the acceptance was not
+        # on the row yet when the kill came.
         committed = [parse_db_time(r[3]) for r in found if r[3]]
-        flight = any(k - SEND_TIMEOUT_S <= s["time"] <= k and not any(c < k for c in committed)
+        flight = any(k - SEND_TIMEOUT_S <= s["time"] <= k + KILL_SETTLE_S
+                     and not any(c < k for c in committed)
                      for s in accepted for k in sender_kills)
         faults = per_kind(with_kills(item.faults, item.posted_at))
         for kind in faults:

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     # they stop taking turns with parsing and storing (bench/inbound.py: media finished with
     # the rows instead of seconds after them), without the memory of another process.
     server_stages: str = "media,send"
+    # With the embedded queue, `serve` splits the send stage between its HTTP process and its
+    # (first) worker by sending number: each number's sends, and so its rate limit, stay in
+    # one process, and a bulk send uses both CPUs. While the worker is down the HTTP process
+    # sends for every number.
+    send_split: bool = True
     worker_nice: int = 10
     # CPU ids ("0", "1,3", "2-5") for the HTTP process and the stage workers; "" = any CPU;
     # "auto" for the server: its own CPU, the others for the workers (2+ CPUs only).

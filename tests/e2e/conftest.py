@@ -3,6 +3,7 @@ tenants with their own SQLite databases."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -88,7 +89,7 @@ class GatewayProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "wacloud.cli", "serve", "--port", str(self.port),
                  "--internal-port", str(self.internal_port), "--data-dir", str(self.data_dir)],
-                env=self.env, stdout=log, stderr=log)
+                env=self.env, stdout=log, stderr=log, start_new_session=True)
         try:
             wait_for(self._healthy, 30, message="gateway /healthz")
         except BaseException:
@@ -111,8 +112,12 @@ class GatewayProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def kill(self) -> None:
+        """SIGKILL to `serve` and its stage worker at once, as a crash of the host: a worker
+        that outlives its parent by even a few milliseconds (until Linux delivers its death
+        signal) may still send, after a test has taken the moment of the kill."""
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
     def stop(self) -> None:
@@ -358,3 +363,44 @@ def make_harness(tmp_path: Path, fake_server: FakeProviderServer,
 def harness(tmp_path_factory: pytest.TempPathFactory,
             fake_server: FakeProviderServer) -> Iterator[Harness]:
     yield from make_harness(tmp_path_factory.mktemp("gateway"), fake_server)
+
+
+def two_free_ports() -> int:
+    """A port p such that p and p + 1 are both free (one per worker)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def stage_count(port: int, stage: str) -> float:
+    """`wacloud_stage_messages_total{stage=..., result="ok"}` as a worker reports it."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("wacloud_stage_messages_total{") and f'stage="{stage}"' in line \
+                and 'result="ok"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def worker_pids(harness: Harness) -> dict[str, int]:
+    """`--stages` argument -> pid of each live worker child of `serve`."""
+    assert harness.gateway.process is not None
+    parent = harness.gateway.process.pid
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == parent and b"worker" in argv and b"--stages" in argv:
+            found[argv[argv.index(b"--stages") + 1].decode()] = int(entry.name)
+    return found

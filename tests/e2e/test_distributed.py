@@ -30,7 +30,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.e2e.conftest import TOKEN, free_port, gateway_env, wait_for
+from tests.e2e.conftest import TOKEN, free_port, gateway_env, stage_count, wait_for
 from tests.e2e.payloads import media_bytes
 from tests.services import aws_environment, fresh_mariadb_db, fresh_postgres_db
 from wacloud.adapters.db.tenant.tables import messages, outbound_messages
@@ -175,12 +175,7 @@ class Cluster:
 
     def handled(self, name: str, stage: str) -> float:
         """Messages `stage` handled ok in worker `name` since it started (its own /metrics)."""
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics", timeout=5).text
-        for line in text.splitlines():
-            if line.startswith("wacloud_stage_messages_total{") and f'stage="{stage}"' in line \
-                    and 'result="ok"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return stage_count(self.metrics_ports[name], stage)
 
     def log(self, name: str, lines: int = 30) -> str:
         path = self.data_dir / f"{name}.log"

@@ -150,7 +150,7 @@ def test_an_api_trace_id_follows_the_send_its_result_and_the_receipt(
     harness.wait_outbox(tenant, lambda rows: rows[row_id]["status"] == 5)  # delivered
 
     for message, stage in (("message submitted", "api"), ("send accepted", "send"),
-                           ("send result saved", "save")):
+                           ("send result saved", "send")):
         lines = wait_for(lambda m=message: find(harness, message=m, trace_id=trace),
                          message=f"{message!r} with the API's trace id")
         assert lines[0]["stage"] == stage

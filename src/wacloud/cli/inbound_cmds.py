@@ -109,6 +109,9 @@ def worker(data_dir: DataDir = None,
            metrics_port: Annotated[int | None, typer.Option(
                "--metrics-port", help="serve this worker's /metrics on 127.0.0.1:PORT")] = None,
            parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None,
+           send_share: Annotated[str | None, typer.Option(
+               "--send-share", help="INDEX/COUNT: send only for the sending numbers of this "
+               "share (`serve` gives its worker 1/2; the embedded queue only)")] = None,
            as_json: Annotated[bool, typer.Option(
                "--json", help="Print one JSON line when started (pid, stages, collect).")
            ] = False) -> None:
@@ -131,6 +134,13 @@ def worker(data_dir: DataDir = None,
         fail(f"unknown stage(s) {unknown}; known: {sorted(STAGES)} (receive and write: "
              "inbound)")
     names = stage_names(given) if given is not None else None
+    share = None
+    if send_share is not None:
+        from wacloud.adapters.queue.base import LaneShare
+        try:
+            share = LaneShare.parse(send_share)
+        except ValueError as exc:
+            fail(f"--send-share: {exc}")
     settings = settings_for(data_dir, must_exist=False)
     configure_logging(settings)
     try:
@@ -146,10 +156,11 @@ def worker(data_dir: DataDir = None,
         start_http_server(metrics_port, addr="127.0.0.1")
     if as_json:
         emit({"worker": os.getpid(), "stages": list(names or STAGES), "collect": collect,
-              "data_dir": str(settings.data_dir)}, True, "")
+              "data_dir": str(settings.data_dir),
+              "send_share": str(share) if share is not None else None}, True, "")
         sys.stdout.flush()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(run_worker(settings, collect=collect, stages=names))
+        runner.run(run_worker(settings, collect=collect, stages=names, send_share=share))
 
 
 def _media_suffix(row: dict[str, Any]) -> str:

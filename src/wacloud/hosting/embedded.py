@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from wacloud.adapters.db.errors import TroubleLog
+from wacloud.adapters.queue.base import LaneShare
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting import shutdown
 from wacloud.hosting.http import create_apps
@@ -28,6 +29,7 @@ from wacloud.hosting.shutdown import wait_stopping
 from wacloud.hosting.worker import (
     WorkerSupervisor,
     server_stage_names,
+    split_send_stage,
     use_stage_threads,
     worker_groups,
 )
@@ -35,6 +37,7 @@ from wacloud.observability.metrics import enable_multiprocess
 from wacloud.privacy.lgpd import retention_loop
 from wacloud.settings import Settings
 from wacloud.stages.collect import collect
+from wacloud.stages.envelopes import OUTBOUND_SEND
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,18 @@ async def serve(settings: Settings, host: str, port: int,
         # inherit the directory through the environment.
         enable_multiprocess(metrics_directory(settings))
     gateway = build_gateway(settings)
+    worker_share = split_send_stage(gateway, groups, on_server)
     supervised = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
+    if worker_share is not None:
+        send_queue = gateway.queues[OUTBOUND_SEND]
+        own_share = LaneShare(0, worker_share.count)
+
+        def share_sends(worker_alive: bool) -> None:
+            # While the worker is down, every number's sends are ours; they were only waiting
+            # for it to come back otherwise.
+            send_queue.share_lanes(own_share if worker_alive else None)
+
+        supervised[0].send_share, supervised[0].on_alive = worker_share, share_sends
     app, internal_app = create_apps(gateway, lambda: [w.status() for w in supervised])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server

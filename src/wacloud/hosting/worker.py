@@ -5,7 +5,10 @@ never waits for the GIL behind parsing and storing. The network-bound stages (me
 sends) run on the server's own loop by default (`WACLOUD_SERVER_STAGES`): they mostly wait, and
 there they get a GIL apart from the storing stages (inbound, save) without the memory
 of a third process; with 2 workers and no server stages, each group gets a worker.
-The send stage stays in one process: its per-number rate limits are counted there.
+Each sending number's sends stay in one process, where its rate limit is counted: with the
+embedded queue the send stage is split by number between the HTTP process and the first worker
+(`split_send_stage`, `WACLOUD_SEND_SPLIT`), and the HTTP process sends for every number while
+that worker is down; otherwise it runs in one process.
 
 Workers run at a lower CPU priority (`WACLOUD_WORKER_NICE`) because a webhook answer is what
 Meta times, while the stages catch up from the durable queue. A worker dies with its parent
@@ -25,14 +28,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from wacloud.bootstrap import build_gateway
+from wacloud.adapters.queue.base import LaneShare
+from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting.process import tune_garbage_collector
 from wacloud.hosting.shutdown import install as install_stop_signals
 from wacloud.observability.metrics import process_exited
 from wacloud.settings import Settings
+from wacloud.stages.envelopes import OUTBOUND_SEND
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,20 @@ def worker_groups(count: int, on_server: tuple[str, ...] = ()) -> list[tuple[str
     return [group for group in kept if group]
 
 
+def split_send_stage(gateway: Gateway, groups: list[tuple[str, ...]],
+                     on_server: tuple[str, ...] | None) -> LaneShare | None:
+    """When the HTTP process runs the send stage and its queue can share lanes (the embedded
+    SQLite queue), give the first worker the send stage too, for half of the sending numbers:
+    the worker's share (the HTTP process keeps the other), or None when not split. `groups`
+    is changed in place."""
+    if not gateway.settings.send_split or not groups or "send" not in (on_server or ()):
+        return None
+    if not gateway.queues[OUTBOUND_SEND].share_lanes(LaneShare(0, 2)):
+        return None
+    groups[0] = (*groups[0], "send")
+    return LaneShare(1, 2)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as `WACLOUD_*` variables, so that the child sees what the parent was given
     (CLI flags and programmatic overrides included), not only the parent's environment."""
@@ -90,10 +109,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerSupervisor:
     """Starts `wacloud worker` as a child, restarts it when it dies, stops it on shutdown."""
 
-    def __init__(self, settings: Settings, stages: tuple[str, ...], index: int = 0) -> None:
+    def __init__(self, settings: Settings, stages: tuple[str, ...], index: int = 0, *,
+                 send_share: LaneShare | None = None,
+                 on_alive: Callable[[bool], None] | None = None) -> None:
         self.settings = settings
         self.stages = stages
         self.index = index
+        self.send_share = send_share
+        # Told False when the worker is found dead and True when it is started again (the
+        # HTTP process then takes over, and gives back, the worker's share of the sends).
+        self.on_alive = on_alive
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._terminated: subprocess.Popen[bytes] | None = None  # the process told to stop
@@ -104,11 +129,15 @@ class WorkerSupervisor:
                 "--stages", ",".join(self.stages)]
         if self.settings.worker_metrics_port:
             argv += ["--metrics-port", str(self.settings.worker_metrics_port + self.index)]
+        if self.send_share is not None:
+            argv += ["--send-share", str(self.send_share)]
         return argv
 
     def start(self) -> None:
         env = {**os.environ, **settings_env(self.settings)}
         self.process = subprocess.Popen(self.argv(), env=env)
+        if self.on_alive is not None:
+            self.on_alive(True)
 
     @property
     def alive(self) -> bool:
@@ -130,6 +159,8 @@ class WorkerSupervisor:
             code = self.process.returncode if self.process else None
             if self.process is not None:
                 process_exited(self.process.pid)
+            if self.on_alive is not None:
+                self.on_alive(False)
             log.error("stage worker %s exited with code %s; restarting in %.0f s",
                       ",".join(self.stages), code, backoff)
             with contextlib.suppress(TimeoutError):
@@ -177,10 +208,15 @@ def use_stage_threads(loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def run_worker(settings: Settings, *, collect: bool,
-                     stages: tuple[str, ...] | None = None) -> None:
+                     stages: tuple[str, ...] | None = None,
+                     send_share: LaneShare | None = None) -> None:
     from wacloud.hosting.embedded import run_stages
 
     gateway = build_gateway(settings)
+    if send_share is not None and not gateway.queues[OUTBOUND_SEND].share_lanes(send_share):
+        await gateway.close()
+        raise SystemExit("--send-share needs a queue that can share lanes (the embedded "
+                         "SQLite queue)")
     tune_garbage_collector()
     loop = asyncio.get_running_loop()
     use_stage_threads(loop)

@@ -1,9 +1,10 @@
 """Save: write a send result back to its outbox row, idempotently and forward only.
 
-The send stage writes each outcome on the row itself; what comes here is every acceptance
-(to apply receipts that were waiting for its provider message id) and any outcome the send
-stage could not write. A result of an attempt applies only while the row is still that
-attempt's, so a late or redelivered one never moves a row backwards.
+The send stage writes each outcome on the row itself, an acceptance with the receipts that
+were waiting for its provider message id; what comes here is an outcome the send stage could
+not write (its tenant database was down or locked at that moment). A result of an attempt
+applies only while the row is still that attempt's, so a late or redelivered one never moves
+a row backwards.
 A delivery receipt that arrived before this result is never overwritten; receipts that were
 waiting for the provider message id are applied as soon as it is known.
 """

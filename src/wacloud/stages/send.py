@@ -7,8 +7,9 @@ the message that the queue delivers meanwhile (its visibility ran out while the 
 waited or called) finds that lease and is released until it ends; a copy that comes after an
 acceptance finds the provider message id and is dropped. Each outcome is written on the row by
 this stage, in the same group commit as the lease, before the message is acknowledged:
-- accepted -> status 3 + provider message id; the result also goes to the save stage, which
-  applies receipts that arrived before it;
+- accepted -> status 3 + provider message id, and receipts that arrived before it are
+  applied in the same transaction (only if that write fails does the result go to the save
+  stage, before the message is acknowledged);
 - the number's rate limit counts sends by when they start; a message whose slot is more than
   `max_inline_wait` away is released until just before it (before it takes the lease), its
   slot kept for its return;
@@ -142,23 +143,27 @@ async def settle(ctx: SendContext, message: OutboundMessage, status: OutboundSta
                  store: TenantStore | None = None, owner: str | None = None,
                  provider_message_id: str | None = None, error: ProviderError | None = None,
                  excerpt: str | None = None) -> list[Output]:
-    """Write an outcome on its row now (see `outbox.record_outcome_in`). An acceptance also
-    goes to the save stage (receipts that came first); any outcome does if the write fails,
-    so that it is not lost with the acknowledged message."""
-    note = result(message, status, provider_message_id=provider_message_id, error=error,
-                  excerpt=excerpt, owner=owner)
+    """Write an outcome on its row now, an acceptance with the receipts that arrived before
+    it (see `outbox.save_result_in`). An outcome whose write fails goes to the save stage, so
+    that it is not lost with the acknowledged message."""
     try:
         if store is None:
             store = await ctx.broker.tenant_store_async(message.tenant)
         await store.writes.run(partial(
-            outbox.record_outcome_in, row_id=message.row_id, owner=owner, status=status.value,
-            provider_message_id=provider_message_id, error_code=error.code if error else None,
-            error_reason=error.reason if error else None, response_excerpt=excerpt))
+            outbox.save_result_in, store=store, row_id=message.row_id, owner=owner,
+            status=status.value, provider_message_id=provider_message_id,
+            error_code=error.code if error else None,
+            error_reason=error.reason if error else None, response_excerpt=excerpt,
+            channel=message.channel_key))
     except Exception as exc:
         log.warning("tenant %s row %d: send outcome %s not written (%s); left to the save "
                     "stage", message.tenant, message.row_id, status.label, type(exc).__name__)
-        return [note]
-    return [note] if status is OutboundStatus.ACCEPTED else []
+        return [result(message, status, provider_message_id=provider_message_id, error=error,
+                       excerpt=excerpt, owner=owner)]
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("send result saved", extra={"status": status.value,
+                                              "error_code": error.code if error else None})
+    return []
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wacloud.adapters.queue.sqlite.queue import lane_of
+from wacloud.adapters.queue.base import lane_of
 from wacloud.domain.model import OutboundMessage
 from wacloud.stages.collect import send_group
 

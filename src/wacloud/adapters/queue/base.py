@@ -17,11 +17,14 @@ Semantics (the same for the SQLite and SQS implementations):
   twice however long the work takes.
 - `dead_letter` moves a received message to the dead-letter queue at once, with the reason.
 - `redrive` moves dead letters back to the source queue; `discard` deletes them.
+- `share_lanes` (FIFO queues of adapters that can): this consumer receives only the lanes of
+  its share, so that consumers in several processes each own whole lanes.
 """
 
 from __future__ import annotations
 
 import abc
+import zlib
 from dataclasses import dataclass, field
 
 
@@ -56,6 +59,39 @@ class QueueSpec:
     @property
     def dead_letter_name(self) -> str:
         return f"{self.name}.dlq"
+
+
+def lane_of(group_id: str | None) -> str:
+    """A FIFO message's lane: what its group id has before the last "/" ("" if none)."""
+    return (group_id or "").rpartition("/")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class LaneShare:
+    """Share `index` of `count` disjoint shares of a FIFO queue's lanes (for `outbound.send`,
+    a lane is a sending number): consumers in several processes that each take one share own
+    whole lanes, as the send stage needs (a number's rate limit is counted in one process)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"share {self.index}/{self.count}: INDEX must be in 0..COUNT-1")
+
+    @classmethod
+    def parse(cls, text: str) -> LaneShare:
+        """`INDEX/COUNT`, e.g. `1/2`."""
+        index, slash, count = text.partition("/")
+        if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"lane share {text!r}: expected INDEX/COUNT, e.g. 1/2")
+        return cls(int(index), int(count))
+
+    def owns(self, lane: str) -> bool:
+        return zlib.crc32(lane.encode()) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 class Queue(abc.ABC):
@@ -125,6 +161,12 @@ class Queue(abc.ABC):
     async def dead_count(self) -> int:
         """How many messages wait in the dead-letter queue (for /readyz and /metrics)."""
         return (await self.depth())["dead"]
+
+    def share_lanes(self, share: LaneShare | None) -> bool:
+        """From the next receive on, receive only the lanes `share` owns (None: every lane).
+        False when this queue cannot (not FIFO, or an adapter whose broker assigns groups to
+        consumers itself): then one consumer must not assume it owns whole lanes."""
+        return False
 
     def count_dead(self) -> int | None:
         """The dead-letter count without awaiting, cheap enough for every /metrics scrape, or

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wacloud.adapters.batching import power_of_two_chunks
-from wacloud.adapters.queue.base import OutgoingMessage, QueueSpec
+from wacloud.adapters.queue.base import LaneShare, OutgoingMessage, QueueSpec
 from wacloud.adapters.queue.sqlite import broker as sqlite_broker
 from wacloud.adapters.queue.sqlite import queue as sqlite_queue
 from wacloud.adapters.queue.sqlite.broker import SqliteBroker
@@ -389,3 +389,44 @@ async def test_an_older_queue_file_gets_the_reason_column(tmp_path: Path) -> Non
     await broker.close()
     again = SqliteBroker(path)  # opening a current file again changes nothing
     await again.close()
+
+
+async def test_two_processes_sharing_lanes_each_own_whole_lanes_and_together_all(
+        tmp_path: Path) -> None:
+    """`share_lanes`: two brokers on one file (two processes) take disjoint shares of the
+    lanes (sending numbers); a lane's messages all go to one of them, in order, and nothing
+    is left for neither. Without a share a consumer takes every lane again."""
+    spec = QueueSpec("s", fifo=True)
+    here, there = SqliteBroker(tmp_path / "q.db"), SqliteBroker(tmp_path / "q.db")
+    mine, theirs = here.queue(spec), there.queue(spec)
+    assert mine.share_lanes(LaneShare(0, 2)) and theirs.share_lanes(LaneShare(1, 2))
+    assert not here.queue(QueueSpec("standard")).share_lanes(LaneShare(0, 2))
+    lanes = [f"acme/{number}" for number in range(20)]
+    await mine.send_batch([OutgoingMessage(f"{lane}/{to}:{n}".encode(), group_id=f"{lane}/{to}")
+                           for n in range(3) for lane in lanes for to in ("a", "b")])
+    got: dict[str, list[str]] = {"mine": [], "theirs": []}
+    for name, queue in (("mine", mine), ("theirs", theirs)):
+        while batch := await queue.receive(10):
+            got[name] += [m.body.decode() for m in batch]
+            await queue.ack([m.receipt for m in batch])
+    owned = {name: {body.rpartition("/")[0] for body in bodies} for name, bodies in got.items()}
+    assert owned["mine"] and owned["theirs"] and not owned["mine"] & owned["theirs"]
+    assert owned["mine"] | owned["theirs"] == set(lanes)
+    assert {lane for lane in lanes if LaneShare(0, 2).owns(lane)} == owned["mine"]
+    for bodies in got.values():  # each group's messages in the order they were sent
+        for group in {body.partition(":")[0] for body in bodies}:
+            assert [b for b in bodies if b.startswith(group + ":")] == [
+                f"{group}:{n}" for n in range(3)]
+    # Taking over: the share dropped, one consumer receives every lane.
+    await theirs.send_batch([OutgoingMessage(b"late", group_id=f"{lane}/c") for lane in lanes])
+    assert mine.share_lanes(None)
+    assert len(await mine.receive(100)) == len(lanes)
+    await here.close()
+    await there.close()
+
+
+def test_a_lane_share_is_parsed_from_index_slash_count() -> None:
+    assert LaneShare.parse("1/2") == LaneShare(1, 2) and str(LaneShare(1, 2)) == "1/2"
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(ValueError):
+            LaneShare.parse(bad)

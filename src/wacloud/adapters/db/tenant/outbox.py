@@ -162,7 +162,7 @@ def record_outcome_in(conn: Connection, row_id: int, *, owner: str | None, statu
     is still attempt `owner`'s. Without an owner (the send stage gave up before taking the
     lease: unknown or paused channel) only while no attempt holds a live lease. Pending
     clears the owner, so that nothing of this attempt can move the row again. Receipts that
-    arrived early are applied by the save stage, which gets every acceptance too."""
+    arrived early are applied by `save_result_in`, which both stages call."""
     params: dict[str, Any] = {
         "row_id": row_id, "now": utcnow(), "owner": owner,
         "excerpt": response_excerpt[:2000] if response_excerpt is not None else None}
@@ -214,6 +214,15 @@ def save_result_in(conn: Connection, store: TenantStore, row_id: int, *, status:
 # The statements above, built once: building them per call (SQLAlchemy's expression objects and
 # cache keys) cost more CPU than running them, and every outbound message runs two or three.
 _o = t.outbound_messages
+
+
+def _status_in(values: list[int]) -> sa.ColumnElement[bool]:
+    """`status IN (0, 1, 2)` with the numbers in the SQL text: a list of bound values is
+    expanded again on every execution (SQLAlchemy's post-compile step), at a cost close to
+    that of running the statement."""
+    return _o.c.status.in_([sa.literal_column(str(int(v))) for v in values])
+
+
 _ROW = _o.c.id == sa.bindparam("row_id")
 _NOW = sa.bindparam("now", type_=_o.c.updated_at.type)
 _EXCERPT = sa.func.coalesce(sa.bindparam("excerpt", type_=_o.c.response_excerpt.type),
@@ -232,12 +241,12 @@ _ORDER_REASON = "waits for an earlier message to the same recipient"
 _EARLIER_WAITING = sa.select(_o.c.id).where(
     _o.c.channel == sa.bindparam("channel"), _o.c.recipient == sa.bindparam("recipient"),
     _o.c.id < sa.bindparam("row_id"),
-    sa.or_(_o.c.status.in_([OutboundStatus.PENDING.value, OutboundStatus.RESERVED.value]),
+    sa.or_(_status_in([OutboundStatus.PENDING.value, OutboundStatus.RESERVED.value]),
            sa.and_(_o.c.status == OutboundStatus.QUEUED.value,
                    _o.c.queued_attempts == _o.c.attempts)),
     _o.c.provider_message_id.is_(None)).limit(1)
 _TAKE_LEASE = _o.update().where(_ROW, _o.c.provider_message_id.is_(None),
-                                _o.c.status.in_(OPEN), _NO_LIVE_LEASE).values(
+                                _status_in(OPEN), _NO_LIVE_LEASE).values(
     attempts=_o.c.attempts + 1, updated_at=_NOW, send_owner=_OWNER,
     send_lease_until=sa.bindparam("until", type_=_o.c.send_lease_until.type))
 _TAKE_LEASE_RETURNING = _TAKE_LEASE.returning(_o.c.status, _o.c.provider_message_id,
@@ -249,11 +258,11 @@ _RELEASE_LEASE = _o.update().where(_ROW, _o.c.send_owner == _OWNER,
 # Back to the outbox behind an earlier message, unless another attempt is sending it now.
 _BACK_FOR_ORDER = _o.update().where(
     _ROW, _o.c.provider_message_id.is_(None),
-    _o.c.status.in_([OutboundStatus.RESERVED.value, OutboundStatus.QUEUED.value]),
+    _status_in([OutboundStatus.RESERVED.value, OutboundStatus.QUEUED.value]),
     _NO_LIVE_LEASE).values(
     status=OutboundStatus.PENDING.value, reserved_at=None, queued_at=None, error_code="order",
     error_reason=_ORDER_REASON, send_owner=None, send_lease_until=None, updated_at=_NOW)
-_ACCEPT = _o.update().where(_ROW, _o.c.status.in_(OPEN)).values(
+_ACCEPT = _o.update().where(_ROW, _status_in(OPEN)).values(
     status=OutboundStatus.ACCEPTED.value, provider_message_id=sa.bindparam("pmid"),
     accepted_at=_NOW, error_code=None, error_reason=None, updated_at=_NOW,
     response_excerpt=_EXCERPT, send_lease_until=None)
@@ -280,7 +289,7 @@ _OUTCOME_VALUES: dict[OutboundStatus, dict[str, Any]] = {
 
 
 def _set_outcome(code: OutboundStatus, allowed: list[int], *guard: Any) -> sa.Update:
-    return _o.update().where(_ROW, _o.c.status.in_(allowed), *guard).values(
+    return _o.update().where(_ROW, _status_in(allowed), *guard).values(
         status=code.value, error_code=sa.bindparam("error_code"),
         error_reason=sa.bindparam("error_reason"), updated_at=_NOW, response_excerpt=_EXCERPT,
         **_OUTCOME_VALUES.get(code, {}))

@@ -102,6 +102,14 @@ _KNOWN_RECEIPTS = sa.select(
 # SQLite runs one writer at a time.
 _PG_RECEIPT_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 _KNOWN_RECEIPTS_LOCKING = _KNOWN_RECEIPTS.with_for_update(read=True)
+# The send stage's case, once per acceptance: one id, without the IN list that SQLAlchemy
+# expands again on every execution.
+_KNOWN_RECEIPT = sa.select(
+    t.status_events.c.provider_message_id, t.status_events.c.status,
+    t.status_events.c.errors).where(
+    t.status_events.c.channel == sa.bindparam("channel"),
+    t.status_events.c.provider_message_id == sa.bindparam("id"))
+_KNOWN_RECEIPT_LOCKING = _KNOWN_RECEIPT.with_for_update(read=True)
 
 
 def lock_receipts(conn: Connection, keys: Iterable[tuple[str, str]]) -> None:
@@ -263,9 +271,13 @@ class TenantStore:
         if not ids:
             return
         lock_receipts(conn, [(channel, pmid) for pmid in ids])
-        query = (_KNOWN_RECEIPTS_LOCKING if conn.dialect.name in ("mysql", "mariadb")
-                 else _KNOWN_RECEIPTS)
-        rows = conn.execute(query, {"channel": channel, "ids": ids}).all()
+        locking = conn.dialect.name in ("mysql", "mariadb")
+        if len(ids) == 1:
+            rows = conn.execute(_KNOWN_RECEIPT_LOCKING if locking else _KNOWN_RECEIPT,
+                                {"channel": channel, "id": ids[0]}).all()
+        else:
+            rows = conn.execute(_KNOWN_RECEIPTS_LOCKING if locking else _KNOWN_RECEIPTS,
+                                {"channel": channel, "ids": ids}).all()
         for pmid, status, errors in sorted(rows, key=lambda r: receipt_rank(r[1])):
             error = None
             if errors:

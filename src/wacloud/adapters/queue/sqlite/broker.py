@@ -32,9 +32,10 @@ from wacloud.adapters.batching import (
 from wacloud.adapters.queue.base import (
     QueueBroker,
     QueueSpec,
+    lane_of,
 )
 from wacloud.adapters.queue.sqlite.doorbell import Doorbell
-from wacloud.adapters.queue.sqlite.queue import SqliteQueue, lane_of
+from wacloud.adapters.queue.sqlite.queue import SqliteQueue
 
 if TYPE_CHECKING:
     from wacloud.adapters.media.base import MediaStore

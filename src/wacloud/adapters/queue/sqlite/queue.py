@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from wacloud.adapters.batching import power_of_two_chunks
 from wacloud.adapters.queue.base import (
+    LaneShare,
     OutgoingMessage,
     Queue,
     QueueSpec,
     ReceivedMessage,
+    lane_of,
 )
 
 if TYPE_CHECKING:
@@ -77,10 +79,6 @@ _COLUMNS = ("id, body, group_id, sent_at, receive_count, queue, origin, receipt,
 REASON_MAX = 500
 
 
-def lane_of(group_id: str | None) -> str:
-    """A FIFO message's lane: what its group id has before the last "/" ("" if none)."""
-    return (group_id or "").rpartition("/")[0]
-
 
 def _parse_receipt(receipt: str) -> tuple[int, str] | None:
     row_id, _, token = receipt.partition(":")
@@ -100,6 +98,13 @@ class SqliteQueue(Queue):
         self.spec = spec
         self._turn = 0  # which lane a FIFO receive serves first
         self._adopted = False
+        self.lane_share: LaneShare | None = None
+
+    def share_lanes(self, share: LaneShare | None) -> bool:
+        if not self.spec.fifo:
+            return False
+        self.lane_share = share
+        return True
 
     async def send_batch(self, messages: list[OutgoingMessage]) -> None:
         if not messages:
@@ -169,6 +174,9 @@ class SqliteQueue(Queue):
         and heads to dead-letter (received `max_receives` times already)."""
         name, most = self.spec.name, self.spec.max_receives
         lanes = [row[0] for row in conn.execute(_LANES, {"q": name})]
+        share = self.lane_share
+        if share is not None:
+            lanes = [lane for lane in lanes if share.owns(lane)]
         if not lanes:
             return [], []
         # Each receive starts at the lane after the last one the previous receive served, so
