@@ -28,8 +28,9 @@ TENANT_BACKENDS = ["sqlite", "postgresql", "mariadb"]
 # load the machine or wait out timeouts, leases and rates against deadlines, form one unit:
 # they run one after another on one process, never beside each other.
 HEAVY_MODULES = frozenset(f"tests/e2e/{name}.py" for name in (
-    "test_chaos_short", "test_crash_recovery", "test_graceful", "test_nothing_stranded",
-    "test_outbound", "test_outbound_crash", "test_outbound_rate", "test_stage_workers"))
+    "test_chaos_short", "test_chaos_distributed_short", "test_crash_recovery", "test_graceful",
+    "test_nothing_stranded", "test_outbound", "test_outbound_crash", "test_outbound_rate",
+    "test_stage_workers"))
 
 
 def suite_scope(nodeid: str) -> str:

@@ -162,12 +162,17 @@ async def refetch_media(broker: CredentialsBroker, tenant: str, media_queue: Que
 
 def dead_letter_summary(queue: str, message: ReceivedMessage) -> dict[str, Any]:
     """What an operator may see of a dead letter: ids, size, times, the reason of its last
-    failure and whom it concerns; never its content (texts, media links, tokens)."""
+    failure and whom it concerns; never its content (texts, media links, tokens). A letter
+    without a recorded failure was moved for its receives alone (by the broker itself: SQS's
+    redrive policy, RabbitMQ's delivery limit): the processes that took it died or ran out of
+    time holding it, which the reason then says."""
+    reason = message.attributes.get("reason") or (
+        f"no failure recorded: received {message.receive_count} times without being "
+        "acknowledged (the processes handling it died or ran out of time)")
     summary: dict[str, Any] = {
         "id": message.message_id, "queue": queue, "size": len(message.body),
         "sent_at": datetime.fromtimestamp(message.sent_at, UTC).isoformat(),
-        "receive_count": message.receive_count,
-        "reason": message.attributes.get("reason") or None, "tenant": None}
+        "receive_count": message.receive_count, "reason": reason, "tenant": None}
     if queue == INBOUND_RAW:
         with contextlib.suppress(ValueError, KeyError):
             raw = RawWebhook.decode(message.body)

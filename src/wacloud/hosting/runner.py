@@ -220,15 +220,36 @@ class StageRunner:
 
     async def _run_group(self, group: list[ReceivedMessage], slots: asyncio.Semaphore) -> None:
         async with slots:
-            for index, message in enumerate(group):
-                if not await self.handle(message):
-                    # Keep the group's order: what follows a failed message waits for it.
-                    for later in group[index + 1:]:
-                        self._let_go([later])
-                        await self.queue.release(later.receipt, 0.0)
-                    return
+            try:
+                for index, message in enumerate(group):
+                    if not await self.handle(message):
+                        # Keep the group's order: what follows a failed message waits for it.
+                        for later in group[index + 1:]:
+                            self._let_go([later])
+                            await self.queue.release(later.receipt, 0.0)
+                        return
+            except Exception as exc:
+                self._abandon(group, exc)
+
+    def _abandon(self, messages: list[ReceivedMessage], exc: Exception) -> None:
+        """The queue failed under a unit of work (its broker unreachable: an output, an ack or
+        a release did not go through). Its messages still held are let go, so the heartbeat
+        stops hiding them: their visibility timeout brings them back to be handled again
+        (handlers are idempotent), instead of staying hidden for as long as this process
+        lives."""
+        held = [m for m in messages if m.receipt in self._held]
+        self._let_go(held)
+        log.warning("stage %s: the queue failed (%s); %d messages come back after their "
+                    "visibility timeout", self.name, failure_reason(exc), len(held))
 
     async def _run_batch(self, messages: list[ReceivedMessage], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._run_batch_held(messages, slots)
+        except Exception as exc:
+            self._abandon(messages, exc)
+
+    async def _run_batch_held(self, messages: list[ReceivedMessage],
+                              slots: asyncio.Semaphore) -> None:
         assert self.batch_handler is not None
         async with slots:
             started = time.perf_counter()

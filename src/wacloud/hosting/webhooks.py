@@ -9,15 +9,18 @@ channel-secret provider's per-channel path (`POST /webhooks/whapi/{channel_id}`,
 A webhook is answered 200 only after its raw body is durably queued (the SQLite queue's group
 commit makes that cheap under concurrency), so a crash right after the answer loses nothing;
 while the queue is full or the disk nearly so (`hosting.backpressure`) it is answered 503 with
-Retry-After. A signed body of another product (Meta: `object` "page", "instagram", ...) is
-answered 200 and only counted, unless `WACLOUD_PARK_OTHER_META_OBJECTS` asks to queue (and so
-park) it. Measured with `bench/ingest.py`: routing through Starlette cost about a fifth of the
-CPU of each webhook.
+Retry-After, and so is a webhook the queue failed to take (a broker that is unreachable). A
+signed body of another product (Meta: `object` "page", "instagram", ...) is answered 200 and
+only counted, unless `WACLOUD_PARK_OTHER_META_OBJECTS` asks to queue (and so park) it.
+Measured with `bench/ingest.py`: routing through Starlette cost about a fifth of the CPU of
+each webhook.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +40,13 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
+
+# A webhook the queue did not take: the provider is asked to come back soon (a broker outage is
+# usually seconds: a restart, a failover), and the log says so once per period, not per webhook.
+ENQUEUE_RETRY_AFTER_S = 5
+ENQUEUE_WARNING_EVERY_S = 10.0
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
@@ -118,6 +128,7 @@ class WebhookReceiver:
         self.raw_queue = raw_queue
         self.max_bytes = max_bytes
         self._accepted = {p: WEBHOOKS.labels(p.value, "accepted") for p in Provider}
+        self._last_enqueue_warning = -float("inf")
         # The routes, from the registry once: an exact path per signed-body provider, a
         # prefix (followed by the channel key) per channel-secret one.
         self._signed: dict[bytes, SignedRoute] = {}
@@ -185,9 +196,27 @@ class WebhookReceiver:
 
     async def accept(self, send: Send, provider: Provider, body: bytes,
                      channel_key: str | None, signature: str | None = None) -> None:
-        await self.raw_queue.send(raw_output(provider, body, channel_key, signature).message.body)
+        try:
+            await self.raw_queue.send(
+                raw_output(provider, body, channel_key, signature).message.body)
+        except Exception as exc:
+            # Not durably queued (the broker is unreachable, a confirm was lost, the disk is
+            # full): a 200 would lose it, a 503 makes the provider send it again. A copy that
+            # did reach the queue is stored once (rows are unique by provider message id).
+            return await self.unavailable(send, provider, exc)
         self._accepted[provider].inc()
         await respond(send, 200, OK_BODY)
+
+    async def unavailable(self, send: Send, provider: Provider, exc: Exception) -> None:
+        WEBHOOKS.labels(provider.value, "503").inc()
+        now = time.monotonic()
+        if now - self._last_enqueue_warning >= ENQUEUE_WARNING_EVERY_S:  # not one per webhook
+            self._last_enqueue_warning = now
+            # The type only: a library's message may hold the broker's URL and password.
+            log.warning("webhooks answered 503: the queue did not take them (%s)",
+                        type(exc).__name__)
+        await respond(send, 503, json.dumps({"error": "the queue is unavailable; retry later"})
+                      .encode(), [(b"retry-after", str(ENQUEUE_RETRY_AFTER_S).encode())])
 
     async def signed_body(self, route: SignedRoute, scope: Scope, receive: Receive,
                           send: Send) -> None:

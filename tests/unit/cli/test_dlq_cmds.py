@@ -100,3 +100,17 @@ def test_choices_are_checked(tmp_path: Path) -> None:
                  ["dlq", "discard", "--queue", "inbound.raw", "1", "--all", "--reason", "x"]):
         result = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path)])
         assert result.exit_code != 0, args
+
+
+def test_a_letter_moved_for_its_receives_alone_says_so() -> None:
+    # The broker moved it (SQS's redrive policy, RabbitMQ's delivery limit): no failure was
+    # recorded, and an empty reason would tell the operator nothing.
+    from wacloud.adapters.queue.base import ReceivedMessage
+    from wacloud.admin.operations import dead_letter_summary
+
+    moved = ReceivedMessage(b"{}", "", 6, "m1", attributes={"reason": ""})
+    assert dead_letter_summary("outbound.results", moved)["reason"] == (
+        "no failure recorded: received 6 times without being acknowledged (the processes "
+        "handling it died or ran out of time)")
+    failed = ReceivedMessage(b"{}", "", 2, "m2", attributes={"reason": "ValueError: bad"})
+    assert dead_letter_summary("outbound.results", failed)["reason"] == "ValueError: bad"

@@ -42,6 +42,7 @@ class RabbitBroker(QueueBroker):
         self._connection: AbstractRobustConnection | None = None
         self._connect_lock = asyncio.Lock()
         self._publisher: AbstractChannel | None = None
+        self._publisher_lock = asyncio.Lock()
         self._stats: AbstractChannel | None = None
         self._stats_lock = asyncio.Lock()
         self._queues: dict[str, RabbitQueueBase] = {}
@@ -108,13 +109,25 @@ class RabbitBroker(QueueBroker):
             with contextlib.suppress(Exception):
                 await channel.close()
 
+    async def publisher(self) -> AbstractChannel:
+        """The publishing channel (confirms on). After a lost connection, one new channel for
+        every publish waiting (a burst of webhooks) would pile up channels on the connection
+        at each outage: they wait for the one being opened instead."""
+        channel = self._publisher
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._publisher_lock:
+            if self._publisher is None or self._publisher.is_closed:
+                self._publisher = await (await self.connection()).channel(
+                    on_return_raises=True)
+            return self._publisher
+
     async def publish(self, routing_key: str, envelope: Envelope) -> None:
         """Publish and wait for the broker's confirm: durable when this returns. A queue that
         does not exist returns the message (mandatory): that raises `QueueMissing`."""
-        if self._publisher is None or self._publisher.is_closed:
-            self._publisher = await (await self.connection()).channel(on_return_raises=True)
+        publisher = await self.publisher()
         try:
-            await self._publisher.default_exchange.publish(
+            await publisher.default_exchange.publish(
                 envelope.message(), routing_key, mandatory=True)
         except aiormq.exceptions.PublishError:
             raise QueueMissing(envelope.queue, self.address.safe) from None
