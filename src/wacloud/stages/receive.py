@@ -123,9 +123,10 @@ async def authenticate(raw: RawWebhook, events: list[Event], ctx: ReceiveContext
                "no signed webhook to check it against")
         return []
     authentic, refused, unroutable = check_entries(events, webhook, raw.signature, ctx.broker)
-    # A channel added a moment ago may not be in our snapshot yet: look again before parking.
-    refreshed: bool = bool(unroutable) and await asyncio.to_thread(ctx.broker.refresh)
-    if refreshed:
+    # A channel added a moment ago may not be in our snapshot yet: look again before parking
+    # (whatever `refresh` says: False also when another task renewed it since our look).
+    if unroutable:
+        await asyncio.to_thread(ctx.broker.refresh)
         more, more_refused, unroutable = check_entries(unroutable, webhook, raw.signature,
                                                        ctx.broker)
         authentic += more

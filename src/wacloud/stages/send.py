@@ -288,11 +288,13 @@ async def send_once(message: OutboundMessage, data: bytes, ctx: SendContext, lea
         count(ctx, message, "expired", expired)
         return await settle(ctx, message, OutboundStatus.FAILED, error=expired)
     channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
-    if (channel is None or channel.paused) and await asyncio.to_thread(ctx.broker.refresh):
+    if channel is None or channel.paused:
         # Our registry snapshot may be older than the collector's: a channel added, or
         # resumed, a moment ago. Without this look a new channel's first messages failed, and
         # after a resume the older message went back to the outbox while the next one was
-        # sent: out of order.
+        # sent: out of order. Looked up again whatever `refresh` says: it says False when
+        # another task of this process renewed the snapshot since our look.
+        await asyncio.to_thread(ctx.broker.refresh)
         channel = ctx.broker.tenant_channel(message.tenant, message.channel_key)
     if channel is None:
         missing = ProviderError(

@@ -106,9 +106,10 @@ async def write_events(events: list[Event], ctx: WriteContext,
     seen: set[int] = set()
     by_tenant, unroutable = _route(events, ctx.broker, seen)
     # A channel added a moment ago may be known to the process that took the webhook and not
-    # yet to ours: look again with a fresh registry before parking anything.
-    refreshed: bool = bool(unroutable) and await asyncio.to_thread(ctx.broker.refresh)
-    if refreshed:
+    # yet to ours: look again with a fresh registry before parking anything (whatever
+    # `refresh` says: False also when another task renewed the snapshot since our look).
+    if unroutable:
+        await asyncio.to_thread(ctx.broker.refresh)
         more, unroutable = _route([e for group in unroutable.values() for e in group],
                                   ctx.broker, seen)
         for tenant, routed in more.items():

@@ -329,3 +329,32 @@ async def test_a_bad_parameter_of_one_message_fails_only_that_message(world: Wor
     assert (row["status"], row["error_code"]) == (OutboundStatus.FAILED.value, "100")
     channel = world.registry.channel_by_id(world.channel.id)
     assert channel is not None and not channel.paused
+
+
+# -- a channel added a moment ago ------------------------------------------------------------
+
+
+async def test_a_channel_added_a_moment_ago_is_found_when_another_task_renewed_the_snapshot(
+        world: World, server: FakeProviderServer) -> None:
+    """The send stage looks the channel up again after asking for a fresh snapshot, whatever
+    `refresh` answers: it answers False when another task of the process (a stage, the
+    registry watcher) renewed the snapshot between our look and our ask. Seen in the suite:
+    a new channel's first row failed with 'channel'."""
+    assert world.broker.tenant_channel("acme", PNID) is not None  # our snapshot, taken now
+    fresh = "106540352249999"
+    world.broker.registry.add_channel(tenant="acme", provider=Provider.META, key=fresh,
+                                      phone_number_id=fresh, token=TOKEN,
+                                      api_base_url=server.base_url)
+    renew = world.broker.refresh
+
+    def renewed_by_another_task(*, force: bool = False) -> bool:
+        renew(force=force)
+        return False  # nothing left for us to do: the snapshot is already the newest
+
+    world.broker.refresh = renewed_by_another_task  # type: ignore[method-assign]
+    row_id = outbox.insert_outbound(world.store.engine, channel=fresh, recipient=TO,
+                                    type="text", content={"body": "primeira"})
+    [row] = claim.claim_pending(world.store.engine, 10)
+    claim.mark_queued(world.store.engine, [row_id])
+    data = send_envelope(outbound_from_row("acme", row)).body
+    assert_accepted(world, data, await send(data, world.ctx))
