@@ -18,7 +18,6 @@ from pathlib import Path
 import uvicorn
 
 from wacloud.adapters.db.errors import TroubleLog
-from wacloud.adapters.queue.base import LaneShare
 from wacloud.bootstrap import Gateway, build_gateway
 from wacloud.hosting import shutdown
 from wacloud.hosting.http import create_apps
@@ -27,6 +26,8 @@ from wacloud.hosting.process import tune_garbage_collector
 from wacloud.hosting.runners import stage_runners
 from wacloud.hosting.shutdown import wait_stopping
 from wacloud.hosting.worker import (
+    SERVER_SEND_SHARE,
+    WORKER_SEND_SHARE,
     WorkerSupervisor,
     server_stage_names,
     split_send_stage,
@@ -145,18 +146,18 @@ async def serve(settings: Settings, host: str, port: int,
         # inherit the directory through the environment.
         enable_multiprocess(metrics_directory(settings))
     gateway = build_gateway(settings)
-    worker_share = split_send_stage(gateway, groups, on_server)
-    supervised = [WorkerSupervisor(settings, group, index) for index, group in enumerate(groups)]
-    if worker_share is not None:
-        send_queue = gateway.queues[OUTBOUND_SEND]
-        own_share = LaneShare(0, worker_share.count)
+    split = split_send_stage(gateway, groups, on_server)
+    send_queue = gateway.queues[OUTBOUND_SEND]
 
-        def share_sends(worker_alive: bool) -> None:
-            # While the worker is down, every number's sends are ours; they were only waiting
-            # for it to come back otherwise.
-            send_queue.share_lanes(own_share if worker_alive else None)
+    def share_sends(worker_alive: bool) -> None:
+        # While the worker is down, every number's sends are ours; they were only waiting
+        # for it to come back otherwise.
+        send_queue.share_lanes(SERVER_SEND_SHARE if worker_alive else None)
 
-        supervised[0].send_share, supervised[0].on_alive = worker_share, share_sends
+    supervised = [WorkerSupervisor(settings, group, index,
+                                   send_share=WORKER_SEND_SHARE if split and index == 0 else None,
+                                   on_alive=share_sends if split and index == 0 else None)
+                  for index, group in enumerate(groups)]
     app, internal_app = create_apps(gateway, lambda: [w.status() for w in supervised])
     tune_garbage_collector()
     # No proxy-header rewriting (nothing here uses the client address) and no Date/Server

@@ -80,18 +80,23 @@ def worker_groups(count: int, on_server: tuple[str, ...] = ()) -> list[tuple[str
     return [group for group in kept if group]
 
 
+# The send stage split between `serve`'s HTTP process and its first worker (`split_send_stage`).
+SERVER_SEND_SHARE = LaneShare(0, 2)
+WORKER_SEND_SHARE = LaneShare(1, 2)
+
+
 def split_send_stage(gateway: Gateway, groups: list[tuple[str, ...]],
-                     on_server: tuple[str, ...] | None) -> LaneShare | None:
+                     on_server: tuple[str, ...] | None) -> bool:
     """When the HTTP process runs the send stage and its queue can share lanes (the embedded
-    SQLite queue), give the first worker the send stage too, for half of the sending numbers:
-    the worker's share (the HTTP process keeps the other), or None when not split. `groups`
-    is changed in place."""
+    SQLite queue), give the first worker the send stage too, for half of the sending numbers
+    (`WORKER_SEND_SHARE`; the HTTP process keeps `SERVER_SEND_SHARE`). Whether it split;
+    `groups` is changed in place."""
     if not gateway.settings.send_split or not groups or "send" not in (on_server or ()):
-        return None
-    if not gateway.queues[OUTBOUND_SEND].share_lanes(LaneShare(0, 2)):
-        return None
+        return False
+    if not gateway.queues[OUTBOUND_SEND].share_lanes(SERVER_SEND_SHARE):
+        return False
     groups[0] = (*groups[0], "send")
-    return LaneShare(1, 2)
+    return True
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -85,10 +85,10 @@ def message_row(message: InboundMessage, now: Any) -> dict[str, Any]:
 
 # Built once: each accepted send looks here (building the statement per call cost more CPU
 # than running it).
-_KNOWN_RECEIPTS = sa.select(
+_CHANNEL_RECEIPTS = sa.select(
     t.status_events.c.provider_message_id, t.status_events.c.status,
-    t.status_events.c.errors).where(
-    t.status_events.c.channel == sa.bindparam("channel"),
+    t.status_events.c.errors).where(t.status_events.c.channel == sa.bindparam("channel"))
+_KNOWN_RECEIPTS = _CHANNEL_RECEIPTS.where(
     t.status_events.c.provider_message_id.in_(sa.bindparam("ids", expanding=True)))
 
 
@@ -104,10 +104,7 @@ _PG_RECEIPT_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 
 _KNOWN_RECEIPTS_LOCKING = _KNOWN_RECEIPTS.with_for_update(read=True)
 # The send stage's case, once per acceptance: one id, without the IN list that SQLAlchemy
 # expands again on every execution.
-_KNOWN_RECEIPT = sa.select(
-    t.status_events.c.provider_message_id, t.status_events.c.status,
-    t.status_events.c.errors).where(
-    t.status_events.c.channel == sa.bindparam("channel"),
+_KNOWN_RECEIPT = _CHANNEL_RECEIPTS.where(
     t.status_events.c.provider_message_id == sa.bindparam("id"))
 _KNOWN_RECEIPT_LOCKING = _KNOWN_RECEIPT.with_for_update(read=True)
 
