@@ -15,6 +15,8 @@ with tenant keys. After each step the harness waits until every row is stored an
 reached the fake, then reads:
 - POST -> tenant row: the row's `received_at` minus the webhook's due time (the message id
   encodes step and index, so its due time is known without bookkeeping);
+- POST -> media stored: for the messages with media, the row's `updated_at` once its media
+  is stored (media copies give way to rows when the stages fall behind);
 - API submit -> provider call: the fake's recorded arrival minus the submission's due time
   (the text carries its tag);
 p50/p99/max of both, plus HTTP failures. The gateway's RSS (VmRSS of serve + worker) is read
@@ -187,20 +189,26 @@ async def run_step(step: Step, port: int, templates: Templates, keys: dict[str, 
     return http_ms
 
 
-def step_rows(dbs: list[Path], step: int) -> tuple[list[tuple[str, str]], int, int]:
-    """(provider id, received_at) of the step's rows; media pending; media failed."""
+@dataclass
+class StepRows:
+    rows: list[tuple[str, str]]  # (provider id, received_at)
+    media_stored: list[tuple[str, str]]  # (provider id, updated_at: when the copy was stored)
+    pending: int
+    failed: int
+
+
+def step_rows(dbs: list[Path], step: int) -> StepRows:
+    """The step's rows, when the media of those with media was stored, media pending/failed."""
     prefix = hook_id(step, 0)[:-8]
-    rows: list[tuple[str, str]] = []
-    pending = failed = 0
+    found: list[tuple[str, str, str | None, str]] = []
     for path in dbs:
         with contextlib.closing(sqlite_ro(path)) as conn:
-            found = conn.execute("SELECT provider_message_id, received_at, media_status FROM"
-                                 " messages WHERE provider_message_id LIKE ?",
-                                 (prefix + "%",)).fetchall()
-        rows.extend((r[0], r[1]) for r in found)
-        pending += sum(r[2] == "pending" for r in found)
-        failed += sum(r[2] == "failed" for r in found)
-    return rows, pending, failed
+            found += conn.execute("SELECT provider_message_id, received_at, media_status,"
+                                  " updated_at FROM messages WHERE provider_message_id LIKE ?",
+                                  (prefix + "%",)).fetchall()
+    return StepRows([(r[0], r[1]) for r in found],
+                    [(r[0], r[3]) for r in found if r[2] == "stored"],
+                    sum(r[2] == "pending" for r in found), sum(r[2] == "failed" for r in found))
 
 
 def fake_arrivals(fake_url: str, prefix: str) -> dict[str, float]:
@@ -279,10 +287,13 @@ def main() -> int:
                         f"{len(step.failures)}")
                     for failure in step.failures[:5]:
                         log(f"  {failure}")
-                    complete, row_ms, send_ms = wait_step(step, dbs, fake_url, setup.queue_db,
-                                                          args.drain_timeout)
+                    complete, row_ms, media_ms, send_ms = wait_step(
+                        step, dbs, fake_url, setup.queue_db, args.drain_timeout)
                     p99 = percentile(row_ms, 99)
                     log(f"POST -> tenant row: {describe(row_ms)}")
+                    # Media copies give way to rows when the stages fall behind (see
+                    # StageRunner.defer_to): this says how far behind they were.
+                    log(f"POST -> media stored: {describe(media_ms)}")
                     log(f"API submit -> provider call: {describe(send_ms)}")
                     log(f"gateway RSS now {proc_status_kb(gateway.pid, 'VmRSS') / 1024:.1f} MB")
                     results.append((rate, p99, complete))
@@ -320,29 +331,33 @@ def main() -> int:
 
 
 def wait_step(step: Step, dbs: list[Path], fake_url: str, queue_db: Path,
-              timeout: float) -> tuple[bool, list[float], list[float]]:
+              timeout: float) -> tuple[bool, list[float], list[float], list[float]]:
     """Wait until the step's rows and media are stored and its sends reached the fake;
-    returns (complete, POST -> row ms, submit -> provider ms)."""
+    returns (complete, POST -> row ms, POST -> media stored ms, submit -> provider ms)."""
     deadline = time.monotonic() + timeout
     last = time.monotonic()
     prefix = f"soak-S{step.number:02d}-"
     while True:
-        rows, pending, failed = step_rows(dbs, step.number)
+        found = step_rows(dbs, step.number)
         arrivals = fake_arrivals(fake_url, prefix)
-        complete = (len(rows) >= step.hooks and not pending and len(arrivals) >= len(step.api))
+        complete = (len(found.rows) >= step.hooks and not found.pending
+                    and len(arrivals) >= len(step.api))
         if complete or time.monotonic() > deadline:
             break
         if time.monotonic() - last > 10:
-            log(f"waiting: rows {len(rows)}/{step.hooks}, media pending {pending}, sends "
-                f"{len(arrivals)}/{len(step.api)}, queue {queue_backlog(queue_db)}")
+            log(f"waiting: rows {len(found.rows)}/{step.hooks}, media pending {found.pending}, "
+                f"sends {len(arrivals)}/{len(step.api)}, queue {queue_backlog(queue_db)}")
             last = time.monotonic()
         time.sleep(0.5)
-    if failed:
-        log(f"media failed: {failed}")
-    row_ms = [(parse_db_time(received) - step.due(int(message_id[-8:]))) * 1000
-              for message_id, received in rows]
+    if found.failed:
+        log(f"media failed: {found.failed}")
+
+    def since_due(pairs: list[tuple[str, str]]) -> list[float]:
+        return [(parse_db_time(at) - step.due(int(message_id[-8:]))) * 1000
+                for message_id, at in pairs]
+
     send_ms = [(arrivals[tag] - due) * 1000 for tag, due in step.api.items() if tag in arrivals]
-    return complete, row_ms, send_ms
+    return complete, since_due(found.rows), since_due(found.media_stored), send_ms
 
 
 if __name__ == "__main__":

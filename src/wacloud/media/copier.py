@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urljoin
 
-import httpx
-
-from wacloud.adapters.http.download_clients import ClientShards
+from wacloud.adapters.http.download_client import (
+    ConnectFailed,
+    Download,
+    DownloadClient,
+    DownloadFailed,
+)
 from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
 from wacloud.adapters.media.base import MediaStore
 from wacloud.domain.mediatypes import extension_for, real_type
@@ -101,7 +104,7 @@ class MediaCopier:
     `policy` defaults to `UrlPolicy(allow_local=allow_local)`; tests pass one with a fake
     resolver or `local_origins` to exercise refusals while their servers run on 127.0.0.1."""
 
-    def __init__(self, store: MediaStore, client: httpx.AsyncClient | ClientShards, *,
+    def __init__(self, store: MediaStore, client: DownloadClient, *,
                  tmp_dir: Path,
                  max_bytes: int, allow_local: bool, policy: UrlPolicy | None = None,
                  api: ProviderClient | None = None) -> None:
@@ -120,12 +123,6 @@ class MediaCopier:
     async def aclose(self) -> None:
         if self._owns_api:
             await self.api.aclose()
-
-    def _client(self, key: str) -> httpx.AsyncClient:
-        # Downloads spread over several small pools (see http_clients: big pools cost CPU).
-        if isinstance(self.client, ClientShards):
-            return self.client.for_key(key)
-        return self.client
 
     async def _download_spec(self, channel: Channel, media: MediaRef,
                              allowed: HostAllowList) -> MediaDownload:
@@ -155,9 +152,6 @@ class MediaCopier:
             raise MediaCopyError(str(exc), temporary=exc.temporary) from None
         except UrlRefused as exc:
             raise MediaCopyError(str(exc), temporary=exc.temporary) from None
-        except httpx.HTTPError as exc:
-            raise MediaCopyError(f"media lookup failed: {type(exc).__name__}",
-                                 temporary=True) from None
         declared_size = spec.size or media.size
         if declared_size and declared_size > self.max_bytes:
             raise MediaCopyError(f"media is {declared_size} bytes, over the "
@@ -223,19 +217,16 @@ class MediaCopier:
         except UrlRefused as exc:
             raise MediaCopyError(f"{what}{exc}", temporary=exc.temporary) from None
 
-    async def _open(self, target: Target, headers: dict[str, str], timeout: float
-                    ) -> httpx.Response:
+    async def _open(self, target: Target, headers: dict[str, str], timeout: float) -> Download:
         """GET `target` without following redirects, connecting only to an address the policy
         approved (the next one if a connection is refused, e.g. IPv6 without a route)."""
-        failure: httpx.ConnectError | None = None
+        failure: ConnectFailed | None = None
         for address in target.addresses:
-            url, pin_headers, extensions = target.pinned_request(address)
-            client = self._client(url)
-            request = client.build_request("GET", url, headers={**headers, **pin_headers},
-                                                timeout=timeout, extensions=extensions)
+            url, pin_headers, server_hostname = target.pinned_request(address)
             try:
-                return await client.send(request, stream=True, follow_redirects=False)
-            except httpx.ConnectError as exc:
+                return await self.client.get(url, {**headers, **pin_headers},
+                                             server_hostname=server_hostname, timeout=timeout)
+            except ConnectFailed as exc:
                 failure = exc
         assert failure is not None  # a Target always has at least one address
         raise failure
@@ -251,7 +242,7 @@ class MediaCopier:
             for hop in range(MAX_REDIRECTS + 1):
                 resp = await self._open(target, hop_headers, timeout)
                 try:
-                    if resp.status_code in REDIRECT_STATUSES:
+                    if resp.status in REDIRECT_STATUSES:
                         location = resp.headers.get("location")
                         if not location:
                             raise MediaCopyError("media download answered a redirect without "
@@ -270,17 +261,16 @@ class MediaCopier:
                         continue
                     return await self._read_body(resp, out)
                 finally:
-                    await resp.aclose()
-        except httpx.HTTPError as exc:
-            raise MediaCopyError(f"media download failed: {type(exc).__name__}",
-                                 temporary=True) from None
+                    resp.release()
+        except DownloadFailed as exc:
+            raise MediaCopyError(f"media download failed: {exc.kind}", temporary=True) from None
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _read_body(self, resp: httpx.Response, out: IO[bytes]
+    async def _read_body(self, resp: Download, out: IO[bytes]
                          ) -> tuple[bytes, int, bytes, str | None]:
-        if resp.status_code != 200:
-            temporary = resp.status_code >= 500 or resp.status_code in (404, 408, 429)
-            raise MediaCopyError(f"media download answered HTTP {resp.status_code}",
+        if resp.status != 200:
+            temporary = resp.status >= 500 or resp.status in (404, 408, 429)
+            raise MediaCopyError(f"media download answered HTTP {resp.status}",
                                  temporary=temporary)
         length = resp.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_bytes:
@@ -289,7 +279,7 @@ class MediaCopier:
         hasher = hashlib.sha256()
         size = 0
         head = b""
-        async for chunk in resp.aiter_bytes():
+        async for chunk in resp.chunks():
             size += len(chunk)
             if size > self.max_bytes:
                 raise MediaCopyError(f"media exceeds the {self.max_bytes}-byte limit",

@@ -16,8 +16,7 @@ a request that connects to exactly that address (TLS still verified against the 
 a DNS answer that changes between the check and the connection (DNS rebinding) cannot steer us.
 Gaps left on purpose: the Meta Graph media lookup and the provider API calls go to the
 channel's API origin from the registry (an operator's setting, not a payload) and are checked
-but not pinned; httpx pools connections by address, so two allowed names on one address may
-share a TLS connection verified for the first; behind an HTTP(S)_PROXY the proxy connects.
+but not pinned; behind an HTTP(S)_PROXY the proxy connects.
 
 `allow_local` is the development setting WACLOUD_DEV_ALLOW_LOCAL_URLS (tests, demo, fake
 provider): plain http and loopback/private addresses are allowed, but link-local, multicast,
@@ -176,18 +175,17 @@ class Target:
     def origin(self) -> tuple[str, str, int]:
         return self.scheme, self.host, self.port
 
-    def pinned_request(self, address: IPAddress) -> tuple[str, dict[str, str], dict[str, str]]:
-        """(url, extra headers, httpx extensions) that connect to `address` (one of the checked
+    def pinned_request(self, address: IPAddress) -> tuple[str, dict[str, str], str | None]:
+        """(url, extra headers, TLS host name) that connect to `address` (one of the checked
         addresses) while HTTP `Host` and TLS SNI/certificate checks still use the host name."""
         parts = urlsplit(self.url)
         if _is_ip_literal(self.host):
-            return self.url, {}, {}
+            return self.url, {}, None
         literal = f"[{address}]" if address.version == 6 else str(address)
         pinned = parts._replace(netloc=f"{literal}:{self.port}").geturl()
         default = DEFAULT_PORTS.get(self.scheme)
         host_header = self.host if self.port == default else f"{self.host}:{self.port}"
-        extensions = {"sni_hostname": self.host} if self.scheme == "https" else {}
-        return pinned, {"Host": host_header}, extensions
+        return pinned, {"Host": host_header}, self.host if self.scheme == "https" else None
 
 
 @dataclass(frozen=True, slots=True)

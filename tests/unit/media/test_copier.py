@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from wacloud.adapters.http.download_client import DownloadClient
 from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.domain.model import Channel, MediaRef, MediaStatus, Provider
@@ -45,7 +45,7 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with httpx.AsyncClient(timeout=10) as client, ProviderClient() as api:
+    async with DownloadClient() as client, ProviderClient() as api:
         media_root, tmp_dir = tmp_path / "media", tmp_path / "tmp"
         copier = MediaCopier(LocalMediaStore(media_root), client, tmp_dir=tmp_dir,
                              max_bytes=MAX_BYTES, allow_local=True, api=api)

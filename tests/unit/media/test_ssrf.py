@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
 from tests.http_stub import BODY, MAX_BYTES, LocalServer, serve
 from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.http.download_client import DownloadClient
 from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.credentials.broker import CredentialsBroker
@@ -72,7 +72,7 @@ class Env:
 @pytest.fixture
 async def make_env(tmp_path: Path, provider_server: LocalServer
                    ) -> AsyncIterator[Any]:
-    async with httpx.AsyncClient(timeout=10) as client, ProviderClient() as api:
+    async with DownloadClient() as client, ProviderClient() as api:
         def build(dns: dict[str, Sequence[str]] | None = None,
                   local: Sequence[str] = ()) -> Env:
             policy = UrlPolicy(allow_local=False,
@@ -293,7 +293,7 @@ async def test_receive_emits_the_message_with_media_failed_and_the_reason(
         raise AssertionError("nothing should be parked")
 
     try:
-        async with httpx.AsyncClient() as client, ProviderClient() as api:
+        async with DownloadClient() as client, ProviderClient() as api:
             policy = UrlPolicy(local_origins=frozenset({provider_server.origin}),
                                resolver=FakeDns({"files.whapi.cloud": ["157.240.1.1"]}))
             copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,

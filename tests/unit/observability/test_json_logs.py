@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.http.download_client import DownloadClient
 from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.credentials.broker import CredentialsBroker
@@ -135,7 +135,7 @@ async def test_the_receive_stage_hands_the_trace_id_on_to_write(tmp_path: Path) 
     body = (FIXTURES / "whapi" / "text.json").read_bytes()
     data = RawWebhook("whapi", "MANTIS-M72HC", 4.0, body, trace="0123456789abcdef").encode()
     try:
-        async with httpx.AsyncClient() as client, ProviderClient() as api:
+        async with DownloadClient() as client, ProviderClient() as api:
             copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,
                                  tmp_dir=tmp_path / "tmp", max_bytes=1024, allow_local=True,
                                  api=api)

@@ -323,10 +323,10 @@ async def test_pinned_request_connects_to_the_checked_address_with_the_real_host
     target = await policy(dns).check("https://lookaside.fbsbx.com/a/b?mid=1&ext=2",
                                      HostAllowList.for_channel(channel()))
 
-    url, headers, extensions = target.pinned_request(target.addresses[0])
+    url, headers, tls_host = target.pinned_request(target.addresses[0])
     assert url == f"https://{PUBLIC}:443/a/b?mid=1&ext=2"
     assert headers == {"Host": "lookaside.fbsbx.com"}
-    assert extensions == {"sni_hostname": "lookaside.fbsbx.com"}
+    assert tls_host == "lookaside.fbsbx.com"
     url6, _, _ = target.pinned_request(target.addresses[1])
     assert url6 == "https://[2a03:2880::2]:443/a/b?mid=1&ext=2"
 
@@ -342,7 +342,7 @@ async def test_pinned_request_keeps_a_non_default_port_in_host_and_leaves_litera
     local = await policy(allow_local=True).check(
         "http://127.0.0.1:9/m", HostAllowList.for_channel(channel(
             Provider.WHAPI, "http://127.0.0.1:9")))
-    assert local.pinned_request(local.addresses[0]) == ("http://127.0.0.1:9/m", {}, {})
+    assert local.pinned_request(local.addresses[0]) == ("http://127.0.0.1:9/m", {}, None)
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.registry.store import Registry
 from wacloud.adapters.db.tenant.views import list_messages
+from wacloud.adapters.http.download_client import DownloadClient
 from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.adapters.queue.base import QueueSpec
@@ -91,7 +92,7 @@ def world_fixture(global_secret: str | None) -> Any:
         async def park(**kwargs: Any) -> int:
             return await asyncio.to_thread(registry.park, **kwargs)
 
-        async with httpx.AsyncClient() as client, ProviderClient() as api:
+        async with DownloadClient() as client, ProviderClient() as api:
             copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,
                                  tmp_dir=tmp_path / "tmp", max_bytes=1024, allow_local=True,
                                  api=api)

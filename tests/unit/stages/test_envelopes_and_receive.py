@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.registry.store import Registry
+from wacloud.adapters.http.download_client import DownloadClient
 from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.credentials.broker import CredentialsBroker
@@ -155,7 +155,7 @@ async def test_receive_parks_an_unparseable_body_losslessly(tmp_path: Path) -> N
 
     data = RawWebhook("whapi", "CH", 4.0, b"\xff not json \x80").encode()
     try:
-        async with httpx.AsyncClient() as client, ProviderClient() as api:
+        async with DownloadClient() as client, ProviderClient() as api:
             copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,
                                  tmp_dir=tmp_path / "tmp", max_bytes=1024, allow_local=True,
                                  api=api)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from hypothesis import example, given
@@ -22,6 +21,7 @@ from wacloud.adapters.db.engines import create_engine
 from wacloud.adapters.db.registry.store import Registry, parked
 from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.db.tenant.store import fingerprint
+from wacloud.adapters.http.download_client import DownloadClient
 from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.credentials.broker import CredentialsBroker
@@ -118,8 +118,8 @@ def world() -> Iterator[World]:
         async def park(**kwargs: Any) -> int:
             return await asyncio.to_thread(registry.park, **kwargs)
 
-        async def open_clients() -> tuple[httpx.AsyncClient, ProviderClient]:
-            return httpx.AsyncClient(), await ProviderClient().__aenter__()
+        async def open_clients() -> tuple[DownloadClient, ProviderClient]:
+            return DownloadClient(), await ProviderClient().__aenter__()
 
         client, api = runner.run(open_clients())
         copier = MediaCopier(LocalMediaStore(root / "media"), client, tmp_dir=root / "tmp",

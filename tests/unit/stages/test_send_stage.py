@@ -15,7 +15,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -25,6 +24,7 @@ from wacloud.adapters.db.tenant import claim, outbox
 from wacloud.adapters.db.tenant import tables as t
 from wacloud.adapters.db.tenant.store import TenantStore
 from wacloud.adapters.db.types import utcnow
+from wacloud.adapters.http.download_client import DownloadClient
 from wacloud.adapters.http.provider_client import ProviderClient
 from wacloud.adapters.media.local.store import LocalMediaStore
 from wacloud.adapters.queue.base import Queue, QueueSpec
@@ -102,7 +102,7 @@ async def world(server: FakeProviderServer, tmp_path: Path) -> AsyncIterator[Wor
     broker = CredentialsBroker(registry, tenants_dir=tmp_path / "tenants", cache_seconds=0)
     queues = SqliteBroker(tmp_path / "queues.db")
     dead_letters = queues.queue(QueueSpec("outbound.send.dlq"))
-    async with httpx.AsyncClient() as client, ProviderClient() as api:
+    async with DownloadClient() as client, ProviderClient() as api:
         copier = MediaCopier(LocalMediaStore(tmp_path / "media"), client,
                              tmp_dir=tmp_path / "tmp", max_bytes=1024, allow_local=True,
                              api=api)

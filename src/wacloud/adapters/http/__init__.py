@@ -1,1 +1,1 @@
-"""HTTP clients at the edge: provider API calls (aiohttp) and media downloads (httpx)."""
+"""HTTP clients at the edge (aiohttp): provider API calls and media downloads."""

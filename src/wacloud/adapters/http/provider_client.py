@@ -3,8 +3,8 @@
 Measured against the fake provider on this 2-core machine (`bench/outbound.py` notes): httpx
 spent about 1.4 ms of CPU per request and aiohttp about 0.13 ms. At hundreds of sends a second
 that difference was most of the outbound pipeline's CPU, and it capped the pipeline below a
-single number's Meta tier. Media downloads stay on httpx (`media_copier`): they are few, and
-the SSRF policy pins their connections through it.
+single number's Meta tier. Media downloads have a client of their own
+(`wacloud.adapters.http.download_client`), pinned to the addresses the SSRF policy checked.
 
 Like the httpx client it replaces here: no redirects are followed (an API answers, it does
 not send us elsewhere with our token), proxies come from the environment, TLS is checked
@@ -16,15 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import certifi
 
+from wacloud.adapters.http.proxies import EnvironmentProxies
 from wacloud.domain.model import ProviderRequest
 
 
@@ -56,20 +55,7 @@ class ProviderClient:
         self.connections_per_host = connections_per_host
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
-        # Proxies from the environment, read once: aiohttp's trust_env reads the environment
-        # and ~/.netrc again on every request (an eighth of a send's CPU).
-        self._proxies = urllib.request.getproxies_environment()
-        self._proxy_of: dict[tuple[str, str], str | None] = {}
-
-    def _proxy(self, url: str) -> str | None:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.hostname or "")
-        if key not in self._proxy_of:
-            proxy = self._proxies.get(parts.scheme)
-            if proxy and urllib.request.proxy_bypass(key[1]):  # NO_PROXY
-                proxy = None
-            self._proxy_of[key] = proxy
-        return self._proxy_of[key]
+        self._proxies = EnvironmentProxies()
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -87,7 +73,7 @@ class ProviderClient:
             with _body(request) as (body, headers):
                 async with session.request(request.method, request.url, data=body,
                                            headers=headers, allow_redirects=False,
-                                           proxy=self._proxy(request.url),
+                                           proxy=self._proxies.for_url(request.url),
                                            timeout=limits) as response:
                     content = await response.read()
                     return ProviderResponse(response.status, content, response.headers)

@@ -199,6 +199,15 @@ class TenantStore:
         with self.engine.begin() as conn:
             return self.store_events_in(conn, messages, statuses, notices)
 
+    async def store_events_grouped(self, messages: Sequence[InboundMessage],
+                                   statuses: Sequence[StatusUpdate],
+                                   notices: Sequence[ProviderNotice]) -> StoreResult:
+        """`store_events` in the next shared transaction (`writes`): the batches in flight
+        for this tenant, and the media copies finishing beside them, cost one commit instead
+        of queueing one by one for the tenant's connection (SQLite's only one)."""
+        return await self.writes.run(
+            lambda conn: self.store_events_in(conn, messages, statuses, notices))
+
     def store_events_in(self, conn: Connection, messages: Sequence[InboundMessage],
                         statuses: Sequence[StatusUpdate],
                         notices: Sequence[ProviderNotice]) -> StoreResult:
