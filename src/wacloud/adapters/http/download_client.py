@@ -18,9 +18,8 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
-import certifi
 
-from wacloud.adapters.http.proxies import EnvironmentProxies
+from wacloud.adapters.http.session import LazySession
 
 CHUNK_BYTES = 64 * 1024
 
@@ -57,25 +56,11 @@ class Download:
         self._response.close()
 
 
-class DownloadClient:
-    """One aiohttp session (created on first use, on the running loop) and its pool."""
-
+class DownloadClient(LazySession):
     def __init__(self, *, connections_per_host: int = 16, connect_timeout: float = 10.0,
                  tls: ssl.SSLContext | None = None) -> None:
-        """`tls`: the context that checks servers' certificates (default: certifi's CAs)."""
-        self.connections_per_host = connections_per_host
-        self.connect_timeout = connect_timeout
-        self._tls = tls
-        self._session: aiohttp.ClientSession | None = None
-        self._proxies = EnvironmentProxies()
-
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=self.connections_per_host,
-                ssl=self._tls or ssl.create_default_context(cafile=certifi.where()))
-            self._session = aiohttp.ClientSession(connector=connector)
-        return self._session
+        super().__init__(connections_per_host=connections_per_host,
+                         connect_timeout=connect_timeout, tls=tls)
 
     async def get(self, url: str, headers: Mapping[str, str], *, server_hostname: str | None,
                   timeout: float) -> Download:
@@ -85,22 +70,12 @@ class DownloadClient:
         limits = aiohttp.ClientTimeout(total=None,
                                        sock_connect=min(self.connect_timeout, timeout))
         try:
-            response = await self._open().get(
+            response = await self.session().get(
                 url, headers=dict(headers), allow_redirects=False,
-                server_hostname=server_hostname, proxy=self._proxies.for_url(url),
+                server_hostname=server_hostname, proxy=self.proxies.for_url(url),
                 timeout=limits)
         except aiohttp.ClientConnectorError as exc:
             raise ConnectFailed(type(exc).__name__) from None
         except aiohttp.ClientError as exc:
             raise DownloadFailed(type(exc).__name__) from None
         return Download(response)
-
-    async def __aenter__(self) -> DownloadClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()

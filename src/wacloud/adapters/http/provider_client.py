@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import certifi
 
-from wacloud.adapters.http.proxies import EnvironmentProxies
+from wacloud.adapters.http.session import LazySession
 from wacloud.domain.model import ProviderRequest
 
 
@@ -48,32 +46,20 @@ class ProviderTimeout(ProviderCallError):
         super().__init__("timeout")
 
 
-class ProviderClient:
-    """One aiohttp session (created on first use, on the running loop) and its pool."""
-
+class ProviderClient(LazySession):
     def __init__(self, *, connections_per_host: int = 64, connect_timeout: float = 10.0) -> None:
-        self.connections_per_host = connections_per_host
-        self.connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._proxies = EnvironmentProxies()
-
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=self.connections_per_host,
-                ssl=ssl.create_default_context(cafile=certifi.where()))
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-        return self._session
+        super().__init__(connections_per_host=connections_per_host,
+                         connect_timeout=connect_timeout)
 
     async def perform(self, request: ProviderRequest, timeout: float) -> ProviderResponse:
         """Send `request`; ProviderTimeout or ProviderCallError when no answer came."""
-        session = self._open()
+        session = self.session()
         limits = aiohttp.ClientTimeout(total=timeout, connect=min(self.connect_timeout, timeout))
         try:
             with _body(request) as (body, headers):
                 async with session.request(request.method, request.url, data=body,
                                            headers=headers, allow_redirects=False,
-                                           proxy=self._proxies.for_url(request.url),
+                                           proxy=self.proxies.for_url(request.url),
                                            timeout=limits) as response:
                     content = await response.read()
                     return ProviderResponse(response.status, content, response.headers)
@@ -81,16 +67,6 @@ class ProviderClient:
             raise ProviderTimeout() from None
         except aiohttp.ClientError as exc:
             raise ProviderCallError(type(exc).__name__) from None
-
-    async def __aenter__(self) -> ProviderClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
 
 
 @contextlib.contextmanager
