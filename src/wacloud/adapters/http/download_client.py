@@ -5,9 +5,11 @@ The copier asks for a URL whose host is that address and passes the real host na
 aiohttp keys its pooled connections by address, port, TLS settings and that host name, so a
 connection verified for one host is never reused for another on the same address.
 
-Why aiohttp and not httpx: at 2,000 webhooks/s with a tenth carrying media, httpx's ~1.4 ms of
-CPU per request (see `provider_client`) made downloads the largest share of the gateway's CPU
-after parsing and storing, and rows waited behind them (bench/soak.py).
+Why aiohttp and not httpx (which downloads used before): httpx pools connections by address
+only, so two allowed names on one address could share a TLS connection checked for the first;
+and one HTTP stack for every outbound call instead of two. (The CPU httpx costs per request,
+see `provider_client`, made no difference visible in /proc at 2,000 webhooks/s with a tenth
+carrying media: downloads are not where that load spends its CPU.)
 Errors leave as `DownloadFailed` (or `ConnectFailed`, for the next checked address), named by
 their kind only: no URL, no header.
 """
@@ -52,7 +54,8 @@ class Download:
             raise DownloadFailed(type(exc).__name__) from None
 
     def release(self) -> None:
-        # close, not release: a body left half-read must not go back to the pool.
+        # close, not release: a body left half-read must not go back to the pool (one read to
+        # its end is back there already: aiohttp returns the connection at the end of a body).
         self._response.close()
 
 
