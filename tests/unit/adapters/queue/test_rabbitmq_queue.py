@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
+from tests.contract.test_queue_contract import eventually
 from wacloud.adapters.queue.base import (
     OutgoingMessage,
     QueueMissing,
@@ -69,7 +70,11 @@ async def test_the_broker_dead_letters_at_the_delivery_limit(rabbitmq_url: str,
         jobs = await channel.get_queue("t.jobs", ensure=False)
         assert await jobs.get(no_ack=False, fail=False) is not None
         await connection.close()  # dies with it unacked
-    assert (await queue.depth())["dead"] == 1
+
+    async def dead_lettered() -> bool:  # the broker moves it once it sees the channel close
+        return (await queue.depth())["dead"] == 1
+
+    await eventually(dead_lettered)
     [letter] = await queue.dead_letters()
     assert letter.body == b"crashes its consumer"
     assert letter.receive_count == spec.max_receives + 1
