@@ -28,6 +28,8 @@ INBOUND_MEDIA = "inbound.media"
 OUTBOUND_SEND = "outbound.send"
 OUTBOUND_SEND_DEAD = "outbound.send.dlq"
 OUTBOUND_RESULTS = "outbound.results"
+# A media job's flag: the write stage queued it right after committing the message's row.
+JUST_STORED = "just_stored"
 
 # Parks what a stage cannot process (`Registry.park`'s keyword arguments): never dropped.
 Park = Callable[..., Awaitable[int]]

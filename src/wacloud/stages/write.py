@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from wacloud.adapters.db.errors import failure_reason, is_refused_value
 from wacloud.adapters.db.tenant import outbox
@@ -32,7 +32,7 @@ from wacloud.domain.model import (
 )
 from wacloud.observability.metrics import INBOUND_LATENCY, MESSAGES_STORED, STATUSES_STORED
 from wacloud.observability.tracing import new_trace_id, outbound_trace_id
-from wacloud.stages.envelopes import INBOUND_MEDIA, Output, Park, dumps
+from wacloud.stages.envelopes import INBOUND_MEDIA, JUST_STORED, Output, Park, dumps
 from wacloud.stages.receive import describe
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,9 @@ async def _write_tenant(tenant: str, events: list[Event], ctx: WriteContext,
     await _account(tenant, store, stored, trails or {})
     outputs: list[Output] = []
     for message in result.pending_media:
-        fields = message.to_dict()
-        fields["raw"] = {}
-        job = {"tenant": tenant, "message": fields}
+        # Without the raw payload, which the row keeps (`to_dict` copies it deeply first).
+        job = {"tenant": tenant, "message": replace(message, raw={}).to_dict(),
+               JUST_STORED: True}
         outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
     return outputs
 

@@ -1,8 +1,10 @@
 """The media stage on the in-memory adapters: a copy that lands in the media store, a
-temporary failure retried with backoff, and a copy that gives up when its attempts run out."""
+temporary failure retried with backoff, a copy that gives up when its attempts run out, and a
+job given again after its copy was stored."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from tests.unit.stages.memory_world import (
     text_message,
 )
 from wacloud.domain.model import MediaRef
-from wacloud.stages.envelopes import INBOUND_MEDIA
+from wacloud.stages.envelopes import INBOUND_MEDIA, JUST_STORED
+from wacloud.stages.media import MediaContext, fetch_media
 from wacloud.stages.write import WriteContext, write
 from wacloud.testing.fake_provider import FakeMedia, FakeProvider, FakeProviderServer
 
@@ -78,3 +81,22 @@ async def test_when_the_attempts_run_out_the_media_fails_with_the_reason(world: 
     assert row["media_status"] == "failed"
     assert "(gave up after 2 attempts)" in row["media_error"]
     assert row["media_key"] is None
+
+
+async def test_a_job_given_again_after_its_copy_was_stored_does_not_copy_it_again(
+        world: World) -> None:
+    # The write stage's job skips the look at the row on its first receive; a second receive
+    # (the process died between the copy and the ack) must look, and find the media stored.
+    await stored_with_media_pending(world)
+    [job] = await world.queue(INBOUND_MEDIA).receive(1)
+    sent = json.loads(job.body)
+    assert sent[JUST_STORED] is True and sent["message"]["raw"] == {}
+    ctx = MediaContext(world.gateway.broker, world.gateway.copier)
+    assert await fetch_media(job.body, 1, ctx) == []
+    [row] = inbound_rows(world)
+    assert row["media_status"] == "stored"
+    calls = len(world.fake.requests)
+    assert await fetch_media(job.body, 2, ctx) == []
+    assert len(world.fake.requests) == calls  # neither the Graph lookup nor the download
+    [again] = inbound_rows(world)
+    assert again["media_key"] == row["media_key"]
