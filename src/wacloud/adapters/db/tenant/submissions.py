@@ -20,6 +20,7 @@ from wacloud.adapters.db.types import utcnow
 from wacloud.domain.model import OutboundStatus
 
 _om = t.outbound_messages
+_INSERT = _om.insert()
 
 
 class IdempotencyConflict(Exception):
@@ -65,7 +66,9 @@ def submit_outbound(engine: Engine, *, channel: str, recipient: str, type: str,
               "updated_at": now}
     try:
         with engine.begin() as conn:
-            key = conn.execute(_om.insert().values(**values)).inserted_primary_key
+            # Values as parameters: the compiled INSERT is cached (`.values()` built a new
+            # statement, and its cache key, for every submission).
+            key = conn.execute(_INSERT, values).inserted_primary_key
             assert key is not None
             row = conn.execute(sa.select(_om).where(_om.c.id == key[0])).mappings().one()
             return dict(row), True
