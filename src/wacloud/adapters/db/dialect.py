@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_returning(module: Any, table: sa.Table) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING the key, built once per table: every
+    inbound batch runs it, and building it per call cost its cache key each time."""
+    # rowcount is -1 for executemany on psycopg 3; RETURNING counts what was inserted.
+    pk = next(iter(table.primary_key.columns))
+    return module.insert(table).on_conflict_do_nothing().returning(pk)
 
 
 def insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> int:
@@ -24,10 +34,7 @@ def insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[dict[str, An
             from sqlalchemy.dialects import sqlite as module
         else:
             from sqlalchemy.dialects import postgresql as module
-        # rowcount is -1 for executemany on psycopg 3; RETURNING counts what was inserted.
-        pk = next(iter(table.primary_key.columns))
-        result = conn.execute(module.insert(table).on_conflict_do_nothing().returning(pk),
-                              list(rows))
+        result = conn.execute(_insert_returning(module, table), list(rows))
         return len(result.all())
     if name in ("mysql", "mariadb"):
         result = conn.execute(table.insert().prefix_with("IGNORE"), list(rows))

@@ -21,6 +21,7 @@ from wacloud.domain.model import OutboundStatus
 
 _om = t.outbound_messages
 _INSERT = _om.insert()
+_BY_ID = sa.select(_om).where(_om.c.id == sa.bindparam("id"))
 
 
 class IdempotencyConflict(Exception):
@@ -70,7 +71,7 @@ def submit_outbound(engine: Engine, *, channel: str, recipient: str, type: str,
             # statement, and its cache key, for every submission).
             key = conn.execute(_INSERT, values).inserted_primary_key
             assert key is not None
-            row = conn.execute(sa.select(_om).where(_om.c.id == key[0])).mappings().one()
+            row = conn.execute(_BY_ID, {"id": key[0]}).mappings().one()
             return dict(row), True
     except IntegrityError:
         # A concurrent retry with the same key inserted first: its row is the answer.
