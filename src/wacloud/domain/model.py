@@ -88,6 +88,11 @@ def receipt_rank(status: str) -> int:
     return DELIVERY_RANK[code] if code is not None else 0
 
 
+def shallow_dict(instance: Any) -> JSON:
+    """A dataclass's fields as a dict, values as they are (no copies, unlike `asdict`)."""
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}
+
+
 @dataclass(slots=True)
 class ProviderError:
     """An error as the provider reported it (Meta `errors[]`, a Whapi error, ...)."""
@@ -117,7 +122,7 @@ class MediaRef:
     error: str | None = None
 
     def to_dict(self) -> JSON:
-        data = asdict(self)
+        data = shallow_dict(self)
         data["status"] = self.status.value
         return data
 
@@ -176,11 +181,15 @@ class InboundMessage:
     kind = "message"
 
     def to_dict(self) -> JSON:
-        data = asdict(self)
+        # Field by field: `asdict` deep-copies `raw` and `content`, which cost more than the
+        # rest of a media job; every caller serializes the dict at once, so they are shared.
+        data = shallow_dict(self)
         data["kind"] = self.kind
         data["provider"] = self.provider.value
         data["direction"] = self.direction.value
+        data["contact"] = shallow_dict(self.contact)
         data["media"] = self.media.to_dict() if self.media else None
+        data["errors"] = [shallow_dict(error) for error in self.errors]
         return data
 
     @classmethod
