@@ -43,7 +43,8 @@ async def fetch_media(data: bytes, receive_count: int, ctx: MediaContext) -> lis
     # A job the write stage queued right after the row's commit needs no look at the row on
     # its first receive (at 200 copies/s that read was a thread hop and a query each): the row
     # exists, and its media is pending, unless a provider's retry of the webhook queued a
-    # second job for the same file, which then copies it again to the same key.
+    # second job for the same file, which then copies it again (the key names the content
+    # and the day: the same stored file, unless the retry came on another day).
     if receive_count > 1 or not job.get(JUST_STORED):
         current = await asyncio.to_thread(store.media_status, message.channel_key,
                                           message.provider_message_id)

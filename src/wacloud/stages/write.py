@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from wacloud.adapters.db.errors import failure_reason, is_refused_value
 from wacloud.adapters.db.tenant import outbox
@@ -149,9 +149,9 @@ async def _write_tenant(tenant: str, events: list[Event], ctx: WriteContext,
     await _account(tenant, store, stored, trails or {})
     outputs: list[Output] = []
     for message in result.pending_media:
-        # Without the raw payload, which the row keeps (`to_dict` copies it deeply first).
-        job = {"tenant": tenant, "message": replace(message, raw={}).to_dict(),
-               JUST_STORED: True}
+        fields = message.to_dict()
+        fields["raw"] = {}  # the row keeps it
+        job = {"tenant": tenant, "message": fields, JUST_STORED: True}
         outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
     return outputs
 
