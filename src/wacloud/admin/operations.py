@@ -17,7 +17,7 @@ from wacloud.adapters.db.reachability import SERVER_FIX, check_and_migrate
 from wacloud.adapters.db.registry.store import ParkedItem, Registry, RegistryError, Tenant
 from wacloud.adapters.db.tenant import outbox
 from wacloud.adapters.http.provider_client import ProviderCallError, ProviderClient, ProviderTimeout
-from wacloud.adapters.queue.base import OutgoingMessage, Queue, ReceivedMessage
+from wacloud.adapters.queue.base import Queue, ReceivedMessage
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain import validation
 from wacloud.domain.model import Channel, MediaStatus, Provider
@@ -30,6 +30,7 @@ from wacloud.stages.envelopes import (
     RawWebhook,
     dumps,
     envelope_bytes,
+    media_job,
 )
 
 log = logging.getLogger("wacloud.admin.operations")
@@ -150,11 +151,7 @@ async def refetch_media(broker: CredentialsBroker, tenant: str, media_queue: Que
     store = broker.tenant_store(tenant)
     messages = await asyncio.to_thread(store.messages_with_media,
                                        statuses or [MediaStatus.FAILED.value])
-    jobs = []
-    for message in messages:
-        data = message.to_dict()
-        data["raw"] = {}
-        jobs.append(OutgoingMessage(dumps({"tenant": tenant, "message": data, "force": True})))
+    jobs = [media_job(tenant, message, force=True) for message in messages]
     if jobs:
         await media_queue.send_batch(jobs)
     return len(jobs)

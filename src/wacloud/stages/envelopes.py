@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wacloud.adapters.queue.base import OutgoingMessage
-from wacloud.domain.model import Event
+from wacloud.domain.model import Event, InboundMessage
 
 INBOUND_RAW = "inbound.raw"
 INBOUND_EVENTS = "inbound.events"
@@ -28,8 +28,10 @@ INBOUND_MEDIA = "inbound.media"
 OUTBOUND_SEND = "outbound.send"
 OUTBOUND_SEND_DEAD = "outbound.send.dlq"
 OUTBOUND_RESULTS = "outbound.results"
-# A media job's flag: the write stage queued it right after committing the message's row.
+# A media job's flags: the write stage queued it right after committing the message's row;
+# an operator's refetch copies the media again even where it is stored.
 JUST_STORED = "just_stored"
+FORCE = "force"
 
 # Parks what a stage cannot process (`Registry.park`'s keyword arguments): never dropped.
 Park = Callable[..., Awaitable[int]]
@@ -107,6 +109,20 @@ def _quoted(text: str) -> str:
 
 def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def media_job(tenant: str, message: InboundMessage, *, just_stored: bool = False,
+              force: bool = False) -> OutgoingMessage:
+    """An `inbound.media` job (read by `stages.media.fetch_media`): copy `message`'s media.
+    Without the raw payload: the row keeps it."""
+    fields = message.to_dict()
+    fields["raw"] = {}
+    job: dict[str, Any] = {"tenant": tenant, "message": fields}
+    if just_stored:
+        job[JUST_STORED] = True
+    if force:
+        job[FORCE] = True
+    return OutgoingMessage(dumps(job))
 
 
 def envelope_text(data: bytes) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import InboundMessage, MediaStatus
 from wacloud.media.copier import MediaCopier, MediaCopyError
-from wacloud.stages.envelopes import JUST_STORED, Output, RetryLater
+from wacloud.stages.envelopes import FORCE, JUST_STORED, Output, RetryLater
 
 
 @dataclass(slots=True)
@@ -50,7 +50,7 @@ async def fetch_media(data: bytes, receive_count: int, ctx: MediaContext) -> lis
                                           message.provider_message_id)
         if current is None:
             raise RetryLater("message row not stored yet", ctx.backoff_base)
-        if current == MediaStatus.STORED.value and not job.get("force"):
+        if current == MediaStatus.STORED.value and not job.get(FORCE):
             return []
     channel = ctx.broker.channel(message.provider, message.channel_key, message.account_key)
     try:

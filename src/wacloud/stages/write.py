@@ -21,7 +21,6 @@ from wacloud.adapters.db.errors import failure_reason, is_refused_value
 from wacloud.adapters.db.tenant import outbox
 from wacloud.adapters.db.tenant.store import StoreResult, TenantStore
 from wacloud.adapters.db.types import utcnow
-from wacloud.adapters.queue.base import OutgoingMessage
 from wacloud.credentials.broker import CredentialsBroker
 from wacloud.domain.model import (
     Event,
@@ -32,7 +31,7 @@ from wacloud.domain.model import (
 )
 from wacloud.observability.metrics import INBOUND_LATENCY, MESSAGES_STORED, STATUSES_STORED
 from wacloud.observability.tracing import new_trace_id, outbound_trace_id
-from wacloud.stages.envelopes import INBOUND_MEDIA, JUST_STORED, Output, Park, dumps
+from wacloud.stages.envelopes import INBOUND_MEDIA, Output, Park, dumps, media_job
 from wacloud.stages.receive import describe
 
 log = logging.getLogger(__name__)
@@ -147,13 +146,8 @@ async def _write_tenant(tenant: str, events: list[Event], ctx: WriteContext,
         stored = []
         result = await _store_each(store, events, ctx, origins or {}, stored)
     await _account(tenant, store, stored, trails or {})
-    outputs: list[Output] = []
-    for message in result.pending_media:
-        fields = message.to_dict()
-        fields["raw"] = {}  # the row keeps it
-        job = {"tenant": tenant, "message": fields, JUST_STORED: True}
-        outputs.append(Output(INBOUND_MEDIA, OutgoingMessage(dumps(job))))
-    return outputs
+    return [Output(INBOUND_MEDIA, media_job(tenant, message, just_stored=True))
+            for message in result.pending_media]
 
 
 def _split(events: list[Event]) -> tuple[list[InboundMessage], list[StatusUpdate],
